@@ -1,0 +1,537 @@
+"""Declarative search spaces and strategies: YAML loading, ``_base_`` inheritance, ``--set``
+overrides and validation.
+
+A *search-space spec* names the tasks, the data, the branch encoder, the heads, the number of
+branches K and the strategy. The strategy is a shipped preset name (``strategies/*.yaml``), a path,
+or an inline mapping (which may itself start from a preset with ``_base_``). Every document is
+validated before anything runs: unknown keys, wrong types and out-of-range values raise
+:class:`~dmtg_nas.errors.SpecError` naming the file, the key path, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import SpecError, allowed, suggest
+from .presets import PresetKind, find_preset, list_presets
+
+__all__ = [
+    "TaskConfig",
+    "SplitConfig",
+    "DatasetConfig",
+    "BackboneConfig",
+    "HeadsConfig",
+    "TemperatureConfig",
+    "OptimizerConfig",
+    "LRScheduleConfig",
+    "FinetuneConfig",
+    "InitConfig",
+    "StrategyConfig",
+    "SearchSpec",
+    "load_spec",
+    "load_strategy",
+    "resolve_document",
+    "parse_override",
+    "validate_model",
+]
+
+TaskType = Literal["regression", "binary", "multiclass"]
+Schedule = Literal["constant", "linear", "exponential", "cosine"]
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, types are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class TaskConfig(StrictModel):
+    """One prediction task."""
+
+    name: str = Field(min_length=1)
+    type: TaskType
+    num_classes: int | None = Field(default=None, ge=2)  # multiclass only
+    weight: float = Field(default=1.0, gt=0)  # multiplies the task's loss
+
+    @model_validator(mode="after")
+    def _classes(self) -> TaskConfig:
+        if self.type == "multiclass" and self.num_classes is None:
+            raise ValueError("a multiclass task needs 'num_classes' (an integer >= 2)")
+        if self.type != "multiclass" and self.num_classes is not None:
+            raise ValueError(f"'num_classes' applies to multiclass tasks only, not {self.type!r}")
+        return self
+
+    @property
+    def out_features(self) -> int:
+        """Width of the head's output: 1 for regression and binary, C for multiclass."""
+        return self.num_classes if self.type == "multiclass" and self.num_classes else 1
+
+
+class SplitConfig(StrictModel):
+    """Random train/validation/test split (for data sets without a fixed partition)."""
+
+    val: float = Field(default=0.1, ge=0, lt=1)
+    test: float = Field(default=0.1, ge=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sum(self) -> SplitConfig:
+        if self.val + self.test >= 1:
+            raise ValueError(f"val + test must be below 1, got {self.val} + {self.test}")
+        return self
+
+
+class DatasetConfig(BaseModel):
+    """``name`` picks a registered data set; the other keys are that data set's own options."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str
+
+
+class BackboneConfig(BaseModel):
+    """``name`` is ``mlp`` or ``timm:<model>``; the other keys are that encoder's options."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str
+
+
+class HeadsConfig(StrictModel):
+    """The per-task heads put on every branch (K*N of them during the search)."""
+
+    hidden: list[typing.Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+class TemperatureConfig(StrictModel):
+    """Gumbel-softmax temperature tau over training (per optimisation step)."""
+
+    schedule: Schedule = "constant"
+    init: float = Field(default=2.5, gt=0)
+    final: float | None = Field(default=None, gt=0)  # default: equal to init
+
+
+class OptimizerConfig(StrictModel):
+    """One optimizer over branch, head and grouping parameters (the method's default)."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(default=8e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd only
+    logits_lr: float | None = Field(default=None, gt=0)  # own learning rate for the grouping logits
+
+
+class LRScheduleConfig(StrictModel):
+    """Learning-rate schedule, stepped per epoch."""
+
+    name: Literal["none", "step", "multistep", "plateau", "cosine"] = "none"
+    step_size: int = Field(default=15, ge=1)  # step
+    milestones: list[int] = Field(default_factory=list)  # multistep
+    gamma: float = Field(default=0.5, gt=0, le=1)  # step, multistep
+    factor: float = Field(default=0.5, gt=0, lt=1)  # plateau
+    patience: int = Field(default=3, ge=0)  # plateau
+
+
+class FinetuneConfig(StrictModel):
+    """Optional training of the pruned grouped network after the search."""
+
+    epochs: int = Field(default=0, ge=0)
+    lr: float | None = Field(default=None, gt=0)  # default: the search learning rate
+
+
+class InitConfig(StrictModel):
+    """How the supernet starts."""
+
+    branches: Literal["copy", "independent"] = "copy"  # copy: all K branches identical
+    logits: float = 1.0  # initial value of every grouping logit (uniform distribution)
+
+
+class StrategyConfig(StrictModel):
+    """How to search: the DMTG one-shot strategy's settings."""
+
+    name: str = "dmtg"
+    description: str = ""
+    temperature: TemperatureConfig = Field(default_factory=TemperatureConfig)
+    sample: Literal["soft", "hard"] = "soft"  # hard: straight-through one-hot samples
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
+    init: InitConfig = Field(default_factory=InitConfig)
+    entropy_weight: float = Field(default=0.0, ge=0)  # + w * mean entropy of softmax(logits)
+    epochs: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    eval_batch_size: int | None = Field(default=None, ge=1)
+    gradient_clip: float | None = Field(default=None, gt=0)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(default=0, ge=0)
+
+
+class SearchSpec(StrictModel):
+    """A whole search: tasks, data, encoder, heads, K and strategy."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    tasks: list[TaskConfig] = Field(min_length=1)
+    dataset: DatasetConfig
+    backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(name="mlp"))
+    heads: HeadsConfig = Field(default_factory=HeadsConfig)
+    groups: int = Field(ge=1, le=64)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+
+    @model_validator(mode="after")
+    def _unique_tasks(self) -> SearchSpec:
+        seen: set[str] = set()
+        for task in self.tasks:
+            if task.name in seen:
+                raise ValueError(f"duplicate task name {task.name!r}")
+            seen.add(task.name)
+        return self
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved document, as plain YAML-able data."""
+        return self.model_dump(mode="json")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading documents
+# ----------------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read file: {exc.strerror}", source=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"invalid YAML{where}: {problem}", source=str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"the document must be a mapping, got {type(data).__name__}", source=str(path))
+    return data
+
+
+def _locate(ref: str, kind: PresetKind, relative_to: Path | None) -> Path:
+    """Resolve a preset name or a path (absolute, relative to ``relative_to``, or to the CWD)."""
+    candidates = []
+    as_path = Path(ref).expanduser()
+    if as_path.is_absolute():
+        candidates.append(as_path)
+    else:
+        if relative_to is not None:
+            candidates.append(relative_to / as_path)
+        candidates.append(Path.cwd() / as_path)
+    for cand in candidates:
+        if cand.is_file():
+            return cand.resolve()
+    preset = find_preset(kind, ref)
+    if preset is not None:
+        return preset
+    names = list_presets(kind)
+    label = "search space" if kind == "search_spaces" else "strategy preset"
+    raise SpecError(
+        f"no file or shipped {label} named {ref!r}{suggest(ref, names)}; shipped: {allowed(names)}"
+    )
+
+
+def _deep_merge(base: dict[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_document(
+    ref: str | Path, kind: PresetKind, *, relative_to: Path | None = None, _chain: tuple[Path, ...] = ()
+) -> tuple[dict[str, Any], Path]:
+    """Load a YAML document by preset name or path and apply its ``_base_`` chain.
+
+    ``_base_`` is a name/path or a list of them, merged left to right, then the document on top.
+    Relative ``_base_`` paths are resolved against the document's folder.
+    """
+    path = _locate(str(ref), kind, relative_to)
+    if path in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, path))
+        raise SpecError(f"_base_ inheritance cycle: {cycle}", source=str(path))
+    doc = _read_yaml(path)
+    return _apply_base(doc, kind, path.parent, (*_chain, path), source=str(path)), path
+
+
+def _apply_base(
+    doc: dict[str, Any], kind: PresetKind, folder: Path | None, chain: tuple[Path, ...], source: str
+) -> dict[str, Any]:
+    bases = doc.pop("_base_", None)
+    if bases is None:
+        return doc
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise SpecError("must be a file name or a list of file names", source=source, key="_base_")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        try:
+            base_doc, _ = resolve_document(base, kind, relative_to=folder, _chain=chain)
+        except SpecError as exc:
+            raise exc.located(source, "_base_") from None
+        merged = _deep_merge(merged, base_doc)
+    return _deep_merge(merged, doc)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``"a.b=value"``; the value is parsed as YAML (``4`` -> int, ``[a, b]`` -> list)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SpecError(f"override {item!r} must look like 'dotted.key=value'", source="--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:
+    node: Any = doc
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, ".".join(parts[: i + 1]))
+            continue
+        if not isinstance(node, dict):
+            raise SpecError(f"cannot set {key!r}: {'.'.join(parts[:i])!r} is not a mapping", source="--set")
+        if not isinstance(node.get(part), (dict, list)):
+            node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        index = int(last) if last.isdigit() else -1
+        if not 0 <= index < len(node):
+            raise SpecError(f"cannot set {key!r}: no list item {last!r}", source="--set")
+        node[index] = value
+    else:
+        node[last] = value
+
+
+def _list_item(node: list[Any], part: str, path: str) -> Any:
+    if not part.isdigit() or int(part) >= len(node):
+        raise SpecError(f"{path!r}: no list item {part!r} (the list has {len(node)} items)", source="--set")
+    return node[int(part)]
+
+
+def _expand_strategy(doc: dict[str, Any], folder: Path | None, source: str) -> None:
+    """Replace a strategy name/path by its document; apply ``_base_`` of an inline mapping."""
+    strat = doc.get("strategy", "dmtg")
+    if isinstance(strat, str):
+        try:
+            loaded, path = resolve_document(strat, "strategies", relative_to=folder)
+        except SpecError as exc:
+            raise SpecError(exc.message, source=exc.source or source, key="strategy") from None
+        loaded.setdefault("name", path.stem)
+        doc["strategy"] = loaded
+    elif isinstance(strat, dict) and "_base_" in strat:
+        doc["strategy"] = _apply_base(strat, "strategies", folder, (), source)
+
+
+def _resolve_paths(doc: dict[str, Any], folder: Path) -> None:
+    """Make the data set's relative ``path``/``root`` absolute against the spec's folder."""
+    dataset = doc.get("dataset")
+    if isinstance(dataset, dict):
+        for key in ("path", "root"):
+            value = dataset.get(key)
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                dataset[key] = str((folder / value).resolve())
+
+
+def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> SearchSpec:
+    """Load and validate a search-space spec.
+
+    Args:
+        spec: a shipped search-space name (``"planted"``), a YAML path, or a mapping.
+        overrides: ``"dotted.key=value"`` strings applied to the merged document.
+
+    Raises:
+        SpecError: the spec, a file it names or an override is invalid.
+    """
+    if isinstance(spec, Mapping):
+        doc = copy.deepcopy(dict(spec))
+        folder: Path | None = None
+        source = "<spec>"
+        doc = _apply_base(doc, "search_spaces", None, (), source)
+    else:
+        doc, path = resolve_document(spec, "search_spaces")
+        folder = path.parent
+        source = str(path)
+        _resolve_paths(doc, folder)
+    _expand_strategy(doc, folder, source)
+    overridden: list[str] = []
+    for item in overrides:
+        key, value = parse_override(item)
+        if key == "strategy" or key.startswith("strategy."):
+            _expand_strategy(doc, folder, source)
+        _set_dotted(doc, key, value)
+        if key == "strategy":
+            _expand_strategy(doc, Path.cwd(), "--set")
+        if key in ("dataset.path", "dataset.root") and isinstance(value, str) and value:
+            _set_dotted(doc, key, str(Path(value).expanduser().resolve()))
+        overridden.append(key)
+    try:
+        result = validate_model(SearchSpec, doc)
+        from .components import validate_components
+
+        validate_components(result)
+    except SpecError as exc:
+        key = exc.key or ""
+        from_set = any(key == k or key.startswith(k + ".") for k in overridden)
+        raise SpecError(exc.message, source="--set" if from_set else source, key=exc.key) from None
+    return result
+
+
+def load_strategy(ref: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> StrategyConfig:
+    """Load and validate a strategy preset (name, path or mapping), with optional overrides."""
+    if isinstance(ref, Mapping):
+        doc = _apply_base(copy.deepcopy(dict(ref)), "strategies", None, (), "<strategy>")
+        source = "<strategy>"
+    else:
+        doc, path = resolve_document(ref, "strategies")
+        doc.setdefault("name", path.stem)
+        source = str(path)
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(doc, key, value)
+    try:
+        return validate_model(StrategyConfig, doc)
+    except SpecError as exc:
+        raise exc.located(source) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation with readable errors
+# ----------------------------------------------------------------------------------------------
+
+M = typing.TypeVar("M", bound=BaseModel)
+
+
+def validate_model(model: type[M], data: Any, prefix: str = "") -> M:
+    """Validate ``data`` against ``model``; raise one :class:`SpecError` for the first problem."""
+    if isinstance(data, Mapping):
+        _check_keys(model, data, prefix)
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise _to_spec_error(exc, prefix) from None
+
+
+def _join(prefix: str, loc: Sequence[Any]) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out = f"{out}.{part}" if out else str(part)
+    return out
+
+
+def _submodel(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """(model class, is_list) when ``annotation`` is a model or a list/optional of one."""
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    if origin in (list, Sequence):
+        inner, _ = _submodel(typing.get_args(annotation)[0])
+        return inner, True
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            inner, is_list = _submodel(arg)
+            if inner is not None:
+                return inner, is_list
+    return None, False
+
+
+def _check_keys(model: type[BaseModel], data: Mapping[str, Any], prefix: str) -> None:
+    """Reject unknown keys with the allowed ones and a "did you mean"; recurse into sections."""
+    fields = model.model_fields
+    if model.model_config.get("extra") == "forbid":
+        for key in data:
+            if key not in fields:
+                names = list(fields)
+                raise SpecError(
+                    f"unknown key {key!r}{suggest(str(key), names)}; allowed: {', '.join(names)}",
+                    key=_join(prefix, [key]),
+                )
+    for name, field in fields.items():
+        if name not in data:
+            continue
+        sub, is_list = _submodel(field.annotation)
+        if sub is None:
+            continue
+        value = data[name]
+        if is_list and isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, Mapping):
+                    _check_keys(sub, item, _join(prefix, [name, i]))
+        elif isinstance(value, Mapping):
+            _check_keys(sub, value, _join(prefix, [name]))
+
+
+_TYPE_NAMES = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _to_spec_error(exc: pydantic.ValidationError, prefix: str) -> SpecError:
+    err = exc.errors(include_url=False)[0]
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged-")))]
+    # drop pydantic's union branch names such as 'int' / 'float' / 'list[...]'
+    loc = [p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"int", "float", "str", "none"}))]
+    key = _join(prefix, loc) or None
+    etype = err["type"]
+    value = err.get("input")
+    shown = _show(value)
+    if etype == "missing":
+        message = "missing required key"
+    elif etype == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",")]
+        message = f"bad value {shown}{suggest(str(value), choices)}; allowed: {expected}"
+    elif etype in _TYPE_NAMES:
+        message = f"expected {_TYPE_NAMES[etype]}, got {shown} ({type(value).__name__})"
+    elif etype == "value_error":
+        message = str(err["msg"]).removeprefix("Value error, ")
+    else:
+        message = f"{err['msg'][0].lower()}{err['msg'][1:]}, got {shown}"
+    return SpecError(message, key=key)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,57 @@
+"""The project's exceptions.
+
+Every error a user can cause derives from :class:`DmtgError`. Each subclass also derives from the
+matching builtin (``ValueError``, ``FileNotFoundError``), so callers that catch builtins keep working.
+The command line prints these as one line and exits with code 2; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+__all__ = ["DmtgError", "SpecError", "DataError", "suggest"]
+
+
+class DmtgError(Exception):
+    """Root of every error caused by user input (specs, data, run directories)."""
+
+
+class SpecError(DmtgError, ValueError):
+    """A search-space or strategy document is invalid.
+
+    Args:
+        message: what is wrong and what is allowed.
+        source: the file the value came from (or ``"<overrides>"``), if known.
+        key: the dotted key path of the bad value, e.g. ``"strategy.temperature.schedule"``.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None) -> None:
+        self.message = message
+        self.source = source
+        self.key = key
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = ": ".join(part for part in (self.source, self.key) if part)
+        return f"{where}: {self.message}" if where else self.message
+
+    def located(self, source: str | None = None, prefix: str | None = None) -> SpecError:
+        """Return a copy placed in ``source`` with ``prefix`` prepended to the key path."""
+        key = ".".join(p for p in (prefix, self.key) if p) or None
+        return SpecError(self.message, source=self.source or source, key=key)
+
+
+class DataError(DmtgError, ValueError):
+    """A data set is missing, unreadable or inconsistent with the spec."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """Return ``" (did you mean 'x'?)"`` when ``name`` is close to one of ``choices``, else ``""``."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def allowed(choices: Sequence[str]) -> str:
+    """Format a list of allowed names for an error message."""
+    return ", ".join(repr(c) for c in choices)

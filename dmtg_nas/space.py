@@ -1,0 +1,216 @@
+"""The task-grouping search space as an NNI model space, and the grouped network it freezes to.
+
+The space holds K branch encoders and, for every task, K heads (one per branch): K*N heads. Each
+task carries one ``nni.mutable.Categorical`` over the K branches, labelled by the task's name, so
+``space.simplify()`` lists the N choices and ``space.freeze({task: branch, ...})`` returns the grouped
+network: only the branches some task uses and one head per task, as a plain torch module that saves,
+loads and runs without NNI.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from nni.mutable import Categorical
+from nni.nas.nn.pytorch import ModelSpace, MutableModule
+from torch import Tensor, nn
+
+from .backbones import build_backbone, build_head
+from .config import BackboneConfig, HeadsConfig, SearchSpec, TaskConfig
+from .errors import DmtgError
+
+__all__ = ["TaskRouter", "GroupingSpace", "GroupedNetwork", "load_model", "groups_from_sample"]
+
+
+class TaskRouter(MutableModule):
+    """One task's K heads and its choice of branch (``Categorical(range(K), label=task)``)."""
+
+    def __init__(self, task: str, heads: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.task = task
+        self.choice = self.add_mutable(Categorical(list(range(len(heads))), label=task))
+        self.heads = nn.ModuleList(heads)
+
+    @property
+    def label(self) -> str:
+        return str(self.choice.label)
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        """Outside a search, route to the default (first) branch: (B, D) per branch -> (B, out)."""
+        k = int(self.choice.default())
+        return self.heads[k](feats[k])  # type: ignore[no-any-return]
+
+    def freeze(self, sample: Mapping[str, Any]) -> nn.Module:
+        return self.heads[int(self.choice.freeze(sample))]
+
+
+def groups_from_sample(task_names: Sequence[str], sample: Mapping[str, Any], num_branches: int) -> list[list[str]]:
+    """Non-empty groups of a sample, ordered by branch index."""
+    groups: list[list[str]] = [[] for _ in range(num_branches)]
+    for name in task_names:
+        groups[int(sample[name])].append(name)
+    return [g for g in groups if g]
+
+
+class GroupingSpace(ModelSpace):
+    """K branches, K*N heads, one Categorical per task (see the module docstring).
+
+    Args:
+        tasks: the N tasks.
+        num_branches: K.
+        backbone: the branch encoder's config (``mlp`` or ``timm:<name>``).
+        heads: the head config.
+        input_shape: shape of one input sample.
+        branch_init: ``copy`` starts all K branches (and the K heads of a task) from identical
+            weights, as the method's reference code does; ``independent`` initialises each separately.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[TaskConfig],
+        num_branches: int,
+        backbone: BackboneConfig,
+        heads: HeadsConfig,
+        input_shape: Sequence[int],
+        branch_init: str = "copy",
+    ) -> None:
+        super().__init__()
+        if num_branches < 1:
+            raise ValueError(f"num_branches must be >= 1, got {num_branches}")
+        self.tasks = list(tasks)
+        self.num_branches = num_branches
+        self.architecture = {
+            "tasks": [t.model_dump(mode="json") for t in tasks],
+            "backbone": backbone.model_dump(mode="json"),
+            "heads": heads.model_dump(mode="json"),
+            "input_shape": list(input_shape),
+        }
+        shape = tuple(input_shape)
+        first = build_backbone(backbone, shape)
+        branches = [first] + [
+            copy.deepcopy(first) if branch_init == "copy" else build_backbone(backbone, shape)
+            for _ in range(num_branches - 1)
+        ]
+        self.branches = nn.ModuleList(branches)
+        width = int(first.out_features)  # type: ignore[arg-type]
+        routers = []
+        for task in tasks:
+            head = build_head(task, width, heads)
+            task_heads = [head] + [
+                copy.deepcopy(head) if branch_init == "copy" else build_head(task, width, heads)
+                for _ in range(num_branches - 1)
+            ]
+            routers.append(TaskRouter(task.name, task_heads))
+        self.routers = nn.ModuleList(routers)
+
+    @classmethod
+    def from_spec(cls, spec: SearchSpec, input_shape: Sequence[int]) -> GroupingSpace:
+        return cls(spec.tasks, spec.groups, spec.backbone, spec.heads, input_shape, spec.strategy.init.branches)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def forward(self, x: Tensor) -> dict[str, Any]:
+        """All K branches once, then every task's router: ``{task: output}``."""
+        feats = [branch(x) for branch in self.branches]  # K x (B, D)
+        return {task.name: router(feats) for task, router in zip(self.tasks, self.routers)}
+
+    def freeze(self, sample: Mapping[str, Any]) -> GroupedNetwork:  # type: ignore[override]
+        """The grouped network for ``sample`` (``{task: branch index}``), keeping the weights."""
+        exc = self.check_contains(dict(sample))
+        if exc is not None:
+            raise DmtgError(f"invalid grouping sample {dict(sample)}: {exc}")
+        used = sorted({int(sample[name]) for name in self.task_names})
+        heads = {task.name: router.freeze(sample) for task, router in zip(self.tasks, self.routers)}
+        assignment = {name: used.index(int(sample[name])) for name in self.task_names}
+        net = GroupedNetwork(
+            self.architecture,
+            [copy.deepcopy(self.branches[k]) for k in used],
+            {name: copy.deepcopy(head) for name, head in heads.items()},
+            assignment,
+            branch_ids=used,
+        )
+        return net
+
+
+class GroupedNetwork(nn.Module):
+    """The searched model: the used branches and one head per task, a plain torch module.
+
+    ``forward(x)`` returns ``{task: head output}`` ((B, 1) or (B, C)). ``assignment`` maps each task
+    to its branch position in ``branches``; ``branch_ids`` are those branches' indices in the space.
+    """
+
+    def __init__(
+        self,
+        architecture: Mapping[str, Any],
+        branches: Sequence[nn.Module],
+        heads: Mapping[str, nn.Module],
+        assignment: Mapping[str, int],
+        branch_ids: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.architecture = dict(architecture)
+        self.task_names = [t["name"] for t in self.architecture["tasks"]]
+        self.branches = nn.ModuleList(branches)
+        self.heads = nn.ModuleList([heads[name] for name in self.task_names])
+        self.assignment = {name: int(assignment[name]) for name in self.task_names}
+        self.branch_ids = list(branch_ids) if branch_ids is not None else list(range(len(branches)))
+
+    @property
+    def groups(self) -> list[list[str]]:
+        return [[t for t in self.task_names if self.assignment[t] == b] for b in range(len(self.branches))]
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        feats = [branch(x) for branch in self.branches]  # (B, D) per used branch
+        return {name: head(feats[self.assignment[name]]) for name, head in zip(self.task_names, self.heads)}
+
+    @classmethod
+    def from_architecture(
+        cls, architecture: Mapping[str, Any], assignment: Mapping[str, int], branch_ids: Sequence[int] | None = None
+    ) -> GroupedNetwork:
+        """A freshly initialised grouped network (used to load saved weights and to retrain)."""
+        tasks = [TaskConfig.model_validate(t) for t in architecture["tasks"]]
+        backbone = BackboneConfig.model_validate(architecture["backbone"])
+        heads_cfg = HeadsConfig.model_validate(architecture["heads"])
+        shape = tuple(architecture["input_shape"])
+        n_branches = max(assignment.values()) + 1
+        branches = [build_backbone(backbone, shape) for _ in range(n_branches)]
+        width = int(branches[0].out_features)  # type: ignore[arg-type]
+        heads = {t.name: build_head(t, width, heads_cfg) for t in tasks}
+        return cls(architecture, branches, heads, assignment, branch_ids)
+
+    def save(self, path: str | Path) -> None:
+        """Write architecture and weights to one file (loadable with ``weights_only=True``)."""
+        torch.save(
+            {
+                "format": "dmtg-nas/grouped-network/1",
+                "architecture": self.architecture,
+                "assignment": self.assignment,
+                "branch_ids": self.branch_ids,
+                "state_dict": self.state_dict(),
+            },
+            path,
+        )
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> GroupedNetwork:
+    """Load a grouped network saved by :meth:`GroupedNetwork.save` (no NNI needed)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise DmtgError(f"{path}: no saved grouped network here")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise DmtgError(f"{path}: not a readable grouped-network file ({exc})") from None
+    if not isinstance(blob, dict) or blob.get("format") != "dmtg-nas/grouped-network/1":
+        raise DmtgError(f"{path}: not a dmtg-nas grouped-network file")
+    net = GroupedNetwork.from_architecture(blob["architecture"], blob["assignment"], blob["branch_ids"])
+    net.load_state_dict(blob["state_dict"])
+    return net

@@ -1,0 +1,268 @@
+"""DMTG as an NNI one-shot strategy.
+
+Implements Gao et al., "DMTG: One-Shot Differentiable Multi-Task Grouping", ICML 2024
+(arXiv:2407.05082), on NNI 3.0's one-shot machinery. Everything that touches NNI internals lives in
+this module: the supernet module that replaces each :class:`~dmtg_nas.space.TaskRouter`
+(:class:`DMTGRouter`), the one-shot Lightning module (:class:`DMTGLightningModule`) and the
+strategy (:class:`DMTG`).
+
+The method, per training step:
+
+- one Gumbel-softmax sample per task row of the logit matrix S (N x K), shared by the batch:
+  ``z[i] = softmax((S[i] + g[i]) / tau)``, ``g ~ Gumbel(0, 1)`` (soft; ``sample: hard`` gives
+  straight-through one-hot samples);
+- the loss ``sum_i w_i sum_k z[i,k] L_i(head[k,i](branch_k(x)), y_i)`` over all K*N heads;
+- one optimizer over weights and logits, on the same batch (Lightning's automatic optimisation);
+- tau follows the strategy's schedule; the export is ``argmax_k S[i, k]`` per task.
+
+The Gumbel noise of step s is drawn from a generator seeded with (seed, s), so every process of a
+distributed run draws the same sample, and a resumed run continues the same noise sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from nni.mutable import frozen_context
+from nni.nas.oneshot.pytorch.base_lightning import BaseOneShotLightningModule
+from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
+from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
+from torch import Tensor, nn
+
+from .config import StrategyConfig, TemperatureConfig
+from .schedules import TemperatureSchedule
+from .space import TaskRouter
+from .training import ARCH_PARAM_FLAG, RoutedOutput
+
+__all__ = ["DMTGRouter", "DMTGLightningModule", "DMTG", "gumbel_noise"]
+
+_logger = logging.getLogger(__name__)
+
+
+def gumbel_noise(seed: int, step: int, shape: Sequence[int]) -> Tensor:
+    """Gumbel(0, 1) noise of ``shape`` for optimisation step ``step`` (deterministic, CPU)."""
+    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
+    u = torch.rand(tuple(shape), generator=gen, dtype=torch.float64).clamp_(1e-12, 1 - 1e-12)
+    return (-torch.log(-torch.log(u))).float()
+
+
+class DMTGRouter(BaseSuperNetModule):
+    """Supernet version of :class:`TaskRouter`: all K heads, weighted by a relaxed sample.
+
+    ``logits`` is the task's row of S (shape (K,)). In training mode ``forward`` returns every
+    head's prediction with the sample ``z = softmax((logits + noise) / tau)``; in evaluation mode
+    the weights are the one-hot argmax (the network as it would be pruned).
+    """
+
+    def __init__(self, router: TaskRouter, logits: nn.Parameter) -> None:
+        super().__init__()
+        self.task = router.task
+        self.choice = self.add_mutable(router.choice)
+        self.heads = router.heads
+        self.logits = logits
+        self.tau = 1.0
+        self.hard = False
+        self.noise: Tensor | None = None  # (K,) Gumbel noise of the current step
+
+    @property
+    def label(self) -> str:
+        return str(self.choice.label)
+
+    def sample_weights(self) -> Tensor:
+        """(K,) relaxed sample for the current step's noise (differentiable in the logits)."""
+        noise = self.noise if self.noise is not None else torch.zeros_like(self.logits)
+        z = torch.softmax((self.logits + noise.to(self.logits.device)) / self.tau, dim=-1)
+        if self.hard:
+            one_hot = torch.zeros_like(z).scatter_(-1, z.argmax(-1, keepdim=True), 1.0)
+            z = one_hot - z.detach() + z
+        return z
+
+    def forward(self, feats: Sequence[Tensor]) -> RoutedOutput:
+        if self.training:
+            weights = self.sample_weights()
+        else:
+            weights = torch.zeros_like(self.logits).scatter_(-1, self.logits.argmax(-1, keepdim=True), 1.0)
+        return RoutedOutput([head(f) for head, f in zip(self.heads, feats)], weights)
+
+    def probabilities(self) -> Tensor:
+        """softmax(S[i]): the task's current distribution over branches."""
+        return torch.softmax(self.logits.detach(), dim=-1)
+
+    def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
+        return {}  # the noise is set by DMTGLightningModule once per step
+
+    def export(self, memo: dict[str, Any]) -> dict[str, Any]:
+        if self.label in memo:
+            return {}
+        return {self.label: int(self.logits.detach().argmax())}
+
+    def export_probs(self, memo: dict[str, Any]) -> dict[str, Any]:
+        if self.label in memo:
+            return {}
+        return {self.label: {k: float(p) for k, p in enumerate(self.probabilities())}}
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.logits]
+
+    def freeze(self, sample: dict[str, Any]) -> nn.Module:
+        return self.heads[int(self.choice.freeze(sample))]
+
+    @classmethod
+    def mutate(
+        cls, module: nn.Module, name: str, memo: dict[str, Any], mutate_kwargs: dict[str, Any]
+    ) -> tuple[DMTGRouter, bool] | None:
+        if not isinstance(module, TaskRouter):
+            return None
+        label = module.label
+        if label not in memo:
+            k = len(module.heads)
+            logits = nn.Parameter(torch.full((k,), float(mutate_kwargs.get("logits_init", 1.0))))
+            setattr(logits, ARCH_PARAM_FLAG, True)
+            memo[label] = logits
+        return cls(module, memo[label]), True
+
+
+class DMTGLightningModule(BaseOneShotLightningModule):
+    """The search loop: sets tau and the step's Gumbel noise, then trains on the weighted loss.
+
+    Unlike NNI's DARTS modules it uses Lightning's automatic optimisation with the evaluator's one
+    optimizer (weights and logits together, same batch) and its learning-rate schedule.
+    """
+
+    def __init__(
+        self,
+        training_module: Any,
+        *,
+        temperature: TemperatureSchedule,
+        hard: bool = False,
+        seed: int = 0,
+        entropy_weight: float = 0.0,
+    ) -> None:
+        super().__init__(training_module)
+        self.temperature = temperature
+        self.hard = hard
+        self.seed = seed
+        self.entropy_weight = entropy_weight
+        self.current_tau = temperature(0, 1)
+
+    @property  # type: ignore[override]
+    def automatic_optimization(self) -> bool:
+        return True
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:  # Lightning may assign it
+        pass
+
+    def routers(self) -> Iterator[DMTGRouter]:
+        for module in self.supernet_modules():
+            if isinstance(module, DMTGRouter):
+                yield module
+
+    def probabilities(self) -> dict[str, list[float]]:
+        """``{task: [p_0, ..., p_{K-1}]}`` from softmax of the logits."""
+        return {r.label: r.probabilities().tolist() for r in self.routers()}
+
+    def _set_step_state(self, step: int) -> None:
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        self.current_tau = self.temperature(step, total)
+        routers = list(self.routers())
+        if not routers:
+            return
+        noise = gumbel_noise(self.seed, step, (len(routers), len(routers[0].heads)))
+        for router, g in zip(routers, noise):
+            router.noise = g
+            router.tau = self.current_tau
+            router.hard = self.hard
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        self._set_step_state(int(self.trainer.global_step))
+        loss = self.training_module.training_step(batch, batch_idx)
+        if self.entropy_weight > 0:
+            probs = torch.stack([torch.softmax(r.logits, -1) for r in self.routers()])  # (N, K)
+            entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
+            loss = loss + self.entropy_weight * entropy
+        self.log("tau", self.current_tau, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        return self.training_module.validation_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        return self.training_module.on_validation_epoch_end()
+
+    def configure_optimizers(self) -> Any:
+        return self.training_module.configure_optimizers()
+
+
+class DMTG(OneShotStrategy):
+    """DMTG one-shot strategy for a :class:`~dmtg_nas.space.GroupingSpace`.
+
+    Usable wherever NNI takes a strategy: ``NasExperiment(space, evaluator, DMTG(...)).run()``, or
+    ``DMTG(...)(RawFormatModelSpace(space, evaluator), SequentialExecutionEngine())``.
+
+    Args:
+        temperature: a :class:`~dmtg_nas.config.TemperatureConfig` (or a float for a constant tau).
+        sample: ``soft`` (the method) or ``hard`` (straight-through one-hot).
+        logits_init: initial value of every logit (all equal: a uniform start).
+        entropy_weight: weight of the mean entropy of softmax(S) added to the loss (0: off).
+        seed: seed of the Gumbel noise sequence.
+    """
+
+    def __init__(
+        self,
+        temperature: TemperatureConfig | float = 2.5,
+        *,
+        sample: str = "soft",
+        logits_init: float = 1.0,
+        entropy_weight: float = 0.0,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(temperature, TemperatureConfig):
+            temperature = TemperatureConfig(schedule="constant", init=float(temperature))
+        self.temperature = TemperatureSchedule(temperature)
+        self.hard = sample == "hard"
+        self.logits_init = logits_init
+        self.entropy_weight = entropy_weight
+        self.seed = seed
+
+    @classmethod
+    def from_config(cls, config: StrategyConfig) -> DMTG:
+        return cls(
+            config.temperature,
+            sample=config.sample,
+            logits_init=config.init.logits,
+            entropy_weight=config.entropy_weight,
+            seed=config.seed,
+        )
+
+    def default_mutation_hooks(self) -> list[Any]:
+        return [DMTGRouter.mutate, no_default_hook]
+
+    def run_hook(self, hook: Any, name: str, module: nn.Module, memo: dict[str, Any]) -> Any:
+        return hook(module, name, memo, {"logits_init": self.logits_init})
+
+    def configure_oneshot_module(self, training_module: Any) -> DMTGLightningModule:
+        return DMTGLightningModule(
+            training_module,
+            temperature=self.temperature,
+            hard=self.hard,
+            seed=self.seed,
+            entropy_weight=self.entropy_weight,
+        )
+
+    @property
+    def dmtg_module(self) -> DMTGLightningModule:
+        module = self.oneshot_module
+        assert isinstance(module, DMTGLightningModule)
+        return module
+
+
+def mutate_for_search(strategy: DMTG, space: nn.Module) -> None:
+    """Turn ``space`` into the DMTG supernet in place (what the strategy does at initialisation)."""
+    with frozen_context():
+        strategy.mutate_model(space)  # type: ignore[type-var]

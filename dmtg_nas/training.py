@@ -1,0 +1,151 @@
+"""The multi-task training module (NNI's Lightning evaluator side).
+
+:class:`MultiTaskModule` trains any network whose forward returns ``{task: output}``: the grouping
+supernet during the search (outputs are :class:`RoutedOutput`: all K heads' predictions and their
+sample weights) and the frozen grouped network afterwards (plain tensors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from nni.nas.evaluator.pytorch import LightningModule
+from torch import Tensor
+
+from .config import LRScheduleConfig, OptimizerConfig, TaskConfig
+from .tasks import TaskMetrics, squeeze_output, summarize, task_loss
+
+__all__ = ["RoutedOutput", "MultiTaskModule", "multitask_loss", "ARCH_PARAM_FLAG"]
+
+ARCH_PARAM_FLAG = "_dmtg_grouping_logit"
+
+
+@dataclass
+class RoutedOutput:
+    """One task's outputs on all K branches during the search.
+
+    Attributes:
+        preds: K tensors of shape (B, out), one per branch head.
+        weights: (K,) sample weights z of the task's relaxed Categorical (one-hot when evaluating).
+    """
+
+    preds: list[Tensor]
+    weights: Tensor
+
+    def selected(self) -> Tensor:
+        """The prediction of the most likely branch (what the pruned network will output)."""
+        return self.preds[int(torch.argmax(self.weights))]
+
+
+def multitask_loss(
+    tasks: Sequence[TaskConfig], outputs: Mapping[str, Any], targets: Mapping[str, Tensor]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``sum_i w_i * sum_k z[i,k] * L_i(head[k,i], y_i)`` (a plain network: ``sum_i w_i * L_i``).
+
+    Returns the total and each task's (unweighted, sample-weighted over k) loss.
+    """
+    parts: dict[str, Tensor] = {}
+    total: Tensor | None = None
+    for task in tasks:
+        out, y = outputs[task.name], targets[task.name]
+        if isinstance(out, RoutedOutput):
+            loss: Tensor | None = None
+            for k, pred in enumerate(out.preds):
+                term = out.weights[k] * task_loss(task, squeeze_output(task, pred), y)
+                loss = term if loss is None else loss + term
+            assert loss is not None
+        else:
+            loss = task_loss(task, squeeze_output(task, out), y)
+        parts[task.name] = loss
+        total = task.weight * loss if total is None else total + task.weight * loss
+    assert total is not None
+    return total, parts
+
+
+def _selected(outputs: Mapping[str, Any]) -> dict[str, Tensor]:
+    return {k: v.selected() if isinstance(v, RoutedOutput) else v for k, v in outputs.items()}
+
+
+class MultiTaskModule(LightningModule):
+    """Lightning module for multi-task training: losses, validation metrics, optimizer and schedule.
+
+    The grouping logits (parameters flagged with :data:`ARCH_PARAM_FLAG`) share the one optimizer
+    with the weights, in their own parameter group (own learning rate if ``optimizer.logits_lr``
+    is set; no weight decay). Validation logs ``val_loss`` (the sum of task losses of the network as
+    it would be pruned now) and per-task ``val/<task>/<metric>``.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[TaskConfig],
+        optimizer: OptimizerConfig,
+        lr_schedule: LRScheduleConfig,
+        epochs: int,
+    ) -> None:
+        super().__init__()
+        self.tasks = list(tasks)
+        self.optimizer_config = optimizer
+        self.lr_schedule_config = lr_schedule
+        self.epochs = epochs
+        self.val_metrics = TaskMetrics(self.tasks)
+        self.last_validation: dict[str, dict[str, float]] = {}
+
+    def forward(self, x: Tensor) -> Any:
+        return self.model(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, targets = batch
+        total, _ = multitask_loss(self.tasks, self(x), targets)
+        self.log("train_loss", total, prog_bar=True, on_step=False, on_epoch=True, batch_size=x.shape[0])
+        return total
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, targets = batch
+        self.val_metrics.update(_selected(self(x)), targets)
+
+    def on_validation_epoch_end(self) -> None:
+        per_task = self.val_metrics.compute()
+        self.val_metrics.reset()
+        totals = summarize(per_task, self.tasks)
+        self.last_validation = per_task
+        self.log("val_loss", totals["total_loss"], prog_bar=True)
+        if "total_error" in totals:
+            self.log("val_total_error", totals["total_error"])
+        for task, row in per_task.items():
+            for metric, value in row.items():
+                self.log(f"val/{task}/{metric}", value)
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.optimizer_config
+        arch = [p for p in self.parameters() if getattr(p, ARCH_PARAM_FLAG, False)]
+        arch_ids = {id(p) for p in arch}
+        weights = [p for p in self.parameters() if id(p) not in arch_ids]
+        groups: list[dict[str, Any]] = [{"params": weights}]
+        if arch:
+            groups.append({"params": arch, "lr": cfg.logits_lr or cfg.lr, "weight_decay": 0.0})
+        opt: torch.optim.Optimizer
+        if cfg.name == "adam":
+            opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.name == "adamw":
+            opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        sched = self.lr_schedule_config
+        if sched.name == "none":
+            return opt
+        scheduler: Any
+        if sched.name == "step":
+            scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=sched.step_size, gamma=sched.gamma)
+        elif sched.name == "multistep":
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=sched.milestones, gamma=sched.gamma)
+        elif sched.name == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.epochs, 1))
+        else:
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=sched.factor, patience=sched.patience
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+        return {"optimizer": opt, "lr_scheduler": scheduler}
