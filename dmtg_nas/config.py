@@ -11,6 +11,7 @@ validated before anything runs: unknown keys, wrong types and out-of-range value
 from __future__ import annotations
 
 import copy
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -247,9 +248,7 @@ def _locate(ref: str, kind: PresetKind, relative_to: Path | None) -> Path:
         return preset
     names = list_presets(kind)
     label = "search space" if kind == "search_spaces" else "strategy preset"
-    raise SpecError(
-        f"no file or shipped {label} named {ref!r}{suggest(ref, names)}; shipped: {allowed(names)}"
-    )
+    raise SpecError(f"no file or shipped {label} named {ref!r}{suggest(ref, names)}; shipped: {allowed(names)}")
 
 
 def _deep_merge(base: dict[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
@@ -401,7 +400,7 @@ def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = (
 
         validate_components(result)
     except SpecError as exc:
-        key = exc.key or ""
+        key = re.sub(r"\[(\d+)\]", r".\1", exc.key or "")
         from_set = any(key == k or key.startswith(k + ".") for k in overridden)
         raise SpecError(exc.message, source="--set" if from_set else source, key=exc.key) from None
     return result

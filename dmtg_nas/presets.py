@@ -7,7 +7,6 @@ are the package-data folders ``dmtg_nas/search_spaces`` and ``dmtg_nas/strategie
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 from typing import Literal
 
@@ -18,15 +17,11 @@ PresetKind = Literal["search_spaces", "strategies"]
 
 def preset_dir(kind: PresetKind) -> Path | None:
     """The folder holding the shipped presets of ``kind``, or None when none is installed."""
-    checkout = Path(__file__).resolve().parent.parent / kind
-    if checkout.is_dir():
-        return checkout
-    try:
-        resource = importlib.resources.files(f"dmtg_nas.{kind}")
-    except ModuleNotFoundError:
-        return None
-    path = Path(str(resource))
-    return path if path.is_dir() else None
+    here = Path(__file__).resolve().parent
+    for folder in (here / kind, here.parent / kind):  # installed wheel, source checkout
+        if folder.is_dir():
+            return folder
+    return None
 
 
 def list_presets(kind: PresetKind) -> list[str]:

@@ -50,11 +50,10 @@ class Registry(Generic[T]):
         if name in self._items:
             return self._items[name]
         if self.allow_import and ":" in name:
-            return import_object(name, self.kind)  # type: ignore[no-any-return]
+            return import_object(name, self.kind)  # type: ignore[return-value]
         hint = " or 'package.module:function'" if self.allow_import else ""
         raise SpecError(
-            f"unknown {self.kind} {name!r}{suggest(name, self._items)}; "
-            f"allowed: {allowed(self.names())}{hint}"
+            f"unknown {self.kind} {name!r}{suggest(name, self._items)}; allowed: {allowed(self.names())}{hint}"
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from nni.mutable import Categorical
@@ -126,7 +126,7 @@ class GroupingSpace(ModelSpace):
         if exc is not None:
             raise DmtgError(f"invalid grouping sample {dict(sample)}: {exc}")
         used = sorted({int(sample[name]) for name in self.task_names})
-        heads = {task.name: router.freeze(sample) for task, router in zip(self.tasks, self.routers)}
+        heads = {task.name: cast(TaskRouter, router).freeze(sample) for task, router in zip(self.tasks, self.routers)}
         assignment = {name: used.index(int(sample[name])) for name in self.task_names}
         net = GroupedNetwork(
             self.architecture,
@@ -207,7 +207,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Gr
         raise DmtgError(f"{path}: no saved grouped network here")
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+    except Exception as exc:
         raise DmtgError(f"{path}: not a readable grouped-network file ({exc})") from None
     if not isinstance(blob, dict) or blob.get("format") != "dmtg-nas/grouped-network/1":
         raise DmtgError(f"{path}: not a dmtg-nas grouped-network file")

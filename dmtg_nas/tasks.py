@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -62,12 +63,18 @@ class TaskMetrics(torch.nn.Module):
                 )
         self.metrics = torch.nn.ModuleDict(metrics)
 
+    def _loss(self, task: str) -> torchmetrics.Metric:
+        return cast(torchmetrics.Metric, self.loss[task])
+
+    def _metrics(self, task: str) -> dict[str, torchmetrics.Metric]:
+        return {k: cast(torchmetrics.Metric, v) for k, v in cast(torch.nn.ModuleDict, self.metrics[task]).items()}
+
     @torch.no_grad()
     def update(self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> None:
         for t in self.tasks:
             pred, y = squeeze_output(t, preds[t.name]), targets[t.name]
-            self.loss[t.name].update(task_loss(t, pred, y), weight=y.shape[0])
-            for metric in self.metrics[t.name].values():
+            self._loss(t.name).update(task_loss(t, pred, y), weight=y.shape[0])
+            for metric in self._metrics(t.name).values():
                 if t.type == "binary":
                     metric.update(torch.sigmoid(pred), y.long())
                 else:
@@ -77,8 +84,8 @@ class TaskMetrics(torch.nn.Module):
         """``{task: {"loss": ..., metric: ...}}``; binary/multiclass tasks also get ``error`` in %."""
         out: dict[str, dict[str, float]] = {}
         for t in self.tasks:
-            row = {"loss": float(self.loss[t.name].compute())}
-            for name, metric in self.metrics[t.name].items():
+            row = {"loss": float(self._loss(t.name).compute())}
+            for name, metric in self._metrics(t.name).items():
                 row[name] = float(metric.compute())
             if "accuracy" in row:
                 row["error"] = 100.0 * (1.0 - row["accuracy"])

@@ -114,8 +114,8 @@ def random_split(n: int, split: SplitConfig) -> tuple[np.ndarray, np.ndarray, np
     """Indices of a seeded random train/val/test split of ``n`` samples."""
     rng = np.random.default_rng(split.seed)
     order = rng.permutation(n)
-    n_test = int(round(split.test * n))
-    n_val = int(round(split.val * n))
+    n_test = round(split.test * n)
+    n_val = round(split.val * n)
     if n - n_test - n_val < 1:
         raise DataError(f"{n} samples leave nothing to train on with val={split.val}, test={split.test}")
     return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
@@ -142,8 +142,7 @@ def encode_targets(task: TaskConfig, values: np.ndarray, where: str) -> torch.Te
         if levels <= {-1, 1}:
             return torch.as_tensor(values > 0, dtype=torch.float32)
         raise DataError(
-            f"{where}: binary task {task.name!r} needs targets in {{0, 1}} or {{-1, 1}}, "
-            f"found {sorted(levels)[:6]}"
+            f"{where}: binary task {task.name!r} needs targets in {{0, 1}} or {{-1, 1}}, found {sorted(levels)[:6]}"
         )
     if np.any(values != np.round(values)):
         raise DataError(f"{where}: multiclass task {task.name!r} has non-integer targets")

@@ -19,7 +19,7 @@ from typing import Annotated, ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from ..config import SplitConfig, StrictModel, TaskConfig
 from ..errors import SpecError
@@ -52,7 +52,7 @@ def planted_partition(task_names: Sequence[str], group_sizes: Sequence[int], see
 class PlantedDataset:
     """Synthetic vector data with a planted task grouping (see the module docstring)."""
 
-    Options: ClassVar[type[PlantedOptions]] = PlantedOptions
+    Options: ClassVar[type[BaseModel]] = PlantedOptions
 
     def check(self, options: PlantedOptions, tasks: Sequence[TaskConfig]) -> None:
         total = sum(options.group_sizes)

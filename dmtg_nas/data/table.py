@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from ..config import SplitConfig, StrictModel, TaskConfig
 from ..errors import DataError, SpecError, suggest
@@ -102,7 +102,7 @@ def _feature_names(columns: Sequence[str], tasks: Sequence[TaskConfig], options:
 class TableDataset:
     """Tabular multi-task data from a CSV or NPZ file (see :class:`TableOptions`)."""
 
-    Options: ClassVar[type[TableOptions]] = TableOptions
+    Options: ClassVar[type[BaseModel]] = TableOptions
 
     def check(self, options: TableOptions, tasks: Sequence[TaskConfig]) -> None:
         path = Path(options.path)

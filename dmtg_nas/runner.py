@@ -97,6 +97,16 @@ def _accelerator(device: str) -> str:
     return "cpu" if device == "cpu" else "auto"
 
 
+def _log_version(out_dir: Path, resume_from: Path | None) -> str:
+    """``logs`` for a new run; ``logs-resume-<n>`` for the n-th resumption (never overwrite logs)."""
+    if resume_from is None:
+        return "logs"
+    n = 1
+    while (out_dir / f"logs-resume-{n}").exists():
+        n += 1
+    return f"logs-resume-{n}"
+
+
 def build_evaluator(
     spec: SearchSpec,
     data: TaskData,
@@ -121,7 +131,9 @@ def build_evaluator(
         accelerator=_accelerator(strat.device),
         devices=1,
         callbacks=cbs,
-        logger=CSVLogger(save_dir=str(out_dir), name="", version="logs") if out_dir is not None else False,
+        logger=CSVLogger(save_dir=str(out_dir), name="", version=_log_version(out_dir, resume_from))
+        if out_dir is not None
+        else False,
         enable_checkpointing=checkpoint and out_dir is not None,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -239,11 +251,13 @@ def run_search(
     from .strategy import DMTG
 
     out = Path(out_dir) if out_dir is not None else None
-    resume_from = _prepare_out_dir(out, resume, overwrite) if out is not None else None
     strat = spec.strategy
     pl.seed_everything(strat.seed, workers=True, verbose=False)
     t0 = time.perf_counter()
     data = data if data is not None else load_data(spec)
+    resume_from = _prepare_out_dir(out, resume, overwrite) if out is not None else None
+    if out is not None and not resume:
+        (out / "config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
     space = GroupingSpace.from_spec(spec, data.input_shape)
     history = ProbabilityHistory()
     evaluator = build_evaluator(
@@ -264,9 +278,7 @@ def run_search(
     device = "cuda" if _accelerator(strat.device) != "cpu" and torch.cuda.is_available() else "cpu"
     eval_bs = strat.eval_batch_size or max(strat.batch_size, 256)
     model.cpu()
-    per_split = {
-        split: evaluate(model, getattr(data, split), spec.tasks, eval_bs, device) for split in ("val", "test")
-    }
+    per_split = {split: evaluate(model, getattr(data, split), spec.tasks, eval_bs, device) for split in ("val", "test")}
     model.cpu()
     groups = groups_from_sample(spec.task_names, sample, spec.groups)
     metrics: dict[str, Any] = {
@@ -321,7 +333,6 @@ def write_outputs(result: SearchResult, spec: SearchSpec, data: TaskData) -> Non
     )
     _write_json(out / "metrics.json", result.metrics)
     _write_json(out / "history.json", result.history)
-    (out / "config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
     result.model.save(out / "model.pt")
     if data.ground_truth is not None:
         _write_json(out / "planted_groups.json", {"groups": data.ground_truth})

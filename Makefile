@@ -1,0 +1,35 @@
+# Every target sets itself up: a fresh machine needs only Python 3.10+ and make.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test test-slow lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP)
+
+## demo: a real grouping search on planted data (no download), groups printed at the end
+demo: $(STAMP)
+	$(BIN)/dmtg search planted --out runs/planted-demo --overwrite
+
+## test: lint, type-check and the default (fast, offline, CPU) test suite
+test: lint
+	$(BIN)/python -m pytest -m "not slow" -q
+
+## test-slow: the longer end-to-end tests (CI runs these too)
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check dmtg_nas tests examples
+	$(BIN)/ruff format --check dmtg_nas tests examples
+	$(BIN)/mypy
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

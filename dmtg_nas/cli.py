@@ -1,0 +1,211 @@
+"""The ``dmtg`` command line.
+
+    dmtg search SPEC [--out DIR] [--set KEY=VALUE ...]   run a grouping search
+    dmtg search --resume DIR                             continue an interrupted search
+    dmtg validate SPEC [--set KEY=VALUE ...]             check a spec without running it
+    dmtg list                                            shipped search spaces, strategies, names
+
+User mistakes (bad specs, missing files) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import DmtgError
+
+# NNI warns about torch classes at import; keep the command's output clean (set before NNI loads).
+warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USAGE = 2
+
+_EPILOG = """\
+examples:
+  dmtg search planted                                  shipped search space, outputs in runs/
+  dmtg search my_space.yaml --out runs/a --set groups=4 --set strategy.epochs=20
+  dmtg search --resume runs/a                          continue after an interruption
+  dmtg validate my_space.yaml
+  dmtg list
+
+SPEC is a shipped search-space name (see 'dmtg list') or a YAML file. --set overrides any key of
+the merged document with a YAML value, e.g. --set dataset.split.seed=3 --set strategy=paper-celeba.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dmtg",
+        description="Find which tasks should share an encoder and train the grouped multi-task model, "
+        "in one run (DMTG one-shot differentiable multi-task grouping on NNI).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"dmtg-nas {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    search = sub.add_parser(
+        "search",
+        help="run a grouping search and train the grouped network",
+        description="Train the DMTG supernet on the spec's data, export the task groups, prune to the "
+        "grouped network, evaluate it and write the outputs (grouping.json, metrics.json, "
+        "probabilities.png, config.yaml, model.pt, checkpoints/) to --out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    search.add_argument("spec", nargs="?", help="search-space name or YAML file (omit with --resume)")
+    search.add_argument("--out", "-o", type=Path, help="output folder (default: runs/<name>-<time>)")
+    _add_set(search)
+    search.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted search in DIR")
+    search.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
+    search.add_argument("--quiet", "-q", action="store_true", help="no progress bar, only the result")
+    search.add_argument("--json", action="store_true", help="print the grouping as JSON instead of a table")
+
+    validate = sub.add_parser(
+        "validate",
+        help="check a spec (keys, types, names, files) without running it",
+        description="Validate a search-space spec and the files it names; exit 0 if it is valid, 2 if not.",
+    )
+    validate.add_argument("spec", help="search-space name or YAML file")
+    _add_set(validate)
+
+    sub.add_parser("list", help="list shipped search spaces, strategy presets, data sets, encoders, schedules")
+    return parser
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the merged spec (repeatable), e.g. groups=4 or strategy.epochs=20",
+    )
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal to our own output: silence NNI's import warnings and Lightning's banners."""
+    warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "nni"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .config import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    s = spec.strategy
+    print(
+        f"ok: {spec.name}: {len(spec.tasks)} tasks, K={spec.groups}, dataset {spec.dataset.name}, "
+        f"backbone {spec.backbone.name}, strategy {s.name} ({s.epochs} epochs, tau {s.temperature.schedule} "
+        f"{s.temperature.init})"
+    )
+    return 0
+
+
+def _cmd_list() -> int:
+    from .config import _read_yaml
+    from .data import DATASETS
+    from .presets import find_preset, list_presets
+    from .schedules import SCHEDULES
+
+    for kind, title in (("search_spaces", "search spaces"), ("strategies", "strategy presets")):
+        print(f"{title}:")
+        for name in list_presets(kind):  # type: ignore[arg-type]
+            path = find_preset(kind, name)  # type: ignore[arg-type]
+            desc = str(_read_yaml(path).get("description", "")) if path else ""
+            print(f"  {name:<16} {desc}")
+    print(f"data sets: {', '.join(DATASETS.names())} (or package.module:function)")
+    print("encoders: mlp, timm:<model name> (any timm model, e.g. timm:resnet10t)")
+    print(f"temperature schedules: {', '.join(SCHEDULES.names())}")
+    return 0
+
+
+def _format_table(result: Any) -> str:
+    lines = ["group  branch  tasks"]
+    for i, group in enumerate(result.groups, start=1):
+        branch = result.assignment[group[0]]
+        lines.append(f"{i:<6} {branch:<7} {', '.join(group)}")
+    totals = result.metrics["totals"]
+    test, val = totals["test"], totals["val"]
+    summary = f"test total loss {test['total_loss']:.4f} (validation {val['total_loss']:.4f})"
+    if "total_error" in test:
+        summary += f"; test total error {test['total_error']:.2f}%"
+    truth = result.metrics.get("ground_truth")
+    if truth:
+        summary += f"; adjusted Rand index vs planted groups {truth['adjusted_rand_index']:.3f}"
+    lines.append(summary)
+    return "\n".join(lines)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .config import load_spec
+    from .runner import run_search
+
+    if args.resume is not None:
+        if args.spec is not None or args.overrides:
+            raise DmtgError("--resume continues a run with its saved config; give no SPEC or --set with it")
+        config = args.resume / "config.yaml"
+        if not config.is_file():
+            raise DmtgError(f"{args.resume}: not a run folder (no config.yaml)")
+        spec = load_spec(config)
+        out = args.resume
+    else:
+        if args.spec is None:
+            raise DmtgError("give a SPEC (a shipped search-space name or a YAML file), or --resume DIR")
+        spec = load_spec(args.spec, args.overrides)
+        out = args.out or Path("runs") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not args.quiet:
+        print(
+            f"searching {spec.name}: {len(spec.tasks)} tasks, K={spec.groups}, {spec.backbone.name} branches, "
+            f"{spec.strategy.epochs} epochs -> {out}",
+            file=sys.stderr,
+        )
+    result = run_search(spec, out, progress=not args.quiet, resume=args.resume is not None, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps({"groups": result.groups, "assignment": result.assignment}, indent=2))
+    else:
+        print(_format_table(result))
+        print(f"outputs in {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    try:
+        if args.command == "validate":
+            return _cmd_validate(args)
+        if args.command == "list":
+            return _cmd_list()
+        return _cmd_search(args)
+    except DmtgError as exc:
+        print(f"dmtg: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("dmtg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""Shared fixtures: small specs that train in seconds on the CPU."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
+
+torch.set_num_threads(2)
+
+SMALL_PLANTED = [
+    "dataset.samples=600",
+    "strategy.epochs=2",
+    "strategy.finetune.epochs=1",
+    "strategy.batch_size=64",
+]
+
+
+def planted_doc(**overrides: Any) -> dict[str, Any]:
+    """A 4-task planted spec as a mapping (2 groups of 2, K=2, tiny mlp)."""
+    doc: dict[str, Any] = {
+        "name": "tiny",
+        "tasks": [{"name": f"t{i}", "type": "regression"} for i in range(4)],
+        "dataset": {"name": "planted", "group_sizes": [2, 2], "input_dim": 8, "latent_dim": 3, "samples": 400},
+        "backbone": {"name": "mlp", "hidden": [8, 3]},
+        "groups": 2,
+        "strategy": {"_base_": "dmtg", "epochs": 2, "batch_size": 64, "finetune": {"epochs": 0}},
+    }
+    doc.update(overrides)
+    return doc
+
+
+@pytest.fixture()
+def tiny_spec() -> Any:
+    import dmtg_nas
+
+    return dmtg_nas.load_spec(planted_doc())
+
+
+@pytest.fixture()
+def write_yaml(tmp_path: Path) -> Any:
+    import yaml
+
+    def _write(name: str, doc: Any) -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(doc) if not isinstance(doc, str) else doc)
+        return path
+
+    return _write

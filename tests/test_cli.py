@@ -1,0 +1,97 @@
+"""The ``dmtg`` command: exit codes, one-line errors, nothing written on bad input, a real run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dmtg_nas.cli import main
+
+from .conftest import planted_doc
+
+
+def test_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "planted", "--set", "groups=4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: planted: 9 tasks, K=4, dataset planted")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["validate", "planted", "--set", "groups=0"], "dmtg: error: --set: groups: input should be greater"),
+        (["validate", "plantd"], "did you mean 'planted'?"),
+        (["validate", "planted", "--set", "strategy.temperature.schedule=cosin"], "did you mean 'cosine'"),
+        (["search", "planted", "--set", "dataset.nosie=0.1"], "unknown key 'nosie' (did you mean 'noise'?)"),
+        (["search"], "give a SPEC"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = main([*args, "--out", str(tmp_path / "out")] if args[0] == "search" and len(args) > 1 else args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the output folder
+
+
+def test_list_shows_presets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "planted" in out and "dmtg" in out and "paper-celeba" in out
+    assert "constant, cosine, exponential, linear" in out
+
+
+def test_help_explains_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["search", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--out", "--set", "--resume", "--overwrite", "--quiet"):
+        assert flag in out
+
+
+def test_search_subprocess_end_to_end(tmp_path: Path) -> None:
+    """The installed console script on a small planted spec file: table printed, files written."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(planted_doc()))
+    out = tmp_path / "run"
+    exe = Path(sys.executable).with_name("dmtg")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [str(exe), "search", str(spec), "--out", str(out), "--quiet", "--set", "strategy.epochs=3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == "group  branch  tasks"
+    grouping = json.loads((out / "grouping.json").read_text())
+    table_tasks = sorted(
+        t.strip() for line in lines[1 : 1 + len(grouping["groups"])] for t in line.split(None, 2)[2].split(",")
+    )
+    assert table_tasks == ["t0", "t1", "t2", "t3"]
+    assert "adjusted Rand index vs planted groups" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+    # --resume refuses extra settings, continues with the saved config otherwise
+    bad = subprocess.run(
+        [str(exe), "search", "--resume", str(out), "--set", "groups=3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert bad.returncode == 2 and "give no SPEC or --set" in bad.stderr

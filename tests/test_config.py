@@ -1,0 +1,141 @@
+"""Spec loading, inheritance, overrides and error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dmtg_nas import SpecError, load_spec, load_strategy
+from dmtg_nas.config import parse_override
+
+from .conftest import planted_doc
+
+
+def test_shipped_spec_loads_with_strategy_preset() -> None:
+    spec = load_spec("planted")
+    assert spec.groups == 3
+    assert len(spec.tasks) == 9
+    assert spec.strategy.name == "dmtg"
+    assert spec.dataset.model_extra == {
+        "group_sizes": [2, 3, 4],
+        "input_dim": 32,
+        "latent_dim": 8,
+        "noise": 0.1,
+        "samples": 4000,
+        "seed": 0,
+        "split": {"val": 0.2, "test": 0.2, "seed": 0},
+    }
+
+
+def test_overrides_reach_nested_keys_and_parse_yaml_values() -> None:
+    spec = load_spec(
+        "planted",
+        ["groups=4", "strategy.epochs=7", "dataset.seed=3", "strategy.temperature.schedule=linear", "heads.hidden=[5]"],
+    )
+    assert spec.groups == 4
+    assert spec.strategy.epochs == 7
+    assert spec.dataset.model_extra is not None and spec.dataset.model_extra["seed"] == 3
+    assert spec.strategy.temperature.schedule == "linear"
+    assert spec.heads.hidden == [5]
+
+
+def test_override_replaces_strategy_by_preset_then_edits_it() -> None:
+    spec = load_spec("planted", ["strategy=paper-celeba", "strategy.epochs=3"])
+    assert spec.strategy.name == "paper-celeba"
+    assert spec.strategy.lr_schedule.name == "step" and spec.strategy.lr_schedule.step_size == 15
+    assert spec.strategy.optimizer.lr == pytest.approx(8e-4)
+    assert spec.strategy.epochs == 3
+
+
+def test_paper_preset_is_the_reference_recipe() -> None:
+    s = load_strategy("paper-celeba")
+    assert (s.optimizer.name, s.optimizer.lr, s.optimizer.logits_lr) == ("adam", 8e-4, None)
+    assert (s.temperature.schedule, s.temperature.init) == ("constant", 2.5)
+    assert (s.epochs, s.batch_size, s.sample, s.entropy_weight) == (100, 256, "soft", 0.0)
+    assert (s.init.branches, s.init.logits, s.finetune.epochs) == ("copy", 1.0, 0)
+    assert (s.lr_schedule.name, s.lr_schedule.step_size, s.lr_schedule.gamma) == ("step", 15, 0.5)
+
+
+def test_base_inheritance_between_files(write_yaml) -> None:
+    base = planted_doc(name="base")
+    write_yaml("base.yaml", base)
+    child = write_yaml("child.yaml", {"_base_": "base.yaml", "name": "child", "groups": 1})
+    spec = load_spec(child)
+    assert spec.name == "child" and spec.groups == 1
+    assert [t.name for t in spec.tasks] == ["t0", "t1", "t2", "t3"]
+    assert spec.strategy.epochs == 2  # inline strategy with _base_: dmtg, then edited
+
+
+def test_base_cycle_is_reported(write_yaml) -> None:
+    write_yaml("a.yaml", {"_base_": "b.yaml"})
+    b = write_yaml("b.yaml", {"_base_": "a.yaml"})
+    with pytest.raises(SpecError, match="cycle"):
+        load_spec(b)
+
+
+def test_relative_table_path_resolves_against_the_spec_folder(write_yaml, tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "t.csv").write_text("x,y\n1,2\n3,4\n")
+    doc = planted_doc(
+        tasks=[{"name": "y", "type": "regression"}], dataset={"name": "table", "path": "data/t.csv"}, groups=1
+    )
+    spec = load_spec(write_yaml("s.yaml", doc))
+    assert spec.dataset.model_extra is not None
+    assert Path(spec.dataset.model_extra["path"]) == (tmp_path / "data" / "t.csv").resolve()
+
+
+@pytest.mark.parametrize(
+    ("change", "overrides", "key", "fragment"),
+    [
+        ({"grups": 3}, [], "grups", "unknown key 'grups' (did you mean 'groups'?)"),
+        ({}, ["groups=0"], "groups", "greater than or equal to 1, got 0"),
+        ({}, ["groups=three"], "groups", "expected an integer, got 'three'"),
+        ({}, ["strategy.temperature.schedule=cosin"], "strategy.temperature.schedule", "did you mean 'cosine'"),
+        ({}, ["strategy.optimizer.nme=adam"], "strategy.optimizer.nme", "did you mean 'name'"),
+        ({}, ["tasks.1.type=regresion"], "tasks[1].type", "did you mean 'regression'"),
+        ({}, ["tasks.1.name=t0"], "", "duplicate task name 't0'"),
+        ({}, ["dataset.name=plantd"], "dataset.name", "unknown dataset 'plantd' (did you mean 'planted'?)"),
+        ({}, ["backbone.name=timm:resnet10x"], "backbone.name", "unknown timm model 'resnet10x'"),
+        ({}, ["backbone.name=mpl"], "backbone.name", "did you mean 'mlp'"),
+        ({}, ["backbone.hidden=[0]"], "backbone.hidden[0]", "greater than or equal to 1"),
+        ({}, ["strategy=dmgt"], "strategy", "did you mean 'dmtg'"),
+        ({}, ["dataset.group_sizes=[2, 3]"], "dataset.group_sizes", "add up to 5 tasks, but the spec lists 4"),
+        ({"tasks": [{"name": "m", "type": "multiclass"}]}, [], "tasks[0]", "needs 'num_classes'"),
+        ({"tasks": []}, [], "tasks", "at least 1 item"),
+    ],
+)
+def test_bad_specs_name_file_key_value_and_choices(write_yaml, change, overrides, key, fragment) -> None:
+    path = write_yaml("bad.yaml", planted_doc(**change))
+    with pytest.raises(SpecError) as info:
+        load_spec(path, overrides)
+    err = info.value
+    assert fragment in str(err)
+    assert (err.key or "") == key
+    assert err.source == ("--set" if overrides and key else str(path))
+    assert "\n" not in str(err)
+
+
+def test_missing_table_file_is_a_spec_error(write_yaml, tmp_path: Path) -> None:
+    doc = planted_doc(tasks=[{"name": "y", "type": "regression"}], dataset={"name": "table", "path": "nope.csv"})
+    with pytest.raises(SpecError, match=r"file not found: .*nope\.csv") as info:
+        load_spec(write_yaml("s.yaml", doc))
+    assert info.value.key == "dataset.path"
+
+
+def test_broken_yaml_reports_line(write_yaml) -> None:
+    path = write_yaml("broken.yaml", "name: x\ntasks: [\n")
+    with pytest.raises(SpecError, match="invalid YAML at line") as info:
+        load_spec(path)
+    assert info.value.source == str(path)
+
+
+def test_non_mapping_document_is_refused(write_yaml) -> None:
+    with pytest.raises(SpecError, match="must be a mapping"):
+        load_spec(write_yaml("list.yaml", "- 1\n- 2\n"))
+
+
+@pytest.mark.parametrize("bad", ["novalue", "=3", "a..b=1"])
+def test_malformed_override(bad: str) -> None:
+    with pytest.raises(SpecError, match=r"dotted\.key=value"):
+        parse_override(bad)

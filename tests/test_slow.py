@@ -1,0 +1,44 @@
+"""Longer end-to-end runs: the shipped planted search and the examples (marked slow; CI runs them)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import dmtg_nas
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_planted_search_beats_all_in_one() -> None:
+    spec = dmtg_nas.load_spec("planted")
+    found = dmtg_nas.search(spec, None, progress=False)
+    single = dmtg_nas.search(dmtg_nas.load_spec("planted", ["groups=1"]), None, progress=False)
+    found_loss = found.metrics["totals"]["test"]["total_loss"]
+    single_loss = single.metrics["totals"]["test"]["total_loss"]
+    assert len(found.groups) > 1
+    assert found_loss < 0.95 * single_loss, (found.groups, found_loss, single_loss)
+
+
+@pytest.mark.parametrize(
+    "script", [["examples/api_table.py"], ["examples/nni_experiment.py", "--epochs", "2", "--workdir", "{tmp}/nni"]]
+)
+def test_examples_run(script: list[str], tmp_path: Path) -> None:
+    args = [a.replace("{tmp}", str(tmp_path)) for a in script]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / args[0]), *args[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test total loss" in proc.stdout

@@ -1,0 +1,164 @@
+"""The DMTG strategy: the loss of one step, gradients, temperature, noise and export."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dmtg_nas.config import TemperatureConfig
+from dmtg_nas.schedules import TemperatureSchedule
+from dmtg_nas.space import GroupingSpace
+from dmtg_nas.strategy import DMTG, DMTGRouter, gumbel_noise
+from dmtg_nas.training import ARCH_PARAM_FLAG, MultiTaskModule, multitask_loss
+
+from .conftest import planted_doc
+
+
+def _supernet(spec, k: int = 3, **strategy_kwargs):
+    torch.manual_seed(0)
+    space = GroupingSpace(spec.tasks, k, spec.backbone, spec.heads, (8,), "independent")
+    strategy = DMTG(**strategy_kwargs)
+    strategy.mutate_model(space)
+    routers = [m for m in space.modules() if isinstance(m, DMTGRouter)]
+    return space, routers
+
+
+def test_mutation_replaces_every_router_with_logits(tiny_spec) -> None:
+    _space, routers = _supernet(tiny_spec, logits_init=0.5)
+    assert [r.label for r in routers] == ["t0", "t1", "t2", "t3"]
+    for r in routers:
+        assert r.logits.shape == (3,)
+        assert torch.equal(r.logits.detach(), torch.full((3,), 0.5))
+        assert getattr(r.logits, ARCH_PARAM_FLAG)
+
+
+def test_one_step_loss_is_the_sample_weighted_sum_of_all_head_losses() -> None:
+    import dmtg_nas
+
+    spec = dmtg_nas.load_spec(
+        planted_doc(
+            tasks=[
+                {"name": "t0", "type": "regression", "weight": 2.0},
+                {"name": "t1", "type": "binary"},
+                {"name": "t2", "type": "multiclass", "num_classes": 3},
+                {"name": "t3", "type": "regression"},
+            ]
+        )
+    )
+    space, routers = _supernet(spec, k=3)
+    with torch.no_grad():
+        for i, r in enumerate(routers):
+            r.logits.copy_(torch.tensor([0.3 * i, -0.2, 0.5]))
+    tau, noise = 1.7, gumbel_noise(seed=3, step=11, shape=(4, 3))
+    for r, g in zip(routers, noise):
+        r.noise, r.tau = g, tau
+    x = torch.randn(10, 8)
+    y = {
+        "t0": torch.randn(10),
+        "t1": torch.randint(0, 2, (10,)).float(),
+        "t2": torch.randint(0, 3, (10,)),
+        "t3": torch.randn(10),
+    }
+    space.train()
+    total, _ = multitask_loss(spec.tasks, space(x), y)
+
+    # by hand: z = softmax((S + g) / tau); sum_i w_i sum_k z_ik L_i(head_ki(branch_k(x)), y_i)
+    with torch.no_grad():
+        feats = [b(x) for b in space.branches]
+        expected = 0.0
+        for i, (task, r) in enumerate(zip(spec.tasks, routers)):
+            z = torch.exp((r.logits + noise[i]) / tau)
+            z = z / z.sum()
+            for k in range(3):
+                out = r.heads[k](feats[k])
+                if task.type == "regression":
+                    loss = F.mse_loss(out.squeeze(1), y[task.name])
+                elif task.type == "binary":
+                    loss = F.binary_cross_entropy_with_logits(out.squeeze(1), y[task.name])
+                else:
+                    loss = F.cross_entropy(out, y[task.name])
+                expected += task.weight * float(z[k]) * float(loss)
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
+
+    total.backward()
+    for r in routers:
+        assert r.logits.grad is not None and torch.all(r.logits.grad.abs() > 0)
+    for b in space.branches:
+        assert all(p.grad is not None for p in b.parameters())
+
+
+def test_eval_mode_uses_the_argmax_head_only(tiny_spec) -> None:
+    space, routers = _supernet(tiny_spec, k=3)
+    with torch.no_grad():
+        routers[0].logits.copy_(torch.tensor([0.0, 2.0, 1.0]))
+    space.eval()
+    out = space(torch.randn(3, 8))["t0"]
+    assert out.weights.tolist() == [0.0, 1.0, 0.0]
+    assert torch.equal(out.selected(), out.preds[1])
+
+
+def test_hard_samples_are_one_hot_with_soft_gradients(tiny_spec) -> None:
+    _space, routers = _supernet(tiny_spec, k=3, sample="hard")
+    r = routers[0]
+    r.hard, r.tau, r.noise = True, 1.0, torch.tensor([0.0, 0.5, 0.0])
+    z = r.sample_weights()
+    assert sorted(z.tolist()) == [0.0, 0.0, 1.0]
+    (z * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert r.logits.grad is not None and r.logits.grad.abs().sum() > 0
+
+
+def test_export_is_argmax_and_probs_are_softmax(tiny_spec) -> None:
+    _space, routers = _supernet(tiny_spec, k=3)
+    logits = [[0, 1, 2], [3, 1, 0], [0, 5, 0], [1, 1, 1.5]]
+    with torch.no_grad():
+        for r, row in zip(routers, logits):
+            r.logits.copy_(torch.tensor(row, dtype=torch.float))
+    memo: dict = {}
+    for r in routers:
+        memo.update(r.export(memo))
+    assert memo == {"t0": 2, "t1": 0, "t2": 1, "t3": 2}
+    probs = routers[1].export_probs({})["t1"]
+    expected = torch.softmax(torch.tensor([3.0, 1.0, 0.0]), 0)
+    assert [probs[k] for k in range(3)] == pytest.approx(expected.tolist())
+
+
+def test_gumbel_noise_is_deterministic_per_step() -> None:
+    a = gumbel_noise(0, 5, (4, 3))
+    assert torch.equal(a, gumbel_noise(0, 5, (4, 3)))
+    assert not torch.equal(a, gumbel_noise(0, 6, (4, 3)))
+    assert not torch.equal(a, gumbel_noise(1, 5, (4, 3)))
+    big = gumbel_noise(0, 0, (20000,))
+    assert float(big.mean()) == pytest.approx(0.5772, abs=0.03)  # Euler-Mascheroni
+
+
+@pytest.mark.parametrize(
+    ("schedule", "mid"),
+    [("constant", 4.0), ("linear", 2.5), ("exponential", 2.0), ("cosine", 2.5)],
+)
+def test_temperature_schedules(schedule: str, mid: float) -> None:
+    s = TemperatureSchedule(TemperatureConfig(schedule=schedule, init=4.0, final=1.0))
+    assert s(0, 101) == pytest.approx(4.0)
+    assert s(50, 101) == pytest.approx(mid)
+    assert s(100, 101) == pytest.approx(4.0 if schedule == "constant" else 1.0)
+    values = [s(i, 101) for i in range(101)]
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(values))  # never increases
+    assert not any(math.isnan(v) for v in values)
+
+
+def test_logits_share_the_optimizer_with_their_own_group(tiny_spec) -> None:
+    space, routers = _supernet(tiny_spec, k=2)
+    opt_cfg = tiny_spec.strategy.optimizer.model_copy(update={"lr": 0.01, "logits_lr": 0.1, "weight_decay": 0.001})
+    module = MultiTaskModule(tiny_spec.tasks, opt_cfg, tiny_spec.strategy.lr_schedule, 3)
+    module.set_model(space)
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam)
+    weights, arch = optimizer.param_groups
+    assert {id(p) for p in arch["params"]} == {id(r.logits) for r in routers}
+    assert (arch["lr"], arch["weight_decay"]) == (0.1, 0.0)
+    assert (weights["lr"], weights["weight_decay"]) == (0.01, 0.001)
+    n_params = sum(1 for _ in space.parameters())
+    assert len(weights["params"]) + len(arch["params"]) == n_params
