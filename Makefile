@@ -27,8 +27,8 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check dmtg_nas tests examples
-	$(BIN)/ruff format --check dmtg_nas tests examples
+	$(BIN)/ruff check dmtg_nas tests examples benchmarks
+	$(BIN)/ruff format --check dmtg_nas tests examples benchmarks
 	$(BIN)/mypy
 
 clean:

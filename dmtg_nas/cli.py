@@ -3,6 +3,8 @@
     dmtg search SPEC [--out DIR] [--set KEY=VALUE ...]   run a grouping search
     dmtg search --resume DIR                             continue an interrupted search
     dmtg validate SPEC [--set KEY=VALUE ...]             check a spec without running it
+    dmtg retrain DIR [--init scratch|search]             train a finished search's groups to completion
+    dmtg benchmark SPEC [--methods ...] [--seeds N]      DMTG against the baselines, side by side
     dmtg list                                            shipped search spaces, strategies, names
 
 User mistakes (bad specs, missing files) print one line and exit with code 2.
@@ -35,6 +37,8 @@ examples:
   dmtg search my_space.yaml --out runs/a --set groups=4 --set strategy.epochs=20
   dmtg search --resume runs/a                          continue after an interruption
   dmtg validate my_space.yaml
+  dmtg retrain runs/a --init scratch                   the found groups, trained from fresh weights
+  dmtg benchmark planted6 --seeds 3 --out runs/bench           DMTG vs TAG, HOA, naive, STL, random
   dmtg list
 
 SPEC is a shipped search-space name (see 'dmtg list') or a YAML file. --set overrides any key of
@@ -78,6 +82,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("spec", help="search-space name or YAML file")
     _add_set(validate)
+
+    retrain = sub.add_parser(
+        "retrain",
+        help="train the grouped network of a finished search to completion",
+        description="Train the groups found by a search, from fresh weights (--init scratch) or from the "
+        "search's pruned network (--init search), and report test metrics. Writes DIR/retrain/metrics.json "
+        "and DIR/retrain/model.pt (or under --out).",
+    )
+    retrain.add_argument("run", type=Path, help="a search output folder")
+    retrain.add_argument("--init", choices=["scratch", "search"], default="scratch", help="starting weights")
+    retrain.add_argument("--epochs", type=int, help="training epochs (default: the search's budget)")
+    retrain.add_argument("--out", "-o", type=Path, help="output folder (default: RUN/retrain)")
+    retrain.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    bench = sub.add_parser(
+        "benchmark",
+        help="run DMTG and the baselines on the same data and budget; print who wins at what cost",
+        description="Methods: dmtg, tag, hoa (exhaustive), hoa-pairs, hoa-cover (HOA's overlapping rule), "
+        "naive (all tasks in one network), stl (one network per task), random (random partition into K "
+        "groups). Writes results.md, results.csv, results.json and results.png to --out; an interrupted "
+        "benchmark continues with --resume.",
+    )
+    bench.add_argument("spec", help="search-space name or YAML file")
+    bench.add_argument(
+        "--methods", default="dmtg,tag,hoa,naive,stl,random", help="comma-separated (default: %(default)s)"
+    )
+    bench.add_argument("--seeds", type=int, default=3, help="training seeds per method (default: %(default)s)")
+    bench.add_argument("--out", "-o", type=Path, help="output folder (default: runs/bench-<name>-<time>)")
+    bench.add_argument("--affinity-every", type=int, default=1, help="TAG: measure affinity every k-th step")
+    bench.add_argument("--resume", action="store_true", help="skip (method, seed) runs already in --out")
+    bench.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
+    bench.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_set(bench)
 
     sub.add_parser("list", help="list shipped search spaces, strategy presets, data sets, encoders, schedules")
     return parser
@@ -185,6 +222,43 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from .runner import retrain
+
+    metrics = retrain(args.run, init=args.init, epochs=args.epochs, out_dir=args.out, progress=not args.quiet)
+    test = metrics["totals"]["test"]
+    line = f"retrained ({args.init}, {metrics['retrain']['epochs']} epochs): test total loss {test['total_loss']:.4f}"
+    if "total_error" in test:
+        line += f", test total error {test['total_error']:.2f}%"
+    print(line)
+    print(f"outputs in {args.out or args.run / 'retrain'}")
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import run_benchmark
+    from .config import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.seeds < 1:
+        raise DmtgError(f"--seeds must be >= 1, got {args.seeds}")
+    out = args.out or Path("runs") / f"bench-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_benchmark(
+        spec,
+        methods,
+        args.seeds,
+        out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        affinity_every=args.affinity_every,
+        progress=None if args.quiet else (lambda msg: None),
+    )
+    print((out / "results.md").read_text(encoding="utf-8"), end="")
+    print(f"outputs in {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -198,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_validate(args)
         if args.command == "list":
             return _cmd_list()
+        if args.command == "retrain":
+            return _cmd_retrain(args)
+        if args.command == "benchmark":
+            return _cmd_benchmark(args)
         return _cmd_search(args)
     except DmtgError as exc:
         print(f"dmtg: error: {exc}", file=sys.stderr)

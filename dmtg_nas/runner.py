@@ -35,7 +35,16 @@ from .space import GroupedNetwork, GroupingSpace, groups_from_sample
 from .tasks import TaskMetrics, summarize
 from .training import MultiTaskModule
 
-__all__ = ["SearchResult", "run_search", "evaluate", "train_network", "build_evaluator", "adjusted_rand_index"]
+__all__ = [
+    "SearchResult",
+    "adjusted_rand_index",
+    "build_evaluator",
+    "evaluate",
+    "retrain",
+    "run_search",
+    "train_network",
+    "train_partition",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -176,6 +185,7 @@ def train_network(
     *,
     lr: float | None = None,
     progress: bool = False,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> torch.nn.Module:
     """Train a plain multi-task network (e.g. the pruned grouped network) with the strategy's
     optimizer, learning-rate schedule and batch size."""
@@ -192,6 +202,7 @@ def train_network(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         gradient_clip_val=strategy.gradient_clip,
+        callbacks=list(callbacks),
     )
     trainer.fit(
         module,
@@ -199,6 +210,33 @@ def train_network(
         make_loader(data.val, strategy.eval_batch_size or strategy.batch_size, shuffle=False, traced=False),
     )
     return model
+
+
+def train_partition(
+    spec: SearchSpec,
+    data: TaskData,
+    groups: Sequence[Sequence[str]],
+    *,
+    epochs: int | None = None,
+    progress: bool = False,
+) -> tuple[GroupedNetwork, dict[str, Any]]:
+    """Train a given partition of the tasks from scratch (one fresh branch per group).
+
+    Uses the spec's encoder, heads, optimizer, batch size and seed; ``epochs`` defaults to the
+    search's budget (``strategy.epochs + strategy.finetune.epochs``). Returns the trained network
+    and its metrics (``val``, ``test``, ``totals``), as ``run_search`` reports them.
+    """
+    names = [t for g in groups for t in g]
+    if sorted(names) != sorted(spec.task_names):
+        raise DmtgError(f"groups {list(map(list, groups))} are not a partition of the tasks {spec.task_names}")
+    strat = spec.strategy
+    pl.seed_everything(strat.seed, workers=True, verbose=False)
+    space = GroupingSpace(spec.tasks, len(groups), spec.backbone, spec.heads, data.input_shape, "independent")
+    model = space.freeze({t: i for i, g in enumerate(groups) for t in g})
+    train_network(model, data, spec.tasks, strat, epochs or strat.epochs + strat.finetune.epochs, progress=progress)
+    per_split = {split: evaluate(model, getattr(data, split), spec.tasks) for split in ("val", "test")}
+    totals = {split: summarize(per_split[split], spec.tasks) for split in per_split}
+    return model, {**per_split, "totals": totals}
 
 
 def adjusted_rand_index(found: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> float:
@@ -345,3 +383,53 @@ def _write_json(path: Path, payload: Mapping[str, Any] | list[Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def retrain(
+    run_dir: str | Path,
+    *,
+    init: str = "scratch",
+    epochs: int | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train the grouped network of a finished search to completion and report test metrics.
+
+    Args:
+        run_dir: a search output folder (``config.yaml``, ``grouping.json``, ``model.pt``).
+        init: ``scratch`` (fresh weights, one branch per group) or ``search`` (continue from the
+            search's pruned network).
+        epochs: training epochs (default: the search's ``epochs + finetune.epochs``).
+        out_dir: where to write ``metrics.json`` and ``model.pt`` (default: ``run_dir/retrain``).
+
+    Returns:
+        the metrics (``val``, ``test``, ``totals``, ``retrain``).
+    """
+    from .config import load_spec
+    from .space import load_model
+
+    run = Path(run_dir)
+    for name in ("config.yaml", "grouping.json"):
+        if not (run / name).is_file():
+            raise DmtgError(f"{run}: not a finished search (no {name})")
+    if init not in ("scratch", "search"):
+        raise DmtgError(f"init must be 'scratch' or 'search', got {init!r}")
+    spec = load_spec(run / "config.yaml")
+    groups = json.loads((run / "grouping.json").read_text())["groups"]
+    out = Path(out_dir) if out_dir is not None else run / "retrain"
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data(spec)
+    budget = epochs or spec.strategy.epochs + spec.strategy.finetune.epochs
+    t0 = time.perf_counter()
+    if init == "scratch":
+        model, metrics = train_partition(spec, data, groups, epochs=budget, progress=progress)
+    else:
+        model = load_model(run / "model.pt")
+        pl.seed_everything(spec.strategy.seed, workers=True, verbose=False)
+        train_network(model, data, spec.tasks, spec.strategy, budget, progress=progress)
+        per_split = {split: evaluate(model, getattr(data, split), spec.tasks) for split in ("val", "test")}
+        metrics = {**per_split, "totals": {s: summarize(per_split[s], spec.tasks) for s in per_split}}
+    metrics["retrain"] = {"init": init, "epochs": budget, "groups": groups, "seconds": time.perf_counter() - t0}
+    _write_json(out / "metrics.json", metrics)
+    model.save(out / "model.pt")
+    return metrics

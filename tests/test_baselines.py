@@ -1,0 +1,107 @@
+"""Each baseline on tiny planted data; TAG's affinity against a hand-computed case; Delta_m."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dmtg_nas
+from dmtg_nas.baselines import delta_m, lookahead_affinity, run_method, tag_group_score
+from dmtg_nas.components import load_data
+from dmtg_nas.config import TaskConfig
+
+from .conftest import planted_doc
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    spec = dmtg_nas.load_spec(planted_doc(), ["strategy.epochs=1", "dataset.samples=300"])
+    return spec, load_data(spec)
+
+
+def test_lookahead_affinity_matches_hand_computation() -> None:
+    # a linear encoder, two regression heads reading its two outputs
+    encoder = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        encoder.weight.copy_(torch.tensor([[1.0, 0.5], [0.0, 1.0]]))
+    heads = [torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(2, 1, bias=False)]
+    with torch.no_grad():
+        heads[0].weight.copy_(torch.tensor([[1.0, 0.0]]))
+        heads[1].weight.copy_(torch.tensor([[1.0, 1.0]]))
+    tasks = [TaskConfig(name="a", type="regression"), TaskConfig(name="b", type="regression")]
+    x = torch.tensor([[1.0, 2.0], [0.5, -1.0], [2.0, 0.0]])
+    y = {"a": torch.tensor([0.0, 1.0, 1.0]), "b": torch.tensor([1.0, 0.0, 2.0])}
+    lr = 0.1
+    z = lookahead_affinity(encoder, heads, tasks, x, y, lr)
+
+    def losses(w: torch.Tensor) -> torch.Tensor:
+        f = x @ w.T
+        return torch.stack([((f @ h.weight.T).squeeze(1) - y[t]).pow(2).mean() for h, t in zip(heads, "ab")])
+
+    w = encoder.weight.detach().clone().requires_grad_(True)
+    base = losses(w)
+    expected = torch.zeros(2, 2)
+    for i in range(2):
+        (g,) = torch.autograd.grad(base[i], w, retain_graph=True)
+        expected[i] = 1 - losses(w - lr * g).detach() / base.detach()
+    assert torch.allclose(z, expected, atol=1e-6)
+    assert z[0, 0] > 0 and z[1, 1] > 0  # a step on a task's own loss lowers it
+
+
+def test_tag_group_score() -> None:
+    a = torch.tensor([[0.0, 0.2, -0.1], [0.4, 0.0, 0.3], [0.0, 0.1, 0.0]])
+    assert tag_group_score(a, [1]) == 0.0
+    assert tag_group_score(a, [0, 1]) == pytest.approx(0.4 + 0.2)
+    assert tag_group_score(a, [0, 1, 2]) == pytest.approx((0.4 + 0.0) / 2 + (0.2 + 0.1) / 2 + (-0.1 + 0.3) / 2)
+
+
+@pytest.mark.parametrize("method", ["naive", "stl", "random", "tag", "dmtg", "hoa-pairs"])
+def test_methods_return_valid_partitions(tiny, method: str) -> None:
+    spec, data = tiny
+    result = run_method(method, spec, data, seed=1)
+    assert sorted(t for g in result.groups for t in g) == spec.task_names
+    assert all(result.groups)
+    assert len(result.groups) <= (len(spec.tasks) if method == "stl" else spec.groups)
+    assert set(result.metrics["test"]) == set(spec.task_names)
+    assert result.total_seconds >= result.decision_seconds >= 0
+    expected = {"naive": 1, "stl": 4, "random": 1, "tag": 2, "dmtg": 1, "hoa-pairs": 4 + 6 + 1}[method]
+    assert result.trainings == expected
+    if method == "naive":
+        assert result.groups == [spec.task_names]
+    if method == "stl":
+        assert result.groups == [[t] for t in spec.task_names]
+    if method == "random":
+        assert len(result.groups) == spec.groups
+
+
+def test_hoa_exhaustive_picks_the_best_partition_of_its_own_networks() -> None:
+    spec3 = dmtg_nas.load_spec(
+        planted_doc(
+            tasks=[{"name": f"t{i}", "type": "regression"} for i in range(3)],
+            dataset={"name": "planted", "group_sizes": [2, 1], "input_dim": 8, "latent_dim": 3, "samples": 300},
+        ),
+        ["strategy.epochs=1"],
+    )
+    data3 = load_data(spec3)
+    result = run_method("hoa", spec3, data3)
+    assert result.trainings == 7
+    losses = result.details["subset_val_loss"]
+    assert set(losses) == {"t0", "t1", "t2", "t0+t1", "t0+t2", "t1+t2", "t0+t1+t2"}
+    candidates = {
+        (("t0", "t1", "t2"),): losses["t0+t1+t2"],
+        (("t0", "t1"), ("t2",)): losses["t0+t1"] + losses["t2"],
+        (("t0", "t2"), ("t1",)): losses["t0+t2"] + losses["t1"],
+        (("t0",), ("t1", "t2")): losses["t0"] + losses["t1+t2"],
+    }
+    assert result.details["best_val_loss"] == pytest.approx(min(candidates.values()))
+    assert result.metrics["totals"]["val"]["total_loss"] == pytest.approx(result.details["best_val_loss"])
+    cover = run_method("hoa-cover", spec3, data3)
+    assert cover.rule == "cover" and cover.details["best_val_loss"] <= result.details["best_val_loss"] + 1e-9
+
+
+def test_delta_m_sign_and_scale() -> None:
+    tasks = [TaskConfig(name="r", type="regression"), TaskConfig(name="c", type="binary")]
+    ref = {"r": {"mse": 1.0}, "c": {"accuracy": 0.8}}
+    better = {"r": {"mse": 0.9}, "c": {"accuracy": 0.88}}
+    assert delta_m(better, ref, tasks) == pytest.approx(100 * (0.1 + 0.1) / 2)
+    assert delta_m(ref, ref, tasks) == 0.0
