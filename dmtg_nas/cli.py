@@ -116,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_set(bench)
 
+    suite = sub.add_parser(
+        "suite",
+        help="score a strategy on the planted benchmark suite (ARI, merges, gap to the exhaustive optimum)",
+        description="Runs the strategy on planted shapes (group sizes, K, noise, task types, opposed tasks, "
+        "images) over seeds and writes suite.md, suite.json and suite.png. Shapes with at most 6 tasks are "
+        "compared with the exhaustive optimum (one network per task subset).",
+    )
+    suite.add_argument("--strategy", action="append", help="strategy preset or file (repeatable; default: dmtg)")
+    suite.add_argument("--shapes", help="comma-separated shape names, or 'all' (default: the short set)")
+    suite.add_argument("--seeds", type=int, default=3, help="seeds per shape (default: %(default)s)")
+    suite.add_argument("--out", "-o", type=Path, help="output folder (default: runs/suite-<time>)")
+    suite.add_argument("--resume", action="store_true", help="skip runs already in --out")
+    suite.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_set(suite)
+
     sub.add_parser("list", help="list shipped search spaces, strategy presets, data sets, encoders, schedules")
     return parser
 
@@ -259,6 +274,34 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_suite(args: argparse.Namespace) -> int:
+    from .suite import SHAPES, SHORT_SHAPES, run_suite
+
+    if args.seeds < 1:
+        raise DmtgError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.shapes in (None, ""):
+        shapes: list[str] = list(SHORT_SHAPES)
+    elif args.shapes == "all":
+        shapes = list(SHAPES)
+    else:
+        shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    out = args.out or Path("runs") / f"suite-{time.strftime('%Y%m%d-%H%M%S')}"
+    for strategy in args.strategy or ["dmtg"]:
+        run_suite(
+            strategy,
+            shapes,
+            args.seeds,
+            out,
+            overrides=args.overrides,
+            resume=args.resume,
+            progress=None if args.quiet else (lambda msg: None),
+        )
+        args.resume = True  # later strategies add to the same report
+    print((out / "suite.md").read_text(encoding="utf-8"), end="")
+    print(f"outputs in {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -276,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_retrain(args)
         if args.command == "benchmark":
             return _cmd_benchmark(args)
+        if args.command == "suite":
+            return _cmd_suite(args)
         return _cmd_search(args)
     except DmtgError as exc:
         print(f"dmtg: error: {exc}", file=sys.stderr)

@@ -36,6 +36,7 @@ __all__ = [
     "LRScheduleConfig",
     "FinetuneConfig",
     "InitConfig",
+    "WarmupConfig",
     "StrategyConfig",
     "SearchSpec",
     "load_spec",
@@ -146,6 +147,17 @@ class FinetuneConfig(StrictModel):
 
     epochs: int = Field(default=0, ge=0)
     lr: float | None = Field(default=None, gt=0)  # default: the search learning rate
+    init: Literal["search", "scratch"] = "search"  # continue from the search weights, or fresh weights
+
+
+class WarmupConfig(StrictModel):
+    """Warm start of the grouping logits (see :mod:`dmtg_nas.warmstart`)."""
+
+    method: Literal["none", "attribution"] = "none"
+    epochs: int = Field(default=15, ge=1)  # single-task training epochs
+    rank: int = Field(default=4, ge=1)  # input-gradient subspace dimension
+    samples: int = Field(default=2048, ge=8)  # training inputs used for the attribution
+    strength: float = Field(default=3.0, ge=0)  # added to each task's warm-start branch logit
 
 
 class InitConfig(StrictModel):
@@ -165,6 +177,7 @@ class StrategyConfig(StrictModel):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
     init: InitConfig = Field(default_factory=InitConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     entropy_weight: float = Field(default=0.0, ge=0)  # + w * mean entropy of softmax(logits)
     epochs: int = Field(default=100, ge=1)
     batch_size: int = Field(default=256, ge=1)

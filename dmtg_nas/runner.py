@@ -296,21 +296,34 @@ def run_search(
     resume_from = _prepare_out_dir(out, resume, overwrite) if out is not None else None
     if out is not None and not resume:
         (out / "config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
-    space = GroupingSpace.from_spec(spec, data.input_shape)
+    warm = None
+    if strat.warmup.method == "attribution" and resume_from is None:  # a resumed run has its logits
+        from .warmstart import attribution_warm_start
+
+        warm = attribution_warm_start(spec, data, progress=progress)
+        pl.seed_everything(strat.seed, workers=True, verbose=False)
     history = ProbabilityHistory()
+    space = GroupingSpace.from_spec(spec, data.input_shape)
     evaluator = build_evaluator(
         spec, data, out, progress=progress, callbacks=[history, *callbacks], resume_from=resume_from
     )
-    strategy = DMTG.from_config(strat)
+    initial = None
+    if warm is not None:
+        rows = warm.logits(spec.groups, strat.init.logits, strat.warmup.strength)
+        initial = dict(zip(spec.task_names, rows))
+    strategy = DMTG.from_config(strat, initial)
     t_search = time.perf_counter()
     strategy(RawFormatModelSpace(space, evaluator), SequentialExecutionEngine(continue_on_failure=False))
-    search_time = time.perf_counter() - t_search
+    search_time = time.perf_counter() - t_search + (warm.seconds if warm is not None else 0.0)
     oneshot = strategy.dmtg_module
     sample = oneshot.export()
     probabilities = oneshot.probabilities()
     model = space.freeze(sample)
     t_finetune = time.perf_counter()
     if strat.finetune.epochs > 0:
+        if strat.finetune.init == "scratch":
+            fresh = GroupingSpace(spec.tasks, spec.groups, spec.backbone, spec.heads, data.input_shape, "independent")
+            model = fresh.freeze(sample)
         train_network(model, data, spec.tasks, strat, strat.finetune.epochs, lr=strat.finetune.lr, progress=progress)
     finetune_time = time.perf_counter() - t_finetune
     device = "cuda" if _accelerator(strat.device) != "cpu" and torch.cuda.is_available() else "cpu"
@@ -334,6 +347,13 @@ def run_search(
             "data_sizes": data.sizes(),
         },
     }
+    if warm is not None:
+        metrics["warmup"] = {
+            "method": strat.warmup.method,
+            "clusters": groups_from_sample(spec.task_names, dict(zip(spec.task_names, warm.clusters)), spec.groups),
+            "affinity": warm.affinity,
+            "seconds": round(warm.seconds, 3),
+        }
     if data.ground_truth is not None:
         metrics["ground_truth"] = {
             "groups": data.ground_truth,

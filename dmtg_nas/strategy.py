@@ -119,7 +119,13 @@ class DMTGRouter(BaseSuperNetModule):
         label = module.label
         if label not in memo:
             k = len(module.heads)
-            logits = nn.Parameter(torch.full((k,), float(mutate_kwargs.get("logits_init", 1.0))))
+            row = (mutate_kwargs.get("initial_logits") or {}).get(label)
+            if row is not None and len(row) != k:
+                raise ValueError(f"initial logits of {label!r} have {len(row)} values for {k} branches")
+            init = torch.tensor(row, dtype=torch.float32) if row is not None else None
+            logits = nn.Parameter(
+                init if init is not None else torch.full((k,), float(mutate_kwargs.get("logits_init", 1.0)))
+            )
             setattr(logits, ARCH_PARAM_FLAG, True)
             memo[label] = logits
         return cls(module, memo[label]), True
@@ -207,6 +213,8 @@ class DMTG(OneShotStrategy):
         temperature: a :class:`~dmtg_nas.config.TemperatureConfig` (or a float for a constant tau).
         sample: ``soft`` (the method) or ``hard`` (straight-through one-hot).
         logits_init: initial value of every logit (all equal: a uniform start).
+        initial_logits: per-task initial logit rows ``{task: [K values]}`` (a warm start); tasks
+            not listed start at ``logits_init``.
         entropy_weight: weight of the mean entropy of softmax(S) added to the loss (0: off).
         seed: seed of the Gumbel noise sequence.
     """
@@ -217,6 +225,7 @@ class DMTG(OneShotStrategy):
         *,
         sample: str = "soft",
         logits_init: float = 1.0,
+        initial_logits: dict[str, list[float]] | None = None,
         entropy_weight: float = 0.0,
         seed: int = 0,
         **kwargs: Any,
@@ -227,15 +236,17 @@ class DMTG(OneShotStrategy):
         self.temperature = TemperatureSchedule(temperature)
         self.hard = sample == "hard"
         self.logits_init = logits_init
+        self.initial_logits = dict(initial_logits or {})
         self.entropy_weight = entropy_weight
         self.seed = seed
 
     @classmethod
-    def from_config(cls, config: StrategyConfig) -> DMTG:
+    def from_config(cls, config: StrategyConfig, initial_logits: dict[str, list[float]] | None = None) -> DMTG:
         return cls(
             config.temperature,
             sample=config.sample,
             logits_init=config.init.logits,
+            initial_logits=initial_logits,
             entropy_weight=config.entropy_weight,
             seed=config.seed,
         )
@@ -244,7 +255,7 @@ class DMTG(OneShotStrategy):
         return [DMTGRouter.mutate, no_default_hook]
 
     def run_hook(self, hook: Any, name: str, module: nn.Module, memo: dict[str, Any]) -> Any:
-        return hook(module, name, memo, {"logits_init": self.logits_init})
+        return hook(module, name, memo, {"logits_init": self.logits_init, "initial_logits": self.initial_logits})
 
     def configure_oneshot_module(self, training_module: Any) -> DMTGLightningModule:
         return DMTGLightningModule(

@@ -8,6 +8,12 @@ their features while different groups need different ones. An encoder branch who
 one to find. Targets are standardised, then ``noise`` times unit Gaussian noise is added; binary tasks
 threshold the noisy signal at 0, multiclass tasks cut it at its quantiles.
 
+With ``relation: opposed``, every second task of a group reads its group's features the other way
+(its read-out is the negated read-out of the previous task plus a small own part), like mutually
+exclusive attributes: their gradients conflict in sign, yet they gain from one shared encoder.
+``image_size: s`` presents the inputs as (1, s, s) images (``input_dim`` must be s*s) for conv
+encoders.
+
 Tasks are assigned to groups by a seeded shuffle of the spec's task list, so the order of the
 tasks in the spec says nothing about the groups. The partition is returned as ``ground_truth``.
 """
@@ -15,7 +21,7 @@ tasks in the spec says nothing about the groups. The partition is returned as ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -36,6 +42,8 @@ class PlantedOptions(StrictModel):
     samples: int = Field(default=4000, ge=10)
     seed: int = 0
     split: SplitConfig = Field(default_factory=lambda: SplitConfig(val=0.2, test=0.2))
+    relation: Literal["random", "opposed"] = "random"  # opposed: every second task of a group ~ -previous
+    image_size: int | None = Field(default=None, ge=2)  # inputs as (1, s, s) images; needs input_dim = s*s
 
 
 def planted_partition(task_names: Sequence[str], group_sizes: Sequence[int], seed: int) -> list[list[str]]:
@@ -55,6 +63,11 @@ class PlantedDataset:
     Options: ClassVar[type[BaseModel]] = PlantedOptions
 
     def check(self, options: PlantedOptions, tasks: Sequence[TaskConfig]) -> None:
+        if options.image_size is not None and options.image_size**2 != options.input_dim:
+            raise SpecError(
+                f"image_size {options.image_size} needs input_dim {options.image_size**2}, got {options.input_dim}",
+                key="dataset.input_dim",
+            )
         total = sum(options.group_sizes)
         if total != len(tasks):
             raise SpecError(
@@ -73,9 +86,13 @@ class PlantedDataset:
         for group in groups:
             w = rng.standard_normal((d, m)) * (1.5 / np.sqrt(d))
             h = np.tanh(x @ w)  # (n, m): the group's shared features
-            for name in group:
+            previous: tuple[np.ndarray, np.ndarray] | None = None
+            for j, name in enumerate(group):
                 a = rng.standard_normal(m)
                 c = rng.standard_normal(m) / np.sqrt(m)
+                if options.relation == "opposed" and j % 2 == 1 and previous is not None:
+                    a, c = -previous[0] + 0.3 * a, -previous[1] + 0.3 * c  # reads the features the other way
+                previous = (a, c)
                 s = h @ a + 0.5 * (h @ c) ** 2
                 signals[name] = (s - s.mean()) / (s.std() + 1e-12)
         targets: dict[str, torch.Tensor] = {}
@@ -91,10 +108,14 @@ class PlantedDataset:
                 targets[task.name] = torch.as_tensor(np.searchsorted(cuts, s), dtype=torch.int64)
         train_idx, val_idx, test_idx = random_split(n, options.split)
         xt = torch.as_tensor(x, dtype=torch.float32)
+        shape: tuple[int, ...] = (d,)
+        if options.image_size is not None:
+            shape = (1, options.image_size, options.image_size)
+            xt = xt.reshape(n, *shape)
 
         def part(idx: np.ndarray) -> TensorTaskDataset:
             index = torch.as_tensor(idx)
             return TensorTaskDataset(xt[index], {k: v[index] for k, v in targets.items()})
 
         info = {"samples": n, "planted_groups": groups}
-        return TaskData(part(train_idx), part(val_idx), part(test_idx), (d,), ground_truth=groups, info=info)
+        return TaskData(part(train_idx), part(val_idx), part(test_idx), shape, ground_truth=groups, info=info)

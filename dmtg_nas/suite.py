@@ -1,0 +1,304 @@
+"""The planted benchmark suite: does a strategy find the groups that are there?
+
+Each *shape* is a planted data set (group sizes, K, noise, task types, relation, encoder). For every
+shape and seed the suite runs one search with the strategy under test and scores its grouping:
+
+- the adjusted Rand index (ARI) against the planted partition, and whether a found group merges
+  tasks of different planted groups;
+- for shapes small enough (N <= ``exhaustive_max``), the exhaustive reference: one network per task
+  subset (HOA's exhaustive training), the best partition into at most K groups on validation loss,
+  and, from the same networks, the test loss of the found, planted and optimal partitions, so the
+  found grouping is compared with the optimum under identical training;
+- otherwise the found and planted partitions are each trained from scratch with the same budget.
+
+``run_suite`` writes ``suite.json`` (every run), ``suite.md`` (per-shape summary and the pass rates
+of the quality criteria) and ``suite.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .baselines import _subset_losses
+from .components import load_data
+from .config import SearchSpec, load_spec
+from .partitions import best_partition, members
+from .runner import adjusted_rand_index, run_search, train_partition
+
+__all__ = ["Shape", "SHAPES", "SHORT_SHAPES", "run_suite", "shape_spec"]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One planted problem of the suite."""
+
+    name: str
+    group_sizes: tuple[int, ...]
+    groups: int  # K
+    noise: float = 0.1
+    types: str = "regression"  # regression | binary | mixed
+    relation: str = "random"
+    image: bool = False  # 8x8 images and a small timm CNN instead of vectors and an mlp
+    samples: int = 3000
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def n_tasks(self) -> int:
+        return sum(self.group_sizes)
+
+
+SHAPES: dict[str, Shape] = {
+    s.name: s
+    for s in [
+        Shape("pairs-k3", (2, 2, 2), 3),
+        Shape("triples-k2", (3, 3), 2),
+        Shape("pairs-k4", (2, 2, 2), 4),  # more branches than planted groups: must not merge
+        Shape("uneven-k2", (4, 2), 2),
+        Shape("opposed-k3", (2, 2, 2), 3, relation="opposed"),
+        Shape("binary-k3", (2, 2, 2), 3, types="binary"),
+        Shape("mixed-k3", (2, 2, 2), 3, types="mixed"),
+        Shape("noisy-k3", (2, 2, 2), 3, noise=0.5),
+        Shape("five-k5", (2, 2, 2, 2, 2), 5),
+        Shape("default-k3", (2, 3, 4), 3),
+        Shape("image-k3", (2, 2, 2), 3, image=True, samples=2000),
+    ]
+}
+SHORT_SHAPES = ("pairs-k3", "pairs-k4", "opposed-k3", "mixed-k3")
+
+
+def shape_spec(shape: Shape, strategy: str, seed: int, overrides: Sequence[str] = ()) -> SearchSpec:
+    """The search spec of one shape and seed (data seed = training seed = ``seed``)."""
+    n = shape.n_tasks
+    if shape.types == "mixed":
+        types = ["regression" if i % 2 == 0 else "binary" for i in range(n)]
+    else:
+        types = [shape.types] * n
+    doc: dict[str, Any] = {
+        "name": f"suite-{shape.name}",
+        "tasks": [{"name": f"t{i + 1}", "type": types[i]} for i in range(n)],
+        "dataset": {
+            "name": "planted",
+            "group_sizes": list(shape.group_sizes),
+            "input_dim": 32,
+            "latent_dim": 8,
+            "noise": shape.noise,
+            "samples": shape.samples,
+            "seed": seed,
+            "relation": shape.relation,
+            "split": {"val": 0.2, "test": 0.2, "seed": seed},
+        },
+        "backbone": {"name": "mlp", "hidden": [32, 8]},
+        "groups": shape.groups,
+        "strategy": strategy,
+    }
+    if shape.image:
+        doc["dataset"].update({"input_dim": 64, "image_size": 8})
+        doc["backbone"] = {"name": "timm:test_resnet", "kwargs": {}}
+    return load_spec(doc, [*shape.overrides, *overrides, f"strategy.seed={seed}"])
+
+
+def _merged(found: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> bool:
+    label = {t: i for i, g in enumerate(truth) for t in g}
+    return any(len({label[t] for t in g}) > 1 for g in found)
+
+
+def _same(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> bool:
+    return sorted(map(sorted, a)) == sorted(map(sorted, b))
+
+
+def run_one(
+    shape: Shape, strategy: str, seed: int, *, exhaustive_max: int = 6, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """One (shape, seed) run: the search and its scores (see the module docstring)."""
+    spec = shape_spec(shape, strategy, seed, overrides)
+    data = load_data(spec)
+    truth = data.ground_truth or []
+    t0 = time.perf_counter()
+    result = run_search(spec, None, progress=False, data=data)
+    seconds = time.perf_counter() - t0
+    found = result.groups
+    record: dict[str, Any] = {
+        "shape": shape.name,
+        "seed": seed,
+        "strategy": strategy,
+        "found": found,
+        "planted": truth,
+        "ari": adjusted_rand_index(found, truth),
+        "exact": _same(found, truth),
+        "merged": _merged(found, truth),
+        "search_seconds": seconds,
+        "model_test_loss": result.metrics["totals"]["test"]["total_loss"],
+    }
+    names = spec.task_names
+    if len(names) <= exhaustive_max:
+        trained = _subset_losses(spec, data, list(range(1, 1 << len(names))), None)
+
+        def loss(split: str, groups: Sequence[Sequence[str]]) -> float:
+            total = 0.0
+            for g in groups:
+                mask = sum(1 << names.index(t) for t in g)
+                total += sum(trained[mask][split][t]["loss"] for t in g)
+            return total
+
+        blocks, _ = best_partition(
+            len(names), lambda m: sum(trained[m]["val"][names[i]]["loss"] for i in members(m)), spec.groups
+        )
+        optimum = [[names[i] for i in b] for b in blocks]
+        record.update(
+            reference="exhaustive",
+            optimum=optimum,
+            planted_is_optimum=_same(optimum, truth),
+            found_test_loss=loss("test", found),
+            planted_test_loss=loss("test", truth),
+            optimum_test_loss=loss("test", optimum),
+        )
+    else:
+        _, found_m = train_partition(spec, data, found)
+        _, planted_m = train_partition(spec, data, truth)
+        record.update(
+            reference="trained",
+            found_test_loss=found_m["totals"]["test"]["total_loss"],
+            planted_test_loss=planted_m["totals"]["test"]["total_loss"],
+        )
+    best = record.get("optimum_test_loss", record["planted_test_loss"])
+    record["gap_percent"] = 100.0 * (record["found_test_loss"] - best) / best
+    return record
+
+
+def run_suite(
+    strategy: str = "dmtg",
+    shapes: Sequence[str] = SHORT_SHAPES,
+    seeds: int | Sequence[int] = 3,
+    out_dir: str | Path | None = None,
+    *,
+    exhaustive_max: int = 6,
+    overrides: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
+    resume: bool = False,
+) -> list[dict[str, Any]]:
+    """Run the suite; returns every run's record (and writes the report when ``out_dir`` is set)."""
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        from .errors import SpecError, suggest
+
+        raise SpecError(f"unknown suite shape {unknown[0]!r}{suggest(unknown[0], SHAPES)}; shapes: {', '.join(SHAPES)}")
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    out = Path(out_dir) if out_dir is not None else None
+    records: list[dict[str, Any]] = []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume and (out / "suite.json").is_file():
+            records = json.loads((out / "suite.json").read_text())
+    done = {(r["shape"], r["seed"], r["strategy"]) for r in records}
+    from tqdm.auto import tqdm
+
+    todo = [(s, seed) for s in shapes for seed in seed_list if (s, seed, strategy) not in done]
+    for shape_name, seed in tqdm(todo, desc=f"suite {strategy}", unit="run", disable=progress is None):
+        records.append(run_one(SHAPES[shape_name], strategy, seed, exhaustive_max=exhaustive_max, overrides=overrides))
+        if out is not None:
+            (out / "suite.json").write_text(json.dumps(records, indent=1))
+    if out is not None:
+        write_suite_report(records, out)
+    return records
+
+
+def summarize_suite(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (strategy, shape): mean ARI, exact-recovery rate, merge rate, mean and worst gap."""
+    rows = []
+    for key in dict.fromkeys((r["strategy"], r["shape"]) for r in records):
+        runs = [r for r in records if (r["strategy"], r["shape"]) == key]
+        rows.append(
+            {
+                "strategy": key[0],
+                "shape": key[1],
+                "runs": len(runs),
+                "ari": statistics.fmean(r["ari"] for r in runs),
+                "exact": sum(r["exact"] for r in runs) / len(runs),
+                "merged": sum(r["merged"] for r in runs) / len(runs),
+                "gap_mean": statistics.fmean(r["gap_percent"] for r in runs),
+                "gap_max": max(r["gap_percent"] for r in runs),
+                "within_2pct": sum(r["gap_percent"] <= 2.0 for r in runs) / len(runs),
+                "reference": runs[0]["reference"],
+                "planted_is_optimum": sum(r.get("planted_is_optimum", False) for r in runs),
+                "seconds": statistics.fmean(r["search_seconds"] for r in runs),
+            }
+        )
+    return rows
+
+
+def criteria(records: Sequence[dict[str, Any]], strategy: str) -> dict[str, float]:
+    """The quality bar: share of exhaustive runs within 2% of the optimum; share of runs where the
+    planted partition is the optimum that recover it exactly; share of K > groups runs with no merge."""
+    mine = [r for r in records if r["strategy"] == strategy]
+    exhaustive = [r for r in mine if r["reference"] == "exhaustive"]
+    confirmed = [r for r in exhaustive if r.get("planted_is_optimum")]
+    wide = [r for r in mine if len(r["planted"]) < _k_of(r)]
+    return {
+        "within_2pct_of_optimum": sum(r["gap_percent"] <= 2.0 for r in exhaustive) / max(len(exhaustive), 1),
+        "exact_when_planted_is_optimum": sum(r["exact"] for r in confirmed) / max(len(confirmed), 1),
+        "no_merge_when_k_exceeds_groups": sum(not r["merged"] for r in wide) / max(len(wide), 1),
+        "runs": len(mine),
+    }
+
+
+def _k_of(record: dict[str, Any]) -> int:
+    return SHAPES[record["shape"]].groups
+
+
+def write_suite_report(records: Sequence[dict[str, Any]], out: Path) -> None:
+    """``suite.md`` and ``suite.png`` from the records."""
+    rows = summarize_suite(records)
+    lines = [
+        "| strategy | shape | runs | mean ARI | exact | merged | gap % mean | gap % max | within 2% | reference |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['strategy']} | {r['shape']} | {r['runs']} | {r['ari']:.2f} | {r['exact']:.0%} | {r['merged']:.0%} "
+            f"| {r['gap_mean']:.1f} | {r['gap_max']:.1f} | {r['within_2pct']:.0%} | {r['reference']} |"
+        )
+    lines.append("")
+    for strategy in dict.fromkeys(r["strategy"] for r in records):
+        c = criteria(records, strategy)
+        lines.append(
+            f"- `{strategy}`: within 2% of the exhaustive optimum in {c['within_2pct_of_optimum']:.0%} of "
+            f"exhaustive runs; planted partition recovered exactly in {c['exact_when_planted_is_optimum']:.0%} "
+            f"of runs where it is the optimum; no merge in {c['no_merge_when_k_exceeds_groups']:.0%} of runs "
+            f"with K > planted groups ({c['runs']} runs)."
+        )
+    lines.append("")
+    lines.append("gap %: found grouping's test loss above the optimum's (exhaustive) or the planted partition's.")
+    (out / "suite.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _plot(rows, out / "suite.png")
+
+
+def _plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.8 / max(len(strategies), 1)
+    for i, strategy in enumerate(strategies):
+        by_shape = {r["shape"]: r for r in rows if r["strategy"] == strategy}
+        xs = [j + i * width for j in range(len(shapes))]
+        ax1.bar(xs, [by_shape[s]["ari"] if s in by_shape else 0 for s in shapes], width, label=strategy)
+        ax2.bar(xs, [by_shape[s]["gap_mean"] if s in by_shape else 0 for s in shapes], width, label=strategy)
+    for ax, label in ((ax1, "mean adjusted Rand index"), (ax2, "test-loss gap to the best partition, %")):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], shapes, rotation=30, ha="right")
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    ax1.set_ylim(-0.3, 1.05)
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
