@@ -130,8 +130,14 @@ def _cmd_list() -> int:
             path = find_preset(kind, name)  # type: ignore[arg-type]
             desc = str(_read_yaml(path).get("description", "")) if path else ""
             print(f"  {name:<16} {desc}")
+    from .backbones import BACKBONES
+    from .config import TASK_LOSSES
+
     print(f"data sets: {', '.join(DATASETS.names())} (or package.module:function)")
-    print("encoders: mlp, timm:<model name> (any timm model, e.g. timm:resnet10t)")
+    print(f"encoders: {', '.join(BACKBONES.names())}, timm:<model name> (any timm model, e.g. timm:resnet10t)")
+    print("task types (losses, default first):")
+    for kind, losses in TASK_LOSSES.items():
+        print(f"  {kind:<13} {', '.join(losses)}")
     print(f"temperature schedules: {', '.join(SCHEDULES.names())}")
     return 0
 
@@ -146,6 +152,11 @@ def _format_table(result: Any) -> str:
     summary = f"test total loss {test['total_loss']:.4f} (validation {val['total_loss']:.4f})"
     if "total_error" in test:
         summary += f"; test total error {test['total_error']:.2f}%"
+    ref = result.metrics.get("reference", {}).get("test")
+    if ref and ref.get("delta_m") is not None:
+        summary += f"; vs reference: Delta_m {ref['delta_m']:+.2f}%"
+        if ref.get("normalized_gain") is not None:
+            summary += f", normalized gain {ref['normalized_gain']:+.2f}%"
     truth = result.metrics.get("ground_truth")
     if truth:
         summary += f"; adjusted Rand index vs planted groups {truth['adjusted_rand_index']:.3f}"
