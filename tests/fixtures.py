@@ -84,7 +84,7 @@ def write_taskonomy(
             normal[~square] = (128, 255, 128)
             files["normal"] = Image.fromarray(normal)
             labels = np.where(square, 3, 1).astype(np.uint8)
-            labels[-1, :] = 0  # unlabelled bottom row
+            labels[-2:, :] = 0  # unlabelled bottom rows
             files["segment_semantic"] = Image.fromarray(labels)
             keypoints = np.zeros((size, size), np.uint16)
             keypoints[y0, x0] = 65535

@@ -24,7 +24,7 @@ grouping search can exploit. ``digit`` (multiclass, 10 classes) is available as 
 
 Images (pixel values 0-16) are scaled to [0, 1], standardised with the training mean and std,
 bilinearly upsampled to ``size`` x ``size`` and repeated to ``channels`` channels. The split is a
-seeded random split (``split``).
+seeded random split (``split``); ``samples`` keeps a seeded random subset (quick experiments).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ DIGIT_ATTRIBUTES: dict[str, frozenset[int]] = {
 class DigitsOptions(StrictModel):
     size: int = Field(default=16, ge=8, le=224)  # upsampled side length
     channels: Literal[1, 3] = 1
+    samples: int | None = Field(default=None, ge=10)  # use a seeded random subset of this many images
     split: SplitConfig = Field(default_factory=lambda: SplitConfig(val=0.15, test=0.25, seed=0))
 
 
@@ -89,6 +90,9 @@ class DigitsDataset:
         bunch = load_digits()
         images = np.asarray(bunch.images, dtype=np.float32) / 16.0  # (n, 8, 8)
         labels = np.asarray(bunch.target, dtype=np.int64)
+        if options.samples is not None and options.samples < len(labels):
+            keep = np.sort(np.random.default_rng([options.split.seed, 7]).permutation(len(labels))[: options.samples])
+            images, labels = images[keep], labels[keep]
         train_idx, val_idx, test_idx = random_split(len(labels), options.split)
         mean, std = float(images[train_idx].mean()), float(images[train_idx].std())
         x = torch.as_tensor((images - mean) / std).unsqueeze(1)  # (n, 1, 8, 8)

@@ -290,7 +290,16 @@ class TaskonomyDataset:
         root = Path(options.root)
         if not root.is_dir():
             raise SpecError(f"Taskonomy root folder not found: {root}", key="dataset.root")
-        _building_lists(options)
+        for split, buildings in _building_lists(options).items():
+            if not buildings:
+                raise SpecError(f"the {split} split lists no buildings", key="dataset.buildings")
+            for building in buildings:
+                folder = root / building
+                if not folder.is_dir():
+                    raise DataError(f"{folder}: building folder not found ({split} split)")
+                for domain in ("rgb", *(t.name for t in tasks)):
+                    if not (folder / domain).is_dir():
+                        raise DataError(f"{folder / domain}: building {building!r} has no {domain} folder")
 
     def _index(
         self, root: Path, buildings: Sequence[str], domains: Sequence[str], mask_domain: str | None
