@@ -101,8 +101,11 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "nni"):
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # NNI logs every failed training with its traceback before re-raising; the error itself reaches
+    # main() (one line for user errors, a full traceback for bugs), so its log would only repeat it.
+    logging.getLogger("nni").setLevel(logging.CRITICAL)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -196,6 +199,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(exc: Exception) -> str:
+    """The error's message; for one re-raised from a DataLoader worker (whose text carries the
+    worker's traceback), only the original message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.partition(": ")[2] or last
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -211,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_list()
         return _cmd_search(args)
     except DmtgError as exc:
-        print(f"dmtg: error: {exc}", file=sys.stderr)
+        print(f"dmtg: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("dmtg: interrupted", file=sys.stderr)
