@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## demo: a real grouping search on planted data (no download), groups printed at the end
+## demo: a real grouping search on real images (scikit-learn's digits, no download), groups printed at the end
 demo: $(STAMP)
-	$(BIN)/dmtg search planted --out runs/planted-demo --overwrite
+	$(BIN)/dmtg search digits --out runs/digits-demo --overwrite
 
 ## test: lint, type-check and the default (fast, offline, CPU) test suite
 test: lint

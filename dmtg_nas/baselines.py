@@ -236,7 +236,9 @@ class AffinityRecorder(pl.Callback):
             return
         x, targets = batch
         model = pl_module.model
-        encoder, heads = model.branches[0], list(model.heads)
+        heads = list(model.heads)
+        # the shared parameters: the stem (if any) and the one branch
+        encoder = model.branches[0] if model.stem is None else torch.nn.Sequential(model.stem, model.branches[0])
         lr = float(trainer.optimizers[0].param_groups[0]["lr"])
         self.total += lookahead_affinity(encoder, heads, self.tasks, x, targets, lr).double().cpu()
         self.count += 1

@@ -153,8 +153,11 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "nni"):
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # NNI logs every failed training with its traceback before re-raising; the error itself reaches
+    # main() (one line for user errors, a full traceback for bugs), so its log would only repeat it.
+    logging.getLogger("nni").setLevel(logging.CRITICAL)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -182,8 +185,14 @@ def _cmd_list() -> int:
             path = find_preset(kind, name)  # type: ignore[arg-type]
             desc = str(_read_yaml(path).get("description", "")) if path else ""
             print(f"  {name:<16} {desc}")
+    from .backbones import BACKBONES
+    from .config import TASK_LOSSES
+
     print(f"data sets: {', '.join(DATASETS.names())} (or package.module:function)")
-    print("encoders: mlp, timm:<model name> (any timm model, e.g. timm:resnet10t)")
+    print(f"encoders: {', '.join(BACKBONES.names())}, timm:<model name> (any timm model, e.g. timm:resnet10t)")
+    print("task types (losses, default first):")
+    for kind, losses in TASK_LOSSES.items():
+        print(f"  {kind:<13} {', '.join(losses)}")
     print(f"temperature schedules: {', '.join(SCHEDULES.names())}")
     return 0
 
@@ -198,6 +207,11 @@ def _format_table(result: Any) -> str:
     summary = f"test total loss {test['total_loss']:.4f} (validation {val['total_loss']:.4f})"
     if "total_error" in test:
         summary += f"; test total error {test['total_error']:.2f}%"
+    ref = result.metrics.get("reference", {}).get("test")
+    if ref and ref.get("delta_m") is not None:
+        summary += f"; vs reference: Delta_m {ref['delta_m']:+.2f}%"
+        if ref.get("normalized_gain") is not None:
+            summary += f", normalized gain {ref['normalized_gain']:+.2f}%"
     truth = result.metrics.get("ground_truth")
     if truth:
         summary += f"; adjusted Rand index vs planted groups {truth['adjusted_rand_index']:.3f}"
@@ -302,6 +316,16 @@ def _cmd_suite(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(exc: Exception) -> str:
+    """The error's message; for one re-raised from a DataLoader worker (whose text carries the
+    worker's traceback), only the original message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.partition(": ")[2] or last
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -323,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_suite(args)
         return _cmd_search(args)
     except DmtgError as exc:
-        print(f"dmtg: error: {exc}", file=sys.stderr)
+        print(f"dmtg: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("dmtg: interrupted", file=sys.stderr)

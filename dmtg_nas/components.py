@@ -6,16 +6,21 @@ from typing import Any
 
 from .backbones import check_backbone
 from .config import SearchSpec, validate_model
-from .data import DATASETS, DatasetPlugin, TaskData
+from .data import DATASETS, DatasetPlugin, TaskData, UserDataset
 from .errors import SpecError
 
 __all__ = ["validate_components", "dataset_plugin", "load_data"]
 
 
 def dataset_plugin(spec: SearchSpec) -> tuple[DatasetPlugin, Any]:
-    """The registered data set named by the spec and its validated options."""
+    """The registered data set named by the spec (or user data, ``package.module:function``) and
+    its validated options."""
+    name = spec.dataset.name
+    if ":" in name and name not in DATASETS:
+        user = UserDataset(name)
+        return user, validate_model(user.Options, dict(spec.dataset.model_extra or {}), "dataset")
     try:
-        plugin = DATASETS.lookup(spec.dataset.name)
+        plugin = DATASETS.lookup(name)
     except SpecError as exc:
         raise SpecError(exc.message, key="dataset.name") from None
     options = validate_model(plugin.Options, dict(spec.dataset.model_extra or {}), "dataset")
@@ -27,6 +32,20 @@ def validate_components(spec: SearchSpec) -> None:
     plugin, options = dataset_plugin(spec)
     plugin.check(options, spec.tasks)
     check_backbone(spec.backbone)
+    if spec.reference is not None:
+        from .errors import DataError
+        from .metrics import load_reference
+
+        try:
+            load_reference([spec.reference] if isinstance(spec.reference, str) else spec.reference)
+        except DataError as exc:
+            raise SpecError(str(exc), key="reference") from None
+    if any(t.dense for t in spec.tasks) and spec.backbone.name == "mlp":
+        raise SpecError(
+            "dense tasks need feature maps; 'mlp' gives vectors: use an image encoder such as 'convnet' or "
+            "'timm:<model>'",
+            key="backbone.name",
+        )
 
 
 def load_data(spec: SearchSpec) -> TaskData:

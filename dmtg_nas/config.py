@@ -46,7 +46,22 @@ __all__ = [
     "validate_model",
 ]
 
-TaskType = Literal["regression", "binary", "multiclass"]
+TaskType = Literal["regression", "binary", "multiclass", "segmentation", "depth", "normals", "keypoints", "edges"]
+DENSE_TYPES = ("segmentation", "depth", "normals", "keypoints", "edges")
+
+# Losses a task may use (``loss:`` in a task entry); the first one is the default.
+TASK_LOSSES: dict[str, tuple[str, ...]] = {
+    "regression": ("mse", "l1", "smooth_l1"),
+    "binary": ("bce",),
+    "multiclass": ("ce",),
+    "segmentation": ("ce",),
+    "depth": ("l1", "mse", "smooth_l1"),
+    "normals": ("l1", "cosine"),
+    "keypoints": ("l1", "mse"),
+    "edges": ("l1", "mse"),
+}
+# Output channels of a head per task type (multiclass and segmentation: num_classes).
+_TYPE_CHANNELS = {"regression": 1, "binary": 1, "depth": 1, "normals": 3, "keypoints": 1, "edges": 1}
 Schedule = Literal["constant", "linear", "exponential", "cosine"]
 
 
@@ -61,21 +76,44 @@ class TaskConfig(StrictModel):
 
     name: str = Field(min_length=1)
     type: TaskType
-    num_classes: int | None = Field(default=None, ge=2)  # multiclass only
+    num_classes: int | None = Field(default=None, ge=2)  # multiclass and segmentation
     weight: float = Field(default=1.0, gt=0)  # multiplies the task's loss
+    loss: str | None = None  # override of the type's default loss (see TASK_LOSSES)
+    ignore_index: int = 255  # segmentation: target value that takes no loss and no metric
+    threshold: float = Field(default=0.5, gt=0, lt=1)  # keypoints, edges: F1 binarises maps at this value
 
     @model_validator(mode="after")
     def _classes(self) -> TaskConfig:
-        if self.type == "multiclass" and self.num_classes is None:
-            raise ValueError("a multiclass task needs 'num_classes' (an integer >= 2)")
-        if self.type != "multiclass" and self.num_classes is not None:
-            raise ValueError(f"'num_classes' applies to multiclass tasks only, not {self.type!r}")
+        needs_classes = self.type in ("multiclass", "segmentation")
+        if needs_classes and self.num_classes is None:
+            raise ValueError(f"a {self.type} task needs 'num_classes' (an integer >= 2)")
+        if not needs_classes and self.num_classes is not None:
+            raise ValueError(f"'num_classes' applies to multiclass and segmentation tasks only, not {self.type!r}")
+        if self.loss is not None and self.loss not in TASK_LOSSES[self.type]:
+            choices = TASK_LOSSES[self.type]
+            raise ValueError(
+                f"loss {self.loss!r} does not apply to a {self.type} task{suggest(self.loss, choices)}; "
+                f"allowed: {allowed(choices)}"
+            )
         return self
 
     @property
     def out_features(self) -> int:
-        """Width of the head's output: 1 for regression and binary, C for multiclass."""
-        return self.num_classes if self.type == "multiclass" and self.num_classes else 1
+        """Channels of the head's output: 1 (regression, binary, depth, keypoints, edges), 3 (normals)
+        or C (multiclass, segmentation)."""
+        if self.type in ("multiclass", "segmentation"):
+            return self.num_classes or 2
+        return _TYPE_CHANNELS[self.type]
+
+    @property
+    def dense(self) -> bool:
+        """True for per-pixel tasks (outputs of shape (B, C, H, W))."""
+        return self.type in DENSE_TYPES
+
+    @property
+    def loss_name(self) -> str:
+        """The loss this task trains with (the override or the type's default)."""
+        return self.loss or TASK_LOSSES[self.type][0]
 
 
 class SplitConfig(StrictModel):
@@ -100,17 +138,29 @@ class DatasetConfig(BaseModel):
 
 
 class BackboneConfig(BaseModel):
-    """``name`` is ``mlp`` or ``timm:<model>``; the other keys are that encoder's options."""
+    """``name`` is a registered encoder (``mlp``, ``convnet``, ``celeba_resnet``) or ``timm:<model>``;
+    the other keys are that encoder's options.
+
+    ``shared_stem`` = k shares the encoder's first k stages between all branches and branches the
+    rest (0: K fully separate encoders; the paper's sharing-depth ablation).
+    """
 
     model_config = ConfigDict(extra="allow", strict=True)
     name: str
+    shared_stem: int = Field(default=0, ge=0)
 
 
 class HeadsConfig(StrictModel):
-    """The per-task heads put on every branch (K*N of them during the search)."""
+    """The per-task heads put on every branch (K*N of them during the search).
+
+    Vector tasks: ``hidden`` layers then a linear layer. Dense tasks: a small decoder that fuses the
+    last ``decoder_maps`` feature maps at ``decoder_width`` channels and upsamples to the input size.
+    """
 
     hidden: list[typing.Annotated[int, Field(ge=1)]] = Field(default_factory=list)
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    decoder_width: int = Field(default=64, ge=1)
+    decoder_maps: int = Field(default=3, ge=1)
 
 
 class TemperatureConfig(StrictModel):
@@ -200,6 +250,8 @@ class SearchSpec(StrictModel):
     heads: HeadsConfig = Field(default_factory=HeadsConfig)
     groups: int = Field(ge=1, le=64)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    # single-task (or any reference) results for normalized gain and Delta_m: metrics.json files
+    reference: str | list[str] | None = None
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> SearchSpec:
@@ -365,14 +417,33 @@ def _expand_strategy(doc: dict[str, Any], folder: Path | None, source: str) -> N
         doc["strategy"] = _apply_base(strat, "strategies", folder, (), source)
 
 
+_PATH_KEYS = ("path", "root", "cache")
+
+
+def _absolute(value: Any, folder: Path) -> Any:
+    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+        return str((folder / value).resolve())
+    if isinstance(value, str) and value:
+        return str(Path(value).expanduser())
+    return value
+
+
 def _resolve_paths(doc: dict[str, Any], folder: Path) -> None:
-    """Make the data set's relative ``path``/``root`` absolute against the spec's folder."""
+    """Make relative file names absolute against the spec's folder: the data set's
+    ``path``/``root``/``cache``, the backbone's ``pretrained`` weights and ``reference`` files."""
     dataset = doc.get("dataset")
     if isinstance(dataset, dict):
-        for key in ("path", "root"):
-            value = dataset.get(key)
-            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-                dataset[key] = str((folder / value).resolve())
+        for key in _PATH_KEYS:
+            if key in dataset:
+                dataset[key] = _absolute(dataset[key], folder)
+    backbone = doc.get("backbone")
+    if isinstance(backbone, dict) and isinstance(backbone.get("pretrained"), str):
+        backbone["pretrained"] = _absolute(backbone["pretrained"], folder)
+    ref = doc.get("reference")
+    if isinstance(ref, str):
+        doc["reference"] = _absolute(ref, folder)
+    elif isinstance(ref, list):
+        doc["reference"] = [_absolute(r, folder) for r in ref]
 
 
 def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> SearchSpec:
@@ -404,9 +475,15 @@ def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = (
         _set_dotted(doc, key, value)
         if key == "strategy":
             _expand_strategy(doc, Path.cwd(), "--set")
-        if key in ("dataset.path", "dataset.root") and isinstance(value, str) and value:
+        if key in (*(f"dataset.{k}" for k in _PATH_KEYS), "backbone.pretrained") and isinstance(value, str) and value:
             _set_dotted(doc, key, str(Path(value).expanduser().resolve()))
+        if key == "reference":
+            ref = doc["reference"]
+            doc["reference"] = (
+                [_absolute(r, Path.cwd()) for r in ref] if isinstance(ref, list) else _absolute(ref, Path.cwd())
+            )
         overridden.append(key)
+    _user_tasks(doc)
     try:
         result = validate_model(SearchSpec, doc)
         from .components import validate_components
@@ -417,6 +494,20 @@ def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = (
         from_set = any(key == k or key.startswith(k + ".") for k in overridden)
         raise SpecError(exc.message, source="--set" if from_set else source, key=exc.key) from None
     return result
+
+
+def _user_tasks(doc: dict[str, Any]) -> None:
+    """A spec on user data (``dataset.name: module:function``) may omit ``tasks``: take the
+    function's task definitions."""
+    dataset = doc.get("dataset")
+    if "tasks" in doc or not isinstance(dataset, dict):
+        return
+    name = dataset.get("name")
+    if isinstance(name, str) and ":" in name:
+        from .data.user import user_tasks
+
+        options = {k: v for k, v in dataset.items() if k != "name"}
+        doc["tasks"] = user_tasks(name, options)
 
 
 def load_strategy(ref: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> StrategyConfig:

@@ -4,8 +4,9 @@
 that ``NasExperiment`` runs) and writes, under ``out_dir``:
 
 - ``grouping.json``: groups, assignment, final branch probabilities, K;
-- ``metrics.json``: per-task validation and test loss and metrics, totals, timings, and
-  (for data sets with a known partition) the adjusted Rand index against it;
+- ``metrics.json``: per-task validation and test loss and metrics, totals, timings,
+  (for data sets with a known partition) the adjusted Rand index against it, and (with a
+  ``reference`` in the spec) normalized gain and Delta_m against the reference results;
 - ``history.json`` and ``probabilities.png``: each task's branch probabilities over the epochs;
 - ``config.yaml``: the resolved spec; ``model.pt``: the grouped network;
 - ``checkpoints/last.ckpt``: the search checkpoint (``resume=True`` continues from it);
@@ -151,11 +152,16 @@ def build_evaluator(
         gradient_clip_val=strat.gradient_clip,
         default_root_dir=str(out_dir) if out_dir is not None else None,
     )
+    pin = _accelerator(strat.device) != "cpu" and torch.cuda.is_available()
     train_loader = make_loader(
-        data.train, strat.batch_size, shuffle=True, seed=strat.seed, num_workers=strat.num_workers
+        data.train, strat.batch_size, shuffle=True, seed=strat.seed, num_workers=strat.num_workers, pin_memory=pin
     )
     val_loader = make_loader(
-        data.val, strat.eval_batch_size or strat.batch_size, shuffle=False, num_workers=strat.num_workers
+        data.val,
+        strat.eval_batch_size or strat.batch_size,
+        shuffle=False,
+        num_workers=strat.num_workers,
+        pin_memory=pin,
     )
     fit_kwargs = {"ckpt_path": str(resume_from)} if resume_from is not None else None
     return Lightning(module, trainer, train_dataloaders=train_loader, val_dataloaders=val_loader, fit_kwargs=fit_kwargs)
@@ -163,13 +169,19 @@ def build_evaluator(
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, dataset: Any, tasks: Sequence[TaskConfig], batch_size: int = 1024, device: str = "cpu"
+    model: torch.nn.Module,
+    dataset: Any,
+    tasks: Sequence[TaskConfig],
+    batch_size: int = 1024,
+    device: str = "cpu",
+    num_workers: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Per-task loss and metrics of a network returning ``{task: output}`` on a dataset."""
     metrics = TaskMetrics(tasks).to(device)
     was_training = model.training
     model.eval().to(device)
-    for x, targets in make_loader(dataset, batch_size, shuffle=False, traced=False):
+    loader = make_loader(dataset, batch_size, shuffle=False, traced=False, num_workers=num_workers)
+    for x, targets in loader:
         outputs = model(x.to(device))
         metrics.update(outputs, {k: v.to(device) for k, v in targets.items()})
     model.train(was_training)
@@ -204,10 +216,15 @@ def train_network(
         gradient_clip_val=strategy.gradient_clip,
         callbacks=list(callbacks),
     )
+    workers = strategy.num_workers
     trainer.fit(
         module,
-        make_loader(data.train, strategy.batch_size, shuffle=True, seed=strategy.seed + 1, traced=False),
-        make_loader(data.val, strategy.eval_batch_size or strategy.batch_size, shuffle=False, traced=False),
+        make_loader(
+            data.train, strategy.batch_size, shuffle=True, seed=strategy.seed + 1, traced=False, num_workers=workers
+        ),
+        make_loader(
+            data.val, strategy.eval_batch_size or strategy.batch_size, shuffle=False, traced=False, num_workers=workers
+        ),
     )
     return model
 
@@ -327,9 +344,13 @@ def run_search(
         train_network(model, data, spec.tasks, strat, strat.finetune.epochs, lr=strat.finetune.lr, progress=progress)
     finetune_time = time.perf_counter() - t_finetune
     device = "cuda" if _accelerator(strat.device) != "cpu" and torch.cuda.is_available() else "cpu"
-    eval_bs = strat.eval_batch_size or max(strat.batch_size, 256)
+    dense = any(t.dense for t in spec.tasks)  # per-pixel outputs: keep evaluation batches at the training size
+    eval_bs = strat.eval_batch_size or (strat.batch_size if dense else max(strat.batch_size, 256))
     model.cpu()
-    per_split = {split: evaluate(model, getattr(data, split), spec.tasks, eval_bs, device) for split in ("val", "test")}
+    per_split = {
+        split: evaluate(model, getattr(data, split), spec.tasks, eval_bs, device, strat.num_workers)
+        for split in ("val", "test")
+    }
     model.cpu()
     groups = groups_from_sample(spec.task_names, sample, spec.groups)
     metrics: dict[str, Any] = {
@@ -354,6 +375,13 @@ def run_search(
             "affinity": warm.affinity,
             "seconds": round(warm.seconds, 3),
         }
+
+    if spec.reference is not None:
+        from .metrics import compare_to_reference, load_reference
+
+        refs = [spec.reference] if isinstance(spec.reference, str) else list(spec.reference)
+        comparison = compare_to_reference(per_split, load_reference(refs), spec.tasks)
+        metrics["reference"] = {"files": refs, **comparison}
     if data.ground_truth is not None:
         metrics["ground_truth"] = {
             "groups": data.ground_truth,

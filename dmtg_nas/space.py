@@ -1,6 +1,7 @@
 """The task-grouping search space as an NNI model space, and the grouped network it freezes to.
 
-The space holds K branch encoders and, for every task, K heads (one per branch): K*N heads. Each
+The space holds an optional shared stem (``backbone.shared_stem`` stages used by every branch), K
+branch encoders and, for every task, K heads (one per branch): K*N heads. Each
 task carries one ``nni.mutable.Categorical`` over the K branches, labelled by the task's name, so
 ``space.simplify()`` lists the N choices and ``space.freeze({task: branch, ...})`` returns the grouped
 network: only the branches some task uses and one head per task, as a plain torch module that saves,
@@ -19,7 +20,7 @@ from nni.mutable import Categorical
 from nni.nas.nn.pytorch import ModelSpace, MutableModule
 from torch import Tensor, nn
 
-from .backbones import build_backbone, build_head
+from .backbones import BuiltEncoder, FeatureSpec, build_encoder, build_head
 from .config import BackboneConfig, HeadsConfig, SearchSpec, TaskConfig
 from .errors import DmtgError
 
@@ -39,8 +40,9 @@ class TaskRouter(MutableModule):
     def label(self) -> str:
         return str(self.choice.label)
 
-    def forward(self, feats: Sequence[Tensor]) -> Tensor:
-        """Outside a search, route to the default (first) branch: (B, D) per branch -> (B, out)."""
+    def forward(self, feats: Sequence[Any]) -> Tensor:
+        """Outside a search, route to the default (first) branch: one branch output per branch
+        ((B, D) or a list of maps) -> the head's output."""
         k = int(self.choice.default())
         return self.heads[k](feats[k])  # type: ignore[no-any-return]
 
@@ -90,18 +92,21 @@ class GroupingSpace(ModelSpace):
             "input_shape": list(input_shape),
         }
         shape = tuple(input_shape)
-        first = build_backbone(backbone, shape)
-        branches = [first] + [
-            copy.deepcopy(first) if branch_init == "copy" else build_backbone(backbone, shape)
+        maps = any(t.dense for t in tasks)
+        first = build_encoder(backbone, shape, maps=maps)
+        self.stem = first.stem  # shared by all branches (None: fully separate branches)
+        branches = [first.branch] + [
+            copy.deepcopy(first.branch) if branch_init == "copy" else build_encoder(backbone, shape, maps=maps).branch
             for _ in range(num_branches - 1)
         ]
         self.branches = nn.ModuleList(branches)
-        width = int(first.out_features)  # type: ignore[arg-type]
+        self.features: FeatureSpec = first.features
+        out_size = (shape[-2], shape[-1]) if len(shape) == 3 else None
         routers = []
         for task in tasks:
-            head = build_head(task, width, heads)
+            head = build_head(task, first.features, heads, out_size)
             task_heads = [head] + [
-                copy.deepcopy(head) if branch_init == "copy" else build_head(task, width, heads)
+                copy.deepcopy(head) if branch_init == "copy" else build_head(task, first.features, heads, out_size)
                 for _ in range(num_branches - 1)
             ]
             routers.append(TaskRouter(task.name, task_heads))
@@ -116,8 +121,9 @@ class GroupingSpace(ModelSpace):
         return [t.name for t in self.tasks]
 
     def forward(self, x: Tensor) -> dict[str, Any]:
-        """All K branches once, then every task's router: ``{task: output}``."""
-        feats = [branch(x) for branch in self.branches]  # K x (B, D)
+        """The stem once, all K branches once, then every task's router: ``{task: output}``."""
+        h = self.stem(x) if self.stem is not None else x
+        feats = [branch(h) for branch in self.branches]  # K x (B, D), or K x [(B, C_j, H_j, W_j), ...]
         return {task.name: router(feats) for task, router in zip(self.tasks, self.routers)}
 
     def freeze(self, sample: Mapping[str, Any]) -> GroupedNetwork:  # type: ignore[override]
@@ -134,6 +140,7 @@ class GroupingSpace(ModelSpace):
             {name: copy.deepcopy(head) for name, head in heads.items()},
             assignment,
             branch_ids=used,
+            stem=copy.deepcopy(self.stem) if self.stem is not None else None,
         )
         return net
 
@@ -141,8 +148,9 @@ class GroupingSpace(ModelSpace):
 class GroupedNetwork(nn.Module):
     """The searched model: the used branches and one head per task, a plain torch module.
 
-    ``forward(x)`` returns ``{task: head output}`` ((B, 1) or (B, C)). ``assignment`` maps each task
-    to its branch position in ``branches``; ``branch_ids`` are those branches' indices in the space.
+    ``forward(x)`` returns ``{task: head output}`` ((B, 1), (B, C) or (B, C, H, W) for dense tasks).
+    ``assignment`` maps each task to its branch position in ``branches``; ``branch_ids`` are those
+    branches' indices in the space; ``stem`` is the shared stem (None without one).
     """
 
     def __init__(
@@ -152,9 +160,11 @@ class GroupedNetwork(nn.Module):
         heads: Mapping[str, nn.Module],
         assignment: Mapping[str, int],
         branch_ids: Sequence[int] | None = None,
+        stem: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.architecture = dict(architecture)
+        self.stem = stem
         self.task_names = [t["name"] for t in self.architecture["tasks"]]
         self.branches = nn.ModuleList(branches)
         self.heads = nn.ModuleList([heads[name] for name in self.task_names])
@@ -166,7 +176,8 @@ class GroupedNetwork(nn.Module):
         return [[t for t in self.task_names if self.assignment[t] == b] for b in range(len(self.branches))]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        feats = [branch(x) for branch in self.branches]  # (B, D) per used branch
+        h = self.stem(x) if self.stem is not None else x
+        feats = [branch(h) for branch in self.branches]  # one output per used branch
         return {name: head(feats[self.assignment[name]]) for name, head in zip(self.task_names, self.heads)}
 
     @classmethod
@@ -179,10 +190,12 @@ class GroupedNetwork(nn.Module):
         heads_cfg = HeadsConfig.model_validate(architecture["heads"])
         shape = tuple(architecture["input_shape"])
         n_branches = max(assignment.values()) + 1
-        branches = [build_backbone(backbone, shape) for _ in range(n_branches)]
-        width = int(branches[0].out_features)  # type: ignore[arg-type]
-        heads = {t.name: build_head(t, width, heads_cfg) for t in tasks}
-        return cls(architecture, branches, heads, assignment, branch_ids)
+        maps = any(t.dense for t in tasks)
+        built: list[BuiltEncoder] = [build_encoder(backbone, shape, maps=maps) for _ in range(n_branches)]
+        features = built[0].features
+        out_size = (shape[-2], shape[-1]) if len(shape) == 3 else None
+        heads = {t.name: build_head(t, features, heads_cfg, out_size) for t in tasks}
+        return cls(architecture, [b.branch for b in built], heads, assignment, branch_ids, stem=built[0].stem)
 
     def save(self, path: str | Path) -> None:
         """Write architecture and weights to one file (loadable with ``weights_only=True``)."""

@@ -95,3 +95,25 @@ def test_search_subprocess_end_to_end(tmp_path: Path) -> None:
         env=env,
     )
     assert bad.returncode == 2 and "give no SPEC or --set" in bad.stderr
+
+
+def test_worker_errors_print_the_original_message_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A broken image found by a DataLoader worker is still one line naming the file."""
+    from .fixtures import write_celeba
+
+    root = write_celeba(tmp_path / "celeba", n=20)
+    (root / "img_align_celeba" / "000002.jpg").write_bytes(b"broken")
+    doc = {
+        "name": "broken",
+        "tasks": [{"name": "Smiling", "type": "binary"}],
+        "dataset": {"name": "celeba", "root": str(root), "size": 16},
+        "backbone": {"name": "convnet", "channels": [4]},
+        "groups": 1,
+        "strategy": {"_base_": "dmtg", "epochs": 1, "batch_size": 4, "num_workers": 1, "finetune": {"epochs": 0}},
+    }
+    spec = tmp_path / "broken.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    assert main(["search", str(spec), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"dmtg: error: {root}") and "000002.jpg: cannot read image" in err[-1]
+    assert not any("Traceback" in line for line in err)

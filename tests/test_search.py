@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,14 @@ def test_search_writes_every_output(tmp_path: Path) -> None:
 
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
-    assert history[0]["probabilities"]["t0"] == pytest.approx([0.5, 0.5])  # uniform start
+    # the warm start puts each task's initial logits at 1 + 3 on its cluster's branch, 1 elsewhere
+    clusters = metrics["warmup"]["clusters"]
+    warm_branch = {t: i for i, g in enumerate(clusters) for t in g}
+    p = math.exp(4) / (math.exp(4) + math.exp(1))
+    for task in ("t0", "t1", "t2", "t3"):
+        expected = [p, 1 - p] if warm_branch[task] == 0 else [1 - p, p]
+        assert history[0]["probabilities"][task] == pytest.approx(expected, rel=1e-5)
+    assert len(metrics["warmup"]["affinity"]) == 4
     for task, probs in grouping["probabilities"].items():
         assert history[-1]["probabilities"][task] == pytest.approx(probs)
 
@@ -90,6 +98,23 @@ def test_same_seed_same_result() -> None:
     b = dmtg_nas.search(spec, None, progress=False)
     assert a.probabilities == b.probabilities
     assert a.metrics["test"] == b.metrics["test"]
+
+
+def test_plain_strategy_starts_uniform() -> None:
+    doc = planted_doc(strategy={"_base_": "dmtg-plain", "epochs": 1, "finetune": {"epochs": 0}})
+    result = dmtg_nas.search(dmtg_nas.load_spec(doc), None, progress=False)
+    assert "warmup" not in result.metrics
+    assert result.history[0]["probabilities"]["t0"] == pytest.approx([0.5, 0.5])
+
+
+def test_warm_start_recovers_clear_planted_pairs() -> None:
+    """Two planted pairs with a generous sample: the warm start's clusters are the planted groups."""
+    doc = planted_doc(strategy={"_base_": "dmtg", "epochs": 1, "finetune": {"epochs": 0}})
+    doc["dataset"].update({"samples": 2000, "input_dim": 32, "latent_dim": 8})
+    doc["backbone"] = {"name": "mlp", "hidden": [32, 8]}
+    result = dmtg_nas.search(dmtg_nas.load_spec(doc), None, progress=False)
+    assert sorted(map(sorted, result.metrics["warmup"]["clusters"])) == sorted(map(sorted, result.ground_truth or []))
+    assert result.metrics["ground_truth"]["adjusted_rand_index"] == 1.0
 
 
 def test_single_branch_is_all_in_one(tmp_path: Path) -> None:

@@ -26,8 +26,24 @@ def test_planted_search_beats_all_in_one() -> None:
     assert found_loss < 0.95 * single_loss, (found.groups, found_loss, single_loss)
 
 
+def test_digits_search_beats_or_ties_all_in_one() -> None:
+    """The README's main command: real images, the shipped defaults. The searched grouping's test
+    total error must beat the all-in-one network (K=1) or tie it within noise (1.5 points of summed
+    error, about three test images per task)."""
+    found = dmtg_nas.search(dmtg_nas.load_spec("digits"), None, progress=False)
+    single = dmtg_nas.search(dmtg_nas.load_spec("digits", ["groups=1"]), None, progress=False)
+    found_error = found.metrics["totals"]["test"]["total_error"]
+    single_error = single.metrics["totals"]["test"]["total_error"]
+    assert found_error <= single_error + 1.5, (found.groups, found_error, single_error)
+
+
 @pytest.mark.parametrize(
-    "script", [["examples/api_table.py"], ["examples/nni_experiment.py", "--epochs", "2", "--workdir", "{tmp}/nni"]]
+    "script",
+    [
+        ["examples/api_table.py"],
+        ["examples/nni_experiment.py", "--epochs", "2", "--workdir", "{tmp}/nni"],
+        ["examples/user_dataset.py"],
+    ],
 )
 def test_examples_run(script: list[str], tmp_path: Path) -> None:
     args = [a.replace("{tmp}", str(tmp_path)) for a in script]

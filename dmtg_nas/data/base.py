@@ -51,6 +51,7 @@ class TaskData:
         input_shape: shape of one input, e.g. ``(32,)`` or ``(3, 64, 64)``.
         ground_truth: the known best partition of the tasks, when the data set has one (planted).
         info: anything worth recording in the run's outputs (normalisation statistics, sizes).
+        tasks: the task definitions, when the data set supplies them (user data sets).
     """
 
     train: Dataset[Any]
@@ -59,6 +60,7 @@ class TaskData:
     input_shape: tuple[int, ...]
     ground_truth: list[list[str]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    tasks: list[Any] | None = None
 
     def sizes(self) -> dict[str, int]:
         return {name: len(getattr(self, name)) for name in ("train", "val", "test")}  # type: ignore[arg-type]
@@ -85,10 +87,13 @@ def make_loader(
     num_workers: int = 0,
     drop_last: bool = False,
     traced: bool = True,
+    pin_memory: bool = False,
 ) -> DataLoader[Any]:
-    """A DataLoader; in-memory tensor data is fetched a whole batch per index list.
+    """A DataLoader; in-memory tensor data is fetched a whole batch per index list, file-backed data
+    sets (CelebA, Taskonomy) one sample at a time in ``num_workers`` worker processes.
 
-    ``traced`` returns NNI's traced ``DataLoader`` (needed by NNI's Lightning evaluator).
+    ``traced`` returns NNI's traced ``DataLoader`` (needed by NNI's Lightning evaluator);
+    ``pin_memory`` speeds up host-to-GPU copies.
     """
     if traced:
         from nni.nas.evaluator.pytorch import DataLoader as loader_cls
@@ -107,6 +112,7 @@ def make_loader(
         num_workers=num_workers,
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
     )
 
 

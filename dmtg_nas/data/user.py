@@ -1,0 +1,125 @@
+"""User data: ``dataset: {name: "package.module:function", ...}``.
+
+The function is imported and called with the data set's other keys as keyword arguments. It
+returns the splits and the task definitions, either as a :class:`~dmtg_nas.data.TaskData` (with
+``tasks`` set) or as a mapping::
+
+    {"train": Dataset, "val": Dataset, "test": Dataset,     # each yields (x, {task: y})
+     "input_shape": (C, H, W) or (D,),
+     "tasks": [{"name": "price", "type": "regression"}, ...]}   # optional when the spec lists them
+
+The spec's ``tasks`` may then be left out (they come from the function), or list a subset of the
+returned tasks (types must agree). ``examples/user_dataset.py`` is a complete example.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ..config import TaskConfig, validate_model
+from ..errors import DataError, SpecError
+from ..registry import import_object
+from .base import TaskData
+
+__all__ = ["UserDataset", "user_tasks"]
+
+_LAST: dict[str, TaskData] = {}  # the last call's result, so a spec without tasks loads once
+
+
+class UserOptions(BaseModel):
+    """Any keys: passed to the function as keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def _call(path: str, options: Mapping[str, Any]) -> TaskData:
+    key = f"{path}|{json.dumps(dict(options), sort_keys=True, default=str)}"
+    if key in _LAST:
+        return _LAST[key]
+    fn = import_object(path, "dataset")
+    if not callable(fn):
+        raise SpecError(f"dataset {path!r} is not callable", key="dataset.name")
+    try:
+        result = fn(**options)
+    except TypeError as exc:
+        raise SpecError(f"dataset {path!r} does not accept these options: {exc}", key="dataset") from None
+    data = _to_task_data(result, path)
+    _LAST.clear()
+    _LAST[key] = data
+    return data
+
+
+def _to_task_data(result: Any, path: str) -> TaskData:
+    if isinstance(result, TaskData):
+        data = result
+    elif isinstance(result, Mapping):
+        missing = [k for k in ("train", "val", "test", "input_shape") if k not in result]
+        if missing:
+            raise DataError(f"dataset {path!r} returned a mapping without {', '.join(missing)}")
+        data = TaskData(
+            result["train"],
+            result["val"],
+            result["test"],
+            tuple(int(s) for s in result["input_shape"]),
+            tasks=result.get("tasks"),
+            info=dict(result.get("info", {})),
+        )
+    else:
+        raise DataError(f"dataset {path!r} must return a TaskData or a mapping, got {type(result).__name__}")
+    if data.tasks is not None:
+        data.tasks = [
+            t if isinstance(t, TaskConfig) else validate_model(TaskConfig, t, f"dataset {path!r} tasks[{i}]")
+            for i, t in enumerate(data.tasks)
+        ]
+    return data
+
+
+def user_tasks(path: str, options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The task definitions a user data set returns (for a spec that lists none)."""
+    data = _call(path, options)
+    if not data.tasks:
+        raise SpecError(f"the spec lists no tasks and dataset {path!r} returns none", key="tasks")
+    return [t.model_dump(mode="json", exclude_defaults=True) | {"type": t.type} for t in data.tasks]
+
+
+class UserDataset:
+    """A data set given as ``package.module:function`` (see the module docstring)."""
+
+    Options: ClassVar[type[BaseModel]] = UserOptions
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def check(self, options: UserOptions, tasks: Sequence[TaskConfig]) -> None:
+        fn = import_object(self.path, "dataset")
+        if not callable(fn):
+            raise SpecError(f"dataset {self.path!r} is not callable", key="dataset.name")
+
+    def load(self, options: UserOptions, tasks: Sequence[TaskConfig]) -> TaskData:
+        data = _call(self.path, dict(options.model_extra or {}))
+        if data.tasks is not None:
+            defined = {t.name: t for t in data.tasks}
+            for i, task in enumerate(tasks):
+                if task.name not in defined:
+                    raise SpecError(
+                        f"dataset {self.path!r} defines no task {task.name!r}; it defines {', '.join(defined)}",
+                        key=f"tasks[{i}].name",
+                    )
+                if defined[task.name].type != task.type:
+                    raise SpecError(
+                        f"dataset {self.path!r} defines {task.name!r} as {defined[task.name].type}, not {task.type}",
+                        key=f"tasks[{i}].type",
+                    )
+        if len(data.train) == 0:  # type: ignore[arg-type]
+            raise DataError(f"dataset {self.path!r} returned an empty training split")
+        _, targets = data.train[0]
+        absent = [t.name for t in tasks if t.name not in targets]
+        if absent:
+            raise DataError(f"dataset {self.path!r}: samples carry no target for {', '.join(absent)}")
+        data.tasks = list(tasks)
+        _LAST.clear()  # the search holds the data from here on
+        return data

@@ -1,0 +1,129 @@
+"""Short searches end to end on generated CelebA and Taskonomy folders, and on digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import dmtg_nas
+from dmtg_nas.cli import main
+
+from .fixtures import write_celeba, write_taskonomy
+
+
+def _check_outputs(out: Path, tasks: list[str]) -> dict:
+    grouping = json.loads((out / "grouping.json").read_text())
+    assert sorted(t for g in grouping["groups"] for t in g) == sorted(tasks)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert set(metrics[split]) == set(tasks)
+    return metrics
+
+
+def test_celeba_search_end_to_end(tmp_path: Path) -> None:
+    root = write_celeba(tmp_path / "celeba", n=60)
+    tasks = ["Black_Hair", "Smiling", "Male"]
+    stl = tmp_path / "stl.json"
+    stl.write_text(json.dumps({"test": {t: {"error": 40.0, "accuracy": 0.6} for t in tasks}}))
+    spec = dmtg_nas.load_spec(
+        {
+            "name": "celeba-fixture",
+            "tasks": [{"name": t, "type": "binary"} for t in tasks],
+            "dataset": {"name": "celeba", "root": str(root), "size": 32},
+            "backbone": {"name": "celeba_resnet", "width": 8},
+            "groups": 2,
+            "reference": str(stl),
+            "strategy": {"_base_": "paper-celeba", "epochs": 2, "batch_size": 16, "num_workers": 1},
+        }
+    )
+    out = tmp_path / "run"
+    dmtg_nas.search(spec, out, progress=False)
+    metrics = _check_outputs(out, tasks)
+    totals = metrics["totals"]["test"]
+    assert totals["total_error"] == pytest.approx(sum(metrics["test"][t]["error"] for t in tasks))
+    assert all(0 <= metrics["test"][t]["error"] <= 100 for t in tasks)
+    ref = metrics["reference"]["test"]
+    expected = sum((40.0 - metrics["test"][t]["error"]) / 40.0 for t in tasks) / 3 * 100
+    assert ref["normalized_gain"] == pytest.approx(expected) and ref["delta_m"] == pytest.approx(expected)
+
+
+def test_taskonomy_search_end_to_end(tmp_path: Path) -> None:
+    root = write_taskonomy(tmp_path / "taskonomy", {"b1": 6, "b2": 3, "b3": 3}, size=32)
+    tasks = ["depth_zbuffer", "normal", "segment_semantic", "keypoints2d", "edge_texture"]
+    doc = {
+        "name": "taskonomy-fixture",
+        "tasks": [
+            {"name": "depth_zbuffer", "type": "depth"},
+            {"name": "normal", "type": "normals", "loss": "cosine"},
+            {"name": "segment_semantic", "type": "segmentation", "num_classes": 18},
+            {"name": "keypoints2d", "type": "keypoints", "weight": 2.0},
+            {"name": "edge_texture", "type": "edges"},
+        ],
+        "dataset": {
+            "name": "taskonomy",
+            "root": str(root),
+            "size": 32,
+            "buildings": {"train": ["b1"], "val": ["b2"], "test": ["b3"]},
+        },
+        "backbone": {"name": "timm:test_resnet", "shared_stem": 1},
+        "heads": {"decoder_width": 16},
+        "groups": 2,
+        "strategy": {"_base_": "paper-taskonomy", "epochs": 2, "batch_size": 3, "num_workers": 0},
+    }
+    spec_file = tmp_path / "taskonomy.yaml"
+    import yaml
+
+    spec_file.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "run"
+    assert main(["search", str(spec_file), "--out", str(out), "--quiet"]) == 0
+    metrics = _check_outputs(out, tasks)
+    test = metrics["test"]
+    assert {"rmse", "abs_rel"} <= set(test["depth_zbuffer"])
+    assert {"angle_mean", "angle_median", "within_11.25", "within_22.5", "within_30"} <= set(test["normal"])
+    assert 0 <= test["segment_semantic"]["miou"] <= 1
+    assert {"mae", "f1"} <= set(test["keypoints2d"]) and {"mae", "f1"} <= set(test["edge_texture"])
+    model = dmtg_nas.load_model(out / "model.pt")
+    assert model.stem is not None
+
+
+def test_backbone_swap_is_one_line_across_timm_families(tmp_path: Path) -> None:
+    """The same search over four timm families: only ``backbone.name`` changes."""
+    for name in ("timm:test_resnet", "timm:test_efficientnet", "timm:test_convnext", "timm:test_vit"):
+        spec = dmtg_nas.load_spec(
+            "digits",
+            [
+                f"backbone={{name: {name}}}",
+                "dataset.size=32",
+                "dataset.channels=3",
+                "dataset.samples=300",
+                "groups=2",
+                "strategy.epochs=1",
+                "strategy.finetune.epochs=0",
+                "strategy.batch_size=64",
+            ],
+        )
+        result = dmtg_nas.search(spec, None, progress=False)
+        assert sorted(t for g in result.groups for t in g) == sorted(spec.task_names), name
+        assert result.metrics["totals"]["test"]["total_error"] < 9 * 100, name
+
+
+def test_shipped_real_data_presets_validate_against_local_copies(tmp_path: Path) -> None:
+    from dmtg_nas.data.taskonomy import TINY_SPLIT
+
+    celeba = write_celeba(tmp_path / "celeba", n=12)
+    for name, k in (("celeba9", 9), ("celeba40", 40)):
+        spec = dmtg_nas.load_spec(name, [f"dataset.root={celeba}"])
+        assert len(spec.tasks) == k and spec.backbone.name == "celeba_resnet"
+        assert spec.strategy.name == "paper-celeba" and spec.strategy.optimizer.lr == pytest.approx(8e-4)
+    root = tmp_path / "taskonomy"
+    for building in (b for split in TINY_SPLIT.values() for b in split):
+        for domain in ("rgb", "depth_zbuffer", "normal", "segment_semantic", "keypoints2d", "edge_texture"):
+            (root / building / domain).mkdir(parents=True)
+    spec = dmtg_nas.load_spec("taskonomy5", [f"dataset.root={root}"])
+    assert spec.strategy.name == "paper-taskonomy" and spec.strategy.temperature.init == 4.0
+    assert spec.strategy.lr_schedule.name == "plateau" and spec.groups == 3
+    with pytest.raises(dmtg_nas.SpecError, match=r"dataset\.root: missing required key"):
+        dmtg_nas.load_spec("celeba9")
+    assert dmtg_nas.load_strategy("annealed").temperature.schedule == "exponential"
