@@ -146,8 +146,13 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _quiet_libraries() -> None:
-    """Keep the terminal to our own output: silence NNI's import warnings and Lightning's banners."""
+def _quiet_libraries(training: bool) -> None:
+    """Keep the terminal to our own output: silence NNI's import warnings and Lightning's banners.
+
+    Lightning sets its own log level when it is imported, so commands that train import it first.
+    """
+    if training:
+        import pytorch_lightning  # noqa: F401
     warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -333,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _quiet_libraries()
+    _quiet_libraries(training=args.command not in ("validate", "list"))
     try:
         if args.command == "validate":
             return _cmd_validate(args)
