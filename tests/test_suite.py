@@ -1,0 +1,61 @@
+"""The planted suite: one scored run against the exhaustive reference, the report and criteria."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dmtg_nas import SpecError
+from dmtg_nas.suite import SHAPES, Shape, criteria, run_one, run_suite, shape_spec, write_suite_report
+
+FAST = ("strategy.epochs=1", "strategy.finetune.epochs=0", "strategy.warmup.epochs=2")
+
+
+def test_shape_specs_follow_the_shape() -> None:
+    spec = shape_spec(SHAPES["mixed-k3"], "dmtg", seed=4)
+    assert spec.groups == 3 and len(spec.tasks) == 6
+    assert [t.type for t in spec.tasks[:2]] == ["regression", "binary"]
+    assert spec.dataset.model_extra is not None and spec.dataset.model_extra["seed"] == 4
+    assert spec.strategy.seed == 4
+    image = shape_spec(SHAPES["image-k3"], "dmtg-plain", seed=0)
+    assert image.backbone.name.startswith("timm:") and image.strategy.name == "dmtg-plain"
+
+
+def test_one_run_is_scored_against_the_exhaustive_optimum() -> None:
+    shape = Shape("tiny", (2, 1), 2, samples=300)
+    record = run_one(shape, "dmtg", 0, overrides=FAST)
+    assert record["reference"] == "exhaustive"
+    assert sorted(t for g in record["found"] for t in g) == ["t1", "t2", "t3"]
+    # the optimum is the best of all partitions into at most 2 groups on validation loss, so its
+    # test loss is what the gap is measured against
+    assert record["gap_percent"] == pytest.approx(
+        100 * (record["found_test_loss"] - record["optimum_test_loss"]) / record["optimum_test_loss"]
+    )
+    assert record["exact"] == (sorted(map(sorted, record["found"])) == sorted(map(sorted, record["planted"])))
+    assert -1.0 <= record["ari"] <= 1.0
+
+
+def test_report_and_criteria(tmp_path: Path) -> None:
+    base = {"strategy": "s", "seed": 0, "search_seconds": 1.0, "planted": [["t1", "t2"], ["t3"]]}
+    records = [
+        {**base, "shape": "pairs-k3", "ari": 1.0, "exact": True, "merged": False, "gap_percent": 0.0,
+         "reference": "exhaustive", "planted_is_optimum": True},
+        {**base, "shape": "pairs-k3", "seed": 1, "ari": 0.2, "exact": False, "merged": True, "gap_percent": 9.0,
+         "reference": "exhaustive", "planted_is_optimum": True},
+        {**base, "shape": "pairs-k4", "ari": 1.0, "exact": True, "merged": False, "gap_percent": 1.0,
+         "reference": "exhaustive", "planted_is_optimum": False},
+    ]  # fmt: skip
+    c = criteria(records, "s")
+    assert c["within_2pct_of_optimum"] == pytest.approx(2 / 3)
+    assert c["exact_when_planted_is_optimum"] == pytest.approx(1 / 2)
+    assert c["no_merge_when_k_exceeds_groups"] == pytest.approx(2 / 3)  # every K here exceeds 2 planted groups
+    write_suite_report(records, tmp_path)
+    table = (tmp_path / "suite.md").read_text()
+    assert "| s | pairs-k3 | 2 | 0.60 | 50% | 50% | 4.5 | 9.0 | 50% | exhaustive |" in table
+    assert (tmp_path / "suite.png").is_file()
+
+
+def test_unknown_shape_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="unknown suite shape 'pairs-k9'"):
+        run_suite("dmtg", ["pairs-k9"], 1, tmp_path)
