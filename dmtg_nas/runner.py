@@ -314,7 +314,9 @@ def run_search(
     if out is not None and not resume:
         (out / "config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
     warm = None
-    if strat.warmup.method == "attribution" and resume_from is None:  # a resumed run has its logits
+    # the warm start clusters tasks into K groups: nothing to decide with K = 1 or K >= N;
+    # a resumed run has its logits already
+    if strat.warmup.method == "attribution" and 1 < spec.groups < len(spec.tasks) and resume_from is None:
         from .warmstart import attribution_warm_start
 
         warm = attribution_warm_start(spec, data, progress=progress)
