@@ -322,6 +322,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from .config import load_spec
     from .tuning import search_space, tune
 
+    _quiet_libraries()  # again: importing Lightning resets its loggers
     overrides = list(args.overrides)
     for flag, key in ((args.trials, "trials"), (args.storage, "storage"), (args.pruner, "pruner")):
         if flag is not None:
@@ -347,7 +348,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         return 1
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
     counts = ", ".join(f"{n} {s}" for s, n in best["trials"].items() if n)
-    print(f"best trial {best['trial']} of {counts}: val total loss {best['value']:.4f}")
+    total = sum(best["trials"].values())
+    line = f"best trial {best['trial']} ({total} trials: {counts}): val total loss {best['value']:.4f}"
+    if "adjusted_rand_index" in best:
+        line += f"; adjusted Rand index vs planted groups {best['adjusted_rand_index']:.3f}"
+    print(line)
     print(f"best values: {params}")
     print("best groups: " + " | ".join(", ".join(g) for g in best["groups"] or []))
     print(f"best run (dmtg retrain accepts it): {best['run_dir']}")

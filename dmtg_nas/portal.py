@@ -304,8 +304,8 @@ def _gpu_config(config: Any) -> None:
 
 
 def _quiet_nni() -> None:
-    for name in ("nni", "nni.experiment", "nni.runtime"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("nni", "nni.experiment", "nni.runtime"):  # its start-up retries are not the user's business
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _serve(exp: Any, trials: int, stop_when_done: bool) -> int:
@@ -356,24 +356,41 @@ def _summary(exp: Any, status: str) -> str:
     return f"experiment {status.lower()}: {len(scored)} trials; best val total loss {value:.4f} with {params}"
 
 
-def _stop(exp: Any, started: Mapping[int, Any]) -> None:
-    """NNI's own stop, then end any process the experiment started that is still alive (by pid)."""
-    import psutil
+def _stop(exp: Any, started: Mapping[int, Any], timeout: float = 30) -> None:
+    """Stop the experiment as NNI does (``DELETE /experiment``), but never wait forever: a manager
+    that does not exit in ``timeout`` seconds is ended, and so is every process the experiment
+    started that is still alive (by pid)."""
+    import atexit
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            exp.stop()
-        except Exception as exc:  # pragma: no cover
-            _logger.warning("NNI did not stop cleanly: %s", exc)
-    alive = [p for p in started.values() if p.is_running()]
+    import psutil
+    import requests
+
+    proc = exp._proc
+    with contextlib.suppress(Exception):
+        exp.save_checkpoint()
+    if exp.port is not None:
+        with contextlib.suppress(requests.RequestException):
+            requests.delete(f"http://127.0.0.1:{exp.port}/api/v1/nni/experiment", timeout=10)
+    procs = [p for p in started.values() if p.is_running()]
+    if proc is not None:
+        with contextlib.suppress(psutil.Error):
+            procs.insert(0, psutil.Process(proc.pid))
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
     for p in alive:
         with contextlib.suppress(psutil.Error):
             p.terminate()
-    _, still = psutil.wait_procs(alive, timeout=5)
-    for p in still:
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    for p in alive:
         with contextlib.suppress(psutil.Error):
             p.kill()
+    if proc is not None:
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=5)
+    atexit.unregister(exp.stop)
+    exp._proc = None
+    exp.port = None
+    with contextlib.suppress(Exception):
+        exp._stop_logging()
 
 
 def stop_portal(out_dir: str | Path) -> None:
@@ -489,7 +506,14 @@ def trial_main(argv: Sequence[str] | None = None) -> int:
         store, tid = linked
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             store.set_trial_state_values(tid, optuna.trial.TrialState.COMPLETE, [score])
-    nni.report_final_result({"default": score, **extra})
+    # not nni.report_final_result: the NAS engine left its own parameter record in nni.trial
+    channel.send_metric(
+        parameter_id=record.get("parameter_id"),
+        trial_job_id=trial_env_vars.NNI_TRIAL_JOB_ID,
+        type="FINAL",
+        sequence=0,
+        value={"default": score, **extra},
+    )
     return 0
 
 

@@ -58,6 +58,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 SCORE = "val total loss of the pruned grouped network"
+LABEL = "val total loss (pruned network)"  # plots
 JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
 
 
@@ -229,7 +230,7 @@ def make_storage(storage: str | None, out_dir: Path, *, heartbeat: int = 60, ret
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat,
                     grace_period=2 * heartbeat,
-                    failed_trial_callback=_retry_callback(retries),
+                    **_retry_callback(retries),
                 )
             except ImportError as exc:
                 raise DmtgError(f"storage {storage!r} needs a database driver: {exc}") from None
@@ -250,15 +251,18 @@ def _with_driver(url: str) -> str:
     return url
 
 
-def _retry_callback(retries: int) -> Any:
-    """Re-queue a dead worker's trial (Optuna >= 4.9 renamed the callback)."""
-    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
-    return cls(max_retry=retries)
+def _retry_callback(retries: int) -> dict[str, Any]:
+    """RDBStorage's argument that re-queues a dead worker's trial (renamed in Optuna 4.9)."""
+    new = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    if new is not None:
+        return {"heartbeat_stale_trial_callback": new(max_retry=retries)}
+    return {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=retries)}
 
 
 def _pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        # the first epochs' losses are noisy: no pruning in the first quarter of the budget
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, epochs // 4))
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
     return optuna.pruners.NopPruner()
@@ -578,9 +582,15 @@ def plot_study(study: optuna.Study, folder: Path) -> list[Path]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        save(ovm.plot_optimization_history(study, target_name=SCORE), "optimization_history.png")
+        history = ovm.plot_optimization_history(study, target_name=LABEL)
+        history.legend(loc="upper right", fontsize=8)
+        save(history, "optimization_history.png")
         try:
-            save(ovm.plot_param_importances(study, target_name=SCORE), "param_importances.png")
+            importances = ovm.plot_param_importances(study, target_name=LABEL)
+            legend = importances.get_legend()
+            if legend is not None:
+                legend.remove()
+            save(importances, "param_importances.png")
         except (RuntimeError, ValueError, ZeroDivisionError) as exc:
             _logger.info("no parameter importances: %s", exc)
             plt.close("all")
@@ -597,7 +607,7 @@ def plot_study(study: optuna.Study, folder: Path) -> list[Path]:
             )
             ax.legend()
         ax.set_xlabel("K (branches)")
-        ax.set_ylabel(SCORE)
+        ax.set_ylabel(LABEL)
         ax.set_title("score against K")
         ax.grid(alpha=0.3)
         from matplotlib.ticker import MaxNLocator

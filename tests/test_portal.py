@@ -138,8 +138,9 @@ def _trials_with_results(port: int) -> list[dict[str, Any]]:
     for job in jobs:
         mine = [m for m in metrics if m["trialJobId"] == job["trialJobId"]]
         job["intermediate"] = [float(json.loads(m["data"])) for m in mine if m["type"] == "PERIODICAL"]
-        final = [json.loads(json.loads(m["data"])) for m in mine if m["type"] == "FINAL"]
-        job["final"] = final[0] if final else None
+        final = [m for m in mine if m["type"] == "FINAL"]
+        job["final"] = json.loads(json.loads(final[0]["data"])) if final else None
+        job["metric_parameter_ids"] = {int(m["parameterId"]) for m in mine}
     return list(jobs)
 
 
@@ -177,7 +178,9 @@ def test_portal_runs_a_real_nni_experiment(tmp_path: Path, tuner: str) -> None:
             assert job["status"] == "SUCCEEDED"
             assert len(job["intermediate"]) == 2  # one per search epoch
             assert job["final"]["default"] == pytest.approx(job["final"]["val_total_loss"])
-            params = json.loads(job["hyperParameters"][0])["parameters"]
+            record = json.loads(job["hyperParameters"][0])
+            assert job["metric_parameter_ids"] == {record["parameter_id"]}  # results reach the right trial
+            params = record["parameters"]
             assert 1 <= params["groups"] <= 3 and "tau_init" in params
         # the web UI is served
         page = requests.get(f"http://127.0.0.1:{port}/", timeout=10)
