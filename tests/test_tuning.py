@@ -205,7 +205,7 @@ def test_dead_workers_trial_is_failed_and_run_again(tmp_path: Path) -> None:
     study = optuna.create_study(storage=storage, study_name="tiny", direction="minimize")
     dead = study.ask({"groups": optuna.distributions.IntDistribution(1, 3)})  # a worker that then died
     storage.record_heartbeat(dead._trial_id)
-    time.sleep(2.5)  # past the grace period (2 x heartbeat)
+    time.sleep(3.5)  # past the grace period (2 x heartbeat; SQLite keeps whole seconds)
     tune(spec, tmp_path, progress=False, report=False)
     trials = study.get_trials()
     assert trials[0].state == FAIL
