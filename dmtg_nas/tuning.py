@@ -274,16 +274,21 @@ def create_study(
     study_name: str | None = None,
     *,
     pruner: optuna.pruners.BasePruner | None = None,
+    shared: bool = False,
 ) -> optuna.Study:
-    """Create the study or load the existing one of that name (resume, or join other workers)."""
+    """Create the study or load the existing one of that name (resume, or join other workers).
+
+    ``shared``: other workers may use the study at the same time; each worker's sampler then mixes
+    its process id into ``tuning.seed``, so that workers do not propose the same values.
+    """
     cfg = tuning_of(spec)
     epochs = cfg.epochs or spec.strategy.epochs
+    seed = cfg.seed + os.getpid() if shared else cfg.seed
     sampler: optuna.samplers.BaseSampler
     if cfg.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
+        sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
-        # a different seed per worker process: workers sharing a study must not propose the same values
-        sampler = optuna.samplers.TPESampler(seed=cfg.seed + os.getpid(), n_startup_trials=5)
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
     study = optuna.create_study(
         storage=storage,
         study_name=study_name or spec.name,
@@ -406,7 +411,8 @@ def tune(
         cfg = tuning_of(spec)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = make_storage(cfg.storage, out, heartbeat=cfg.heartbeat, retries=cfg.retries)
-    study = create_study(spec, store, study_name, pruner=pruner)
+    # a study in an explicit storage may have other workers (other machines, or --jobs children)
+    study = create_study(spec, store, study_name, pruner=pruner, shared=cfg.storage is not None)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tuning.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
     if jobs is None:
