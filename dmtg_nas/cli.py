@@ -5,6 +5,8 @@
     dmtg validate SPEC [--set KEY=VALUE ...]             check a spec without running it
     dmtg retrain DIR [--init scratch|search]             train a finished search's groups to completion
     dmtg benchmark SPEC [--methods ...] [--seeds N]      DMTG against the baselines, side by side
+    dmtg tune SPEC [--study NAME] [--storage URL]        tune K and the temperature schedule with Optuna
+    dmtg portal SPEC [--tuner T] [--port P]              the same trials as an NNI experiment (web portal)
     dmtg list                                            shipped search spaces, strategies, names
 
 User mistakes (bad specs, missing files) print one line and exit with code 2.
@@ -39,6 +41,8 @@ examples:
   dmtg validate my_space.yaml
   dmtg retrain runs/a --init scratch                   the found groups, trained from fresh weights
   dmtg benchmark planted6 --seeds 3 --out runs/bench           DMTG vs TAG, HOA, naive, STL, random
+  dmtg tune planted --trials 30                        Optuna over K, tau schedule, learning rates
+  dmtg portal planted --trials 10                      the same trials as an NNI experiment, in NNI's web portal
   dmtg list
 
 SPEC is a shipped search-space name (see 'dmtg list') or a YAML file. --set overrides any key of
@@ -130,6 +134,61 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--resume", action="store_true", help="skip runs already in --out")
     suite.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_set(suite)
+
+    tune = sub.add_parser(
+        "tune",
+        help="tune K and the temperature schedule with Optuna (one DMTG search per trial)",
+        description="An Optuna study over the spec's tuning: section (K range, tau init/final ranges, "
+        "schedules, learning rates, per-trial epochs). Each trial is a full search in OUT/trials/trial-NNNN, "
+        "scored on the validation total loss of its pruned grouped network; per-epoch validation losses feed "
+        "the pruner. Run the same command on other machines with the same --storage URL and --study name to "
+        "share the study; run it again to resume. Writes OUT/best.json and OUT/plots/*.png.",
+    )
+    tune.add_argument("spec", help="search-space name or YAML file")
+    tune.add_argument("--out", "-o", type=Path, help="output folder (default: runs/tune-<study>)")
+    tune.add_argument("--study", help="study name (default: the spec's name); an existing study is resumed")
+    tune.add_argument(
+        "--storage", help="sqlite:///FILE.db (default: OUT/study.db), postgresql://..., or a journal FILE.log"
+    )
+    tune.add_argument("--trials", type=int, help="total trials of the study (default: tuning.trials)")
+    tune.add_argument("--jobs", type=int, help="parallel workers here, one GPU each (default: number of GPUs)")
+    tune.add_argument("--pruner", choices=["median", "hyperband", "none"], help="default: tuning.pruner")
+    tune.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    tune.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --jobs N
+    _add_set(tune)
+
+    portal = sub.add_parser(
+        "portal",
+        help="run the tuning trials (or groupings) as an NNI experiment, watched in NNI's web portal",
+        description="Starts an NNI experiment whose trials each run one DMTG search with the trial's values "
+        "(--space hparams: K, tau, learning rates from the tuning: section) or train one grouping "
+        "(--space grouping: NNI multi-trial search over groupings), reporting per-epoch and final results. "
+        "Prints the portal URL and waits; Ctrl-C stops the experiment. Experiment files go under --out.",
+    )
+    portal.add_argument("spec", nargs="?", help="search-space name or YAML file (omit with --stop)")
+    portal.add_argument("--out", "-o", type=Path, help="output folder (default: runs/portal-<name>-<time>)")
+    portal.add_argument("--trials", type=int, help="number of trials (default: tuning.trials)")
+    portal.add_argument("--concurrency", type=int, default=1, help="trials at once (default: %(default)s)")
+    portal.add_argument("--port", type=int, default=8080, help="web portal port (default: %(default)s)")
+    portal.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the portal listens on (default: %(default)s); anything else exposes experiment control "
+        "without authentication",
+    )
+    portal.add_argument(
+        "--tuner",
+        default="tpe",
+        help="tpe, random, evolution, grid (grouping space), or optuna (an Optuna study behind NNI; "
+        "default: %(default)s)",
+    )
+    portal.add_argument("--space", choices=["hparams", "grouping"], default="hparams", help="what the trials vary")
+    portal.add_argument("--storage", help="Optuna storage for --tuner optuna (default: OUT/study.db)")
+    portal.add_argument("--study", help="Optuna study name for --tuner optuna (default: the spec's name)")
+    portal.add_argument("--no-wait", action="store_true", help="start the experiment and return at once")
+    portal.add_argument("--stop-when-done", action="store_true", help="stop the experiment when all trials ended")
+    portal.add_argument("--stop", type=Path, metavar="DIR", help="stop the detached experiment of run folder DIR")
+    _add_set(portal)
 
     sub.add_parser("list", help="list shipped search spaces, strategy presets, data sets, encoders, schedules")
     return parser
@@ -331,6 +390,76 @@ def _one_line(exc: Exception) -> str:
     return text
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .config import load_spec
+    from .tuning import search_space, tune
+
+    _quiet_libraries(training=True)  # again: importing Lightning resets its loggers
+    overrides = list(args.overrides)
+    for flag, key in ((args.trials, "trials"), (args.storage, "storage"), (args.pruner, "pruner")):
+        if flag is not None:
+            overrides.append(f"tuning.{key}={json.dumps(flag)}")
+    spec = load_spec(args.spec, overrides)
+    if args.jobs is not None and args.jobs < 1:
+        raise DmtgError(f"--jobs must be >= 1, got {args.jobs}")
+    study = args.study or spec.name
+    out = args.out or Path("runs") / f"tune-{study}"
+    quiet = args.quiet or args.worker
+    if not quiet:
+        space = ", ".join(
+            f"{p.name} {list(p.choices) if p.kind == 'choice' else [p.low, p.high]}" for p in search_space(spec)
+        )
+        trials = spec.tuning.trials if spec.tuning else 20
+        print(f"tuning {spec.name}: study {study!r}, {trials} trials over {space} -> {out}", file=sys.stderr)
+    result = tune(spec, out, study_name=study, jobs=args.jobs, progress=not quiet, report=not args.worker)
+    if args.worker:
+        return 0
+    best = result.best
+    if best is None:
+        print(f"no trial completed; see {out}")
+        return 1
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    counts = ", ".join(f"{n} {s}" for s, n in best["trials"].items() if n)
+    total = sum(best["trials"].values())
+    line = f"best trial {best['trial']} ({total} trials: {counts}): val total loss {best['value']:.4f}"
+    if "adjusted_rand_index" in best:
+        line += f"; adjusted Rand index vs planted groups {best['adjusted_rand_index']:.3f}"
+    print(line)
+    print(f"best values: {params}")
+    print("best groups: " + " | ".join(", ".join(g) for g in best["groups"] or []))
+    print(f"best run (dmtg retrain accepts it): {best['run_dir']}")
+    print(f"plots: {', '.join(str(p) for p in result.plots)}")
+    return 0
+
+
+def _cmd_portal(args: argparse.Namespace) -> int:
+    from .config import load_spec
+    from .portal import run_portal, stop_portal
+
+    if args.stop is not None:
+        stop_portal(args.stop)
+        print(f"stopped the experiment of {args.stop}")
+        return 0
+    if args.spec is None:
+        raise DmtgError("give a SPEC (a shipped search-space name or a YAML file), or --stop DIR")
+    spec = load_spec(args.spec, args.overrides)
+    out = args.out or Path("runs") / f"portal-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return run_portal(
+        spec,
+        out,
+        trials=args.trials,
+        concurrency=args.concurrency,
+        port=args.port,
+        host=args.host,
+        tuner=args.tuner,
+        space=args.space,
+        storage=args.storage,
+        study_name=args.study,
+        wait=not args.no_wait,
+        stop_when_done=args.stop_when_done,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -350,6 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_benchmark(args)
         if args.command == "suite":
             return _cmd_suite(args)
+        if args.command == "tune":
+            return _cmd_tune(args)
+        if args.command == "portal":
+            return _cmd_portal(args)
         return _cmd_search(args)
     except DmtgError as exc:
         print(f"dmtg: error: {_one_line(exc)}", file=sys.stderr)

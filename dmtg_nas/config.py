@@ -252,6 +252,7 @@ class SearchSpec(StrictModel):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     # single-task (or any reference) results for normalized gain and Delta_m: metrics.json files
     reference: str | list[str] | None = None
+    tuning: TuningConfig | None = None  # `dmtg tune` / `dmtg portal`: what to tune (TuningConfig)
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> SearchSpec:
@@ -269,6 +270,47 @@ class SearchSpec(StrictModel):
     def to_dict(self) -> dict[str, Any]:
         """The resolved document, as plain YAML-able data."""
         return self.model_dump(mode="json")
+
+
+class TuningConfig(StrictModel):
+    """What ``dmtg tune`` (Optuna) and ``dmtg portal`` (NNI) tune: one DMTG search per trial.
+
+    Ranges are ``[low, high]``, inclusive; learning rates and temperatures are sampled on a log
+    scale. ``null`` for a range keeps the spec's own value (not tuned).
+    """
+
+    trials: int = Field(default=20, ge=1)  # trials of the study in total (all workers together)
+    groups: list[int] | None = None  # K range; default [2, min(N, 6)]
+    tau_init: list[float] | None = Field(default_factory=lambda: [0.5, 5.0])
+    tau_final: list[float] | None = Field(default_factory=lambda: [0.05, 1.0])  # not for 'constant'
+    schedules: list[Schedule] = Field(default_factory=lambda: list(typing.get_args(Schedule)), min_length=1)
+    lr: list[float] | None = Field(default_factory=lambda: [3e-4, 1e-2])
+    logits_lr: list[float] | None = None
+    epochs: int | None = Field(default=None, ge=1)  # search epochs per trial (default: strategy.epochs)
+    branch_cost: float = Field(default=0.0, ge=0)  # score = val total loss + branch_cost * branches used
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    seed: int = 0
+    storage: str | None = None  # default: sqlite:///OUT/study.db; a *.log/*.jsonl path: journal file
+    heartbeat: int = Field(default=60, ge=1)  # seconds; a worker silent 2x this long is dead (RDB storages)
+    retries: int = Field(default=1, ge=0)  # times a dead worker's trial is run again
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TuningConfig:
+        for name in ("groups", "tau_init", "tau_final", "lr", "logits_lr"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if len(value) != 2 or not value[0] <= value[1]:
+                raise ValueError(f"{name} must be [low, high] with low <= high, got {value}")
+            if value[0] <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.groups is not None and self.groups[1] > 64:
+            raise ValueError(f"groups must be at most 64, got {self.groups}")
+        return self
+
+
+SearchSpec.model_rebuild()
 
 
 # ----------------------------------------------------------------------------------------------

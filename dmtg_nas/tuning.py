@@ -1,0 +1,623 @@
+"""Tune K and the temperature schedule with Optuna: one DMTG search per trial.
+
+K (the number of branches) changes the network, so it cannot be learnt inside the one-shot search;
+it is tuned in an outer loop together with the Gumbel-softmax temperature schedule and the learning
+rates, as declared in the spec's ``tuning:`` section (:class:`~dmtg_nas.config.TuningConfig`).
+
+Each trial runs :func:`~dmtg_nas.runner.run_search` with the sampled values into
+``OUT/trials/trial-NNNN`` (a normal search output: ``dmtg retrain`` accepts it) and is scored on
+validation data of the pruned grouped network: ``metrics.totals.val.total_loss`` (plus
+``branch_cost`` per branch used). The search's per-epoch ``val_loss`` (the network as it would be
+pruned at that epoch) is reported to the trial, so a median or Hyperband pruner stops bad trials.
+
+Storage: ``sqlite:///OUT/study.db`` by default, any database URL Optuna supports (PostgreSQL and
+MySQL for many machines), or a journal file (a path ending in ``.log``/``.jsonl``). Workers that
+share a storage and a study name share the study; ``trials`` is the study's total. With an RDB
+storage every running trial sends a heartbeat; a trial whose worker died is marked FAIL by the
+next worker and run again (``retries`` times).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytorch_lightning as pl
+import yaml
+
+from .config import SearchSpec, TuningConfig, load_spec
+from .errors import DmtgError
+
+__all__ = [
+    "Param",
+    "ReportCallback",
+    "TuneResult",
+    "TuningConfig",
+    "apply_params",
+    "create_study",
+    "make_storage",
+    "run_trial",
+    "search_space",
+    "tune",
+    "tuning_of",
+    "write_report",
+]
+
+_logger = logging.getLogger(__name__)
+
+SCORE = "val total loss of the pruned grouped network"
+LABEL = "val total loss (pruned network)"  # plots
+JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
+
+
+# ----------------------------------------------------------------------------------------------
+# The search space (shared by Optuna and the NNI portal)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tuned value: an integer or log-float range, or a choice."""
+
+    name: str
+    kind: str  # "int" | "float" | "choice"
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    choices: tuple[str, ...] = ()
+
+
+def tuning_of(spec: SearchSpec) -> TuningConfig:
+    """The spec's ``tuning:`` section, or the defaults."""
+    return spec.tuning if spec.tuning is not None else TuningConfig()
+
+
+def search_space(spec: SearchSpec) -> list[Param]:
+    """The tuned values for ``spec`` (K, schedule, tau init/final, learning rates)."""
+    cfg = tuning_of(spec)
+    n = len(spec.tasks)
+    k_range = cfg.groups or ([2, min(n, 6)] if n >= 2 else [1, 1])
+    params = [Param("groups", "int", k_range[0], k_range[1])]
+    if len(cfg.schedules) > 1:
+        params.append(Param("schedule", "choice", choices=tuple(cfg.schedules)))
+    if cfg.tau_init is not None:
+        params.append(Param("tau_init", "float", cfg.tau_init[0], cfg.tau_init[1], log=True))
+    if cfg.tau_final is not None and set(cfg.schedules) != {"constant"}:
+        params.append(Param("tau_final", "float", cfg.tau_final[0], cfg.tau_final[1], log=True))
+    if cfg.lr is not None:
+        params.append(Param("lr", "float", cfg.lr[0], cfg.lr[1], log=True))
+    if cfg.logits_lr is not None:
+        params.append(Param("logits_lr", "float", cfg.logits_lr[0], cfg.logits_lr[1], log=True))
+    return params
+
+
+def apply_params(spec: SearchSpec, params: Mapping[str, Any]) -> SearchSpec:
+    """The spec of one trial: ``spec`` with the sampled values (and the per-trial epoch budget)."""
+    cfg = tuning_of(spec)
+    doc = spec.to_dict()
+    strat = doc["strategy"]
+    if "groups" in params:
+        doc["groups"] = int(params["groups"])
+    temp = strat["temperature"]
+    schedule = params.get("schedule", cfg.schedules[0] if len(cfg.schedules) == 1 else temp["schedule"])
+    temp["schedule"] = str(schedule)
+    if "tau_init" in params:
+        temp["init"] = float(params["tau_init"])
+    if "tau_final" in params and schedule != "constant":
+        temp["final"] = float(params["tau_final"])
+    if "lr" in params:
+        strat["optimizer"]["lr"] = float(params["lr"])
+    if "logits_lr" in params:
+        strat["optimizer"]["logits_lr"] = float(params["logits_lr"])
+    if cfg.epochs is not None:
+        strat["epochs"] = cfg.epochs
+    return load_spec(doc)
+
+
+def suggest(trial: optuna.Trial, space: Sequence[Param]) -> dict[str, Any]:
+    """Sample ``space`` with an Optuna trial (tau_final only for a non-constant schedule)."""
+    values: dict[str, Any] = {}
+    for p in space:
+        if p.kind == "int":
+            values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high))
+        elif p.kind == "choice":
+            values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+        elif p.name == "tau_final" and values.get("schedule") == "constant":
+            continue
+        else:
+            values[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log)
+    return values
+
+
+# ----------------------------------------------------------------------------------------------
+# One trial
+# ----------------------------------------------------------------------------------------------
+
+
+class ReportCallback(pl.Callback):
+    """Calls ``report(epoch, val_loss)`` after every validation of the search; when it returns
+    True the search stops at once by raising ``stop()`` (e.g. ``optuna.TrialPruned``)."""
+
+    def __init__(self, report: Callable[[int, float], bool], stop: Callable[[], BaseException]) -> None:
+        self.report = report
+        self.stop = stop
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = trainer.callback_metrics.get("val_loss")
+        if value is None:
+            return
+        if self.report(trainer.current_epoch + 1, float(value)):
+            raise self.stop()
+
+
+def score_of(spec: SearchSpec, metrics: Mapping[str, Any]) -> float:
+    """The trial's score (minimised): validation total loss + branch_cost * branches used."""
+    value = float(metrics["totals"]["val"]["total_loss"])
+    return value + tuning_of(spec).branch_cost * int(metrics["search"]["branches_used"])
+
+
+def run_trial(
+    spec: SearchSpec,
+    params: Mapping[str, Any],
+    out_dir: Path,
+    *,
+    report: Callable[[int, float], bool] | None = None,
+    stop: Callable[[], BaseException] = optuna.TrialPruned,
+    progress: bool = False,
+) -> tuple[float, Any]:
+    """Run one DMTG search with ``params`` into ``out_dir``; returns (score, SearchResult)."""
+    from .runner import run_search
+
+    trial_spec = apply_params(spec, params)
+    callbacks = [ReportCallback(report, stop)] if report is not None else []
+    # NNI logs a stopped (pruned) search as a failed model; the exception itself reaches the caller
+    nni_logger = logging.getLogger("nni.nas")
+    level = nni_logger.level
+    nni_logger.setLevel(logging.CRITICAL)
+    try:
+        result = run_search(trial_spec, out_dir, progress=progress, overwrite=True, callbacks=callbacks)
+    finally:
+        nni_logger.setLevel(level)
+    return score_of(trial_spec, result.metrics), result
+
+
+# ----------------------------------------------------------------------------------------------
+# Storage and study
+# ----------------------------------------------------------------------------------------------
+
+
+def make_storage(storage: str | None, out_dir: Path, *, heartbeat: int = 60, retries: int = 1) -> Any:
+    """An Optuna storage from a URL, a journal file path, or None (``sqlite:///OUT/study.db``).
+
+    RDB storages (SQLite, PostgreSQL, MySQL) get a heartbeat: trials of dead workers are failed
+    after ``2 * heartbeat`` seconds and run again up to ``retries`` times.
+    """
+    if storage is None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    if "://" not in storage:
+        path = Path(storage).expanduser()
+        if path.suffix in JOURNAL_SUFFIXES:
+            from optuna.storages.journal import JournalFileBackend
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        storage = f"sqlite:///{path.resolve()}"
+    storage = _with_driver(storage)
+    engine_kwargs: dict[str, Any] = {}
+    if storage.startswith("sqlite"):
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    for attempt in range(4):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(
+                    storage,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat,
+                    grace_period=2 * heartbeat,
+                    **_retry_callback(retries),
+                )
+            except ImportError as exc:
+                raise DmtgError(f"storage {storage!r} needs a database driver: {exc}") from None
+            except Exception as exc:  # sqlalchemy's errors: bad URL, server down, or a race
+                if attempt == 3 or ("IntegrityError" not in repr(exc) and "already exists" not in str(exc)):
+                    raise DmtgError(f"cannot open storage {storage!r}: {str(exc).splitlines()[0]}") from None
+                time.sleep(0.5 + attempt)  # another worker is creating the tables right now
+    raise AssertionError("unreachable")
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` means psycopg (3) to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
+    import importlib.util
+
+    missing = importlib.util.find_spec("psycopg") is None
+    if url.startswith("postgresql://") and missing and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def _retry_callback(retries: int) -> dict[str, Any]:
+    """RDBStorage's argument that re-queues a dead worker's trial (renamed in Optuna 4.9)."""
+    new = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    if new is not None:
+        return {"heartbeat_stale_trial_callback": new(max_retry=retries)}
+    return {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=retries)}
+
+
+def _pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        # the first epochs' losses are noisy: no pruning in the first quarter of the budget
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, epochs // 4))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
+    return optuna.pruners.NopPruner()
+
+
+def create_study(
+    spec: SearchSpec,
+    storage: Any,
+    study_name: str | None = None,
+    *,
+    pruner: optuna.pruners.BasePruner | None = None,
+    shared: bool = False,
+) -> optuna.Study:
+    """Create the study or load the existing one of that name (resume, or join other workers).
+
+    ``shared``: other workers may use the study at the same time; each worker's sampler then mixes
+    its process id into ``tuning.seed``, so that workers do not propose the same values.
+    """
+    cfg = tuning_of(spec)
+    epochs = cfg.epochs or spec.strategy.epochs
+    seed = cfg.seed + os.getpid() if shared else cfg.seed
+    sampler: optuna.samplers.BaseSampler
+    if cfg.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name or spec.name,
+        direction="minimize",
+        sampler=sampler,
+        pruner=pruner or _pruner(cfg.pruner, epochs),
+        load_if_exists=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([SCORE])
+    return study
+
+
+def _scheduled(study: optuna.Study) -> tuple[int, bool]:
+    """(trials that count towards the total, whether some wait to be run). A failed trial that
+    was re-queued (dead worker) counts once, through its retry."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    counted = sum(1 for t in trials if not (t.state == optuna.trial.TrialState.FAIL and t.number in retried))
+    waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
+    return counted, waiting
+
+
+def _finished(study: optuna.Study) -> int:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+# ----------------------------------------------------------------------------------------------
+# The tuning loop
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TuneResult:
+    """The outcome of ``tune``: the study and its best trial (also in ``OUT/best.json``)."""
+
+    study: optuna.Study
+    best: dict[str, Any] | None
+    out_dir: Path
+    plots: list[Path]
+
+
+def _objective(spec: SearchSpec, out_dir: Path, space: Sequence[Param]) -> Callable[[optuna.Trial], float]:
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, space)
+        run_dir = out_dir / "trials" / f"trial-{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+
+        def report(epoch: int, value: float) -> bool:
+            trial.report(value, epoch)
+            return trial.should_prune()
+
+        try:
+            score, result = run_trial(spec, params, run_dir, report=report)
+        except (optuna.TrialPruned, DmtgError):
+            raise
+        except Exception as exc:  # a diverging or crashing search fails this trial, not the study
+            _logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            return math.nan
+        trial.set_user_attr("groups", result.groups)
+        trial.set_user_attr("val_total_loss", result.metrics["totals"]["val"]["total_loss"])
+        trial.set_user_attr("test_total_loss", result.metrics["totals"]["test"]["total_loss"])
+        trial.set_user_attr("branches_used", len(result.groups))
+        truth = result.metrics.get("ground_truth")
+        if truth:
+            trial.set_user_attr("adjusted_rand_index", truth["adjusted_rand_index"])
+        return score
+
+    return objective
+
+
+def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=min(initial, total), desc="trials", unit="trial", file=sys.stderr)
+
+
+def tune(
+    spec: SearchSpec,
+    out_dir: str | Path,
+    *,
+    study_name: str | None = None,
+    storage: str | None = None,
+    trials: int | None = None,
+    jobs: int | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+    progress: bool = True,
+    report: bool = True,
+) -> TuneResult:
+    """Tune ``spec``'s K, temperature schedule and learning rates with Optuna.
+
+    Args:
+        spec: a validated spec; its ``tuning:`` section (or the defaults) declares the space.
+        out_dir: trial run directories (``trials/trial-NNNN``), ``study.db`` by default, the report.
+        study_name: the study (default: the spec's name); an existing study is resumed.
+        storage: overrides ``tuning.storage`` (URL or journal file path).
+        trials: overrides ``tuning.trials``: the study's total number of trials.
+        jobs: parallel worker processes on this machine (default: one per GPU, at least 1); each
+            worker sees one GPU (``CUDA_VISIBLE_DEVICES``).
+        pruner: an Optuna pruner instance (overrides ``tuning.pruner``).
+        progress: a progress bar over the trials.
+        report: write ``best.json`` and the plots at the end.
+    """
+    out = Path(out_dir)
+    cfg = tuning_of(spec)
+    updates: dict[str, Any] = {}
+    if storage is not None:
+        updates["storage"] = storage
+    if trials is not None:
+        updates["trials"] = trials
+    if updates:
+        spec = spec.model_copy(update={"tuning": cfg.model_copy(update=updates)})
+        cfg = tuning_of(spec)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = make_storage(cfg.storage, out, heartbeat=cfg.heartbeat, retries=cfg.retries)
+    # a study in an explicit storage may have other workers (other machines, or --jobs children)
+    study = create_study(spec, store, study_name, pruner=pruner, shared=cfg.storage is not None)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tuning.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
+    if jobs is None:
+        jobs = _gpu_count()
+    if jobs > 1:
+        _run_workers(spec, out, study, cfg, jobs, progress)
+    else:
+        _work(spec, out, study, cfg.trials, progress)
+    result = TuneResult(study=study, best=None, out_dir=out, plots=[])
+    if report:
+        result.best, result.plots = write_report(study, out, spec)
+    return result
+
+
+def _work(spec: SearchSpec, out: Path, study: optuna.Study, total: int, progress: bool) -> None:
+    """One worker: run trials until the study has ``total`` of them."""
+    space = search_space(spec)
+    objective = _objective(spec, out, space)
+    bar = _progress_bar(total, _finished(study), progress)
+    try:
+        while True:
+            counted, waiting = _scheduled(study)
+            if counted >= total and not waiting:
+                break
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.optimize(objective, n_trials=1, gc_after_trial=True)
+            if bar is not None:
+                bar.n = min(_finished(study), total)
+                best = _best_value(study)
+                if best is not None:
+                    bar.set_postfix(best=f"{best:.4f}")
+                bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    try:
+        return float(study.best_value)
+    except ValueError:
+        return None
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+    except Exception:  # pragma: no cover - a broken CUDA install means CPU
+        return 1
+
+
+def _storage_url(study: optuna.Study, cfg: TuningConfig, out: Path) -> str:
+    return cfg.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def _run_workers(
+    spec: SearchSpec, out: Path, study: optuna.Study, cfg: TuningConfig, jobs: int, progress: bool
+) -> None:
+    """``jobs`` worker processes on this machine sharing the study, one GPU each (round robin)."""
+    spec_file = out / "tuning.yaml"
+    gpus = _gpu_count()
+    procs = []
+    for i in range(jobs):
+        env = dict(os.environ)
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                visible = env.get("CUDA_VISIBLE_DEVICES")
+                ids = visible.split(",") if visible else [str(g) for g in range(gpus)]
+                env["CUDA_VISIBLE_DEVICES"] = ids[i % len(ids)]
+        except Exception:  # pragma: no cover
+            pass
+        cmd = [
+            sys.executable,
+            "-m",
+            "dmtg_nas.cli",
+            "tune",
+            str(spec_file),
+            "--out",
+            str(out),
+            "--study",
+            study.study_name,
+            "--storage",
+            _storage_url(study, cfg, out),
+            "--jobs",
+            "1",
+            "--worker",
+        ]
+        log = open(out / f"worker-{i}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    bar = _progress_bar(cfg.trials, _finished(study), progress)
+    try:
+        while any(p.poll() is None for p, _ in procs):
+            time.sleep(2)
+            if bar is not None:
+                bar.n = min(_finished(study), cfg.trials)
+                bar.refresh()
+    except KeyboardInterrupt:
+        for p, _ in procs:
+            p.terminate()
+        raise
+    finally:
+        for p, log in procs:
+            p.wait()
+            log.close()
+        if bar is not None:
+            bar.close()
+    bad = [i for i, (p, _) in enumerate(procs) if p.returncode != 0]
+    if bad:
+        raise DmtgError(f"tuning worker(s) {bad} failed; see {out}/worker-{bad[0]}.log")
+
+
+# ----------------------------------------------------------------------------------------------
+# Report: best values, best grouping, plots
+# ----------------------------------------------------------------------------------------------
+
+
+def write_report(
+    study: optuna.Study, out: Path, spec: SearchSpec | None = None
+) -> tuple[dict[str, Any] | None, list[Path]]:
+    """Write ``best.json`` and ``plots/*.png`` (optimization history, parameter importances,
+    score against K); returns the best trial's summary (None when no trial completed)."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    counts = {s.name.lower(): 0 for s in optuna.trial.TrialState}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] += 1
+    best: dict[str, Any] | None = None
+    if complete:
+        trial = study.best_trial
+        best = {
+            "study": study.study_name,
+            "trial": trial.number,
+            "value": trial.value,
+            "score": SCORE,
+            "params": trial.params,
+            "groups": trial.user_attrs.get("groups"),
+            "run_dir": trial.user_attrs.get("run_dir"),
+            "host": trial.user_attrs.get("host"),
+            "val_total_loss": trial.user_attrs.get("val_total_loss"),
+            "test_total_loss": trial.user_attrs.get("test_total_loss"),
+            "trials": counts,
+        }
+        if "adjusted_rand_index" in trial.user_attrs:
+            best["adjusted_rand_index"] = trial.user_attrs["adjusted_rand_index"]
+    (out / "best.json").write_text(json.dumps(best or {"trials": counts}, indent=2) + "\n", encoding="utf-8")
+    plots = plot_study(study, out / "plots") if complete else []
+    return best, plots
+
+
+def plot_study(study: optuna.Study, folder: Path) -> list[Path]:
+    """optimization_history.png, param_importances.png (2+ complete trials) and score_vs_k.png."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def save(ax: Any, name: str) -> None:
+        fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+        fig.set_size_inches(6.4, 4.0)
+        fig.tight_layout()
+        path = folder / name
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = ovm.plot_optimization_history(study, target_name=LABEL)
+        history.legend(loc="upper right", fontsize=8)
+        save(history, "optimization_history.png")
+        try:
+            importances = ovm.plot_param_importances(study, target_name=LABEL)
+            legend = importances.get_legend()
+            if legend is not None:
+                legend.remove()
+            save(importances, "param_importances.png")
+        except (RuntimeError, ValueError, ZeroDivisionError) as exc:
+            _logger.info("no parameter importances: %s", exc)
+            plt.close("all")
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    ks = [t.params.get("groups") for t in complete]
+    if any(k is not None for k in ks):
+        _, ax = plt.subplots(figsize=(6.4, 4.0))
+        pts = [(int(k), float(t.value)) for k, t in zip(ks, complete) if k is not None and t.value is not None]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], alpha=0.7)
+        best = study.best_trial
+        if "groups" in best.params and best.value is not None:
+            ax.scatter(
+                [best.params["groups"]], [float(best.value or 0.0)], color="tab:red", marker="*", s=160, label="best"
+            )
+            ax.legend()
+        ax.set_xlabel("K (branches)")
+        ax.set_ylabel(LABEL)
+        ax.set_title("score against K")
+        ax.grid(alpha=0.3)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        save(ax, "score_vs_k.png")
+    return written

@@ -1,0 +1,218 @@
+"""dmtg portal: NNI search spaces, the Optuna-backed NNI tuner, and a real NNI experiment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import psutil
+import pytest
+import requests
+import yaml
+
+import dmtg_nas
+from dmtg_nas.cli import main
+from dmtg_nas.nni_tuner import OptunaTuner
+from dmtg_nas.portal import grouping_space, groups_of, nni_search_space
+from dmtg_nas.tuning import search_space
+
+from .conftest import planted_doc
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+def test_nni_search_space() -> None:
+    spec = dmtg_nas.load_spec(planted_doc(tuning={"groups": [1, 3], "schedules": ["constant", "cosine"]}))
+    space = nni_search_space(search_space(spec))
+    assert space["groups"] == {"_type": "randint", "_value": [1, 4]}  # NNI's upper bound is exclusive
+    assert space["schedule"] == {"_type": "choice", "_value": ["constant", "cosine"]}
+    assert space["tau_init"] == {"_type": "loguniform", "_value": [0.5, 5.0]}
+    assert space["lr"]["_type"] == "loguniform"
+
+
+def test_grouping_space() -> None:
+    spec = dmtg_nas.load_spec(planted_doc())  # 4 tasks, K = 2
+    per_task = grouping_space(spec)
+    assert per_task["t0"] == {"_type": "choice", "_value": [0, 1]}
+    assert groups_of({"t0": 1, "t1": 0, "t2": 1, "t3": 1}, spec.task_names) == [["t1"], ["t0", "t2", "t3"]]
+    grid = grouping_space(spec, grid=True)["partition"]["_value"]
+    assert len(grid) == len(set(grid)) == 8  # partitions of 4 tasks into at most 2 groups: 1 + 7
+    for label in grid:
+        groups = groups_of({"partition": label}, spec.task_names)
+        assert 1 <= len(groups) <= 2 and sorted(t for g in groups for t in g) == spec.task_names
+
+
+def test_optuna_tuner_ask_tell(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    tuner = OptunaTuner(storage=storage, study_name="s", seed=1)
+    tuner.update_search_space(
+        {
+            "groups": {"_type": "randint", "_value": [1, 4]},
+            "schedule": {"_type": "choice", "_value": ["constant", "cosine"]},
+            "lr": {"_type": "loguniform", "_value": [1e-4, 1e-2]},
+        }
+    )
+    first = tuner.generate_parameters(0)
+    second = tuner.generate_parameters(1)
+    assert 1 <= first["groups"] <= 3 and isinstance(first["groups"], int)
+    assert first["schedule"] in ("constant", "cosine") and 1e-4 <= first["lr"] <= 1e-2
+    tuner.receive_trial_result(0, first, {"default": 2.5, "val_total_loss": 2.5})
+    tuner.trial_end(0, True)
+    tuner.trial_end(1, False)  # crashed: no final result
+    trials = optuna.load_study(study_name="s", storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert trials[0].value == 2.5 and trials[0].params == first and trials[1].params == second
+    assert trials[0].user_attrs["nni_parameter_id"] == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--tuner", "tpx"], "unknown tuner 'tpx' (did you mean 'tpe'?)"),
+        (["--host", "10.1.2.3"], "--host must be 127.0.0.1 (default) or 0.0.0.0"),
+        (["--tuner", "grid"], "--tuner grid needs --space grouping"),
+        (["--trials", "0"], "--trials must be >= 1"),
+    ],
+)
+def test_portal_bad_input(extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["portal", "planted", "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_portal_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert main(["portal", "planted", "--out", str(tmp_path / "o"), "--port", str(port)]) == 2
+    assert f"port {port} is in use" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# A real NNI experiment with its web portal (slow)
+# ----------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _listening(pids: set[int]) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every listening TCP socket of these processes."""
+    found = []
+    for pid in pids:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        found += [(pid, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+    return found
+
+
+def _non_loopback_addresses() -> list[str]:
+    return [
+        a.address
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family == socket.AF_INET and not a.address.startswith("127.")
+    ]
+
+
+def _trials_with_results(port: int) -> list[dict[str, Any]]:
+    base = f"http://127.0.0.1:{port}/api/v1/nni"
+    jobs = requests.get(f"{base}/trial-jobs", timeout=10).json()
+    metrics = requests.get(f"{base}/metric-data", timeout=10).json()
+    for job in jobs:
+        mine = [m for m in metrics if m["trialJobId"] == job["trialJobId"]]
+        job["intermediate"] = [float(json.loads(m["data"])) for m in mine if m["type"] == "PERIODICAL"]
+        final = [m for m in mine if m["type"] == "FINAL"]
+        job["final"] = json.loads(json.loads(final[0]["data"])) if final else None
+        job["metric_parameter_ids"] = {int(m["parameterId"]) for m in mine}
+    return list(jobs)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("tuner", ["tpe", "optuna"])
+def test_portal_runs_a_real_nni_experiment(tmp_path: Path, tuner: str) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(planted_doc(tuning={"groups": [1, 3], "trials": 2})))
+    out = tmp_path / "run"
+    port = _free_port()
+    home = tmp_path / "home"  # NNI must not write to the user's home: checked below
+    home.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "HOME": str(home)}
+    cmd = [sys.executable, "-m", "dmtg_nas.cli", "portal", str(spec), "--out", str(out), "--port", str(port)]
+    cmd += ["--trials", "2", "--concurrency", "1", "--tuner", tuner]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started: dict[int, psutil.Process] = {}
+    try:
+        deadline = time.monotonic() + 300
+        jobs: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            started.update({p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)})
+            try:
+                jobs = _trials_with_results(port)
+            except requests.RequestException:
+                jobs = []
+            if len(jobs) == 2 and all(j["final"] is not None and j["status"] == "SUCCEEDED" for j in jobs):
+                break
+            time.sleep(2)
+        # the REST API lists both trials with per-epoch and final results and their values
+        assert len(jobs) == 2, jobs
+        for job in jobs:
+            assert job["status"] == "SUCCEEDED"
+            assert len(job["intermediate"]) == 2  # one per search epoch
+            assert job["final"]["default"] == pytest.approx(job["final"]["val_total_loss"])
+            record = json.loads(job["hyperParameters"][0])
+            assert job["metric_parameter_ids"] == {record["parameter_id"]}  # results reach the right trial
+            params = record["parameters"]
+            assert 1 <= params["groups"] <= 3 and "tau_init" in params
+        # the web UI is served
+        page = requests.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        info = json.loads((out / "portal.json").read_text())
+        assert info["url"] == f"http://127.0.0.1:{port}/"
+        # nothing listens on a non-loopback address, and the port is closed to other addresses
+        listening = _listening({proc.pid, info["pid"], *started})
+        assert any(p == port for _, _, p in listening), listening
+        assert all(ip in LOOPBACK for _, ip, _ in listening), listening
+        for address in _non_loopback_addresses():
+            with socket.socket() as sock:
+                sock.settimeout(2)
+                assert sock.connect_ex((address, port)) != 0, address
+        if tuner == "optuna":  # the same trials, with their curves, in the Optuna storage
+            study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+            assert sorted(t.value for t in study.trials) == sorted(j["final"]["default"] for j in jobs)
+            assert all(len(t.intermediate_values) == 2 for t in study.trials)
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        try:
+            stdout, stderr = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert f"web portal: http://127.0.0.1:{port}/" in stdout
+    # no process of the experiment is left
+    time.sleep(1)
+    left = [p for p in started.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [p.cmdline()[:3] for p in left]
+    with pytest.raises(requests.RequestException):
+        requests.get(f"http://127.0.0.1:{port}/", timeout=3)
+    assert not (home / "nni-experiments").exists()  # NNI's files are in the run folder, not the home
+    assert (out / "nni").is_dir() and len(list((out / "trials").iterdir())) == 2

@@ -1,0 +1,261 @@
+"""dmtg tune: the tuning: section, the search space, a real Optuna study, shared storages."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+import dmtg_nas
+from dmtg_nas.cli import main
+from dmtg_nas.errors import SpecError
+from dmtg_nas.tuning import apply_params, make_storage, search_space, tune
+
+from .conftest import planted_doc
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPLETE, PRUNED, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL
+
+
+def tuned_doc(**tuning: Any) -> dict[str, Any]:
+    return planted_doc(tuning={"groups": [1, 3], **tuning})
+
+
+@pytest.mark.parametrize(
+    ("tuning", "message"),
+    [
+        ({"trails": 3}, "tuning.trails: unknown key 'trails' (did you mean 'trials'?)"),
+        ({"lr": [0.1, 0.01]}, "lr must be [low, high] with low <= high"),
+        ({"groups": [0, 3]}, "groups must be positive"),
+        ({"schedules": ["cosin"]}, "did you mean 'cosine'?"),
+        ({"pruner": "hyperbnd"}, "did you mean 'hyperband'?"),
+    ],
+)
+def test_bad_tuning_section(tuning: dict[str, Any], message: str) -> None:
+    with pytest.raises(SpecError, match=None) as info:
+        dmtg_nas.load_spec(planted_doc(tuning=tuning))
+    assert message in str(info.value)
+
+
+def test_default_space_and_trial_spec() -> None:
+    spec = dmtg_nas.load_spec("planted")
+    assert spec.tuning is None
+    space = {p.name: p for p in search_space(spec)}
+    assert (space["groups"].low, space["groups"].high) == (2, 6)  # 9 tasks: K in [2, min(N, 6)]
+    assert space["schedule"].choices == ("constant", "linear", "exponential", "cosine")
+    assert space["tau_init"].log and space["lr"].log
+    spec = dmtg_nas.load_spec(planted_doc(tuning={"epochs": 3}))
+    trial = apply_params(spec, {"groups": 3, "schedule": "cosine", "tau_init": 4.0, "tau_final": 0.2, "lr": 0.01})
+    assert trial.groups == 3 and trial.strategy.epochs == 3 and trial.strategy.optimizer.lr == 0.01
+    t = trial.strategy.temperature
+    assert (t.schedule, t.init, t.final) == ("cosine", 4.0, 0.2)
+    constant = apply_params(spec, {"schedule": "constant", "tau_init": 1.5})
+    assert constant.strategy.temperature.final is None
+
+
+class PruneTrial(optuna.pruners.BasePruner):
+    """Prunes one given trial at its first report (a forced pruning)."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.number == self.number
+
+
+def test_three_trial_study(tmp_path: Path) -> None:
+    spec = dmtg_nas.load_spec(tuned_doc(trials=3))
+    result = tune(spec, tmp_path / "tune", pruner=PruneTrial(2), progress=False)
+    # the storage holds the trials, their values, the pruned one and the best grouping
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tune' / 'study.db'}")
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert [t.state for t in trials] == [COMPLETE, COMPLETE, PRUNED]
+    for t in trials[:2]:
+        assert t.value is not None and t.value > 0
+        assert sorted(t.intermediate_values) == [1, 2]  # one validation value per epoch
+        assert 1 <= t.params["groups"] <= 3
+        assert sorted(x for g in t.user_attrs["groups"] for x in g) == ["t0", "t1", "t2", "t3"]
+        assert t.value == pytest.approx(t.user_attrs["val_total_loss"])
+    assert sorted(trials[2].intermediate_values) == [1]  # stopped after its first epoch
+    best = study.best_trial
+    assert result.best is not None and result.best["trial"] == best.number
+    assert result.best["groups"] == best.user_attrs["groups"]
+    saved = json.loads((tmp_path / "tune" / "best.json").read_text())
+    assert saved["trials"]["complete"] == 2 and saved["trials"]["pruned"] == 1
+    assert {p.name for p in result.plots} == {"optimization_history.png", "param_importances.png", "score_vs_k.png"}
+    run = Path(best.user_attrs["run_dir"])
+    assert json.loads((run / "grouping.json").read_text())["groups"] == best.user_attrs["groups"]
+    # the best trial's folder is a normal search output
+    assert dmtg_nas.load_spec(run / "config.yaml").groups == best.params["groups"]
+
+
+@pytest.mark.slow
+def test_resume_adds_trials_up_to_the_total(tmp_path: Path) -> None:
+    spec = dmtg_nas.load_spec(tuned_doc(trials=1, pruner="none"))
+    tune(spec, tmp_path, progress=False, report=False)
+    tune(spec, tmp_path, trials=2, progress=False, report=False)
+    tune(spec, tmp_path, trials=2, progress=False, report=False)  # nothing left to do
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert [t.state for t in study.trials] == [COMPLETE, COMPLETE]
+
+
+def test_journal_storage(tmp_path: Path) -> None:
+    storage = make_storage(str(tmp_path / "study.log"), tmp_path)
+    assert isinstance(storage, optuna.storages.JournalStorage)
+
+
+@pytest.mark.slow
+def test_tune_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], write_yaml: Any) -> None:
+    spec = write_yaml("tiny.yaml", tuned_doc(trials=2, pruner="none"))
+    out = tmp_path / "out"
+    assert main(["tune", str(spec), "--out", str(out), "--quiet", "--study", "s1", "--jobs", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "best trial" in text and "best groups:" in text and "dmtg retrain accepts it" in text
+    assert (out / "plots" / "score_vs_k.png").is_file()
+    best = json.loads((out / "best.json").read_text())
+    assert best["study"] == "s1"
+    assert main(["retrain", best["run_dir"], "--epochs", "1", "--quiet"]) == 0
+
+
+def test_tune_bad_input_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], write_yaml: Any) -> None:
+    spec = write_yaml("tiny.yaml", tuned_doc())
+    assert main(["tune", str(spec), "--set", "tuning.sampler=tp", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "tuning.sampler: bad value 'tp' (did you mean 'tpe'?)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    bad = ["tune", str(spec), "--storage", "postgresql://nobody@127.0.0.1:1/none", "--out", str(tmp_path / "p"), "-q"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dmtg: error: cannot open storage") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Several workers sharing one study (slow: real processes)
+# ----------------------------------------------------------------------------------------------
+
+
+def _worker(spec: Path, out: Path, storage: str, trials: int) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "dmtg_nas.cli", "tune", str(spec), "--out", str(out), "--storage", storage]
+    cmd += ["--study", "shared", "--trials", str(trials), "--jobs", "1", "--worker"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _check_shared_study(storage: str, outs: list[Path], trials: int) -> None:
+    """No trial lost (every trial finished with a value and an output folder) or run twice (each
+    trial number has exactly one output folder, in one worker's folder)."""
+    study = optuna.load_study(study_name="shared", storage=storage)
+    finished = study.get_trials()
+    # concurrent workers may each start one trial past the total, never fewer than the total
+    assert trials <= len(finished) <= trials + len(outs) - 1
+    assert all(t.state == COMPLETE and t.value is not None for t in finished), [t.state for t in finished]
+    numbers = [t.number for t in finished]
+    assert numbers == list(range(len(finished)))
+    folders = [p for out in outs for p in (out / "trials").glob("trial-*")]
+    assert sorted(p.name for p in folders) == [f"trial-{n:04d}" for n in numbers]  # each run exactly once
+    for t in finished:
+        run = Path(t.user_attrs["run_dir"])
+        assert (run / "metrics.json").is_file()
+        assert json.loads((run / "metrics.json").read_text())["totals"]["val"]["total_loss"] == pytest.approx(
+            t.user_attrs["val_total_loss"]
+        )
+    assert len({t.user_attrs["pid"] for t in finished}) == len(outs)  # both workers took trials
+
+
+def _run_workers(tmp_path: Path, storage: str, trials: int) -> list[Path]:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(tuned_doc(pruner="none")))
+    outs = [tmp_path / "machine-a", tmp_path / "machine-b"]
+    procs = [_worker(spec, out, storage, trials) for out in outs]
+    for p in procs:
+        output, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, output[-3000:]
+    return outs
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    _check_shared_study(storage, _run_workers(tmp_path, storage, 6), 6)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_postgresql_study(tmp_path: Path, postgres_url: str) -> None:
+    _check_shared_study(postgres_url, _run_workers(tmp_path, postgres_url, 6), 6)
+
+
+@pytest.mark.slow
+def test_dead_workers_trial_is_failed_and_run_again(tmp_path: Path) -> None:
+    spec = dmtg_nas.load_spec(tuned_doc(trials=2, pruner="none", heartbeat=1, retries=1))
+    storage = make_storage(None, tmp_path, heartbeat=1)
+    study = optuna.create_study(storage=storage, study_name="tiny", direction="minimize")
+    dead = study.ask({"groups": optuna.distributions.IntDistribution(1, 3)})  # a worker that then died
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(3.5)  # past the grace period (2 x heartbeat; SQLite keeps whole seconds)
+    tune(spec, tmp_path, progress=False, report=False)
+    trials = study.get_trials()
+    assert trials[0].state == FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].state == COMPLETE and retry[0].params["groups"] == trials[0].params["groups"]
+    assert sum(t.state == COMPLETE for t in trials) == 2  # the dead trial did not block the study
+
+
+# ----------------------------------------------------------------------------------------------
+# A real PostgreSQL server on 127.0.0.1 (Debian's postgresql package; .ci/run installs it)
+# ----------------------------------------------------------------------------------------------
+
+
+def _pg_bindir() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture()
+def postgres_url() -> Iterator[str]:
+    """Start a throw-away PostgreSQL server on a free 127.0.0.1 port; stop it afterwards."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found (install Debian's postgresql package; .ci/run does)")
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg2 is not installed (pip install -e '.[dev]')")
+    folder = Path(tempfile.mkdtemp(prefix="dmtg-pg-"))  # under /tmp: reachable by the server's user
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        os.chown(folder, 65534, 65534)
+        prefix = ["runuser", "-u", "nobody", "--"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = folder / "data"
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*prefix, *cmd], check=True, capture_output=True, timeout=120, cwd=folder)
+
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "dmtg", "--auth=trust", "-E", "UTF8")
+    opts = f"-h 127.0.0.1 -p {port} -k {folder}"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(folder / "server.log"), "-w", "start")
+    try:
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "dmtg", "tune")
+        yield f"postgresql+psycopg2://dmtg@127.0.0.1:{port}/tune"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
