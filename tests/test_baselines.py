@@ -55,7 +55,7 @@ def test_tag_group_score() -> None:
     assert tag_group_score(a, [0, 1, 2]) == pytest.approx((0.4 + 0.0) / 2 + (0.2 + 0.1) / 2 + (-0.1 + 0.3) / 2)
 
 
-@pytest.mark.parametrize("method", ["naive", "stl", "random", "tag", "dmtg", "hoa-pairs"])
+@pytest.mark.parametrize("method", ["naive", "stl", "random", "tag", "dmtg", "dmtg-retrain", "hoa-pairs"])
 def test_methods_return_valid_partitions(tiny, method: str) -> None:
     spec, data = tiny
     result = run_method(method, spec, data, seed=1)
@@ -64,7 +64,9 @@ def test_methods_return_valid_partitions(tiny, method: str) -> None:
     assert len(result.groups) <= (len(spec.tasks) if method == "stl" else spec.groups)
     assert set(result.metrics["test"]) == set(spec.task_names)
     assert result.total_seconds >= result.decision_seconds >= 0
-    expected = {"naive": 1, "stl": 4, "random": 1, "tag": 2, "dmtg": 1, "hoa-pairs": 4 + 6 + 1}[method]
+    expected = {"naive": 1, "stl": 4, "random": 1, "tag": 2, "dmtg": 1, "dmtg-retrain": 2, "hoa-pairs": 4 + 6 + 1}[
+        method
+    ]
     assert result.trainings == expected
     if method == "naive":
         assert result.groups == [spec.task_names]
