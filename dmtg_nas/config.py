@@ -204,7 +204,8 @@ class WarmupConfig(StrictModel):
     """Warm start of the grouping logits (see :mod:`dmtg_nas.warmstart`)."""
 
     method: Literal["none", "attribution"] = "none"
-    epochs: int = Field(default=15, ge=1)  # single-task training epochs
+    epochs: int = Field(default=15, ge=1)  # single-task training epochs (at least min_steps steps)
+    min_steps: int = Field(default=400, ge=0)  # small data sets train more epochs to reach this many steps
     rank: int = Field(default=4, ge=1)  # input-gradient subspace dimension
     samples: int = Field(default=2048, ge=8)  # training inputs used for the attribution
     strength: float = Field(default=3.0, ge=0)  # added to each task's warm-start branch logit

@@ -7,7 +7,8 @@ quarter of training, and per-branch validation losses then always confirm the cu
 The warm start gives the relaxation an informed starting point instead of a uniform one:
 
 1. train one small network per task (the spec's encoder and the task's head, independent
-   weights) for ``warmup.epochs`` epochs;
+   weights) for ``warmup.epochs`` epochs, and at least ``warmup.min_steps`` optimisation steps
+   (small data sets would otherwise stop before the predictors have found their features);
 2. attribution affinity: for task i, the gradients of its prediction with respect to the input over
    ``warmup.samples`` training inputs, stacked as G_i (samples x input size; one block of rows per
    output channel), and U_i its top ``warmup.rank`` right singular vectors, i.e. the input directions
@@ -26,6 +27,7 @@ K * epochs for the supernet).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -127,7 +129,9 @@ def attribution_warm_start(spec: SearchSpec, data: TaskData, *, progress: bool =
     n = len(spec.tasks)
     space = GroupingSpace(spec.tasks, n, spec.backbone, spec.heads, data.input_shape, "independent")
     singles = space.freeze({t: i for i, t in enumerate(spec.task_names)})
-    train_network(singles, data, spec.tasks, spec.strategy, cfg.epochs, progress=progress)
+    steps_per_epoch = max(1, math.ceil(len(data.train) / spec.strategy.batch_size))  # type: ignore[arg-type]
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+    train_network(singles, data, spec.tasks, spec.strategy, epochs, progress=progress)
     singles.cpu()
     affinity = attribution_affinity(singles, spec.tasks, _inputs(data, cfg.samples), cfg.rank)
     clusters = spectral_clusters(affinity.numpy().astype(float), spec.groups, spec.strategy.seed)
