@@ -102,10 +102,13 @@ def test_backbone_swap_is_one_line_across_timm_families(tmp_path: Path) -> None:
                 "strategy.epochs=1",
                 "strategy.finetune.epochs=0",
                 "strategy.batch_size=64",
+                "strategy.warmup.epochs=1",  # the warm start runs (input gradients through timm), briefly
+                "strategy.warmup.min_steps=0",
             ],
         )
         result = dmtg_nas.search(spec, None, progress=False)
         assert sorted(t for g in result.groups for t in g) == sorted(spec.task_names), name
+        assert len(result.metrics["warmup"]["affinity"]) == len(spec.tasks), name
         assert result.metrics["totals"]["test"]["total_error"] < 9 * 100, name
 
 
