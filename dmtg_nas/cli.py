@@ -457,6 +457,7 @@ def _cmd_portal(args: argparse.Namespace) -> int:
         study_name=args.study,
         wait=not args.no_wait,
         stop_when_done=args.stop_when_done,
+        say=lambda message, main: print(message, file=sys.stdout if main else sys.stderr, flush=True),
     )
 
 

@@ -37,7 +37,7 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +156,12 @@ def run_portal(
     study_name: str | None = None,
     wait: bool = True,
     stop_when_done: bool = False,
+    say: Callable[[str, bool], None] | None = None,
 ) -> int:
-    """Start the NNI experiment, print the portal URL and (``wait``) serve until Ctrl-C.
+    """Start the NNI experiment, announce the portal URL and (``wait``) serve until Ctrl-C.
+
+    ``say(message, main)`` receives what a user watching should read (``main``: the URL and the
+    final summary; otherwise notes); by default messages go to this module's logger.
 
     Returns the command's exit code. With ``wait=False`` the experiment keeps running detached;
     ``stop_portal(out_dir)`` (``dmtg portal --stop DIR``) stops it.
@@ -281,14 +285,15 @@ def run_portal(
     proc = exp._proc
     info = {"id": exp.id, "port": port, "url": url, "host": host, "pid": proc.pid if proc else None, "space": space}
     (out / "portal.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    print(f"NNI experiment {exp.id}: {trials} trials ({space}, tuner {tuner}), files in {out}", file=sys.stderr)
-    print(f"web portal: {url}", flush=True)
+    say = say or _log_say
+    say(f"NNI experiment {exp.id}: {trials} trials ({space}, tuner {tuner}), files in {out}", False)
+    say(f"web portal: {url}", True)
     if tuner == "optuna":
-        print(f"optuna-dashboard {optuna_storage} --host 127.0.0.1 shows the same trials", file=sys.stderr)
+        say(f"optuna-dashboard {optuna_storage} --host 127.0.0.1 shows the same trials", False)
     if not wait:
-        print(f"running detached; stop it with: dmtg portal --stop {out}", file=sys.stderr)
+        say(f"running detached; stop it with: dmtg portal --stop {out}", False)
         return 0
-    return _serve(exp, trials, stop_when_done)
+    return _serve(exp, trials, stop_when_done, say)
 
 
 def _gpu_config(config: Any) -> None:
@@ -308,7 +313,11 @@ def _quiet_nni() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _serve(exp: Any, trials: int, stop_when_done: bool) -> int:
+def _log_say(message: str, main: bool) -> None:
+    _logger.log(logging.WARNING if main else logging.INFO, message)
+
+
+def _serve(exp: Any, trials: int, stop_when_done: bool, say: Callable[[str, bool], None]) -> int:
     """Wait (the portal stays up) until Ctrl-C; then stop the experiment and every process it started."""
     proc = exp._proc
     started = {p.pid: p for p in _descendants(proc.pid)} if proc else {}
@@ -322,18 +331,18 @@ def _serve(exp: Any, trials: int, stop_when_done: bool) -> int:
             if proc is not None:
                 started.update({p.pid: p for p in _descendants(proc.pid)})
                 if proc.poll() is not None:
-                    print("dmtg: the NNI manager exited", file=sys.stderr)
+                    say("dmtg: the NNI manager exited", False)
                     return 1
             status = exp.get_status()
             if status in ("DONE", "ERROR") and not reported:
                 reported = True
-                print(_summary(exp, status), flush=True)
+                say(_summary(exp, status), True)
                 code = 0 if status == "DONE" else 1
                 if stop_when_done:
                     break
-                print("the portal stays up; Ctrl-C stops the experiment", file=sys.stderr, flush=True)
+                say("the portal stays up; Ctrl-C stops the experiment", False)
     except KeyboardInterrupt:
-        print("stopping the experiment...", file=sys.stderr)
+        say("stopping the experiment...", False)
     finally:
         signal.signal(signal.SIGTERM, handler)
         _stop(exp, started)
