@@ -5,7 +5,8 @@ Quick start::
     import dmtg_nas
     spec = dmtg_nas.load_spec("planted", overrides=["strategy.epochs=20"])
     result = dmtg_nas.search(spec, out_dir="runs/planted")
-    print(result.groups, result.metrics["totals"]["test"])
+    result.groups                      # [['t2', 't4'], ['t7', 't8', 't9'], ...]
+    result.metrics["totals"]["test"]   # {'total_loss': ..., ...}
 
 Names are imported lazily, so ``import dmtg_nas`` (and the ``dmtg`` command's start) stays cheap
 until torch/NNI are actually needed.

@@ -25,7 +25,6 @@ Every method trains with the spec's encoder, heads, optimizer, batch size and ep
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -38,11 +37,12 @@ from torch.func import functional_call
 
 from .config import SearchSpec, TaskConfig
 from .data import TaskData
+from .metrics import relative_gain
 from .partitions import best_cover, best_partition, members, random_partition
 from .registry import Registry
 from .runner import run_search, train_network, train_partition
 from .space import GroupingSpace
-from .tasks import squeeze_output, summarize, task_loss
+from .tasks import PRIMARY_METRIC, squeeze_output, summarize, task_loss
 
 __all__ = ["METHODS", "MethodResult", "AffinityRecorder", "tag_group_score", "run_method", "delta_m"]
 
@@ -343,7 +343,9 @@ def run_method(name: str, spec: SearchSpec, data: TaskData, **kwargs: Any) -> Me
     return METHODS.lookup(name)(spec, data, **kwargs)
 
 
-PRIMARY = {"regression": ("mse", True), "binary": ("accuracy", False), "multiclass": ("accuracy", False)}
+# Delta_m here: one metric per task, as the field reports it (mse for regression, accuracy for
+# classification); other task types use their primary evaluation metric.
+PRIMARY = {"regression": "mse", "binary": "accuracy", "multiclass": "accuracy"}
 
 
 def delta_m(
@@ -351,32 +353,16 @@ def delta_m(
 ) -> float:
     """Delta_m % against a reference (single-task learning): positive means better than the reference.
 
-    ``100/T sum_t (-1)^{l_t} (M_t - M_ref,t) / M_ref,t`` on each task's primary metric (mse for
-    regression, lower is better; accuracy for classification, higher is better).
+    ``100/T sum_t (-1)^{l_t} (M_t - M_ref,t) / M_ref,t`` on each task's primary metric
+    (:func:`dmtg_nas.metrics.relative_gain` gives each term).
     """
     total = 0.0
     for t in tasks:
-        metric, lower = PRIMARY[t.type]
-        ref = reference[t.name][metric]
-        sign = -1.0 if lower else 1.0
-        total += sign * (metrics[t.name][metric] - ref) / ref if ref else 0.0
+        metric = PRIMARY.get(t.type, PRIMARY_METRIC[t.type])
+        gain = relative_gain(metric, metrics[t.name][metric], reference[t.name][metric])
+        total += gain if gain is not None else 0.0
     return 100.0 * total / len(tasks)
 
 
 def _label(spec: SearchSpec, mask: int) -> str:
     return "+".join(spec.task_names[i] for i in members(mask))
-
-
-def count_trainings(method: str, n: int) -> int:
-    """Separate training runs a method needs for N tasks (for planning)."""
-    return {
-        "naive": 1,
-        "stl": n,
-        "random": 1,
-        "hoa": 2**n - 1,
-        "hoa-cover": 2**n - 1,
-        "hoa-pairs": n + math.comb(n, 2) + 1,
-        "tag": 2,
-        "dmtg": 1,
-        "dmtg-retrain": 2,
-    }[method]

@@ -348,7 +348,6 @@ def run_search(
     device = "cuda" if _accelerator(strat.device) != "cpu" and torch.cuda.is_available() else "cpu"
     dense = any(t.dense for t in spec.tasks)  # per-pixel outputs: keep evaluation batches at the training size
     eval_bs = strat.eval_batch_size or (strat.batch_size if dense else max(strat.batch_size, 256))
-    model.cpu()
     per_split = {
         split: evaluate(model, getattr(data, split), spec.tasks, eval_bs, device, strat.num_workers)
         for split in ("val", "test")

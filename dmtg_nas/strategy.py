@@ -26,7 +26,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from nni.mutable import frozen_context
 from nni.nas.oneshot.pytorch.base_lightning import BaseOneShotLightningModule
 from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
@@ -271,9 +270,3 @@ class DMTG(OneShotStrategy):
         module = self.oneshot_module
         assert isinstance(module, DMTGLightningModule)
         return module
-
-
-def mutate_for_search(strategy: DMTG, space: nn.Module) -> None:
-    """Turn ``space`` into the DMTG supernet in place (what the strategy does at initialisation)."""
-    with frozen_context():
-        strategy.mutate_model(space)  # type: ignore[type-var]
