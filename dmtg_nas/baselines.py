@@ -44,7 +44,15 @@ from .runner import run_search, train_network, train_partition
 from .space import GroupingSpace
 from .tasks import PRIMARY_METRIC, squeeze_output, summarize, task_loss
 
-__all__ = ["METHODS", "MethodResult", "AffinityRecorder", "tag_group_score", "run_method", "delta_m"]
+__all__ = [
+    "METHODS",
+    "MethodResult",
+    "AffinityRecorder",
+    "tag_group_score",
+    "run_method",
+    "delta_m",
+    "subset_losses_joint",
+]
 
 
 @dataclass
@@ -132,6 +140,106 @@ def _subset_losses(
         if progress is not None:
             progress(f"hoa: network {i + 1}/{len(subsets)} ({', '.join(t.name for t in tasks)})")
     return out
+
+
+_VECTOR_TYPES = {"regression", "binary", "multiclass"}
+
+
+def subset_losses_joint(
+    spec: SearchSpec, data: TaskData, subsets: Sequence[int]
+) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
+    """HOA's per-subset networks, trained side by side as one batched computation.
+
+    Every subset gets its own network (the spec's encoder with a head for every task; only its
+    members' heads are trained, the others get no gradient and stay untouched). The parameters are
+    stacked and the networks run under ``torch.func.vmap``, so a step costs about as many kernel
+    launches as one network's instead of one per network. Each network's update uses only its own
+    gradient (Adam, AdamW and SGD are per-parameter; gradient clipping is applied per network), so
+    it trains exactly as it would alone on the same batch order. Needs in-memory tensor data,
+    vector tasks and encoders without running statistics (batch norm); otherwise the subsets are
+    trained one by one. Returns ``{mask: {"val": per-task, "test": per-task}}``.
+    """
+    from .data import TensorTaskDataset
+
+    tensor_data = all(isinstance(getattr(data, s), TensorTaskDataset) for s in ("train", "val", "test"))
+    if not tensor_data or any(t.type not in _VECTOR_TYPES for t in spec.tasks):
+        return _subset_losses(spec, data, subsets, None)
+    pl.seed_everything(spec.strategy.seed, workers=True, verbose=False)
+    nets = []
+    for _ in subsets:
+        space = GroupingSpace(spec.tasks, 1, spec.backbone, spec.heads, data.input_shape, "independent")
+        nets.append(space.freeze({t: 0 for t in spec.task_names}))
+    if any(True for net in nets for _ in net.buffers()):
+        return _subset_losses(spec, data, subsets, None)
+    return _train_stacked(spec, data, nets, subsets)
+
+
+def _train_stacked(
+    spec: SearchSpec, data: TaskData, nets: Sequence[torch.nn.Module], subsets: Sequence[int]
+) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
+    """Train ``nets[s]`` on the tasks of ``subsets[s]``, all at once (see :func:`subset_losses_joint`)."""
+    import copy
+
+    from torch.func import stack_module_state, vmap
+
+    from .data import make_loader
+    from .tasks import TaskMetrics
+    from .training import MultiTaskModule
+
+    strat, tasks = spec.strategy, list(spec.tasks)
+    params, _ = stack_module_state(list(nets))  # type: ignore[arg-type]
+    base = copy.deepcopy(nets[0]).to("meta")
+    member = torch.tensor([[float(mask >> i & 1) * t.weight for i, t in enumerate(tasks)] for mask in subsets])
+
+    def outputs(p: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return functional_call(base, p, (x,))  # type: ignore[no-any-return]
+
+    def losses(p: dict[str, torch.Tensor], x: torch.Tensor, ys: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = outputs(p, x)
+        return torch.stack([task_loss(t, squeeze_output(t, out[t.name]), ys[t.name]) for t in tasks])
+
+    batched_losses = vmap(losses, in_dims=(0, None, None), randomness="different")
+    batched_outputs = vmap(outputs, in_dims=(0, None), randomness="different")
+
+    holder = torch.nn.ParameterList([torch.nn.Parameter(v) for v in params.values()])
+    module = MultiTaskModule(tasks, strat.optimizer, strat.lr_schedule, _budget(spec))
+    module.set_model(holder)
+    configured = module.configure_optimizers()
+    optimizer = configured if isinstance(configured, torch.optim.Optimizer) else configured["optimizer"]
+    scheduler = None if isinstance(configured, torch.optim.Optimizer) else configured["lr_scheduler"]
+    stacked = dict(zip(params, holder))
+    loader = make_loader(data.train, strat.batch_size, shuffle=True, seed=strat.seed + 1, traced=False)
+
+    def evaluate_all(split: str) -> list[dict[str, dict[str, float]]]:
+        metrics = [TaskMetrics([tasks[i] for i in members(mask)]) for mask in subsets]
+        base.eval()
+        with torch.no_grad():
+            for x, ys in make_loader(getattr(data, split), 1024, shuffle=False, traced=False):
+                out = batched_outputs(stacked, x)
+                for s, m in enumerate(metrics):
+                    m.update({t.name: out[t.name][s] for t in m.tasks}, ys)
+        base.train()
+        return [m.compute() for m in metrics]
+
+    for _ in range(_budget(spec)):
+        for x, ys in loader:
+            optimizer.zero_grad(set_to_none=True)
+            total = (batched_losses(stacked, x, ys) * member).sum()
+            total.backward()
+            if strat.gradient_clip:
+                norms = torch.sqrt(sum(p.grad.flatten(1).pow(2).sum(1) for p in holder if p.grad is not None))
+                scale = (strat.gradient_clip / (norms + 1e-6)).clamp(max=1.0)
+                for p in holder:
+                    if p.grad is not None:
+                        p.grad.mul_(scale.view(-1, *([1] * (p.grad.dim() - 1))))
+            optimizer.step()
+        if isinstance(scheduler, dict):  # plateau: the summed validation loss of all networks
+            val = evaluate_all("val")
+            scheduler["scheduler"].step(sum(r["loss"] for per in val for r in per.values()))
+        elif scheduler is not None:
+            scheduler.step()
+    result = {split: evaluate_all(split) for split in ("val", "test")}
+    return {mask: {split: result[split][s] for split in ("val", "test")} for s, mask in enumerate(subsets)}
 
 
 def _partition_metrics(

@@ -6,9 +6,11 @@ shape and seed the suite runs one search with the strategy under test and scores
 - the adjusted Rand index (ARI) against the planted partition, and whether a found group merges
   tasks of different planted groups;
 - for shapes small enough (N <= ``exhaustive_max``), the exhaustive reference: one network per task
-  subset (HOA's exhaustive training), the best partition into at most K groups on validation loss,
-  and, from the same networks, the test loss of the found, planted and optimal partitions, so the
-  found grouping is compared with the optimum under identical training;
+  subset (HOA's exhaustive training; batched in one process, each network trained exactly as it
+  would be alone: :func:`~dmtg_nas.baselines.subset_losses_joint`), the best partition into at
+  most K groups on validation loss, and, from the same networks, the test loss of the found,
+  planted and optimal partitions, so the found grouping is compared with the optimum under
+  identical training;
 - otherwise the found and planted partitions are each trained from scratch with the same budget.
 
 ``run_suite`` writes ``suite.json`` (every run), ``suite.md`` (per-shape summary and the pass rates
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .baselines import _subset_losses
+from .baselines import subset_losses_joint
 from .components import load_data
 from .config import SearchSpec, load_spec
 from .partitions import best_partition, members
@@ -112,10 +114,23 @@ def _same(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> bool:
     return sorted(map(sorted, a)) == sorted(map(sorted, b))
 
 
+Reference = dict[int, dict[str, dict[str, dict[str, float]]]]
+
+
 def run_one(
-    shape: Shape, strategy: str, seed: int, *, exhaustive_max: int = 6, overrides: Sequence[str] = ()
+    shape: Shape,
+    strategy: str,
+    seed: int,
+    *,
+    exhaustive_max: int = 6,
+    overrides: Sequence[str] = (),
+    references: dict[str, Reference] | None = None,
 ) -> dict[str, Any]:
-    """One (shape, seed) run: the search and its scores (see the module docstring)."""
+    """One (shape, seed) run: the search and its scores (see the module docstring).
+
+    ``references`` caches the exhaustive subset networks per shape, seed and training budget
+    (epochs, batch size, optimizer, schedule; not the grouping method), so a second strategy with
+    the same budget on the same shapes and seeds reuses them."""
     spec = shape_spec(shape, strategy, seed, overrides)
     data = load_data(spec)
     truth = data.ground_truth or []
@@ -137,7 +152,15 @@ def run_one(
     }
     names = spec.task_names
     if len(names) <= exhaustive_max:
-        trained = _subset_losses(spec, data, list(range(1, 1 << len(names))), None)
+        st = spec.strategy
+        budget = (st.epochs + st.finetune.epochs, st.batch_size, st.optimizer.model_dump_json(), st.lr_schedule.name)
+        key = f"{shape.name}/{seed}/" + "/".join(map(str, budget))
+        if references is not None and key in references:
+            trained = references[key]
+        else:
+            trained = subset_losses_joint(spec, data, list(range(1, 1 << len(names))))
+            if references is not None:
+                references[key] = trained
 
         def loss(split: str, groups: Sequence[Sequence[str]]) -> float:
             total = 0.0
@@ -195,14 +218,28 @@ def run_suite(
         out.mkdir(parents=True, exist_ok=True)
         if resume and (out / "suite.json").is_file():
             records = json.loads((out / "suite.json").read_text())
+    references: dict[str, Reference] = {}
+    if out is not None and (out / "references.json").is_file():
+        raw = json.loads((out / "references.json").read_text())
+        references = {key: {int(m): v for m, v in nets.items()} for key, nets in raw.items()}
     done = {(r["shape"], r["seed"], r["strategy"]) for r in records}
     from tqdm.auto import tqdm
 
     todo = [(s, seed) for s in shapes for seed in seed_list if (s, seed, strategy) not in done]
     for shape_name, seed in tqdm(todo, desc=f"suite {strategy}", unit="run", disable=progress is None):
-        records.append(run_one(SHAPES[shape_name], strategy, seed, exhaustive_max=exhaustive_max, overrides=overrides))
+        records.append(
+            run_one(
+                SHAPES[shape_name],
+                strategy,
+                seed,
+                exhaustive_max=exhaustive_max,
+                overrides=overrides,
+                references=references,
+            )
+        )
         if out is not None:
             (out / "suite.json").write_text(json.dumps(records, indent=1))
+            (out / "references.json").write_text(json.dumps(references))
     if out is not None:
         write_suite_report(records, out)
     return records

@@ -107,3 +107,33 @@ def test_delta_m_sign_and_scale() -> None:
     better = {"r": {"mse": 0.9}, "c": {"accuracy": 0.88}}
     assert delta_m(better, ref, tasks) == pytest.approx(100 * (0.1 + 0.1) / 2)
     assert delta_m(ref, ref, tasks) == 0.0
+
+
+def test_stacked_subset_networks_train_as_they_would_alone(tiny) -> None:
+    import copy
+
+    from dmtg_nas.baselines import _train_stacked, subset_losses_joint
+    from dmtg_nas.runner import evaluate, train_network
+    from dmtg_nas.space import GroupingSpace
+
+    spec, data = tiny
+    subsets = [0b0011, 0b1100, 0b0110]
+    nets = [
+        GroupingSpace(spec.tasks, 1, spec.backbone, spec.heads, data.input_shape, "independent").freeze(
+            {t: 0 for t in spec.task_names}
+        )
+        for _ in subsets
+    ]
+    alone = copy.deepcopy(nets[2])
+    joint = _train_stacked(spec, data, nets, subsets)
+    assert set(joint) == set(subsets) and set(joint[0b0110]["test"]) == {"t1", "t2"}
+    # the third network, trained by itself (Lightning, its two tasks only) from the same weights
+    tasks = [spec.tasks[1], spec.tasks[2]]
+    train_network(alone, data, tasks, spec.strategy, spec.strategy.epochs + spec.strategy.finetune.epochs)
+    for split in ("val", "test"):
+        own = evaluate(alone, getattr(data, split), tasks)
+        for task in ("t1", "t2"):
+            assert joint[0b0110][split][task]["loss"] == pytest.approx(own[task]["loss"], rel=1e-4)
+    # and the networks did learn different things
+    assert joint[0b0011]["val"]["t1"]["loss"] != joint[0b0110]["val"]["t1"]["loss"]
+    assert set(subset_losses_joint(spec, data, [0b1])) == {0b1}

@@ -9,7 +9,7 @@ import pytest
 from dmtg_nas import SpecError
 from dmtg_nas.suite import SHAPES, Shape, criteria, run_one, run_suite, shape_spec, write_suite_report
 
-FAST = ("strategy.epochs=1", "strategy.finetune.epochs=0", "strategy.warmup.epochs=2")
+FAST = ("strategy.epochs=1", "strategy.finetune.epochs=0", "strategy.warmup.epochs=2", "strategy.warmup.min_steps=0")
 
 
 def test_shape_specs_follow_the_shape() -> None:
@@ -34,6 +34,23 @@ def test_one_run_is_scored_against_the_exhaustive_optimum() -> None:
     )
     assert record["exact"] == (sorted(map(sorted, record["found"])) == sorted(map(sorted, record["planted"])))
     assert -1.0 <= record["ari"] <= 1.0
+
+
+def test_exhaustive_reference_is_reused_across_strategies(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dmtg_nas.suite as suite
+
+    calls = []
+    real = suite.subset_losses_joint
+    monkeypatch.setattr(suite, "subset_losses_joint", lambda *a: calls.append(1) or real(*a))
+    shape = Shape("tiny", (2, 1), 2, samples=300)
+    refs: dict = {}
+    a = run_one(shape, "dmtg", 0, overrides=FAST, references=refs)
+    b = run_one(shape, "dmtg-plain", 0, overrides=FAST, references=refs)
+    assert len(calls) == 1 and len(refs) == 1
+    assert a["optimum"] == b["optimum"] and a["optimum_test_loss"] == b["optimum_test_loss"]
+    # another budget is another reference
+    run_one(shape, "dmtg", 0, overrides=(*FAST, "strategy.batch_size=32"), references=refs)
+    assert len(calls) == 2 and len(refs) == 2
 
 
 def test_report_and_criteria(tmp_path: Path) -> None:
