@@ -209,6 +209,9 @@ class WarmupConfig(StrictModel):
     rank: int = Field(default=4, ge=1)  # input-gradient subspace dimension
     samples: int = Field(default=2048, ge=8)  # training inputs used for the attribution
     strength: float = Field(default=3.0, ge=0)  # added to each task's warm-start branch logit
+    # number of clusters: "eigengap" picks 2..K from the affinity's spectrum (branches beyond it start
+    # free); "k" always cuts into K clusters
+    clusters: Literal["eigengap", "k"] = "eigengap"
 
 
 class InitConfig(StrictModel):

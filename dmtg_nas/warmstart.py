@@ -16,7 +16,10 @@ The warm start gives the relaxation an informed starting point instead of a unif
    cosine of the principal angles between the two subspaces). Attribution-map similarity is a
    known predictor of transferability between tasks (Song et al., "Deep Model Transferability from
    Attribution Maps", NeurIPS 2019);
-3. spectral clustering of the z-scored affinities into K clusters;
+3. spectral clustering of the z-scored affinities into K clusters, or (``warmup.clusters:
+   eigengap``, the default) into the number of clusters in 2..K with the largest eigengap of the
+   graph's normalized Laplacian, so that with more branches than the affinity supports, groups are
+   not cut apart to fill them (the spare branches start free and the search may use them);
 4. the search then starts from ``S[i, k] = init.logits + warmup.strength * [k == cluster(i)]`` and
    is free to move tasks where the joint training disagrees.
 
@@ -40,7 +43,7 @@ from .config import SearchSpec
 from .data import TaskData, make_loader
 from .space import GroupingSpace
 
-__all__ = ["WarmStart", "attribution_warm_start", "attribution_affinity", "spectral_clusters"]
+__all__ = ["WarmStart", "attribution_warm_start", "attribution_affinity", "eigengap_count", "spectral_clusters"]
 
 _logger = logging.getLogger(__name__)
 
@@ -102,6 +105,33 @@ def attribution_affinity(model: torch.nn.Module, tasks: Any, x: torch.Tensor, ra
     return affinity.float()
 
 
+def _similarity(affinity: np.ndarray) -> np.ndarray:
+    """The clustering's similarity graph: exp of the z-scored symmetric affinities, no self-loops."""
+    n = affinity.shape[0]
+    a = (affinity + affinity.T) / 2
+    off = a[~np.eye(n, dtype=bool)]
+    w = np.exp((a - off.mean()) / (off.std() + 1e-12))
+    np.fill_diagonal(w, 0.0)
+    return w
+
+
+def eigengap_count(affinity: np.ndarray, k_max: int) -> int:
+    """The number of clusters in ``2..k_max`` with the largest eigengap of the normalized Laplacian.
+
+    ``c`` well separated clusters give ``c`` eigenvalues near 0 and a jump after them, so the gap
+    ``lambda_{c+1} - lambda_c`` is largest at the number of clusters the affinity supports.
+    """
+    n = affinity.shape[0]
+    k_max = min(k_max, n - 1)  # the gap after c eigenvalues needs a (c+1)-th
+    if k_max <= 2:
+        return max(1, min(k_max, 2, n))
+    w = _similarity(affinity)
+    d = 1.0 / np.sqrt(w.sum(1) + 1e-12)
+    lam = np.sort(np.linalg.eigvalsh(np.eye(n) - d[:, None] * w * d[None, :]))
+    gaps = [lam[c] - lam[c - 1] for c in range(2, k_max + 1)]  # lam is 0-based: gap after c eigenvalues
+    return 2 + int(np.argmax(gaps))
+
+
 def spectral_clusters(affinity: np.ndarray, k: int, seed: int = 0) -> list[int]:
     """Spectral clustering of tasks into ``k`` clusters from a symmetric affinity matrix."""
     n = affinity.shape[0]
@@ -109,10 +139,7 @@ def spectral_clusters(affinity: np.ndarray, k: int, seed: int = 0) -> list[int]:
         return [0] * n
     if k >= n:
         return list(range(n))
-    a = (affinity + affinity.T) / 2
-    off = a[~np.eye(n, dtype=bool)]
-    w = np.exp((a - off.mean()) / (off.std() + 1e-12))
-    np.fill_diagonal(w, 0.0)
+    w = _similarity(affinity)
     from sklearn.cluster import SpectralClustering
 
     labels = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed).fit_predict(w)
@@ -134,7 +161,9 @@ def attribution_warm_start(spec: SearchSpec, data: TaskData, *, progress: bool =
     train_network(singles, data, spec.tasks, spec.strategy, epochs, progress=progress)
     singles.cpu()
     affinity = attribution_affinity(singles, spec.tasks, _inputs(data, cfg.samples), cfg.rank)
-    clusters = spectral_clusters(affinity.numpy().astype(float), spec.groups, spec.strategy.seed)
+    a = affinity.numpy().astype(float)
+    k = eigengap_count(a, spec.groups) if cfg.clusters == "eigengap" else spec.groups
+    clusters = spectral_clusters(a, k, spec.strategy.seed)
     seconds = time.perf_counter() - t0
     _logger.info("warm start: clusters %s in %.1f s", clusters, seconds)
     return WarmStart(clusters, affinity.tolist(), seconds)

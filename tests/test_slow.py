@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,6 +36,22 @@ def test_digits_search_beats_or_ties_all_in_one() -> None:
     found_error = found.metrics["totals"]["test"]["total_error"]
     single_error = single.metrics["totals"]["test"]["total_error"]
     assert found_error <= single_error + 1.5, (found.groups, found_error, single_error)
+
+
+def test_suite_short_mode_recovers_planted_pairs(tmp_path: Path) -> None:
+    """The planted suite in its CI mode: one seed of three pairs with K = 3 and with K = 4, the
+    default strategy, scored against the exhaustive optimum. Planted pairs are found exactly, and the
+    spare fourth branch does not cut a pair apart."""
+    from dmtg_nas.suite import run_suite
+
+    records = run_suite("dmtg", ["pairs-k3", "pairs-k4"], [0], tmp_path)
+    assert [r["shape"] for r in records] == ["pairs-k3", "pairs-k4"]
+    for r in records:
+        assert r["reference"] == "exhaustive"
+        assert r["exact"] and not r["merged"], r
+        assert r["gap_percent"] <= 2.0, r
+    assert "pairs-k4" in (tmp_path / "suite.md").read_text()
+    assert len(json.loads((tmp_path / "references.json").read_text())) == 2
 
 
 @pytest.mark.parametrize(

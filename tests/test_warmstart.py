@@ -1,0 +1,51 @@
+"""The warm start's pieces: attribution affinity, spectral clusters and the eigengap cluster count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dmtg_nas.config import TaskConfig
+from dmtg_nas.warmstart import attribution_affinity, eigengap_count, spectral_clusters
+
+
+def block_affinity(sizes: list[int], inside: float = 0.6, across: float = 0.1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    a = np.where(labels[:, None] == labels[None, :], inside, across) + rng.uniform(0, 0.05, (len(labels),) * 2)
+    np.fill_diagonal(a, 1.0)
+    return a
+
+
+def test_linear_tasks_affinity_is_the_squared_cosine_of_their_directions() -> None:
+    # task i reads x . v_i: its input gradient is v_i everywhere, a rank-1 subspace
+    v = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
+
+    class Linear(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {f"t{i}": (x @ v[i]).unsqueeze(1) for i in range(3)}
+
+    tasks = [TaskConfig(name=f"t{i}", type="regression") for i in range(3)]
+    a = attribution_affinity(Linear(), tasks, torch.randn(16, 3), rank=1)
+    expected = (v @ v.T).pow(2)
+    assert torch.allclose(a, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("sizes", [[2, 2, 2], [3, 3], [4, 2], [2, 2, 2, 2, 2]])
+def test_spectral_clusters_recover_blocks(sizes: list[int]) -> None:
+    a = block_affinity(sizes)
+    labels = spectral_clusters(a, len(sizes))
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    # same partition up to relabelling
+    assert len({(int(t), int(c)) for t, c in zip(truth, labels)}) == len(sizes)
+
+
+def test_eigengap_counts_the_blocks_up_to_k() -> None:
+    assert eigengap_count(block_affinity([2, 2, 2]), 4) == 3
+    assert eigengap_count(block_affinity([2, 2, 2]), 6) == 3  # K >= N: at most N - 1
+    assert eigengap_count(block_affinity([3, 3]), 5) == 2
+    assert eigengap_count(block_affinity([2, 2, 2, 2, 2]), 5) == 5
+    # never more than K, never fewer than 2 (one cluster would leave the search nothing to start from)
+    assert eigengap_count(block_affinity([2, 2, 2]), 2) == 2
+    assert eigengap_count(block_affinity([1, 1, 1, 1]), 3) in (2, 3)
