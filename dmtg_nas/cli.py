@@ -124,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         "suite",
         help="score a strategy on the planted benchmark suite (ARI, merges, gap to the exhaustive optimum)",
         description="Runs the strategy on planted shapes (group sizes, K, noise, task types, opposed tasks, "
-        "images) over seeds and writes suite.md, suite.json and suite.png. Shapes with at most 6 tasks are "
-        "compared with the exhaustive optimum (one network per task subset).",
+        "images) over seeds and writes suite.md, suite.json and suite.png. Vector shapes with at most 6 tasks "
+        "are compared with the exhaustive optimum (one network per task subset, trained batched); the others "
+        "with the planted partition trained from scratch.",
     )
     suite.add_argument("--strategy", action="append", help="strategy preset or file (repeatable; default: dmtg)")
     suite.add_argument("--shapes", help="comma-separated shape names, or 'all' (default: the short set)")
