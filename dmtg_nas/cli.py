@@ -387,7 +387,8 @@ def _one_line(exc: Exception) -> str:
     if "Original Traceback" in text:
         last = text.strip().splitlines()[-1]
         text = last.partition(": ")[2] or last
-    return text
+    # keys and values typed by the user may hold line breaks or control characters: escape them
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
