@@ -295,6 +295,12 @@ def _create_timm(model_name: str, in_chans: int, options: TimmOptions, **extra: 
     try:
         return timm.create_model(model_name, **{**_timm_kwargs(in_chans, options), **extra})  # type: ignore[no-any-return]
     except (TypeError, ValueError, RuntimeError, AssertionError, OverflowError) as exc:
+        if isinstance(options.pretrained, str) and "weights_only" in str(exc):  # timm never falls back to pickle
+            raise SpecError(
+                f"{options.pretrained}: refused: the weights file holds pickled Python objects, which are never "
+                "loaded; use a state_dict of tensors (.pth) or .safetensors",
+                key="backbone.pretrained",
+            ) from None
         raise SpecError(f"timm cannot build {model_name!r} with these kwargs: {exc}", key="backbone") from None
 
 
@@ -413,8 +419,13 @@ def num_stages(config: BackboneConfig, options: BaseModel | None = None) -> int:
 
         assert isinstance(options, TimmOptions)
         kwargs = {k: v for k, v in options.kwargs.items()}
-        with torch.device("meta"):
-            model = timm.create_model(_timm_name(config), pretrained=False, **kwargs)
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(_timm_name(config), pretrained=False, **kwargs)
+        except (TypeError, ValueError, RuntimeError, AssertionError, OverflowError) as exc:
+            raise SpecError(
+                f"timm cannot build {_timm_name(config)!r} with these kwargs: {exc}", key="backbone"
+            ) from None
         return len(getattr(model, "feature_info", []) or [])
     return BACKBONES.lookup(config.name).count(options)
 
