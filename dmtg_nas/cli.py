@@ -471,6 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries(training=args.command not in ("validate", "list"))
     try:
+        out = getattr(args, "out", None)
+        if out is not None and out.exists() and not out.is_dir():
+            raise DmtgError(f"--out {out}: a file is in the way; give a folder (new or empty)")
         if args.command == "validate":
             return _cmd_validate(args)
         if args.command == "list":

@@ -570,3 +570,14 @@ PINNED = [
 def test_pinned_hostile_specs(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     check_refused(case, tmp_path)
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(base_doc()))
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    code = main(["search", str(spec), "--out", str(target), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"dmtg: error: --out {target}: a file is in the way; give a folder (new or empty)\n"
+    assert target.read_text() == "keep me"
