@@ -34,14 +34,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from .config import BackboneConfig, HeadsConfig, StrictModel, TaskConfig, validate_model
+from .config import BackboneConfig, HeadsConfig, StrictModel, TaskConfig, Width, validate_model
 from .errors import SpecError, allowed, suggest
 from .registry import Registry
 
@@ -73,19 +73,19 @@ Features = Tensor | list[Tensor]  # what a branch returns: (B, D) or [(B, C_j, H
 
 
 class MLPOptions(StrictModel):
-    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 64], min_length=1)
+    hidden: list[Width] = Field(default_factory=lambda: [64, 64], min_length=1)
     activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
     dropout: float = Field(default=0.0, ge=0, lt=1)
     norm: Literal["none", "batch", "layer"] = "none"
 
 
 class ConvNetOptions(StrictModel):
-    channels: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
+    channels: list[Width] = Field(default_factory=lambda: [16, 32, 64], min_length=1, max_length=16)
     dropout: float = Field(default=0.0, ge=0, lt=1)  # before the pooled vector
 
 
 class CelebAResNetOptions(StrictModel):
-    width: int = Field(default=64, ge=1)  # channels of the conv stem and the residual block
+    width: Width = 64  # channels of the conv stem and the residual block
 
 
 class TimmOptions(StrictModel):
@@ -294,7 +294,13 @@ def _create_timm(model_name: str, in_chans: int, options: TimmOptions, **extra: 
 
     try:
         return timm.create_model(model_name, **{**_timm_kwargs(in_chans, options), **extra})  # type: ignore[no-any-return]
-    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+    except (TypeError, ValueError, RuntimeError, AssertionError, OverflowError) as exc:
+        if isinstance(options.pretrained, str) and "weights_only" in str(exc):  # timm never falls back to pickle
+            raise SpecError(
+                f"{options.pretrained}: refused: the weights file holds pickled Python objects, which are never "
+                "loaded; use a state_dict of tensors (.pth) or .safetensors",
+                key="backbone.pretrained",
+            ) from None
         raise SpecError(f"timm cannot build {model_name!r} with these kwargs: {exc}", key="backbone") from None
 
 
@@ -413,8 +419,13 @@ def num_stages(config: BackboneConfig, options: BaseModel | None = None) -> int:
 
         assert isinstance(options, TimmOptions)
         kwargs = {k: v for k, v in options.kwargs.items()}
-        with torch.device("meta"):
-            model = timm.create_model(_timm_name(config), pretrained=False, **kwargs)
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(_timm_name(config), pretrained=False, **kwargs)
+        except (TypeError, ValueError, RuntimeError, AssertionError, OverflowError) as exc:
+            raise SpecError(
+                f"timm cannot build {_timm_name(config)!r} with these kwargs: {exc}", key="backbone"
+            ) from None
         return len(getattr(model, "feature_info", []) or [])
     return BACKBONES.lookup(config.name).count(options)
 

@@ -388,7 +388,8 @@ def _one_line(exc: Exception) -> str:
     if "Original Traceback" in text:
         last = text.strip().splitlines()[-1]
         text = last.partition(": ")[2] or last
-    return text
+    # keys and values typed by the user may hold line breaks or control characters: escape them
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -471,6 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries(training=args.command not in ("validate", "list"))
     try:
+        out = getattr(args, "out", None)
+        if out is not None and out.exists() and not out.is_dir():
+            raise DmtgError(f"--out {out}: a file is in the way; give a folder (new or empty)")
         if args.command == "validate":
             return _cmd_validate(args)
         if args.command == "list":

@@ -7,7 +7,7 @@ from typing import Any
 from .backbones import check_backbone
 from .config import SearchSpec, validate_model
 from .data import DATASETS, DatasetPlugin, TaskData, UserDataset
-from .errors import SpecError
+from .errors import DataError, SpecError
 
 __all__ = ["validate_components", "dataset_plugin", "load_data"]
 
@@ -30,10 +30,15 @@ def dataset_plugin(spec: SearchSpec) -> tuple[DatasetPlugin, Any]:
 def validate_components(spec: SearchSpec) -> None:
     """Check names, options and files of the data set and the encoder (no heavy loading)."""
     plugin, options = dataset_plugin(spec)
-    plugin.check(options, spec.tasks)
-    check_backbone(spec.backbone)
+    try:
+        plugin.check(options, spec.tasks)
+    except OSError as exc:  # a path the file system refuses (too long, not a folder, no permission)
+        raise SpecError(_os_message(exc), key="dataset") from None
+    try:
+        check_backbone(spec.backbone)
+    except OSError as exc:
+        raise SpecError(_os_message(exc), key="backbone") from None
     if spec.reference is not None:
-        from .errors import DataError
         from .metrics import load_reference
 
         try:
@@ -49,6 +54,19 @@ def validate_components(spec: SearchSpec) -> None:
 
 
 def load_data(spec: SearchSpec) -> TaskData:
-    """Load (or generate) the spec's data set."""
+    """Load (or generate) the spec's data set.
+
+    Raises:
+        DataError: the data is missing, unreadable or inconsistent (also for file-system errors).
+    """
     plugin, options = dataset_plugin(spec)
-    return plugin.load(options, spec.tasks)
+    try:
+        return plugin.load(options, spec.tasks)
+    except OSError as exc:
+        raise DataError(_os_message(exc)) from None
+
+
+def _os_message(exc: OSError) -> str:
+    name = exc.filename if isinstance(exc.filename, str) else None
+    shown = name if name is None or len(name) <= 80 else name[:77] + "..."
+    return f"{shown}: {exc.strerror or exc}" if shown else str(exc.strerror or exc)

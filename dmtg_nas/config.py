@@ -20,12 +20,17 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import SpecError, allowed, suggest
 from .presets import PresetKind, find_preset, list_presets
 
 __all__ = [
+    "MAX_EPOCHS",
+    "MAX_SEED",
+    "MAX_WIDTH",
+    "Seed",
+    "Width",
     "TaskConfig",
     "SplitConfig",
     "DatasetConfig",
@@ -64,11 +69,28 @@ TASK_LOSSES: dict[str, tuple[str, ...]] = {
 _TYPE_CHANNELS = {"regression": 1, "binary": 1, "depth": 1, "normals": 3, "keypoints": 1, "edges": 1}
 Schedule = Literal["constant", "linear", "exponential", "cosine"]
 
+# Upper bounds of numbers that size something. They are far above any real setting and keep every
+# value within what torch, numpy and the random generators accept (1e30 epochs is a typo, not a plan).
+MAX_SEED = 2**31 - 1
+MAX_EPOCHS = 1_000_000
+MAX_WIDTH = 65_536  # layer widths, channels, head sizes
+MAX_BATCH = 1_048_576
+MAX_COUNT = 1_000_000_000  # samples, steps, limits
+Seed = typing.Annotated[int, Field(ge=0, le=MAX_SEED)]
+Width = typing.Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+Epochs = typing.Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
+
+# A spec document may not expand (through YAML anchors and aliases) beyond this many values, nor
+# nest deeper than this: real specs hold a few hundred values, a handful of levels deep.
+MAX_DOCUMENT_NODES = 200_000
+MAX_DOCUMENT_DEPTH = 32
+
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, types are not coerced."""
+    """Base for every config section: unknown keys are errors, types are not coerced, floats must
+    be finite (no ``.nan`` / ``.inf``)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
 
 
 class TaskConfig(StrictModel):
@@ -76,10 +98,11 @@ class TaskConfig(StrictModel):
 
     name: str = Field(min_length=1)
     type: TaskType
-    num_classes: int | None = Field(default=None, ge=2)  # multiclass and segmentation
+    num_classes: int | None = Field(default=None, ge=2, le=MAX_WIDTH)  # multiclass and segmentation
     weight: float = Field(default=1.0, gt=0)  # multiplies the task's loss
     loss: str | None = None  # override of the type's default loss (see TASK_LOSSES)
-    ignore_index: int = 255  # segmentation: target value that takes no loss and no metric
+    # segmentation: target value that takes no loss and no metric
+    ignore_index: int = Field(default=255, ge=-(2**31), le=2**31 - 1)
     threshold: float = Field(default=0.5, gt=0, lt=1)  # keypoints, edges: F1 binarises maps at this value
 
     @model_validator(mode="after")
@@ -121,7 +144,7 @@ class SplitConfig(StrictModel):
 
     val: float = Field(default=0.1, ge=0, lt=1)
     test: float = Field(default=0.1, ge=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _sum(self) -> SplitConfig:
@@ -147,7 +170,7 @@ class BackboneConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True)
     name: str
-    shared_stem: int = Field(default=0, ge=0)
+    shared_stem: int = Field(default=0, ge=0, le=MAX_WIDTH)
 
 
 class HeadsConfig(StrictModel):
@@ -157,10 +180,10 @@ class HeadsConfig(StrictModel):
     last ``decoder_maps`` feature maps at ``decoder_width`` channels and upsamples to the input size.
     """
 
-    hidden: list[typing.Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    hidden: list[Width] = Field(default_factory=list)
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    decoder_width: int = Field(default=64, ge=1)
-    decoder_maps: int = Field(default=3, ge=1)
+    decoder_width: Width = 64
+    decoder_maps: int = Field(default=3, ge=1, le=64)
 
 
 class TemperatureConfig(StrictModel):
@@ -185,17 +208,17 @@ class LRScheduleConfig(StrictModel):
     """Learning-rate schedule, stepped per epoch."""
 
     name: Literal["none", "step", "multistep", "plateau", "cosine"] = "none"
-    step_size: int = Field(default=15, ge=1)  # step
-    milestones: list[int] = Field(default_factory=list)  # multistep
+    step_size: Epochs = 15  # step
+    milestones: list[Epochs] = Field(default_factory=list)  # multistep
     gamma: float = Field(default=0.5, gt=0, le=1)  # step, multistep
     factor: float = Field(default=0.5, gt=0, lt=1)  # plateau
-    patience: int = Field(default=3, ge=0)  # plateau
+    patience: int = Field(default=3, ge=0, le=MAX_EPOCHS)  # plateau
 
 
 class FinetuneConfig(StrictModel):
     """Optional training of the pruned grouped network after the search."""
 
-    epochs: int = Field(default=0, ge=0)
+    epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS)
     lr: float | None = Field(default=None, gt=0)  # default: the search learning rate
     init: Literal["search", "scratch"] = "search"  # continue from the search weights, or fresh weights
 
@@ -204,10 +227,10 @@ class WarmupConfig(StrictModel):
     """Warm start of the grouping logits (see :mod:`dmtg_nas.warmstart`)."""
 
     method: Literal["none", "attribution"] = "none"
-    epochs: int = Field(default=15, ge=1)  # single-task training epochs (at least min_steps steps)
-    min_steps: int = Field(default=400, ge=0)  # small data sets train more epochs to reach this many steps
-    rank: int = Field(default=4, ge=1)  # input-gradient subspace dimension
-    samples: int = Field(default=2048, ge=8)  # training inputs used for the attribution
+    epochs: Epochs = 15  # single-task training epochs (at least min_steps steps)
+    min_steps: int = Field(default=400, ge=0, le=MAX_COUNT)  # small data sets train more epochs to reach this
+    rank: int = Field(default=4, ge=1, le=MAX_WIDTH)  # input-gradient subspace dimension
+    samples: int = Field(default=2048, ge=8, le=MAX_COUNT)  # training inputs used for the attribution
     strength: float = Field(default=3.0, ge=0)  # added to each task's warm-start branch logit
     # number of clusters: "eigengap" picks 2..K from the affinity's spectrum (branches beyond it start
     # free); "k" always cuts into K clusters
@@ -233,14 +256,14 @@ class StrategyConfig(StrictModel):
     init: InitConfig = Field(default_factory=InitConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     entropy_weight: float = Field(default=0.0, ge=0)  # + w * mean entropy of softmax(logits)
-    epochs: int = Field(default=100, ge=1)
-    batch_size: int = Field(default=256, ge=1)
-    eval_batch_size: int | None = Field(default=None, ge=1)
+    epochs: Epochs = 100
+    batch_size: int = Field(default=256, ge=1, le=MAX_BATCH)
+    eval_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)
     gradient_clip: float | None = Field(default=None, gt=0)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: int = Field(default=0, ge=0)
+    num_workers: int = Field(default=0, ge=0, le=256)
 
 
 class SearchSpec(StrictModel):
@@ -257,6 +280,17 @@ class SearchSpec(StrictModel):
     # single-task (or any reference) results for normalized gain and Delta_m: metrics.json files
     reference: str | list[str] | None = None
     tuning: TuningConfig | None = None  # `dmtg tune` / `dmtg portal`: what to tune (TuningConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        # the name becomes part of output folder names (runs/<name>-<time>) and study names
+        if value.startswith(".") or value != value.strip() or re.search(r"[/\\\x00-\x1f\x7f]", value):
+            raise ValueError(
+                f"name {_show(value)} is used in folder names: no '/', '\\', control characters, "
+                "leading '.' or surrounding spaces"
+            )
+        return value
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> SearchSpec:
@@ -283,21 +317,22 @@ class TuningConfig(StrictModel):
     scale. ``null`` for a range keeps the spec's own value (not tuned).
     """
 
-    trials: int = Field(default=20, ge=1)  # trials of the study in total (all workers together)
+    trials: int = Field(default=20, ge=1, le=MAX_COUNT)  # trials of the study in total (all workers together)
     groups: list[int] | None = None  # K range; default [2, min(N, 6)]
     tau_init: list[float] | None = Field(default_factory=lambda: [0.5, 5.0])
     tau_final: list[float] | None = Field(default_factory=lambda: [0.05, 1.0])  # not for 'constant'
     schedules: list[Schedule] = Field(default_factory=lambda: list(typing.get_args(Schedule)), min_length=1)
     lr: list[float] | None = Field(default_factory=lambda: [3e-4, 1e-2])
     logits_lr: list[float] | None = None
-    epochs: int | None = Field(default=None, ge=1)  # search epochs per trial (default: strategy.epochs)
+    epochs: Epochs | None = None  # search epochs per trial (default: strategy.epochs)
     branch_cost: float = Field(default=0.0, ge=0)  # score = val total loss + branch_cost * branches used
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
-    seed: int = 0
-    storage: str | None = None  # default: sqlite:///OUT/study.db; a *.log/*.jsonl path: journal file
-    heartbeat: int = Field(default=60, ge=1)  # seconds; a worker silent 2x this long is dead (RDB storages)
-    retries: int = Field(default=1, ge=0)  # times a dead worker's trial is run again
+    seed: Seed = 0
+    # default: sqlite:///OUT/study.db; a *.log/*.jsonl path: journal file
+    storage: str | None = Field(default=None, min_length=1)
+    heartbeat: int = Field(default=60, ge=1, le=86_400)  # seconds; a worker silent 2x this long is dead (RDB storages)
+    retries: int = Field(default=1, ge=0, le=1000)  # times a dead worker's trial is run again
 
     @model_validator(mode="after")
     def _ranges(self) -> TuningConfig:
@@ -327,6 +362,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"cannot read file: {exc.strerror}", source=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not a UTF-8 text file (byte {exc.start})", source=str(path)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -334,17 +371,50 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"invalid YAML{where}: {problem}", source=str(path)) from None
+    except RecursionError:
+        raise SpecError(f"the document nests deeper than {MAX_DOCUMENT_DEPTH} levels", source=str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise SpecError(f"the document must be a mapping, got {type(data).__name__}", source=str(path))
+    try:
+        check_document(data)
+    except SpecError as exc:
+        raise exc.located(str(path)) from None
     return data
+
+
+def check_document(doc: Any) -> None:
+    """Reject documents no spec can be: more than :data:`MAX_DOCUMENT_NODES` values once YAML
+    aliases are expanded (an "alias bomb"), deeper than :data:`MAX_DOCUMENT_DEPTH` levels, or
+    holding NUL characters (which no file name or option can contain).
+
+    Stops at the first problem, so its cost is bounded by the limits, not by the document.
+    """
+    count = 0
+    stack: list[tuple[Any, str, int]] = [(doc, "", 0)]
+    while stack:
+        node, key, depth = stack.pop()
+        count += 1
+        if count > MAX_DOCUMENT_NODES:
+            raise SpecError(f"the document expands to more than {MAX_DOCUMENT_NODES} values (YAML aliases?)")
+        if depth > MAX_DOCUMENT_DEPTH:
+            raise SpecError(f"nested deeper than {MAX_DOCUMENT_DEPTH} levels", key=key or None)
+        if isinstance(node, str) and "\x00" in node:
+            raise SpecError("contains a NUL character", key=key or None)
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                if isinstance(k, str) and "\x00" in k:
+                    raise SpecError("a key contains a NUL character", key=key or None)
+                stack.append((v, _join(key, [str(k)]), depth + 1))
+        elif isinstance(node, list):
+            stack.extend((v, _join(key, [i]), depth + 1) for i, v in enumerate(node))
 
 
 def _locate(ref: str, kind: PresetKind, relative_to: Path | None) -> Path:
     """Resolve a preset name or a path (absolute, relative to ``relative_to``, or to the CWD)."""
     candidates = []
-    as_path = Path(ref).expanduser()
+    as_path = _expand_user(ref)
     if as_path.is_absolute():
         candidates.append(as_path)
     else:
@@ -352,14 +422,24 @@ def _locate(ref: str, kind: PresetKind, relative_to: Path | None) -> Path:
             candidates.append(relative_to / as_path)
         candidates.append(Path.cwd() / as_path)
     for cand in candidates:
-        if cand.is_file():
-            return cand.resolve()
+        try:
+            if cand.is_file():
+                return cand.resolve()
+        except (OSError, ValueError) as exc:  # a name the file system refuses (too long, NUL)
+            reason = getattr(exc, "strerror", None) or exc
+            raise SpecError(f"cannot use {_show(ref)} as a file name: {reason}") from None
     preset = find_preset(kind, ref)
     if preset is not None:
         return preset
     names = list_presets(kind)
     label = "search space" if kind == "search_spaces" else "strategy preset"
-    raise SpecError(f"no file or shipped {label} named {ref!r}{suggest(ref, names)}; shipped: {allowed(names)}")
+    folder = next((c for c in candidates if c.is_dir()), None)
+    what = (
+        f"{folder} is a folder, not a YAML file, and there is no shipped {label} of that name"
+        if folder
+        else (f"no file or shipped {label} named {_show(ref)}{suggest(ref, names)}")
+    )
+    raise SpecError(f"{what}; shipped: {allowed(names)}")
 
 
 def _deep_merge(base: dict[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
@@ -416,7 +496,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise SpecError(f"override {item!r} must look like 'dotted.key=value'", source="--set")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key, value
 
@@ -466,11 +546,19 @@ def _expand_strategy(doc: dict[str, Any], folder: Path | None, source: str) -> N
 _PATH_KEYS = ("path", "root", "cache")
 
 
+def _expand_user(value: str) -> Path:
+    """``~`` and ``~user`` expanded; left as is when that user has no home folder."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        return Path(value)
+
+
 def _absolute(value: Any, folder: Path) -> Any:
-    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+    if isinstance(value, str) and value and not _expand_user(value).is_absolute():
         return str((folder / value).resolve())
     if isinstance(value, str) and value:
-        return str(Path(value).expanduser())
+        return str(_expand_user(value))
     return value
 
 
@@ -503,6 +591,10 @@ def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = (
         SpecError: the spec, a file it names or an override is invalid.
     """
     if isinstance(spec, Mapping):
+        try:
+            check_document(spec)
+        except SpecError as exc:
+            raise exc.located("<spec>") from None
         doc = copy.deepcopy(dict(spec))
         folder: Path | None = None
         source = "<spec>"
@@ -516,19 +608,27 @@ def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = (
     overridden: list[str] = []
     for item in overrides:
         key, value = parse_override(item)
+        try:
+            check_document(value)
+        except SpecError as exc:
+            raise SpecError(exc.message, source="--set", key=key) from None
         if key == "strategy" or key.startswith("strategy."):
             _expand_strategy(doc, folder, source)
         _set_dotted(doc, key, value)
         if key == "strategy":
             _expand_strategy(doc, Path.cwd(), "--set")
         if key in (*(f"dataset.{k}" for k in _PATH_KEYS), "backbone.pretrained") and isinstance(value, str) and value:
-            _set_dotted(doc, key, str(Path(value).expanduser().resolve()))
+            _set_dotted(doc, key, str(_expand_user(value).resolve()))
         if key == "reference":
             ref = doc["reference"]
             doc["reference"] = (
                 [_absolute(r, Path.cwd()) for r in ref] if isinstance(ref, list) else _absolute(ref, Path.cwd())
             )
         overridden.append(key)
+    try:
+        check_document(doc)
+    except SpecError as exc:
+        raise SpecError(exc.message, source="--set" if overridden else source, key=exc.key) from None
     _user_tasks(doc)
     try:
         result = validate_model(SearchSpec, doc)
@@ -635,8 +735,8 @@ def _check_keys(model: type[BaseModel], data: Mapping[str, Any], prefix: str) ->
         if sub is None:
             continue
         value = data[name]
-        if is_list and isinstance(value, list):
-            for i, item in enumerate(value):
+        if is_list:  # a mapping where a list belongs is a type error, reported by pydantic
+            for i, item in enumerate(value if isinstance(value, list) else []):
                 if isinstance(item, Mapping):
                     _check_keys(sub, item, _join(prefix, [name, i]))
         elif isinstance(value, Mapping):

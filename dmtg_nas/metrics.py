@@ -44,6 +44,9 @@ def load_reference(paths: str | Path | Sequence[str | Path]) -> Results:
             raise DataError(f"{path}: cannot read the reference file ({exc.strerror})") from None
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: the reference file is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        except (UnicodeDecodeError, RecursionError) as exc:
+            what = "nests too deep" if isinstance(exc, RecursionError) else "is not UTF-8 text"
+            raise DataError(f"{path}: the reference file {what}") from None
         if not isinstance(doc, dict):
             raise DataError(f"{path}: a reference file must hold a JSON object")
         splits = {s: doc[s] for s in ("val", "test") if isinstance(doc.get(s), dict)} or {"test": doc}

@@ -37,5 +37,6 @@ def find_preset(kind: PresetKind, name: str) -> Path | None:
     folder = preset_dir(kind)
     if folder is None:
         return None
-    path = folder / f"{name}.yaml"
-    return path if path.is_file() else None
+    if name not in list_presets(kind):  # only bare names of shipped files, never a path
+        return None
+    return folder / f"{name}.yaml"

@@ -11,6 +11,8 @@ loads and runs without NNI.
 from __future__ import annotations
 
 import copy
+import pickle
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -220,8 +222,16 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Gr
         raise DmtgError(f"{path}: no saved grouped network here")
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused a global: never fall back to full pickle
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise DmtgError(
+            f"{path}: not a readable grouped-network file: it holds pickled Python objects{what}, which are never "
+            "loaded (the format is tensors and plain data only)"
+        ) from None
     except Exception as exc:
-        raise DmtgError(f"{path}: not a readable grouped-network file ({exc})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DmtgError(f"{path}: not a readable grouped-network file ({first})") from None
     if not isinstance(blob, dict) or blob.get("format") != "dmtg-nas/grouped-network/1":
         raise DmtgError(f"{path}: not a dmtg-nas grouped-network file")
     net = GroupedNetwork.from_architecture(blob["architecture"], blob["assignment"], blob["branch_ids"])

@@ -88,14 +88,24 @@ def test_missing_files_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"list_attr_celeba\.txt: line 3 has 2 values, expected 40"):
         load_data(load_spec(_spec(root)))
 
+    # a missing image fails when the data is loaded (before any training), naming the file
     root = write_celeba(tmp_path / "c3", n=10)
-    (root / "img_align_celeba" / "000003.jpg").write_bytes(b"not a jpeg")
     (root / "img_align_celeba" / "000001.jpg").unlink()
+    with pytest.raises(DataError, match=r"1 image files listed in list_attr_celeba\.txt are missing: 000001\.jpg"):
+        load_data(load_spec(_spec(root)))
+    # with limit, only the images in use must be there (000001.jpg is the first training image)
+    (root / "img_align_celeba" / "000002.jpg").rename(root / "img_align_celeba" / "000001.jpg")
+    data = load_data(load_spec(_spec(root, limit=1)))
+    assert data.sizes() == {"train": 1, "val": 1, "test": 1}
+    # a corrupt one when it is decoded
+    root = write_celeba(tmp_path / "c4", n=10)
+    (root / "img_align_celeba" / "000003.jpg").write_bytes(b"not a jpeg")
     data = load_data(load_spec(_spec(root)))
-    with pytest.raises(DataError, match=r"000001\.jpg: image file not found"):
-        data.train[0]
     with pytest.raises(DataError, match=r"000003\.jpg: cannot read image"):
         data.train[2]
+    (root / "img_align_celeba" / "000001.jpg").unlink()  # removed after loading: named when read
+    with pytest.raises(DataError, match=r"000001\.jpg: image file not found"):
+        data.train[0]
 
 
 def test_cache_matches_decoding_and_is_reused(tmp_path: Path) -> None:

@@ -96,9 +96,9 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 class CelebAOptions(StrictModel):
     root: str = Field(min_length=1)
     size: int = Field(default=64, ge=8, le=1024)  # images are resized to size x size
-    crop: int | None = Field(default=None, ge=8)  # centred square crop of this side before resizing
+    crop: int | None = Field(default=None, ge=8, le=65_536)  # centred square crop of this side before resizing
     cache: str | None = None  # folder for a one-time resized uint8 cache (memory-mapped)
-    limit: int | None = Field(default=None, ge=1)  # use at most this many images per split
+    limit: int | None = Field(default=None, ge=1, le=1_000_000_000)  # use at most this many images per split
 
 
 def _attr_file(root: Path) -> Path:
@@ -306,6 +306,19 @@ class _RawImages(Dataset[np.ndarray]):
         return self.source.image(index)
 
 
+def _check_images_present(image_dir: Path, files: np.ndarray, index: Path) -> None:
+    """Fail before training when image files listed in the index are missing (one directory listing,
+    cheap even for all of CelebA). Unreadable or corrupt files are found when they are decoded."""
+    try:
+        present = set(os.listdir(image_dir))
+    except OSError as exc:
+        raise DataError(f"{image_dir}: cannot list the image folder ({exc.strerror})") from None
+    missing = [name for name in (f.decode() for f in files) if name not in present]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise DataError(f"{image_dir}: {len(missing)} image files listed in {index.name} are missing: {shown}")
+
+
 class CelebADataset:
     """CelebA attributes as binary tasks (see the module docstring)."""
 
@@ -335,16 +348,24 @@ class CelebADataset:
         names = [t.name for t in tasks]
         files, labels, partition = read_celeba_index(root, names)
         image_dir = root / "img_align_celeba"
-        cache_file = None
-        if options.cache is not None:
-            cache_file = build_cache(image_dir, files, options.size, options.crop, Path(options.cache))
-        parts: dict[str, CelebAImages] = {}
+        chosen: dict[str, np.ndarray] = {}
         for split, code in SPLITS.items():
             idx = np.flatnonzero(partition == code)
             if options.limit is not None:
                 idx = idx[: options.limit]
             if len(idx) == 0:
                 raise DataError(f"{_partition_file(root)}: the {split} partition ({code}) has no images")
+            chosen[split] = idx
+        cache_file = None
+        if options.cache is not None:
+            cached, _ = _cache_path(Path(options.cache), files, options.size, options.crop)
+            if not cached.is_file():
+                _check_images_present(image_dir, files, _attr_file(root))
+            cache_file = build_cache(image_dir, files, options.size, options.crop, Path(options.cache))
+        else:
+            _check_images_present(image_dir, files[np.concatenate(list(chosen.values()))], _attr_file(root))
+        parts: dict[str, CelebAImages] = {}
+        for split, idx in chosen.items():
             parts[split] = CelebAImages(
                 image_dir, files[idx], labels[idx], names, options.size, options.crop, cache_file, rows=idx
             )

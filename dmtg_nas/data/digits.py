@@ -59,7 +59,7 @@ DIGIT_ATTRIBUTES: dict[str, frozenset[int]] = {
 class DigitsOptions(StrictModel):
     size: int = Field(default=16, ge=8, le=224)  # upsampled side length
     channels: Literal[1, 3] = 1
-    samples: int | None = Field(default=None, ge=10)  # use a seeded random subset of this many images
+    samples: int | None = Field(default=None, ge=10, le=1_000_000_000)  # use a seeded random subset of this many images
     split: SplitConfig = Field(default_factory=lambda: SplitConfig(val=0.15, test=0.25, seed=0))
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from ..config import SplitConfig, StrictModel, TaskConfig
+from ..config import MAX_WIDTH, Seed, SplitConfig, StrictModel, TaskConfig, Width
 from ..errors import SpecError
 from .base import TaskData, TensorTaskDataset, random_split
 
@@ -35,15 +35,15 @@ __all__ = ["PlantedDataset", "PlantedOptions", "planted_partition"]
 
 
 class PlantedOptions(StrictModel):
-    group_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [2, 3, 4], min_length=1)
-    input_dim: int = Field(default=32, ge=1)
-    latent_dim: int = Field(default=8, ge=1)
+    group_sizes: list[Annotated[int, Field(ge=1, le=10_000)]] = Field(default_factory=lambda: [2, 3, 4], min_length=1)
+    input_dim: Width = 32
+    latent_dim: Width = 8
     noise: float = Field(default=0.1, ge=0)
-    samples: int = Field(default=4000, ge=10)
-    seed: int = 0
+    samples: int = Field(default=4000, ge=10, le=10_000_000)
+    seed: Seed = 0
     split: SplitConfig = Field(default_factory=lambda: SplitConfig(val=0.2, test=0.2))
     relation: Literal["random", "opposed"] = "random"  # opposed: every second task of a group ~ -previous
-    image_size: int | None = Field(default=None, ge=2)  # inputs as (1, s, s) images; needs input_dim = s*s
+    image_size: int | None = Field(default=None, ge=2, le=MAX_WIDTH)  # inputs as (1, s, s); input_dim = s*s
 
 
 def planted_partition(task_names: Sequence[str], group_sizes: Sequence[int], seed: int) -> list[list[str]]:

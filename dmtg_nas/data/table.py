@@ -1,11 +1,19 @@
-"""``table``: a CSV or NPZ file with one column (array) per task and the rest as features."""
+"""``table``: a CSV or NPZ file with one column (array) per task and the rest as features.
+
+Empty CSV cells read as missing values. A row with a missing or non-finite (NaN, inf) value in a
+column the spec uses (a feature or a task target) is an error naming the column and the first bad
+rows (``nonfinite: error``, the default), or is left out of every split (``nonfinite: drop``, with a
+logged warning that counts the dropped rows).
+"""
 
 from __future__ import annotations
 
 import csv
+import logging
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -17,6 +25,8 @@ from .base import TaskData, TensorTaskDataset, encode_targets, random_split
 
 __all__ = ["TableDataset", "read_table"]
 
+_logger = logging.getLogger(__name__)
+
 
 class TableOptions(StrictModel):
     path: str = Field(min_length=1)  # .csv or .npz
@@ -24,6 +34,7 @@ class TableOptions(StrictModel):
     split: SplitConfig = Field(default_factory=SplitConfig)
     standardize: bool = True  # features and regression targets, with training-split statistics
     delimiter: str = Field(default=",", min_length=1, max_length=1)  # csv only
+    nonfinite: Literal["error", "drop"] = "error"  # rows with missing/NaN/inf values in used columns
 
 
 def read_table(path: Path, delimiter: str = ",") -> dict[str, np.ndarray]:
@@ -32,13 +43,29 @@ def read_table(path: Path, delimiter: str = ",") -> dict[str, np.ndarray]:
         raise DataError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix == ".npz":
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"{path}: not an NPZ file (not a zip archive)")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 return {name: np.asarray(npz[name]) for name in npz.files}
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable NPZ file ({exc})") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{path}: not a readable NPZ file ({_first_line(exc)})") from None
     if suffix != ".csv":
         raise DataError(f"{path}: unsupported table format {suffix!r}; use .csv or .npz")
+    try:
+        return _read_csv(path, delimiter)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
+    except (OSError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read the CSV file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "strerror", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _read_csv(path: Path, delimiter: str) -> dict[str, np.ndarray]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         try:
@@ -65,6 +92,70 @@ def read_table(path: Path, delimiter: str = ",") -> dict[str, np.ndarray]:
     return {name: data[:, i] for i, name in enumerate(header)}
 
 
+def _columns(path: Path, delimiter: str) -> list[str]:
+    """The column names of a table file, reading only its header (CSV) or index (NPZ)."""
+    try:
+        if path.suffix.lower() == ".csv":
+            with path.open(newline="", encoding="utf-8") as handle:
+                return [h.strip() for h in next(csv.reader(handle, delimiter=delimiter), [])]
+        if not zipfile.is_zipfile(path):
+            raise SpecError(f"{path}: not an NPZ file (not a zip archive)", key="dataset.path")
+        return _npz_columns(path)
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not a UTF-8 text file (byte {exc.start})", key="dataset.path") from None
+    except (OSError, ValueError, EOFError, csv.Error, zipfile.BadZipFile) as exc:
+        kind = "CSV" if path.suffix.lower() == ".csv" else "NPZ"
+        raise SpecError(f"{path}: not a readable {kind} file ({_first_line(exc)})", key="dataset.path") from None
+
+
+def _npz_columns(path: Path) -> list[str]:
+    """Array names of an NPZ, reading only each array's header; an array of Python objects (which
+    only pickle could read) is refused here, before anything is loaded."""
+    names = []
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            if not member.endswith(".npy"):
+                continue
+            name = member[: -len(".npy")]
+            with archive.open(member) as handle:
+                version = np.lib.format.read_magic(handle)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                _, _, dtype = read(handle)
+            if dtype.hasobject:
+                raise SpecError(
+                    f"{path}: array {name!r} holds Python objects (pickled data), which are never loaded; "
+                    "store numeric arrays",
+                    key="dataset.path",
+                )
+            names.append(name)
+    return names
+
+
+def _row_name(path: Path, row: int) -> str:
+    """How a data row is named in messages: the CSV line (after the header) or the NPZ row index."""
+    return f"line {row + 2}" if path.suffix.lower() == ".csv" else f"row {row}"
+
+
+def _nonfinite_rows(path: Path, used: dict[str, np.ndarray], policy: str) -> np.ndarray:
+    """Boolean mask (n,) of rows to keep; raises for ``policy == "error"`` when a row is bad."""
+    n = next(iter(used.values())).shape[0]
+    keep = np.ones(n, dtype=bool)
+    for name, values in used.items():
+        if values.dtype.kind not in "biuf":
+            continue  # non-numeric: the target encoder names the column
+        bad = ~np.isfinite(values.reshape(n, -1)).all(axis=1)
+        if policy == "error" and bad.any():
+            rows = np.flatnonzero(bad)
+            shown = ", ".join(_row_name(path, int(r)) for r in rows[:5])
+            more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+            raise DataError(
+                f"{path}: column {name!r} has a missing or non-finite value (NaN, inf) at {shown}{more}; "
+                "fix the file or set dataset.nonfinite: drop to leave such rows out"
+            )
+        keep &= ~bad
+    return keep
+
+
 def _is_float(cell: str) -> bool:
     try:
         float(cell)
@@ -75,12 +166,12 @@ def _is_float(cell: str) -> bool:
 
 def _feature_names(columns: Sequence[str], tasks: Sequence[TaskConfig], options: TableOptions) -> list[str]:
     task_names = {t.name for t in tasks}
-    for task in tasks:
+    for i, task in enumerate(tasks):
         if task.name not in columns:
             raise SpecError(
                 f"task {task.name!r} has no column in {options.path}{suggest(task.name, columns)}; "
                 f"columns: {', '.join(columns)}",
-                key="tasks",
+                key=f"tasks[{i}].name",
             )
     if options.features is None:
         names = [c for c in columns if c not in task_names]
@@ -107,42 +198,49 @@ class TableDataset:
     def check(self, options: TableOptions, tasks: Sequence[TaskConfig]) -> None:
         path = Path(options.path)
         if not path.is_file():
-            raise SpecError(f"file not found: {path}", key="dataset.path")
+            what = "is a folder, not a file" if path.is_dir() else "file not found"
+            raise SpecError(f"{what}: {path}", key="dataset.path")
         if path.suffix.lower() not in (".csv", ".npz"):
             raise SpecError(f"unsupported table format {path.suffix!r}; use .csv or .npz", key="dataset.path")
-        if path.suffix.lower() == ".csv":
-            with path.open(newline="", encoding="utf-8") as handle:
-                header = [h.strip() for h in next(csv.reader(handle, delimiter=options.delimiter), [])]
-            _feature_names(header, tasks, options)
-        else:
-            with np.load(path, allow_pickle=False) as npz:
-                _feature_names(list(npz.files), tasks, options)
+        columns = _columns(path, options.delimiter)
+        if not columns:
+            raise SpecError(f"{path}: empty file (no header row)", key="dataset.path")
+        _feature_names(columns, tasks, options)
 
     def load(self, options: TableOptions, tasks: Sequence[TaskConfig]) -> TaskData:
         path = Path(options.path)
         columns = read_table(path, options.delimiter)
         features = _feature_names(list(columns), tasks, options)
+        for name in features:
+            if columns[name].dtype.kind not in "biuf" or columns[name].ndim == 0:
+                raise DataError(f"{path}: feature {name!r} must be numeric with one row per sample")
         arrays = [columns[f].reshape(len(columns[f]), -1).astype(np.float64) for f in features]
         n = arrays[0].shape[0]
         for name, arr in zip(features, arrays):
             if arr.shape[0] != n:
                 raise DataError(f"{path}: feature {name!r} has {arr.shape[0]} rows, expected {n}")
-        x = np.concatenate(arrays, axis=1)
-        if not np.all(np.isfinite(x)):
-            row, col = map(int, np.argwhere(~np.isfinite(x))[0])
-            raise DataError(f"{path}: feature value at row {row}, feature column {col} is missing or not finite")
+        for task in tasks:
+            raw = columns[task.name]
+            if raw.ndim != 1 or raw.shape[0] != n:
+                raise DataError(f"{path}: task {task.name!r} must be one value per row")
+        used = {**{f: a for f, a in zip(features, arrays)}, **{t.name: columns[t.name] for t in tasks}}
+        keep = _nonfinite_rows(path, used, options.nonfinite)
+        dropped = int(n - keep.sum())
+        if dropped:
+            _logger.warning("%s: %d of %d rows have missing or non-finite values; dropped", path, dropped, n)
+            if dropped == n:
+                raise DataError(f"{path}: every row has a missing or non-finite value; nothing left to train on")
+        x = np.concatenate(arrays, axis=1)[keep]
+        n = x.shape[0]
         train_idx, val_idx, test_idx = random_split(n, options.split)
-        info: dict[str, object] = {"path": str(path), "features": features, "samples": n}
+        info: dict[str, object] = {"path": str(path), "features": features, "samples": n, "dropped_rows": dropped}
         if options.standardize:
             mean, std = x[train_idx].mean(0), x[train_idx].std(0)
             x = (x - mean) / np.where(std > 0, std, 1.0)
         targets: dict[str, torch.Tensor] = {}
         scales: dict[str, list[float]] = {}
         for task in tasks:
-            raw = columns[task.name]
-            if raw.ndim != 1 or raw.shape[0] != n:
-                raise DataError(f"{path}: task {task.name!r} must be one value per row")
-            y = encode_targets(task, raw, str(path))
+            y = encode_targets(task, columns[task.name][keep], str(path))
             if task.type == "regression" and options.standardize:
                 mu, sd = float(y[train_idx].mean()), float(y[train_idx].std())
                 y = (y - mu) / (sd if sd > 0 else 1.0)

@@ -44,7 +44,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -120,10 +120,10 @@ class TaskonomyOptions(StrictModel):
     buildings: BuildingLists | None = None  # explicit lists (override split)
     size: int = Field(default=256, ge=16, le=2048)
     depth_scale: float = Field(default=512.0, gt=0)  # file units per metre
-    depth_missing: int = 65535  # depth file value meaning "no data"
+    depth_missing: int = Field(default=65535, ge=0, le=65535)  # depth file value meaning "no data"
     normal_mask: Literal["depth", "none"] = "depth"
-    segment_ignore: list[int] = Field(default_factory=lambda: [0, 255])
-    limit: int | None = Field(default=None, ge=1)  # at most this many samples per split
+    segment_ignore: list[Annotated[int, Field(ge=0, le=65535)]] = Field(default_factory=lambda: [0, 255])
+    limit: int | None = Field(default=None, ge=1, le=1_000_000_000)  # at most this many samples per split
 
 
 def read_split_csv(path: Path) -> dict[str, list[str]]:
@@ -141,6 +141,8 @@ def read_split_csv(path: Path) -> dict[str, list[str]]:
                         out[split].append(row[0].strip())
     except OSError as exc:
         raise DataError(f"{path}: cannot read the split file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: the split file is not UTF-8 text") from None
     return out
 
 
@@ -149,7 +151,10 @@ def _building_lists(options: TaskonomyOptions) -> dict[str, list[str]]:
         return options.buildings.model_dump()
     if options.split == "tiny":
         return {k: list(v) for k, v in TINY_SPLIT.items()}
-    path = Path(options.split).expanduser()
+    try:
+        path = Path(options.split).expanduser()
+    except RuntimeError:  # ~user without a home folder
+        path = Path(options.split)
     if not path.is_file():
         raise SpecError(f"split must be 'tiny' or a split CSV file; not found: {path}", key="dataset.split")
     return read_split_csv(path)

@@ -10,6 +10,10 @@ returns the splits and the task definitions, either as a :class:`~dmtg_nas.data.
 
 The spec's ``tasks`` may then be left out (they come from the function), or list a subset of the
 returned tasks (types must agree). ``examples/user_dataset.py`` is a complete example.
+
+Splits that read files (anything but an in-memory ``TensorTaskDataset``) are wrapped so that an
+``OSError`` while reading an item (a missing file, an image PIL cannot decode) becomes a
+:class:`~dmtg_nas.errors.DataError` naming the data set, the split and the item index.
 """
 
 from __future__ import annotations
@@ -19,15 +23,36 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+from torch.utils.data import Dataset
 
 from ..config import TaskConfig, validate_model
 from ..errors import DataError, SpecError
 from ..registry import import_object
-from .base import TaskData
+from .base import TaskData, TensorTaskDataset
 
 __all__ = ["UserDataset", "user_tasks"]
 
 _LAST: dict[str, TaskData] = {}  # the last call's result, so a spec without tasks loads once
+
+
+class NamedItemErrors(Dataset[Any]):
+    """One split of a user data set; an ``OSError`` raised while reading item ``i`` is re-raised as
+    a :class:`DataError` that names the data set, the split and ``i`` (with the original message,
+    which for file errors holds the path)."""
+
+    def __init__(self, dataset: Dataset[Any], source: str, split: str) -> None:
+        self.dataset = dataset
+        self.source = source
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: Any) -> Any:
+        try:
+            return self.dataset[index]
+        except OSError as exc:
+            raise DataError(f"dataset {self.source!r}, {self.split} item {index}: {exc}") from None
 
 
 class UserOptions(BaseModel):
@@ -47,6 +72,8 @@ def _call(path: str, options: Mapping[str, Any]) -> TaskData:
         result = fn(**options)
     except TypeError as exc:
         raise SpecError(f"dataset {path!r} does not accept these options: {exc}", key="dataset") from None
+    except OSError as exc:
+        raise DataError(f"dataset {path!r} cannot read its data: {exc}") from None
     data = _to_task_data(result, path)
     _LAST.clear()
     _LAST[key] = data
@@ -60,11 +87,14 @@ def _to_task_data(result: Any, path: str) -> TaskData:
         missing = [k for k in ("train", "val", "test", "input_shape") if k not in result]
         if missing:
             raise DataError(f"dataset {path!r} returned a mapping without {', '.join(missing)}")
+        shape = result["input_shape"]
+        if not isinstance(shape, Sequence) or not shape or not all(isinstance(s, int) and s > 0 for s in shape):
+            raise DataError(f"dataset {path!r} returned input_shape {shape!r}; expected positive integers")
         data = TaskData(
             result["train"],
             result["val"],
             result["test"],
-            tuple(int(s) for s in result["input_shape"]),
+            tuple(shape),
             tasks=result.get("tasks"),
             info=dict(result.get("info", {})),
         )
@@ -114,6 +144,10 @@ class UserDataset:
                         f"dataset {self.path!r} defines {task.name!r} as {defined[task.name].type}, not {task.type}",
                         key=f"tasks[{i}].type",
                     )
+        for split in ("train", "val", "test"):
+            part = getattr(data, split)
+            if not isinstance(part, (TensorTaskDataset, NamedItemErrors)):
+                setattr(data, split, NamedItemErrors(part, self.path, split))
         if len(data.train) == 0:  # type: ignore[arg-type]
             raise DataError(f"dataset {self.path!r} returned an empty training split")
         _, targets = data.train[0]

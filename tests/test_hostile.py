@@ -1,0 +1,583 @@
+"""Hostile input: generated malformed specs, files and ``--set`` overrides must each give the
+project's own one-line error, exit code 2, no traceback and nothing written.
+
+Every example runs ``dmtg validate`` and ``dmtg search --out`` in-process. The valid starting point
+is a tiny planted spec, so a mutation that slipped through would fail the test (exit 0) after a
+second of training rather than hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import string
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dmtg_nas.backbones import MLPOptions
+from dmtg_nas.cli import main
+from dmtg_nas.config import (
+    HeadsConfig,
+    InitConfig,
+    LRScheduleConfig,
+    OptimizerConfig,
+    SearchSpec,
+    SplitConfig,
+    StrategyConfig,
+    TaskConfig,
+    TemperatureConfig,
+)
+from dmtg_nas.data import DATASETS
+from dmtg_nas.data.planted import PlantedOptions
+from dmtg_nas.presets import list_presets
+
+TASK_NAMES = ["t0", "t1", "t2", "t3"]
+
+
+def base_doc() -> dict[str, Any]:
+    """A valid spec that trains in about a second."""
+    return {
+        "name": "tiny",
+        "tasks": [{"name": t, "type": "regression"} for t in TASK_NAMES],
+        "dataset": {"name": "planted", "group_sizes": [2, 2], "input_dim": 8, "latent_dim": 3, "samples": 200},
+        "backbone": {"name": "mlp", "hidden": [8, 3]},
+        "heads": {"hidden": [4]},
+        "groups": 2,
+        "strategy": {"_base_": "dmtg-plain", "epochs": 1, "batch_size": 64, "finetune": {"epochs": 0}},
+    }
+
+
+@dataclass
+class Case:
+    """One hostile input: the spec file's content (a mapping, YAML text or raw bytes), extra files
+    next to it, ``--set`` overrides, and what the one-line error must contain."""
+
+    kind: str
+    spec: dict[str, Any] | str | bytes | None = None  # None: the spec path names no file
+    overrides: list[str] = field(default_factory=list)
+    expect: str | None = None  # a key path or message fragment the error must name
+    spec_is_dir: bool = False
+
+
+# ----------------------------------------------------------------------------------------------
+# Paths into the base document and what each accepts
+# ----------------------------------------------------------------------------------------------
+
+Accepts = Callable[[Any], bool]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_list(v: Any) -> bool:
+    return isinstance(v, list)
+
+
+def _is_map(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _one_of(*choices: str) -> Accepts:
+    return lambda v: isinstance(v, str) and v in choices
+
+
+PRESETS = set(list_presets("strategies")) | set(list_presets("search_spaces"))
+
+# path (as in error messages) -> values that path accepts; everything else must be refused
+TYPED_PATHS: dict[str, Accepts] = {
+    "name": _is_str,
+    "description": _is_str,
+    "tasks": _is_list,
+    "tasks[0]": _is_map,
+    "tasks[0].name": _is_str,
+    "tasks[0].type": lambda v: isinstance(v, str) and v in NAMED["tasks[0].type"],
+    "tasks[0].weight": _is_num,
+    "groups": _is_int,
+    "dataset": _is_map,
+    "dataset.name": _is_str,
+    "dataset.samples": _is_int,
+    "dataset.noise": _is_num,
+    "dataset.group_sizes": _is_list,
+    "dataset.split": _is_map,
+    "dataset.split.val": _is_num,
+    "dataset.relation": _one_of("random", "opposed"),
+    "backbone": _is_map,
+    "backbone.name": _is_str,
+    "backbone.hidden": _is_list,
+    "backbone.shared_stem": _is_int,
+    "backbone.activation": _one_of("relu", "gelu", "tanh", "silu"),
+    "heads": _is_map,
+    "heads.hidden": _is_list,
+    "heads.dropout": _is_num,
+    "strategy": lambda v: _is_map(v) or (isinstance(v, str) and v in PRESETS),
+    "strategy.epochs": _is_int,
+    "strategy.batch_size": _is_int,
+    "strategy.seed": _is_int,
+    "strategy.sample": _one_of("soft", "hard"),
+    "strategy.device": _one_of("auto", "cpu", "cuda"),
+    "strategy.temperature": _is_map,
+    "strategy.temperature.schedule": _one_of("constant", "linear", "exponential", "cosine"),
+    "strategy.temperature.init": _is_num,
+    "strategy.optimizer": _is_map,
+    "strategy.optimizer.name": _one_of("adam", "adamw", "sgd"),
+    "strategy.optimizer.lr": _is_num,
+    "strategy.init.logits": _is_num,
+    "strategy.finetune.epochs": _is_int,
+    "reference": lambda v: v is None,  # a str or list would name files: covered by the path cases
+}
+
+# mapping path -> the keys allowed there (any other key is an unknown key at that level)
+MAPPINGS: dict[str, set[str]] = {
+    "": set(SearchSpec.model_fields) | {"_base_"},
+    "tasks[0]": set(TaskConfig.model_fields),
+    "dataset": {"name", *PlantedOptions.model_fields},
+    "dataset.split": set(SplitConfig.model_fields),
+    "backbone": {"name", "shared_stem", *MLPOptions.model_fields},
+    "heads": set(HeadsConfig.model_fields),
+    "strategy": set(StrategyConfig.model_fields) | {"_base_"},
+    "strategy.temperature": set(TemperatureConfig.model_fields),
+    "strategy.optimizer": set(OptimizerConfig.model_fields),
+    "strategy.lr_schedule": set(LRScheduleConfig.model_fields),
+    "strategy.init": set(InitConfig.model_fields),
+}
+
+# numeric path -> values out of its range (including NaN, infinities and huge numbers)
+_NONFINITE = st.sampled_from([math.nan, math.inf, -math.inf])
+_HUGE = st.integers(min_value=2**31, max_value=10**30)
+OUT_OF_RANGE: dict[str, st.SearchStrategy[Any]] = {
+    "groups": st.one_of(st.integers(max_value=0), st.integers(min_value=65), _NONFINITE),
+    "strategy.epochs": st.one_of(st.integers(max_value=0), st.integers(min_value=1_000_001), _HUGE),
+    "strategy.batch_size": st.one_of(st.integers(max_value=0), st.integers(min_value=2**20 + 1)),
+    "strategy.seed": st.one_of(st.integers(max_value=-1), _HUGE),
+    "strategy.num_workers": st.one_of(st.integers(max_value=-1), st.integers(min_value=257)),
+    "strategy.optimizer.lr": st.one_of(st.floats(max_value=0.0), _NONFINITE),
+    "strategy.temperature.init": st.one_of(st.floats(max_value=0.0), _NONFINITE),
+    "strategy.init.logits": _NONFINITE,
+    "strategy.finetune.epochs": st.one_of(st.integers(max_value=-1), _HUGE),
+    "strategy.warmup.samples": st.one_of(st.integers(max_value=7), _HUGE),
+    "tasks[0].weight": st.one_of(st.floats(max_value=0.0), _NONFINITE),
+    "dataset.samples": st.one_of(st.integers(max_value=9), st.integers(min_value=10_000_001)),
+    "dataset.noise": st.one_of(st.floats(max_value=-1e-9), _NONFINITE),
+    "dataset.input_dim": st.one_of(st.integers(max_value=0), st.integers(min_value=65_537)),
+    "dataset.seed": st.one_of(st.integers(max_value=-1), _HUGE),
+    "dataset.split.val": st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0), _NONFINITE),
+    "backbone.hidden[0]": st.one_of(st.integers(max_value=0), st.integers(min_value=65_537)),
+    "heads.dropout": st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0), _NONFINITE),
+    "heads.hidden[0]": st.one_of(st.integers(max_value=0), _HUGE),
+}
+
+# name path -> the registered names (anything else is unknown)
+NAMED: dict[str, set[str]] = {
+    "dataset.name": set(DATASETS.names()),
+    "backbone.name": {"mlp", "convnet", "celeba_resnet"},
+    "strategy": PRESETS,
+    "strategy.temperature.schedule": {"constant", "linear", "exponential", "cosine"},
+    "strategy.optimizer.name": {"adam", "adamw", "sgd"},
+    "strategy.lr_schedule.name": {"none", "step", "multistep", "plateau", "cosine"},
+    "tasks[0].type": set(TaskConfig.model_fields["type"].annotation.__args__),  # type: ignore[union-attr]
+    "tasks[0].loss": {"mse", "l1", "smooth_l1"},
+}
+
+
+def _parts(path: str) -> list[str | int]:
+    out: list[str | int] = []
+    for piece in path.replace("]", "").split("."):
+        name, _, index = piece.partition("[")
+        if name:
+            out.append(name)
+        if index:
+            out.append(int(index))
+    return out
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> None:
+    node: Any = doc
+    parts = _parts(path)
+    for part in parts[:-1]:
+        if isinstance(part, str) and part not in node:
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _dotted(path: str) -> str:
+    return ".".join(str(p) for p in _parts(path))
+
+
+def _override(path: str, value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    text = text.removesuffix("\n...").removesuffix("...").strip()
+    return f"{_dotted(path)}={text}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Hypothesis strategies
+# ----------------------------------------------------------------------------------------------
+
+_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=24)  # no lone surrogates
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=2**63), st.floats(), _TEXT, st.dates()
+)
+_JSONISH = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_TEXT, inner, max_size=4)),
+    max_leaves=12,
+)
+_KEY = st.text(string.ascii_letters + "_", min_size=1, max_size=12)
+
+
+@st.composite
+def wrong_type(draw: st.DrawFn) -> Case:
+    path = draw(st.sampled_from(sorted(TYPED_PATHS)))
+    value = draw(_JSONISH.filter(lambda v: not TYPED_PATHS[path](v)))
+    doc = base_doc()
+    via_set = draw(st.booleans())
+    if via_set:
+        return Case("wrong type (--set)", doc, [_override(path, value)], expect=path)
+    _set(doc, path, value)
+    return Case("wrong type", doc, expect=path)
+
+
+@st.composite
+def unknown_key(draw: st.DrawFn) -> Case:
+    where = draw(st.sampled_from(sorted(MAPPINGS)))
+    key = draw(_KEY.filter(lambda k: k not in MAPPINGS[where]))
+    value = draw(_SCALARS)
+    path = f"{where}.{key}" if where else key
+    doc = base_doc()
+    if draw(st.booleans()):
+        return Case("unknown key (--set)", doc, [_override(path, value)], expect=path)
+    _set(doc, path, value)
+    return Case("unknown key", doc, expect=path)
+
+
+@st.composite
+def out_of_range(draw: st.DrawFn) -> Case:
+    path = draw(st.sampled_from(sorted(OUT_OF_RANGE)))
+    value = draw(OUT_OF_RANGE[path])
+    doc = base_doc()
+    if draw(st.booleans()) and not (isinstance(value, float) and not math.isfinite(value)):
+        return Case("out of range (--set)", doc, [_override(path, value)], expect=path)
+    _set(doc, path, value)
+    return Case("out of range", doc, expect=path)
+
+
+@st.composite
+def unknown_name(draw: st.DrawFn) -> Case:
+    path = draw(st.sampled_from(sorted(NAMED)))
+    # no ':' (that names user code, 'module:function'), nothing registered
+    name = draw(_TEXT.filter(lambda s: ":" not in s and s not in NAMED[path] and s.strip() == s))
+    doc = base_doc()
+    expect = "tasks[0]" if path == "tasks[0].loss" else path  # the loss is checked against the type
+    if draw(st.booleans()) and "\x00" not in name:
+        return Case("unknown name (--set)", doc, [_override(path, name)], expect=expect)
+    _set(doc, path, name)
+    return Case("unknown name", doc, expect=expect)
+
+
+@st.composite
+def bad_tasks_or_groups(draw: st.DrawFn) -> Case:
+    doc = base_doc()
+    choice = draw(st.sampled_from(["empty", "duplicate", "empty name", "groups", "no tasks key"]))
+    if choice == "empty":
+        doc["tasks"] = []
+        return Case("empty task list", doc, expect="tasks")
+    if choice == "duplicate":
+        i = draw(st.integers(0, 3))
+        doc["tasks"].insert(draw(st.integers(0, 4)), dict(doc["tasks"][i]))
+        return Case("duplicate task", doc, expect=f"duplicate task name 't{i}'")
+    if choice == "empty name":
+        i = draw(st.integers(0, 3))
+        doc["tasks"][i]["name"] = ""
+        return Case("empty task name", doc, expect=f"tasks[{i}].name")
+    if choice == "groups":
+        k = draw(st.integers(max_value=0))
+        return Case("groups K < 1", doc, [f"groups={k}"], expect="groups")
+    del doc["tasks"]
+    return Case("no tasks", doc, expect="tasks")
+
+
+@st.composite
+def deeply_wrong(draw: st.DrawFn) -> Case:
+    """A whole section (or the whole document) replaced by random nested data."""
+    section = draw(st.sampled_from(["tasks", "dataset", "backbone", "heads", "strategy", "tuning", "<document>"]))
+    allowed = {
+        "dataset": MAPPINGS["dataset"],
+        "backbone": MAPPINGS["backbone"],
+        "heads": MAPPINGS["heads"],
+        "strategy": MAPPINGS["strategy"],
+        "tuning": set(),
+    }
+
+    def invalid(value: Any) -> bool:
+        if section == "tasks":  # a list of mappings with a valid name and type is not wrong enough
+            return not (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)) or any(
+                set(v) - set(TaskConfig.model_fields) for v in value
+            )
+        if section == "<document>":
+            return True  # no random value holds name, tasks, dataset and groups
+        if isinstance(value, dict):
+            if section in ("dataset", "backbone") and value.get("name") not in NAMED[f"{section}.name"]:
+                return True  # no name, or an unknown one
+            return bool(set(map(str, value)) - allowed[section])
+        if section == "strategy" and isinstance(value, str):
+            return value not in PRESETS
+        return value is not None or section != "tuning"
+
+    value = draw(_JSONISH.filter(invalid))
+    if section == "<document>":
+        return Case("random document", yaml.safe_dump(value) if not isinstance(value, str) else value)
+    doc = base_doc()
+    doc[section] = value
+    return Case("random section", doc, expect=section)
+
+
+@st.composite
+def broken_yaml(draw: st.DrawFn) -> Case:
+    text = yaml.safe_dump(base_doc(), sort_keys=False)
+    lines = text.splitlines()
+    how = draw(st.sampled_from(["unclosed flow", "unterminated quote", "tab indent", "random text", "bytes"]))
+    if how == "unclosed flow":
+        at = draw(st.integers(0, len(lines)))
+        lines.insert(at, "broken: [1, 2")
+    elif how == "unterminated quote":
+        at = draw(st.integers(0, len(lines)))
+        lines.insert(at, 'broken: "no end')
+    elif how == "tab indent":
+        nested = [i for i, line in enumerate(lines) if line.startswith("  ")]
+        i = draw(st.sampled_from(nested))
+        lines[i] = "\t" + lines[i].lstrip(" ")
+    elif how == "random text":
+        return Case("random text", draw(st.text(st.characters(exclude_categories=("Cs",)), max_size=200)))
+    else:
+        blob = draw(st.binary(min_size=1, max_size=64))
+        return Case("random bytes", b"\xff" + blob)  # 0xff never starts valid UTF-8
+    return Case(f"YAML: {how}", "\n".join(lines) + "\n", expect="invalid YAML")
+
+
+@st.composite
+def bad_path(draw: st.DrawFn) -> Case:
+    doc = base_doc()
+    which = draw(
+        st.sampled_from(
+            [
+                "spec missing",
+                "spec is a folder",
+                "table missing",
+                "table is a folder",
+                "table not UTF-8",
+                "table empty",
+                "table bad npz",
+                "table pickled npz",
+                "table suffix",
+                "reference missing",
+                "reference folder",
+                "reference not UTF-8",
+                "base missing",
+                "base is a folder",
+                "celeba root is a file",
+                "long name",
+                "unknown user",
+            ]
+        )
+    )
+    table = {"name": "table", "path": None}
+    if which == "spec missing":
+        return Case(which, None, expect="no file or shipped search space")
+    if which == "spec is a folder":
+        return Case(which, None, spec_is_dir=True, expect="is a folder")
+    if which.startswith("table"):
+        file = {
+            "table missing": "missing.csv",
+            "table is a folder": "folder.csv",
+            "table not UTF-8": "garbage.csv",
+            "table empty": "empty.csv",
+            "table bad npz": "text.npz",
+            "table pickled npz": "pickled.npz",
+            "table suffix": "table.txt",
+        }[which]
+        doc["dataset"] = {**table, "path": file}
+        return Case(which, doc, expect="dataset.path")
+    if which.startswith("reference"):
+        doc["reference"] = {
+            "reference missing": "none.json",
+            "reference folder": ".",
+            "reference not UTF-8": "garbage.csv",
+        }[which]
+        return Case(which, doc, expect="reference")
+    if which.startswith("base"):
+        doc["_base_"] = "nothing.yaml" if which == "base missing" else "folder.csv"
+        return Case(which, doc, expect="_base_")
+    if which == "celeba root is a file":
+        doc["tasks"] = [{"name": "Smiling", "type": "binary"}]
+        doc["dataset"] = {"name": "celeba", "root": "garbage.csv"}
+        return Case(which, doc, expect="dataset.root")
+    if which == "long name":
+        n = draw(st.integers(300, 5000))
+        doc["strategy"] = "s" * n
+        return Case(which, doc, expect="strategy")
+    doc["dataset"] = {**table, "path": "~no_such_user_here/t.csv"}
+    return Case(which, doc, expect="dataset.path")
+
+
+@st.composite
+def bad_override(draw: st.DrawFn) -> Case:
+    item = draw(
+        st.sampled_from(
+            ["noequals", "=1", ".a=1", "a..b=1", "tasks.9.name=x", "tasks.x.name=y", "tasks.-1.name=z", "groups.k=1"]
+        )
+    )
+    return Case("malformed --set", base_doc(), [item], expect=None)
+
+
+HOSTILE = st.one_of(
+    wrong_type(),
+    unknown_key(),
+    out_of_range(),
+    unknown_name(),
+    bad_tasks_or_groups(),
+    deeply_wrong(),
+    broken_yaml(),
+    bad_path(),
+    bad_override(),
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running one case
+# ----------------------------------------------------------------------------------------------
+
+
+def _fixture_files(folder: Path) -> None:
+    (folder / "garbage.csv").write_bytes(b"\xff\xfe\x00\x81 not text\n")
+    (folder / "empty.csv").write_text("")
+    (folder / "folder.csv").mkdir()
+    (folder / "text.npz").write_text("t0,t1\n1,2\n")
+    columns = {t: np.zeros(1) for t in TASK_NAMES[1:]}
+    np.savez(folder / "pickled.npz", t0=np.array([{"a": 1}], dtype=object), x=np.zeros(1), **columns)
+    (folder / "table.txt").write_text("a,t0\n1,2\n")
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def check_refused(case: Case, folder: Path) -> None:
+    """Run validate and search on ``case`` inside ``folder``; assert the clean refusal."""
+    _fixture_files(folder)
+    spec_path = folder / "spec.yaml"
+    if case.spec_is_dir:
+        spec_path.mkdir()
+    elif isinstance(case.spec, bytes):
+        spec_path.write_bytes(case.spec)
+    elif isinstance(case.spec, str):
+        spec_path.write_text(case.spec, encoding="utf-8")
+    elif case.spec is not None:
+        spec_path.write_text(yaml.safe_dump(case.spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    before = sorted(p.name for p in folder.iterdir())
+    sets = [a for o in case.overrides for a in ("--set", o)]
+    out_dir = folder / "run"
+    for argv in (["validate", str(spec_path), *sets], ["search", str(spec_path), "--out", str(out_dir), "-q", *sets]):
+        code, stdout, stderr = _run(argv)
+        lines = stderr.strip().splitlines()
+        context = f"{case.kind}: {argv[0]} {case.overrides} -> exit {code}, stderr {stderr[-800:]!r}"
+        assert code == 2, context
+        assert len(lines) == 1 and lines[0].startswith("dmtg: error: "), context
+        assert "Traceback" not in stderr and stdout == "", context
+        if case.expect is not None:
+            assert case.expect in lines[0], context
+        assert not out_dir.exists(), context
+        assert sorted(p.name for p in folder.iterdir()) == before, context  # nothing else written either
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    derandomize=False,
+)
+@given(case=HOSTILE)
+def test_hostile_specs_are_refused_cleanly(case: Case) -> None:
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # a default output folder (runs/) would appear here
+        try:
+            check_refused(case, Path(tmp))
+        finally:
+            os.chdir(cwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# The problems the generated cases found, pinned as examples
+# ----------------------------------------------------------------------------------------------
+
+
+def _alias_bomb(levels: int = 7) -> str:
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, levels):
+        refs = ", ".join([f"*a{i - 1}"] * 9)
+        lines.append(f"a{i}: &a{i} [{refs}]")
+    return "\n".join(lines) + "\n"
+
+
+PINNED = [
+    Case("infinite learning rate", {**base_doc(), "strategy": {"optimizer": {"lr": math.inf}}}, expect="finite"),
+    Case("NaN logits", base_doc(), ["strategy.init.logits=.nan"], expect="strategy.init.logits"),
+    Case("1e30 epochs", base_doc(), [f"strategy.epochs={10**30}"], expect="strategy.epochs"),
+    Case("negative seed", base_doc(), ["strategy.seed=-1"], expect="strategy.seed"),
+    Case("huge hidden layer", base_doc(), ["backbone.hidden=[1000000000000]"], expect="backbone.hidden[0]"),
+    Case("bool as int", base_doc(), ["groups=true"], expect="groups: expected an integer, got True"),
+    Case("NUL in a path", {**base_doc(), "reference": "a\x00b"}, expect="reference: contains a NUL"),
+    Case("NUL via --set", base_doc(), ["dataset.name=a\x00b"], expect="dataset.name"),
+    Case("name with a slash", {**base_doc(), "name": "../../elsewhere"}, expect="name"),
+    Case("alias bomb", _alias_bomb(), expect="more than"),
+    Case("deep nesting", "a: " + "[" * 3000 + "]" * 3000 + "\n", expect="deeper than"),
+    Case("document is a list", "- 1\n- 2\n", expect="must be a mapping, got list"),
+    Case("not UTF-8", b"name: \xff\xfe\n", expect="not a UTF-8 text file"),
+    Case("pickled NPZ", {**base_doc(), "dataset": {"name": "table", "path": "pickled.npz"}}, expect="dataset.path"),
+    Case("text as NPZ", {**base_doc(), "dataset": {"name": "table", "path": "text.npz"}}, expect="not an NPZ"),
+    Case("CSV not UTF-8", {**base_doc(), "dataset": {"name": "table", "path": "garbage.csv"}}, expect="not a UTF-8"),
+    Case("long strategy name", {**base_doc(), "strategy": "s" * 4000}, expect="File name too long"),
+    Case("~user without home", {**base_doc(), "strategy": "~no_such_user_here/s.yaml"}, expect="strategy"),
+    Case("NaN split fraction", base_doc(), ["dataset.split={val: .nan}"], expect="dataset.split.val"),
+]
+
+
+@pytest.mark.parametrize("case", PINNED, ids=[c.kind for c in PINNED])
+def test_pinned_hostile_specs(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    check_refused(case, tmp_path)
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(base_doc()))
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    code = main(["search", str(spec), "--out", str(target), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"dmtg: error: --out {target}: a file is in the way; give a folder (new or empty)\n"
+    assert target.read_text() == "keep me"

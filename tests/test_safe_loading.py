@@ -1,0 +1,150 @@
+"""Safe loading: YAML only through ``yaml.safe_load``, no eval/exec, model and weight files read with
+``torch.load(weights_only=True)``, NPZ without pickle. A file carrying a pickled payload is refused
+and the payload never runs."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import dmtg_nas
+from dmtg_nas import DataError, DmtgError, SpecError
+from dmtg_nas.cli import main
+from dmtg_nas.config import BackboneConfig
+from dmtg_nas.data.table import read_table
+from dmtg_nas.space import load_model
+
+from .conftest import planted_doc
+
+PACKAGE = Path(dmtg_nas.__file__).resolve().parent
+
+
+class Payload:
+    """Unpickling this calls ``os.mkdir(marker)``: proof that a loader ran code from the file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.mkdir, (self.marker,)
+
+
+def _calls(tree: ast.AST) -> list[tuple[str, ast.Call]]:
+    """(dotted callee name, call node) for every call in ``tree``."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func, parts = node.func, []
+            while isinstance(func, ast.Attribute):
+                parts.append(func.attr)
+                func = func.value
+            if isinstance(func, ast.Name):
+                parts.append(func.id)
+            out.append((".".join(reversed(parts)), node))
+    return out
+
+
+def _keyword(call: ast.Call, name: str) -> object:
+    for kw in call.keywords:
+        if kw.arg == name:
+            return kw.value.value if isinstance(kw.value, ast.Constant) else "<expr>"
+    return None
+
+
+def test_package_source_loads_nothing_unsafely() -> None:
+    """A static audit of every module of the package."""
+    problems = []
+    files = sorted(PACKAGE.rglob("*.py"))
+    assert len(files) > 20
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        where = path.relative_to(PACKAGE)
+        for name, call in _calls(tree):
+            line = f"{where}:{call.lineno} {name}"
+            if name in ("eval", "exec", "compile", "__import__"):
+                problems.append(f"{line}: evaluates code")
+            elif name.startswith("yaml.") and name.split(".")[-1] in ("load", "load_all", "unsafe_load", "full_load"):
+                problems.append(f"{line}: use yaml.safe_load")
+            elif name in ("pickle.load", "pickle.loads", "dill.load", "marshal.load", "marshal.loads"):
+                problems.append(f"{line}: unpickles")
+            elif name == "torch.load" and _keyword(call, "weights_only") is not True:
+                problems.append(f"{line}: torch.load without weights_only=True")
+            elif name in ("np.load", "numpy.load") and _keyword(call, "allow_pickle") not in (None, False):
+                problems.append(f"{line}: np.load with allow_pickle")
+    assert problems == []
+
+
+def test_model_file_with_a_pickled_payload_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    evil = tmp_path / "model.pt"
+    torch.save({"format": "dmtg-nas/grouped-network/1", "architecture": Payload(marker)}, evil)
+    with pytest.raises(
+        DmtgError,
+        match=r"model\.pt: not a readable grouped-network file: it holds pickled Python objects \(posix\.mkdir\)",
+    ):
+        load_model(evil)
+    assert not marker.exists()
+    # the same file loaded without weights_only would have run the payload: the test can fail
+    torch.load(evil, weights_only=False)
+    assert marker.is_dir()
+
+
+def test_retrain_refuses_a_model_file_with_a_payload(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    spec = dmtg_nas.load_spec(planted_doc())
+    (run / "config.yaml").write_text(yaml.safe_dump(spec.to_dict()))
+    (run / "grouping.json").write_text(json.dumps({"groups": [["t0", "t1"], ["t2", "t3"]]}))
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": Payload(marker)}, run / "model.pt")
+    code = main(["retrain", str(run), "--init", "search", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "not a readable grouped-network file: it holds pickled Python objects" in err
+    assert not marker.exists()
+
+
+def test_pretrained_weights_with_a_payload_are_refused(tmp_path: Path) -> None:
+    from dmtg_nas.backbones import build_encoder
+
+    marker = tmp_path / "ran"
+    weights = tmp_path / "w.pth"
+    torch.save({"conv1.weight": Payload(marker)}, weights)
+    config = BackboneConfig(name="timm:test_resnet", pretrained=str(weights))  # type: ignore[call-arg]
+    with pytest.raises(SpecError, match=r"w\.pth: refused: the weights file holds pickled Python objects") as info:
+        build_encoder(config, (3, 32, 32))
+    assert info.value.key == "backbone.pretrained"
+    assert not marker.exists()
+
+
+def test_npz_with_object_arrays_is_never_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "t.npz"
+    np.savez(path, y=np.array([Payload(marker)], dtype=object), a=np.zeros(1))
+    with pytest.raises(DataError, match=r"t\.npz: not a readable NPZ file \(Object arrays cannot be loaded"):
+        read_table(path)
+    doc = planted_doc(tasks=[{"name": "y", "type": "regression"}], groups=1)
+    doc["dataset"] = {"name": "table", "path": str(path)}
+    with pytest.raises(SpecError, match="array 'y' holds Python objects") as info:
+        dmtg_nas.load_spec(doc)
+    assert info.value.key == "dataset.path"
+    assert not marker.exists()
+
+
+def test_yaml_tags_that_build_objects_are_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "spec.yaml"
+    path.write_text(f'name: !!python/object/apply:os.mkdir ["{marker}"]\n')
+    with pytest.raises(SpecError, match=r"invalid YAML at line 1, column 7: .*python/object/apply:os\.mkdir"):
+        dmtg_nas.load_spec(path)
+    assert not marker.exists()
