@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DmtgError
+from .errors import DmtgError, SearchInterrupted
 
 # NNI warns about torch classes at import; keep the command's output clean (set before NNI loads).
 warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
@@ -485,6 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "portal":
             return _cmd_portal(args)
         return _cmd_search(args)
+    except SearchInterrupted as exc:
+        print(f"dmtg: {_one_line(exc)}", file=sys.stderr)
+        return 128 + exc.signum
     except DmtgError as exc:
         print(f"dmtg: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
