@@ -38,17 +38,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from .components import load_data
 from .config import SearchSpec, StrategyConfig, TaskConfig
 from .data import TaskData, make_loader
-from .errors import DmtgError
-from .runstate import (
-    AtomicCheckpointIO,
-    InterruptCallback,
-    Interrupts,
-    NonFiniteLossError,
-    RunLock,
-    RunStateCallback,
-    SearchInterrupted,
-    select_checkpoint,
-)
+from .errors import DmtgError, NonFiniteLossError, SearchInterrupted
+from .runlock import RunLock
+from .runstate import AtomicCheckpointIO, InterruptCallback, Interrupts, RunStateCallback, select_checkpoint
 from .space import GroupedNetwork, GroupingSpace, groups_from_sample
 from .tasks import TaskMetrics, summarize
 from .training import MultiTaskModule
@@ -170,10 +162,11 @@ def build_evaluator(
         num_workers=strat.num_workers,
         pin_memory=pin,
     )
-    cbs = [*callbacks, RunStateCallback(train_loader, module)]
+    cbs = list(callbacks)
     saving = checkpoint and out_dir is not None
     if saving:
         assert out_dir is not None
+        cbs.append(RunStateCallback(train_loader, module))
         # the latest state after every epoch (validation included), always as last.ckpt (with save_top_k=0,
         # Lightning would write save_last only when training ends)
         cbs.append(
@@ -203,7 +196,7 @@ def build_evaluator(
         log_every_n_steps=1,
         gradient_clip_val=strat.gradient_clip,
         deterministic=True if strat.deterministic else None,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO()] if saving else None,
         default_root_dir=str(out_dir) if out_dir is not None else None,
     )
     fit_kwargs = {"ckpt_path": str(resume_from)} if resume_from is not None else None
@@ -505,6 +498,8 @@ def _run_search(
             raise NonFiniteLossError(exc.tasks, exc.step, exc.epoch, exc.values, detail) from None
         skipped += [{"phase": "fine-tune", **r} for r in finetune_skips]
     finetune_time = time.perf_counter() - t_finetune
+    if interrupts.signum is not None:  # after the fine-tune's last step: stop before the evaluation
+        raise SearchInterrupted(_interrupt_message(out, "fine-tune")(interrupts.name, None), interrupts.signum)
     device = "cuda" if _accelerator(strat.device) != "cpu" and torch.cuda.is_available() else "cpu"
     dense = any(t.dense for t in spec.tasks)  # per-pixel outputs: keep evaluation batches at the training size
     eval_bs = strat.eval_batch_size or (strat.batch_size if dense else max(strat.batch_size, 256))

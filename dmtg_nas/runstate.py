@@ -12,8 +12,8 @@
 - :class:`Interrupts` turns SIGINT (Ctrl-C) and SIGTERM into a request to stop at the next step
   boundary; :class:`InterruptCallback` then saves a checkpoint and raises :class:`SearchInterrupted`.
 - :func:`select_checkpoint` checks ``last.ckpt`` before resuming and falls back to the previous one.
-- :class:`RunLock` keeps two runs out of one output folder (``fcntl.flock``: released when the
-  holding process ends, however it ends).
+- :class:`~dmtg_nas.runlock.RunLock` keeps two runs out of one output folder (``fcntl.flock``:
+  released when the holding process ends, however it ends).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import signal
 import tempfile
 import threading
@@ -35,17 +36,13 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .data.base import ResumableRandomSampler
-from .errors import DmtgError, NonFiniteLossError, RunLockedError, SearchInterrupted
+from .errors import DmtgError, SearchInterrupted
 
 __all__ = [
     "AtomicCheckpointIO",
     "Interrupts",
     "InterruptCallback",
-    "NonFiniteLossError",
-    "RunLock",
-    "RunLockedError",
     "RunStateCallback",
-    "SearchInterrupted",
     "previous_path",
     "select_checkpoint",
 ]
@@ -53,7 +50,6 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 STATE_KEY = "dmtg_run_state"
-LOCK_NAME = ".lock"
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -97,8 +93,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 try:
                     os.link(target, prev_tmp)
                 except OSError:  # no hard links on this file system
-                    import shutil
-
                     shutil.copyfile(target, prev_tmp)
                 os.replace(prev_tmp, prev)
             os.replace(tmp, target)
@@ -119,8 +113,8 @@ def _checkpoint_problem(path: Path) -> str | None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # any failure to read means the file is unusable
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return f"unreadable ({type(exc).__name__}{': ' + first[:120] if first else ''})"
+        first = str(exc).strip().splitlines()[0].split(". ")[0][:160] if str(exc).strip() else ""
+        return f"unreadable ({type(exc).__name__}{': ' + first if first else ''})"
     if not isinstance(ckpt, dict):
         return "not a checkpoint"
     missing = [k for k in ("state_dict", "loops", "optimizer_states", "epoch", "global_step") if k not in ckpt]
@@ -335,54 +329,3 @@ class InterruptCallback(pl.Callback):
         if self.interrupts.signum is not None and self.checkpoint is not None:
             trainer.save_checkpoint(str(self.checkpoint))
             self._stop(trainer, f"the end of epoch {trainer.current_epoch}, step {trainer.global_step}")
-
-
-# ---------------------------------------------------------------------------- lock
-
-
-class RunLock:
-    """An exclusive ``fcntl.flock`` on ``DIR/.lock``; the file names the holder's process id.
-
-    The lock belongs to the open file: it ends with the process, so a crashed run leaves nothing
-    that blocks the next one. On platforms without ``fcntl`` it does nothing.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.path = folder / LOCK_NAME
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RunLockedError(
-                f"{self.folder} is in use by another run (process {holder}); wait for it to end or choose "
-                "another output folder"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            import fcntl
-
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

@@ -20,7 +20,8 @@ import dmtg_nas
 from dmtg_nas import DmtgError
 from dmtg_nas.cli import main
 from dmtg_nas.errors import NonFiniteLossError, RunLockedError, SearchInterrupted
-from dmtg_nas.runstate import AtomicCheckpointIO, Interrupts, RunLock, previous_path, select_checkpoint
+from dmtg_nas.runlock import RunLock
+from dmtg_nas.runstate import AtomicCheckpointIO, Interrupts, previous_path, select_checkpoint
 
 from .conftest import planted_doc
 
@@ -98,6 +99,17 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path: Path, where: str) 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_resuming_a_finished_search_repeats_only_the_fine_tune(tmp_path: Path) -> None:
+    """What a kill during the fine-tune leaves: the search's final checkpoint. The resumed run trains
+    nothing more in the search and repeats the fine-tune (fresh weights, dropout) with the saved RNG
+    state: the same result."""
+    spec = dmtg_nas.load_spec(small_doc(epochs=2))
+    full = dmtg_nas.search(spec, tmp_path / "run", progress=False)
+    again = dmtg_nas.search(spec, tmp_path / "run", resume=True, progress=False)
+    assert again.history == full.history
+    assert comparable(again.metrics) == comparable(full.metrics)
+
+
 def test_interrupts_turn_signals_into_a_flag() -> None:
     before = signal.getsignal(signal.SIGTERM)
     with Interrupts() as interrupts:
@@ -173,7 +185,7 @@ def test_select_checkpoint_reports_missing_and_incomplete_files(tmp_path: Path) 
 LOCK_HOLDER = """
 import sys, time
 from pathlib import Path
-from dmtg_nas.runstate import RunLock
+from dmtg_nas.runlock import RunLock
 RunLock(Path(sys.argv[1])).acquire()
 print("locked", flush=True)
 time.sleep(120)
