@@ -219,9 +219,10 @@ def _interrupt_message(out_dir: Path | None, phase: str) -> Any:
                 f"--out {out_dir} --overwrite"
             )
         ckpt = out_dir / "checkpoints" / "last.ckpt"
+        again = "the fine-tune and evaluation run" if phase == "fine-tune" else "the evaluation runs"
         return (
             f"interrupted by {sig} during the {phase}: the finished search is in {ckpt}; "
-            f"continue with: {resume} (the {phase} runs again)"
+            f"continue with: {resume} ({again} again)"
         )
 
     return describe
@@ -468,8 +469,9 @@ def _run_search(
         raise NonFiniteLossError(exc.tasks, exc.step, exc.epoch, exc.values, detail) from None
     search_time = time.perf_counter() - t_search + (warm.seconds if warm is not None and resume_from is None else 0.0)
     oneshot = strategy.dmtg_module
-    if interrupts.signum is not None:  # the signal came during the search's last validation
-        raise SearchInterrupted(_interrupt_message(out, "fine-tune")(interrupts.name, None), interrupts.signum)
+    if interrupts.signum is not None:  # the signal came after the search's last step
+        phase = "fine-tune" if strat.finetune.epochs > 0 else "evaluation"
+        raise SearchInterrupted(_interrupt_message(out, phase)(interrupts.name, None), interrupts.signum)
     sample = oneshot.export()
     probabilities = oneshot.probabilities()
     model = space.freeze(sample)
@@ -499,7 +501,7 @@ def _run_search(
         skipped += [{"phase": "fine-tune", **r} for r in finetune_skips]
     finetune_time = time.perf_counter() - t_finetune
     if interrupts.signum is not None:  # after the fine-tune's last step: stop before the evaluation
-        raise SearchInterrupted(_interrupt_message(out, "fine-tune")(interrupts.name, None), interrupts.signum)
+        raise SearchInterrupted(_interrupt_message(out, "evaluation")(interrupts.name, None), interrupts.signum)
     device = "cuda" if _accelerator(strat.device) != "cpu" and torch.cuda.is_available() else "cpu"
     dense = any(t.dense for t in spec.tasks)  # per-pixel outputs: keep evaluation batches at the training size
     eval_bs = strat.eval_batch_size or (strat.batch_size if dense else max(strat.batch_size, 256))

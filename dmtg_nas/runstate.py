@@ -199,9 +199,6 @@ class RunStateCallback(pl.Callback):
         self.training_module = training_module
         self.batch_size = int(getattr(train_loader, "batch_size", None) or 0)
 
-    def _batches_per_epoch(self) -> int:
-        return len(self.train_loader)
-
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
@@ -224,15 +221,15 @@ class RunStateCallback(pl.Callback):
             self.training_module.nonfinite_skips = list(state.get("nonfinite_skips", []))
         sampler = _resumable_sampler(self.train_loader)
         if sampler is not None and state.get("sampler") is not None:
-            per_epoch = self._batches_per_epoch()
+            per_epoch = len(self.train_loader)
             done = int(checkpoint["global_step"]) - int(checkpoint["epoch"]) * per_epoch
             skip_batches = done if 0 < done < per_epoch else 0
-            sampler.resume(state["sampler"], skip_batches * self._samples_per_batch(sampler))
+            sampler.resume(state["sampler"], skip_batches * self._samples_per_batch())
 
-    def _samples_per_batch(self, sampler: ResumableRandomSampler) -> int:
-        if self.batch_size:
+    def _samples_per_batch(self) -> int:
+        if self.batch_size:  # a loader that batches samples itself
             return self.batch_size
-        batch_sampler = getattr(self.train_loader, "sampler", None)
+        batch_sampler = getattr(self.train_loader, "sampler", None)  # in-memory data: a BatchSampler
         return int(getattr(batch_sampler, "batch_size", 1))
 
 
