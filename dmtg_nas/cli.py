@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DmtgError
+from .errors import DmtgError, SearchInterrupted
 
 # NNI warns about torch classes at import; keep the command's output clean (set before NNI loads).
 warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
@@ -68,13 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a grouping search and train the grouped network",
         description="Train the DMTG supernet on the spec's data, export the task groups, prune to the "
         "grouped network, evaluate it and write the outputs (grouping.json, metrics.json, "
-        "probabilities.png, config.yaml, model.pt, checkpoints/) to --out.",
+        "probabilities.png, config.yaml, model.pt, checkpoints/) to --out. A checkpoint is saved after every "
+        "epoch; Ctrl-C or SIGTERM saves one and stops after the current step (exit code 130 or 143), and "
+        "--resume continues exactly where the run stopped. One run at a time per output folder.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     search.add_argument("spec", nargs="?", help="search-space name or YAML file (omit with --resume)")
     search.add_argument("--out", "-o", type=Path, help="output folder (default: runs/<name>-<time>)")
     _add_set(search)
-    search.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted search in DIR")
+    search.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the interrupted search in DIR from checkpoints/last.ckpt (last.prev.ckpt if that one is "
+        "damaged)",
+    )
     search.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
     search.add_argument("--quiet", "-q", action="store_true", help="no progress bar, only the result")
     search.add_argument("--json", action="store_true", help="print the grouping as JSON instead of a table")
@@ -286,7 +294,7 @@ def _format_table(result: Any) -> str:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from .config import load_spec
-    from .runner import run_search
+    from .runlock import RunLock
 
     if args.resume is not None:
         if args.spec is not None or args.overrides:
@@ -301,6 +309,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
             raise DmtgError("give a SPEC (a shipped search-space name or a YAML file), or --resume DIR")
         spec = load_spec(args.spec, args.overrides)
         out = args.out or Path("runs") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    RunLock(out).check()  # before the slow imports: a folder in use is refused at once
+    from .runner import run_search
+
     if not args.quiet:
         print(
             f"searching {spec.name}: {len(spec.tasks)} tasks, K={spec.groups}, {spec.backbone.name} branches, "
@@ -490,6 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "portal":
             return _cmd_portal(args)
         return _cmd_search(args)
+    except SearchInterrupted as exc:
+        print(f"dmtg: {_one_line(exc)}", file=sys.stderr)
+        return 128 + exc.signum
     except DmtgError as exc:
         print(f"dmtg: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE

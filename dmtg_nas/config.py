@@ -259,9 +259,11 @@ class StrategyConfig(StrictModel):
     epochs: Epochs = 100
     batch_size: int = Field(default=256, ge=1, le=MAX_BATCH)
     eval_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)
-    gradient_clip: float | None = Field(default=None, gt=0)
+    gradient_clip: float | None = Field(default=None, gt=0)  # max gradient norm (weights and logits together)
+    nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss: stop the run, or skip the batch and count it
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     seed: Seed = 0
+    deterministic: bool = False  # deterministic algorithms only (GPU runs; errors where PyTorch has none)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(default=0, ge=0, le=256)
 

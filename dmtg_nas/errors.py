@@ -10,7 +10,15 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 
-__all__ = ["DmtgError", "SpecError", "DataError", "suggest"]
+__all__ = [
+    "DmtgError",
+    "SpecError",
+    "DataError",
+    "NonFiniteLossError",
+    "RunLockedError",
+    "SearchInterrupted",
+    "suggest",
+]
 
 
 class DmtgError(Exception):
@@ -44,6 +52,28 @@ class SpecError(DmtgError, ValueError):
 
 class DataError(DmtgError, ValueError):
     """A data set is missing, unreadable or inconsistent with the spec."""
+
+
+class SearchInterrupted(DmtgError):
+    """The search stopped on SIGINT or SIGTERM; ``message`` says what was saved and how to resume."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class RunLockedError(DmtgError):
+    """Another live process holds the output folder."""
+
+
+class NonFiniteLossError(DmtgError, FloatingPointError):
+    """A training step produced a non-finite loss (policy ``strategy.nonfinite: stop``)."""
+
+    def __init__(self, tasks: list[str], step: int, epoch: int, values: dict[str, float], detail: str = "") -> None:
+        self.tasks, self.step, self.epoch, self.values = tasks, step, epoch, values
+        where = f"in task(s) {', '.join(f'{t} ({values[t]})' for t in tasks)}" if tasks else "in the total loss"
+        message = f"non-finite loss at step {step} (epoch {epoch}) {where}"
+        super().__init__(f"{message}; {detail}" if detail else message)
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:

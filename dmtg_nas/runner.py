@@ -9,15 +9,22 @@ that ``NasExperiment`` runs) and writes, under ``out_dir``:
   ``reference`` in the spec) normalized gain and Delta_m against the reference results;
 - ``history.json`` and ``probabilities.png``: each task's branch probabilities over the epochs;
 - ``config.yaml``: the resolved spec; ``model.pt``: the grouped network;
-- ``checkpoints/last.ckpt``: the search checkpoint (``resume=True`` continues from it);
+- ``checkpoints/last.ckpt``: the search checkpoint, written atomically at every epoch end and on
+  SIGINT/SIGTERM, with the one before it as ``checkpoints/last.prev.ckpt`` (``resume=True`` continues
+  from them, exactly; see :mod:`dmtg_nas.runstate`);
+- ``warmstart.json``: the warm start's clusters and affinity (reused by a resumed run);
+- ``.lock``: held (``flock``) by the run writing into the folder;
 - ``planted_groups.json`` when the data set knows its best partition; ``logs/metrics.csv``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +38,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from .components import load_data
 from .config import SearchSpec, StrategyConfig, TaskConfig
 from .data import TaskData, make_loader
-from .errors import DmtgError
+from .errors import DmtgError, NonFiniteLossError, SearchInterrupted
+from .runlock import RunLock
+from .runstate import AtomicCheckpointIO, InterruptCallback, Interrupts, RunStateCallback, select_checkpoint
 from .space import GroupedNetwork, GroupingSpace, groups_from_sample
 from .tasks import TaskMetrics, summarize
 from .training import MultiTaskModule
@@ -88,7 +97,9 @@ class ProbabilityHistory(pl.Callback):
         if not self.records:
             self._record(trainer, pl_module, 0)
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        # after the module's epoch-end logging: callback_metrics hold this epoch's val_loss
+        # (and the record is in the epoch's checkpoint, which ModelCheckpoint writes after this)
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._record(trainer, pl_module, trainer.current_epoch + 1)
 
@@ -126,16 +137,50 @@ def build_evaluator(
     callbacks: Sequence[pl.Callback] = (),
     checkpoint: bool = True,
     resume_from: Path | None = None,
+    interrupts: Interrupts | None = None,
 ) -> Any:
-    """NNI's Lightning evaluator for the spec: the multi-task module, a traced Trainer and loaders."""
+    """NNI's Lightning evaluator for the spec: the multi-task module, a traced Trainer and loaders.
+
+    With ``out_dir`` and ``checkpoint``, ``out_dir/checkpoints/last.ckpt`` is written atomically
+    at every epoch end, holding everything an exact resumption needs (:mod:`dmtg_nas.runstate`).
+    ``interrupts`` (active) makes SIGINT/SIGTERM save a checkpoint and raise
+    :class:`~dmtg_nas.runstate.SearchInterrupted` at the next step.
+    """
     from nni.nas.evaluator.pytorch import Lightning, Trainer
     from pytorch_lightning.loggers import CSVLogger
 
     strat = spec.strategy
-    module = MultiTaskModule(spec.tasks, strat.optimizer, strat.lr_schedule, strat.epochs)
+    module = MultiTaskModule(spec.tasks, strat.optimizer, strat.lr_schedule, strat.epochs, strat.nonfinite)
+    pin = _accelerator(strat.device) != "cpu" and torch.cuda.is_available()
+    train_loader = make_loader(
+        data.train, strat.batch_size, shuffle=True, seed=strat.seed, num_workers=strat.num_workers, pin_memory=pin
+    )
+    val_loader = make_loader(
+        data.val,
+        strat.eval_batch_size or strat.batch_size,
+        shuffle=False,
+        num_workers=strat.num_workers,
+        pin_memory=pin,
+    )
     cbs = list(callbacks)
-    if checkpoint and out_dir is not None:
-        cbs.append(ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0))
+    saving = checkpoint and out_dir is not None
+    if saving:
+        assert out_dir is not None
+        cbs.append(RunStateCallback(train_loader, module))
+        # the latest state after every epoch (validation included), always as last.ckpt (with save_top_k=0,
+        # Lightning would write save_last only when training ends)
+        cbs.append(
+            ModelCheckpoint(
+                dirpath=out_dir / "checkpoints",
+                filename="last",
+                save_top_k=1,
+                save_on_train_epoch_end=True,
+                enable_version_counter=False,
+            )
+        )
+    if interrupts is not None:
+        ckpt = out_dir / "checkpoints" / "last.ckpt" if saving and out_dir is not None else None
+        cbs.append(InterruptCallback(interrupts, _interrupt_message(out_dir if saving else None, "search"), ckpt))
     trainer = Trainer(
         max_epochs=strat.epochs,
         accelerator=_accelerator(strat.device),
@@ -150,21 +195,37 @@ def build_evaluator(
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         gradient_clip_val=strat.gradient_clip,
+        deterministic=True if strat.deterministic else None,
+        plugins=[AtomicCheckpointIO()] if saving else None,
         default_root_dir=str(out_dir) if out_dir is not None else None,
-    )
-    pin = _accelerator(strat.device) != "cpu" and torch.cuda.is_available()
-    train_loader = make_loader(
-        data.train, strat.batch_size, shuffle=True, seed=strat.seed, num_workers=strat.num_workers, pin_memory=pin
-    )
-    val_loader = make_loader(
-        data.val,
-        strat.eval_batch_size or strat.batch_size,
-        shuffle=False,
-        num_workers=strat.num_workers,
-        pin_memory=pin,
     )
     fit_kwargs = {"ckpt_path": str(resume_from)} if resume_from is not None else None
     return Lightning(module, trainer, train_dataloaders=train_loader, val_dataloaders=val_loader, fit_kwargs=fit_kwargs)
+
+
+def _interrupt_message(out_dir: Path | None, phase: str) -> Any:
+    """``describe(signal_name, saved)`` for :class:`SearchInterrupted` in a phase of the run."""
+
+    def describe(sig: str, saved: str | None) -> str:
+        if out_dir is None:
+            return f"interrupted by {sig} during the {phase} (no output folder: nothing saved)"
+        resume = f"dmtg search --resume {out_dir}"
+        if phase == "search":
+            ckpt = out_dir / "checkpoints" / "last.ckpt"
+            return f"interrupted by {sig}: checkpoint saved at {saved} in {ckpt}; continue with: {resume}"
+        if phase == "warm start":
+            return (
+                f"interrupted by {sig} during the warm start, before the first checkpoint; start again with "
+                f"--out {out_dir} --overwrite"
+            )
+        ckpt = out_dir / "checkpoints" / "last.ckpt"
+        again = "the fine-tune and evaluation run" if phase == "fine-tune" else "the evaluation runs"
+        return (
+            f"interrupted by {sig} during the {phase}: the finished search is in {ckpt}; "
+            f"continue with: {resume} ({again} again)"
+        )
+
+    return describe
 
 
 @torch.no_grad()
@@ -198,11 +259,13 @@ def train_network(
     lr: float | None = None,
     progress: bool = False,
     callbacks: Sequence[pl.Callback] = (),
+    skipped: list[dict[str, Any]] | None = None,
 ) -> torch.nn.Module:
     """Train a plain multi-task network (e.g. the pruned grouped network) with the strategy's
-    optimizer, learning-rate schedule and batch size."""
+    optimizer, learning-rate schedule, batch size, gradient clipping, non-finite policy and
+    determinism. Batches skipped for a non-finite loss are appended to ``skipped``."""
     optimizer = strategy.optimizer.model_copy(update={"lr": lr or strategy.optimizer.lr, "logits_lr": None})
-    module = MultiTaskModule(tasks, optimizer, strategy.lr_schedule, epochs)
+    module = MultiTaskModule(tasks, optimizer, strategy.lr_schedule, epochs, strategy.nonfinite)
     module.set_model(model)
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -214,6 +277,7 @@ def train_network(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         gradient_clip_val=strategy.gradient_clip,
+        deterministic=True if strategy.deterministic else None,
         callbacks=list(callbacks),
     )
     workers = strategy.num_workers
@@ -226,6 +290,8 @@ def train_network(
             data.val, strategy.eval_batch_size or strategy.batch_size, shuffle=False, traced=False, num_workers=workers
         ),
     )
+    if skipped is not None:
+        skipped.extend(module.nonfinite_skips)
     return model
 
 
@@ -266,16 +332,24 @@ def adjusted_rand_index(found: Sequence[Sequence[str]], truth: Sequence[Sequence
     return float(adjusted_rand_score([label_truth[t] for t in names], [label_found[t] for t in names]))
 
 
-def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """Create the run directory; returns the checkpoint to resume from, if any."""
-    ckpt = out_dir / "checkpoints" / "last.ckpt"
+def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool, lock: RunLock) -> Path | None:
+    """Lock and create the run directory; returns the checkpoint to resume from, if any."""
     if resume:
-        if not ckpt.is_file():
-            raise DmtgError(f"{out_dir}: nothing to resume (no checkpoints/last.ckpt)")
-        return ckpt
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise DmtgError(f"{out_dir} already exists and is not empty; choose another output folder or overwrite it")
+        if not out_dir.is_dir():
+            raise DmtgError(f"{out_dir}: nothing to resume (no such folder)")
+        lock.acquire()
+        return select_checkpoint(out_dir / "checkpoints" / "last.ckpt")
+    if out_dir.is_dir():
+        lock.acquire()  # a live run in the folder is reported as such
+        if any(p.name != lock.path.name for p in out_dir.iterdir()):
+            if not overwrite:
+                raise DmtgError(
+                    f"{out_dir} already exists and is not empty; choose another output folder or overwrite it"
+                )
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # never resume into an older run
+        return None
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
     return None
 
 
@@ -291,60 +365,143 @@ def run_search(
 ) -> SearchResult:
     """Search the task grouping of ``spec`` and train the grouped network.
 
+    While it runs, the process holds a lock on ``out_dir`` (a second run into it is refused),
+    SIGINT and SIGTERM stop it at the next step with a resumable checkpoint
+    (:class:`~dmtg_nas.runstate.SearchInterrupted`), and a non-finite loss follows
+    ``strategy.nonfinite``.
+
     Args:
         spec: a validated spec (:func:`dmtg_nas.load_spec`).
         out_dir: where to write the outputs (None: write nothing, keep everything in memory).
         progress: show Lightning's progress bar.
-        resume: continue an interrupted search from ``out_dir/checkpoints/last.ckpt``.
+        resume: continue an interrupted search from ``out_dir/checkpoints/last.ckpt`` (or the
+            previous checkpoint when that one is damaged).
         overwrite: allow writing into a non-empty ``out_dir``.
         data: pre-loaded data (default: load the spec's data set).
         callbacks: extra Lightning callbacks for the search.
     """
+    out = Path(out_dir) if out_dir is not None else None
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    with contextlib.ExitStack() as stack:
+        lock = RunLock(out) if out is not None else None
+        if lock is not None:
+            stack.callback(lock.release)
+        interrupts = stack.enter_context(Interrupts())
+        # Lightning's `deterministic=True` switches the global flag on: leave it as it was found
+        stack.callback(torch.use_deterministic_algorithms, deterministic[0], warn_only=deterministic[1])
+        return _run_search(spec, out, lock, interrupts, progress, resume, overwrite, data, callbacks)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _last_good(out: Path | None) -> str:
+    ckpt = out / "checkpoints" / "last.ckpt" if out is not None else None
+    if ckpt is None or not ckpt.is_file():
+        return "no checkpoint was written yet"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return f"the last good checkpoint is kept: {ckpt} (epoch {saved['epoch']}, step {saved['global_step']})"
+
+
+def _run_search(
+    spec: SearchSpec,
+    out: Path | None,
+    lock: RunLock | None,
+    interrupts: Interrupts,
+    progress: bool,
+    resume: bool,
+    overwrite: bool,
+    data: TaskData | None,
+    callbacks: Sequence[pl.Callback],
+) -> SearchResult:
     from nni.nas.execution import SequentialExecutionEngine
     from nni.nas.space import RawFormatModelSpace
 
     from .strategy import DMTG
+    from .warmstart import WarmStart
 
-    out = Path(out_dir) if out_dir is not None else None
     strat = spec.strategy
     pl.seed_everything(strat.seed, workers=True, verbose=False)
     t0 = time.perf_counter()
+    resume_from = _prepare_out_dir(out, resume, overwrite, lock) if out is not None and lock is not None else None
     data = data if data is not None else load_data(spec)
-    resume_from = _prepare_out_dir(out, resume, overwrite) if out is not None else None
     if out is not None and not resume:
         (out / "config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
-    warm = None
+    warm: WarmStart | None = None
     # the warm start clusters tasks into K groups: nothing to decide with K = 1 or K >= N;
-    # a resumed run has its logits already
-    if strat.warmup.method == "attribution" and 1 < spec.groups < len(spec.tasks) and resume_from is None:
-        from .warmstart import attribution_warm_start
+    # a resumed run has its logits in the checkpoint (and the warm start's record in warmstart.json)
+    if strat.warmup.method == "attribution" and 1 < spec.groups < len(spec.tasks):
+        if resume_from is None:
+            from .warmstart import attribution_warm_start
 
-        warm = attribution_warm_start(spec, data, progress=progress)
-        pl.seed_everything(strat.seed, workers=True, verbose=False)
+            stop = InterruptCallback(interrupts, _interrupt_message(out, "warm start"))
+            warm = attribution_warm_start(spec, data, progress=progress, callbacks=[stop])
+            if out is not None:
+                _write_json(out / "warmstart.json", warm.to_dict())
+            pl.seed_everything(strat.seed, workers=True, verbose=False)
+        elif out is not None and (out / "warmstart.json").is_file():
+            warm = WarmStart.from_dict(json.loads((out / "warmstart.json").read_text(encoding="utf-8")))
     history = ProbabilityHistory()
     space = GroupingSpace.from_spec(spec, data.input_shape)
     evaluator = build_evaluator(
-        spec, data, out, progress=progress, callbacks=[history, *callbacks], resume_from=resume_from
+        spec,
+        data,
+        out,
+        progress=progress,
+        callbacks=[history, *callbacks],
+        resume_from=resume_from,
+        interrupts=interrupts,
     )
     initial = None
-    if warm is not None:
+    if warm is not None and resume_from is None:
         rows = warm.logits(spec.groups, strat.init.logits, strat.warmup.strength)
         initial = dict(zip(spec.task_names, rows))
     strategy = DMTG.from_config(strat, initial)
     t_search = time.perf_counter()
-    strategy(RawFormatModelSpace(space, evaluator), SequentialExecutionEngine(continue_on_failure=False))
-    search_time = time.perf_counter() - t_search + (warm.seconds if warm is not None else 0.0)
+    try:
+        with warnings.catch_warnings():
+            # the training data order is resumed by RunStateCallback, not by the loader itself
+            warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch")
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            warnings.filterwarnings("ignore", message="`training_step` returned `None`")  # nonfinite: skip
+            strategy(RawFormatModelSpace(space, evaluator), SequentialExecutionEngine(continue_on_failure=False))
+    except NonFiniteLossError as exc:
+        hint = "strategy.nonfinite: skip skips such batches; strategy.gradient_clip may help"
+        detail = f"the search stopped: {_last_good(out)} ({hint})"
+        raise NonFiniteLossError(exc.tasks, exc.step, exc.epoch, exc.values, detail) from None
+    search_time = time.perf_counter() - t_search + (warm.seconds if warm is not None and resume_from is None else 0.0)
     oneshot = strategy.dmtg_module
+    if interrupts.signum is not None:  # the signal came after the search's last step
+        phase = "fine-tune" if strat.finetune.epochs > 0 else "evaluation"
+        raise SearchInterrupted(_interrupt_message(out, phase)(interrupts.name, None), interrupts.signum)
     sample = oneshot.export()
     probabilities = oneshot.probabilities()
     model = space.freeze(sample)
+    skipped = [{"phase": "search", **r} for r in oneshot.training_module.nonfinite_skips]
     t_finetune = time.perf_counter()
     if strat.finetune.epochs > 0:
         if strat.finetune.init == "scratch":
             fresh = GroupingSpace(spec.tasks, spec.groups, spec.backbone, spec.heads, data.input_shape, "independent")
             model = fresh.freeze(sample)
-        train_network(model, data, spec.tasks, strat, strat.finetune.epochs, lr=strat.finetune.lr, progress=progress)
+        stop = InterruptCallback(interrupts, _interrupt_message(out, "fine-tune"))
+        finetune_skips: list[dict[str, Any]] = []
+        try:
+            train_network(
+                model,
+                data,
+                spec.tasks,
+                strat,
+                strat.finetune.epochs,
+                lr=strat.finetune.lr,
+                progress=progress,
+                callbacks=[stop],
+                skipped=finetune_skips,
+            )
+        except NonFiniteLossError as exc:
+            detail = "the fine-tune stopped (the search before it is complete in its checkpoint)"
+            raise NonFiniteLossError(exc.tasks, exc.step, exc.epoch, exc.values, detail) from None
+        skipped += [{"phase": "fine-tune", **r} for r in finetune_skips]
     finetune_time = time.perf_counter() - t_finetune
+    if interrupts.signum is not None:  # after the fine-tune's last step: stop before the evaluation
+        raise SearchInterrupted(_interrupt_message(out, "evaluation")(interrupts.name, None), interrupts.signum)
     device = "cuda" if _accelerator(strat.device) != "cpu" and torch.cuda.is_available() else "cpu"
     dense = any(t.dense for t in spec.tasks)  # per-pixel outputs: keep evaluation batches at the training size
     eval_bs = strat.eval_batch_size or (strat.batch_size if dense else max(strat.batch_size, 256))
@@ -367,7 +524,9 @@ def run_search(
             "num_branches": spec.groups,
             "branches_used": len(groups),
             "data_sizes": data.sizes(),
+            "resumed": resume_from is not None,
         },
+        "nonfinite": {"policy": strat.nonfinite, "skipped_batches": len(skipped), "batches": skipped[:100]},
     }
     if warm is not None:
         metrics["warmup"] = {

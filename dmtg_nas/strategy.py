@@ -185,6 +185,8 @@ class DMTGLightningModule(BaseOneShotLightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         self._set_step_state(int(self.trainer.global_step))
         loss = self.training_module.training_step(batch, batch_idx)
+        if loss is None:  # a skipped non-finite batch (strategy.nonfinite: skip)
+            return None
         if self.entropy_weight > 0:
             probs = torch.stack([torch.softmax(r.logits, -1) for r in self.routers()])  # (N, K)
             entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()

@@ -7,6 +7,8 @@ sample weights) and the frozen grouped network afterwards (plain tensors).
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,8 @@ from .tasks import TaskMetrics, squeeze_output, summarize, task_loss
 __all__ = ["RoutedOutput", "MultiTaskModule", "multitask_loss", "ARCH_PARAM_FLAG"]
 
 ARCH_PARAM_FLAG = "_dmtg_grouping_logit"
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,9 +88,14 @@ class MultiTaskModule(LightningModule):
         optimizer: OptimizerConfig,
         lr_schedule: LRScheduleConfig,
         epochs: int,
+        nonfinite: str = "stop",
     ) -> None:
         super().__init__()
+        if nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
         self.tasks = list(tasks)
+        self.nonfinite = nonfinite
+        self.nonfinite_skips: list[dict[str, Any]] = []  # {step, epoch, tasks} of each skipped batch
         self.optimizer_config = optimizer
         self.lr_schedule_config = lr_schedule
         self.epochs = epochs
@@ -96,11 +105,28 @@ class MultiTaskModule(LightningModule):
     def forward(self, x: Tensor) -> Any:
         return self.model(x)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         x, targets = batch
-        total, _ = multitask_loss(self.tasks, self(x), targets)
+        total, parts = multitask_loss(self.tasks, self(x), targets)
+        if not bool(torch.isfinite(total)):
+            self._nonfinite(parts)
+            return None
         self.log("train_loss", total, prog_bar=True, on_step=False, on_epoch=True, batch_size=x.shape[0])
         return total
+
+    def _nonfinite(self, parts: Mapping[str, Tensor]) -> None:
+        """Policy ``stop``: raise :class:`~dmtg_nas.runstate.NonFiniteLossError` naming the tasks;
+        ``skip``: record the batch (``training_step`` then returns None: Lightning skips backward
+        and the update)."""
+        from .errors import NonFiniteLossError
+
+        values = {name: float(loss.detach()) for name, loss in parts.items()}
+        bad = [name for name, value in values.items() if not math.isfinite(value)]
+        step, epoch = int(self.trainer.global_step), int(self.trainer.current_epoch)
+        if self.nonfinite == "stop":
+            raise NonFiniteLossError(bad, step, epoch, values)
+        self.nonfinite_skips.append({"step": step, "epoch": epoch, "tasks": bad})
+        _logger.warning("non-finite loss at step %d (epoch %d) in task(s) %s: batch skipped", step, epoch, bad)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, targets = batch

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,17 @@ class WarmStart:
     def logits(self, num_branches: int, base: float, strength: float) -> list[list[float]]:
         """Initial logits (N, K): ``base`` everywhere plus ``strength`` on each task's cluster."""
         return [[base + (strength if k == c else 0.0) for k in range(num_branches)] for c in self.clusters]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"clusters": self.clusters, "affinity": self.affinity, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> WarmStart:
+        return cls(
+            [int(c) for c in doc["clusters"]],
+            [[float(v) for v in row] for row in doc["affinity"]],
+            float(doc["seconds"]),
+        )
 
 
 def _inputs(data: TaskData, samples: int) -> torch.Tensor:
@@ -146,8 +158,11 @@ def spectral_clusters(affinity: np.ndarray, k: int, seed: int = 0) -> list[int]:
     return [int(v) for v in labels]
 
 
-def attribution_warm_start(spec: SearchSpec, data: TaskData, *, progress: bool = False) -> WarmStart:
-    """Single-task networks, attribution affinity and clusters for the spec (see the module docs)."""
+def attribution_warm_start(
+    spec: SearchSpec, data: TaskData, *, progress: bool = False, callbacks: Sequence[pl.Callback] = ()
+) -> WarmStart:
+    """Single-task networks, attribution affinity and clusters for the spec (see the module docs);
+    ``callbacks`` go to the single-task training."""
     from .runner import train_network
 
     cfg = spec.strategy.warmup
@@ -158,7 +173,7 @@ def attribution_warm_start(spec: SearchSpec, data: TaskData, *, progress: bool =
     singles = space.freeze({t: i for i, t in enumerate(spec.task_names)})
     steps_per_epoch = max(1, math.ceil(len(data.train) / spec.strategy.batch_size))  # type: ignore[arg-type]
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
-    train_network(singles, data, spec.tasks, spec.strategy, epochs, progress=progress)
+    train_network(singles, data, spec.tasks, spec.strategy, epochs, progress=progress, callbacks=callbacks)
     singles.cpu()
     affinity = attribution_affinity(singles, spec.tasks, _inputs(data, cfg.samples), cfg.rank)
     a = affinity.numpy().astype(float)

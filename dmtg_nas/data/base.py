@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from pydantic import BaseModel
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 from ..config import SplitConfig, TaskConfig
 from ..errors import DataError
 
-__all__ = ["TaskData", "TensorTaskDataset", "DatasetPlugin", "make_loader", "random_split", "encode_targets"]
+__all__ = [
+    "TaskData",
+    "TensorTaskDataset",
+    "DatasetPlugin",
+    "ResumableRandomSampler",
+    "make_loader",
+    "random_split",
+    "encode_targets",
+]
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -78,6 +86,50 @@ class DatasetPlugin(Protocol):
         """Read or generate the data and return its splits."""
 
 
+class ResumableRandomSampler(Sampler[int]):
+    """A random permutation per epoch from one seeded generator, resumable in the middle of an epoch.
+
+    Draws exactly what ``RandomSampler(data, generator=generator)`` draws (the same orders), and
+    also remembers the generator's state at the start of the current epoch, so that a run resumed
+    from a checkpoint can replay the epoch's order and skip the samples already trained on
+    (:meth:`state_dict`, :meth:`resume`).
+    """
+
+    def __init__(self, size: int, generator: torch.Generator) -> None:
+        self.size = size
+        self.generator = generator
+        self._epoch_start = generator.get_state()
+        self._replay: torch.Tensor | None = None  # generator state to restore at the next epoch's start
+        self._skip = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        if self._replay is not None:
+            self.generator.set_state(self._replay)
+            self._replay = None
+        self._epoch_start = self.generator.get_state()
+        order = torch.randperm(self.size, generator=self.generator).tolist()
+        torch.randperm(self.size, generator=self.generator)  # RandomSampler draws a second (empty) slice
+        skip, self._skip = self._skip, 0
+        yield from order[skip:]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Generator states at the start of the current epoch and now."""
+        return {"epoch_start": self._epoch_start.clone(), "now": self.generator.get_state()}
+
+    def resume(self, state: Mapping[str, torch.Tensor], skip: int) -> None:
+        """Continue from ``state``: at the next epoch when ``skip == 0``, else ``skip`` samples into
+        the epoch that was running."""
+        if skip > 0:
+            self._replay = state["epoch_start"].clone()
+            self._skip = skip
+        else:
+            self.generator.set_state(state["now"].clone())
+            self._replay, self._skip = None, 0
+
+
 def make_loader(
     dataset: Dataset[Any],
     batch_size: int,
@@ -100,14 +152,25 @@ def make_loader(
     else:
         loader_cls = DataLoader
     generator = torch.Generator().manual_seed(seed)
+    order: Sampler[int] = (
+        ResumableRandomSampler(len(dataset), generator)  # type: ignore[arg-type]
+        if shuffle
+        else SequentialSampler(dataset)  # type: ignore[arg-type]
+    )
     if isinstance(dataset, TensorTaskDataset):
-        base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-        sampler = BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
-        return loader_cls(dataset, batch_size=None, sampler=sampler, num_workers=num_workers)  # type: ignore[no-any-return]
+        sampler = BatchSampler(order, batch_size=batch_size, drop_last=drop_last)
+        # the loader's own generator (worker seeds) keeps data loading off the global RNG
+        return loader_cls(  # type: ignore[no-any-return]
+            dataset,
+            batch_size=None,
+            sampler=sampler,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(seed),
+        )
     return loader_cls(  # type: ignore[no-any-return]
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=order,
         generator=generator,
         num_workers=num_workers,
         drop_last=drop_last,

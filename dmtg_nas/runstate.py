@@ -1,0 +1,328 @@
+"""The state of a search run on disk: atomic checkpoints, exact resumption, interruption, the run lock.
+
+- :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file in the same folder and
+  moves it into place with ``os.replace``; the checkpoint it replaces is kept as
+  ``<name>.prev.ckpt`` (``checkpoints/last.prev.ckpt`` for ``last.ckpt``).
+- :class:`RunStateCallback` adds what Lightning does not save itself: the torch / CUDA / numpy /
+  Python RNG states, the training data order (generator states of the
+  :class:`~dmtg_nas.data.base.ResumableRandomSampler`) and the count of skipped non-finite
+  batches. With Lightning's own state (weights, grouping logits, optimizer, learning-rate
+  scheduler, epoch, step, callback states) a resumed search continues exactly where it stopped,
+  also from the middle of an epoch.
+- :class:`Interrupts` turns SIGINT (Ctrl-C) and SIGTERM into a request to stop at the next step
+  boundary; :class:`InterruptCallback` then saves a checkpoint and raises :class:`SearchInterrupted`.
+- :func:`select_checkpoint` checks ``last.ckpt`` before resuming and falls back to the previous one.
+- :class:`~dmtg_nas.runlock.RunLock` keeps two runs out of one output folder (``fcntl.flock``:
+  released when the holding process ends, however it ends).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from .data.base import ResumableRandomSampler
+from .errors import DmtgError, SearchInterrupted
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "Interrupts",
+    "InterruptCallback",
+    "RunStateCallback",
+    "previous_path",
+    "select_checkpoint",
+]
+
+_logger = logging.getLogger(__name__)
+
+STATE_KEY = "dmtg_run_state"
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where the checkpoint replaced by a save of ``path`` is kept: ``last.ckpt`` -> ``last.prev.ckpt``."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.prev{p.suffix}")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Torch checkpoints written atomically, keeping the previous version of each file.
+
+    The new checkpoint goes to a temporary file in the target folder (same file system), is flushed
+    to disk, and replaces the target with ``os.replace``; the old target is first hard-linked (or
+    copied) to :func:`previous_path`, so a good checkpoint exists under one of the two names at
+    every moment, whenever the process dies.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        tmp = Path(tmp_name)
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if target.is_file():
+                prev = previous_path(target)
+                prev_tmp = tmp.with_name(tmp.name + ".prev")
+                try:
+                    os.link(target, prev_tmp)
+                except OSError:  # no hard links on this file system
+                    shutil.copyfile(target, prev_tmp)
+                os.replace(prev_tmp, prev)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # make the renames durable where the platform allows it
+            dir_fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    """None if ``path`` is a complete search checkpoint, else what is wrong with it."""
+    if not path.is_file():
+        return "missing"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # any failure to read means the file is unusable
+        first = str(exc).strip().splitlines()[0].split(". ")[0][:160] if str(exc).strip() else ""
+        return f"unreadable ({type(exc).__name__}{': ' + first if first else ''})"
+    if not isinstance(ckpt, dict):
+        return "not a checkpoint"
+    missing = [k for k in ("state_dict", "loops", "optimizer_states", "epoch", "global_step") if k not in ckpt]
+    if missing:
+        return f"incomplete (no {', '.join(missing)})"
+    return None
+
+
+def select_checkpoint(last: Path) -> Path:
+    """The checkpoint to resume from: ``last`` if it is sound, else its previous version.
+
+    A damaged ``last`` is renamed to ``<name>.corrupt`` (so the next save does not keep it as the
+    previous version) and a warning names it. Raises :class:`DmtgError` when neither is usable.
+    """
+    problem = _checkpoint_problem(last)
+    if problem is None:
+        return last
+    prev = previous_path(last)
+    prev_problem = _checkpoint_problem(prev)
+    if problem == "missing" and prev_problem == "missing":
+        raise DmtgError(f"{last.parent.parent}: nothing to resume (no {last.parent.name}/{last.name})")
+    if prev_problem is not None:
+        raise DmtgError(f"cannot resume: {last} is {problem} and {prev} is {prev_problem}")
+    if problem != "missing":
+        last.replace(last.with_name(last.name + ".corrupt"))
+        _logger.warning("%s is %s (kept as %s.corrupt); resuming from %s", last, problem, last.name, prev)
+    else:
+        _logger.warning("%s is missing; resuming from %s", last, prev)
+    return prev
+
+
+# ---------------------------------------------------------------------------- run state
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state: Any = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(np_state[1]).astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _resumable_sampler(loader: Any) -> ResumableRandomSampler | None:
+    for owner in (loader, getattr(loader, "batch_sampler", None)):
+        sampler = getattr(owner, "sampler", None)
+        for candidate in (sampler, getattr(sampler, "sampler", None)):
+            if isinstance(candidate, ResumableRandomSampler):
+                return candidate
+    return None
+
+
+class RunStateCallback(pl.Callback):
+    """Saves and restores what Lightning's checkpoints lack for an exact resumption.
+
+    Args:
+        train_loader: the search's training loader (its :class:`ResumableRandomSampler` is resumed).
+        training_module: the module whose ``nonfinite_skips`` are kept.
+    """
+
+    def __init__(self, train_loader: Any, training_module: Any) -> None:
+        self.train_loader = train_loader
+        self.training_module = training_module
+        self.batch_size = int(getattr(train_loader, "batch_size", None) or 0)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        sampler = _resumable_sampler(self.train_loader)
+        checkpoint[STATE_KEY] = {
+            "rng": _rng_state(),
+            "sampler": sampler.state_dict() if sampler is not None else None,
+            "nonfinite_skips": list(getattr(self.training_module, "nonfinite_skips", [])),
+        }
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        state = checkpoint.get(STATE_KEY)
+        if state is None:
+            _logger.warning("the checkpoint has no run state (older version): RNG and data order start afresh")
+            return
+        _set_rng_state(state["rng"])
+        if hasattr(self.training_module, "nonfinite_skips"):
+            self.training_module.nonfinite_skips = list(state.get("nonfinite_skips", []))
+        sampler = _resumable_sampler(self.train_loader)
+        if sampler is not None and state.get("sampler") is not None:
+            per_epoch = len(self.train_loader)
+            done = int(checkpoint["global_step"]) - int(checkpoint["epoch"]) * per_epoch
+            skip_batches = done if 0 < done < per_epoch else 0
+            sampler.resume(state["sampler"], skip_batches * self._samples_per_batch())
+
+    def _samples_per_batch(self) -> int:
+        if self.batch_size:  # a loader that batches samples itself
+            return self.batch_size
+        batch_sampler = getattr(self.train_loader, "sampler", None)  # in-memory data: a BatchSampler
+        return int(getattr(batch_sampler, "batch_size", 1))
+
+
+# ---------------------------------------------------------------------------- interruption
+
+
+class Interrupts:
+    """While active, SIGINT and SIGTERM only set :attr:`signum`; training stops at the next step.
+
+    A second signal restores the default handlers and raises ``KeyboardInterrupt`` at once. Outside
+    the main thread (where Python allows no signal handlers) it does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def active(self) -> bool:
+        return bool(self._previous)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            self._restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+        _logger.warning("%s received: stopping after the current step", signal.Signals(signum).name)
+
+    def install(self) -> None:
+        """(Re)install the handlers, e.g. over the SIGTERM handler Lightning's Trainer sets."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            current = signal.getsignal(sig)
+            if current != self._handle:
+                self._previous.setdefault(sig, current)
+                signal.signal(sig, self._handle)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __enter__(self) -> Interrupts:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+
+class InterruptCallback(pl.Callback):
+    """Stops training at a step boundary after a signal.
+
+    With ``checkpoint`` (the search), a checkpoint is saved first: in the middle of an epoch at
+    ``on_train_batch_end``, at the end of an epoch (a signal during the last batch or the validation)
+    at ``on_train_epoch_end``, where ``ModelCheckpoint`` saves too.
+    ``describe(signal_name, saved)`` makes the message of :class:`SearchInterrupted`.
+    """
+
+    def __init__(self, interrupts: Interrupts, describe: Any, checkpoint: Path | None = None) -> None:
+        self.interrupts = interrupts
+        self.describe = describe
+        self.checkpoint = checkpoint
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.interrupts.active:
+            self.interrupts.install()  # Lightning replaced the SIGTERM handler when the fit started
+
+    def _stop(self, trainer: pl.Trainer, saved: str | None) -> None:
+        assert self.interrupts.signum is not None
+        raise SearchInterrupted(self.describe(self.interrupts.name, saved), self.interrupts.signum)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.interrupts.signum is None:
+            return
+        if self.checkpoint is None:
+            self._stop(trainer, None)
+        # the epoch's last batch: wait for its validation and end-of-epoch checkpoint
+        if batch_idx + 1 < trainer.num_training_batches:
+            trainer.save_checkpoint(str(self.checkpoint))
+            self._stop(trainer, f"epoch {trainer.current_epoch}, step {trainer.global_step}")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the state ModelCheckpoint saves at this hook (it runs after the other callbacks)
+        if self.interrupts.signum is not None and self.checkpoint is not None:
+            trainer.save_checkpoint(str(self.checkpoint))
+            self._stop(trainer, f"the end of epoch {trainer.current_epoch}, step {trainer.global_step}")
