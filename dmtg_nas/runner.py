@@ -32,6 +32,7 @@ from .components import load_data
 from .config import SearchSpec, StrategyConfig, TaskConfig
 from .data import TaskData, make_loader
 from .errors import DmtgError
+from .hardware import barrier, eval_device, is_global_zero, trainer_kwargs, use_pinned_memory
 from .space import GroupedNetwork, GroupingSpace, groups_from_sample
 from .tasks import TaskMetrics, summarize
 from .training import MultiTaskModule
@@ -99,14 +100,6 @@ class ProbabilityHistory(pl.Callback):
         self.records = list(state_dict.get("records", []))
 
 
-def _accelerator(device: str) -> str:
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise DmtgError("strategy.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-        return "gpu"
-    return "cpu" if device == "cpu" else "auto"
-
-
 def _log_version(out_dir: Path, resume_from: Path | None) -> str:
     """``logs`` for a new run; ``logs-resume-<n>`` for the n-th resumption (never overwrite logs)."""
     if resume_from is None:
@@ -132,14 +125,16 @@ def build_evaluator(
     from pytorch_lightning.loggers import CSVLogger
 
     strat = spec.strategy
-    module = MultiTaskModule(spec.tasks, strat.optimizer, strat.lr_schedule, strat.epochs)
+    hw = strat.trainer
+    module = MultiTaskModule(
+        spec.tasks, strat.optimizer, strat.lr_schedule, strat.epochs, channels_last=hw.channels_last, compile=hw.compile
+    )
     cbs = list(callbacks)
     if checkpoint and out_dir is not None:
         cbs.append(ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0))
     trainer = Trainer(
         max_epochs=strat.epochs,
-        accelerator=_accelerator(strat.device),
-        devices=1,
+        **trainer_kwargs(hw),
         callbacks=cbs,
         logger=CSVLogger(save_dir=str(out_dir), name="", version=_log_version(out_dir, resume_from))
         if out_dir is not None
@@ -152,17 +147,13 @@ def build_evaluator(
         gradient_clip_val=strat.gradient_clip,
         default_root_dir=str(out_dir) if out_dir is not None else None,
     )
-    pin = _accelerator(strat.device) != "cpu" and torch.cuda.is_available()
-    train_loader = make_loader(
-        data.train, strat.batch_size, shuffle=True, seed=strat.seed, num_workers=strat.num_workers, pin_memory=pin
-    )
-    val_loader = make_loader(
-        data.val,
-        strat.eval_batch_size or strat.batch_size,
-        shuffle=False,
-        num_workers=strat.num_workers,
-        pin_memory=pin,
-    )
+    loader: dict[str, Any] = {
+        "num_workers": strat.num_workers,
+        "pin_memory": use_pinned_memory(hw),
+        "world_size": hw.world_size,
+    }
+    train_loader = make_loader(data.train, strat.batch_size, shuffle=True, seed=strat.seed, **loader)
+    val_loader = make_loader(data.val, strat.eval_batch_size or strat.batch_size, shuffle=False, **loader)
     fit_kwargs = {"ckpt_path": str(resume_from)} if resume_from is not None else None
     return Lightning(module, trainer, train_dataloaders=train_loader, val_dataloaders=val_loader, fit_kwargs=fit_kwargs)
 
@@ -173,17 +164,21 @@ def evaluate(
     dataset: Any,
     tasks: Sequence[TaskConfig],
     batch_size: int = 1024,
-    device: str = "cpu",
-    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    num_workers: int | str = 0,
 ) -> dict[str, dict[str, float]]:
-    """Per-task loss and metrics of a network returning ``{task: output}`` on a dataset."""
-    metrics = TaskMetrics(tasks).to(device)
+    """Per-task loss and metrics of a network returning ``{task: output}`` on a dataset.
+
+    Runs in this process alone (in a distributed run every process evaluates the whole set)."""
+    device = torch.device(device)
+    metrics = TaskMetrics(tasks, sync=False).to(device)
     was_training = model.training
     model.eval().to(device)
-    loader = make_loader(dataset, batch_size, shuffle=False, traced=False, num_workers=num_workers)
+    pin = device.type == "cuda"
+    loader = make_loader(dataset, batch_size, shuffle=False, traced=False, num_workers=num_workers, pin_memory=pin)
     for x, targets in loader:
-        outputs = model(x.to(device))
-        metrics.update(outputs, {k: v.to(device) for k, v in targets.items()})
+        outputs = model(x.to(device, non_blocking=pin))
+        metrics.update(outputs, {k: v.to(device, non_blocking=pin) for k, v in targets.items()})
     model.train(was_training)
     return metrics.compute()
 
@@ -202,12 +197,14 @@ def train_network(
     """Train a plain multi-task network (e.g. the pruned grouped network) with the strategy's
     optimizer, learning-rate schedule and batch size."""
     optimizer = strategy.optimizer.model_copy(update={"lr": lr or strategy.optimizer.lr, "logits_lr": None})
-    module = MultiTaskModule(tasks, optimizer, strategy.lr_schedule, epochs)
+    hw = strategy.trainer
+    module = MultiTaskModule(
+        tasks, optimizer, strategy.lr_schedule, epochs, channels_last=hw.channels_last, compile=hw.compile
+    )
     module.set_model(model)
     trainer = pl.Trainer(
         max_epochs=epochs,
-        accelerator=_accelerator(strategy.device),
-        devices=1,
+        **trainer_kwargs(hw),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=progress,
@@ -216,15 +213,16 @@ def train_network(
         gradient_clip_val=strategy.gradient_clip,
         callbacks=list(callbacks),
     )
-    workers = strategy.num_workers
+    loader: dict[str, Any] = {
+        "num_workers": strategy.num_workers,
+        "pin_memory": use_pinned_memory(hw),
+        "world_size": hw.world_size,
+        "traced": False,
+    }
     trainer.fit(
         module,
-        make_loader(
-            data.train, strategy.batch_size, shuffle=True, seed=strategy.seed + 1, traced=False, num_workers=workers
-        ),
-        make_loader(
-            data.val, strategy.eval_batch_size or strategy.batch_size, shuffle=False, traced=False, num_workers=workers
-        ),
+        make_loader(data.train, strategy.batch_size, shuffle=True, seed=strategy.seed + 1, **loader),
+        make_loader(data.val, strategy.eval_batch_size or strategy.batch_size, shuffle=False, **loader),
     )
     return model
 
@@ -251,7 +249,9 @@ def train_partition(
     space = GroupingSpace(spec.tasks, len(groups), spec.backbone, spec.heads, data.input_shape, "independent")
     model = space.freeze({t: i for i, g in enumerate(groups) for t in g})
     train_network(model, data, spec.tasks, strat, epochs or strat.epochs + strat.finetune.epochs, progress=progress)
-    per_split = {split: evaluate(model, getattr(data, split), spec.tasks) for split in ("val", "test")}
+    device = eval_device(strat.trainer)
+    per_split = {split: evaluate(model, getattr(data, split), spec.tasks, device=device) for split in ("val", "test")}
+    model.cpu()
     totals = {split: summarize(per_split[split], spec.tasks) for split in per_split}
     return model, {**per_split, "totals": totals}
 
@@ -310,8 +310,13 @@ def run_search(
     pl.seed_everything(strat.seed, workers=True, verbose=False)
     t0 = time.perf_counter()
     data = data if data is not None else load_data(spec)
-    resume_from = _prepare_out_dir(out, resume, overwrite) if out is not None else None
-    if out is not None and not resume:
+    if out is None:
+        resume_from = None
+    elif is_global_zero():
+        resume_from = _prepare_out_dir(out, resume, overwrite)
+    else:  # the other processes of a distributed run: rank 0 has prepared the folder
+        resume_from = out / "checkpoints" / "last.ckpt" if resume else None
+    if out is not None and not resume and is_global_zero():
         (out / "config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
     warm = None
     # the warm start clusters tasks into K groups: nothing to decide with K = 1 or K >= N;
@@ -345,7 +350,7 @@ def run_search(
             model = fresh.freeze(sample)
         train_network(model, data, spec.tasks, strat, strat.finetune.epochs, lr=strat.finetune.lr, progress=progress)
     finetune_time = time.perf_counter() - t_finetune
-    device = "cuda" if _accelerator(strat.device) != "cpu" and torch.cuda.is_available() else "cpu"
+    device = eval_device(strat.trainer)
     dense = any(t.dense for t in spec.tasks)  # per-pixel outputs: keep evaluation batches at the training size
     eval_bs = strat.eval_batch_size or (strat.batch_size if dense else max(strat.batch_size, 256))
     per_split = {
@@ -400,8 +405,9 @@ def run_search(
         out_dir=out,
         ground_truth=data.ground_truth,
     )
-    if out is not None:
+    if out is not None and is_global_zero():
         write_outputs(result, spec, data)
+    barrier()  # a distributed run ends when every process has finished
     return result
 
 
@@ -441,6 +447,7 @@ def retrain(
     epochs: int | None = None,
     out_dir: str | Path | None = None,
     progress: bool = False,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train the grouped network of a finished search to completion and report test metrics.
 
@@ -450,6 +457,7 @@ def retrain(
             search's pruned network).
         epochs: training epochs (default: the search's ``epochs + finetune.epochs``).
         out_dir: where to write ``metrics.json`` and ``model.pt`` (default: ``run_dir/retrain``).
+        overrides: ``dotted.key=value`` changes to the search's spec (e.g. ``strategy.trainer.devices=2``).
 
     Returns:
         the metrics (``val``, ``test``, ``totals``, ``retrain``).
@@ -463,10 +471,9 @@ def retrain(
             raise DmtgError(f"{run}: not a finished search (no {name})")
     if init not in ("scratch", "search"):
         raise DmtgError(f"init must be 'scratch' or 'search', got {init!r}")
-    spec = load_spec(run / "config.yaml")
+    spec = load_spec(run / "config.yaml", overrides)
     groups = json.loads((run / "grouping.json").read_text())["groups"]
     out = Path(out_dir) if out_dir is not None else run / "retrain"
-    out.mkdir(parents=True, exist_ok=True)
     data = load_data(spec)
     budget = epochs or spec.strategy.epochs + spec.strategy.finetune.epochs
     t0 = time.perf_counter()
@@ -476,9 +483,16 @@ def retrain(
         model = load_model(run / "model.pt")
         pl.seed_everything(spec.strategy.seed, workers=True, verbose=False)
         train_network(model, data, spec.tasks, spec.strategy, budget, progress=progress)
-        per_split = {split: evaluate(model, getattr(data, split), spec.tasks) for split in ("val", "test")}
+        device = eval_device(spec.strategy.trainer)
+        per_split = {
+            split: evaluate(model, getattr(data, split), spec.tasks, device=device) for split in ("val", "test")
+        }
+        model.cpu()
         metrics = {**per_split, "totals": {s: summarize(per_split[s], spec.tasks) for s in per_split}}
     metrics["retrain"] = {"init": init, "epochs": budget, "groups": groups, "seconds": time.perf_counter() - t0}
-    _write_json(out / "metrics.json", metrics)
-    model.save(out / "model.pt")
+    if is_global_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "metrics.json", metrics)
+        model.save(out / "model.pt")
+    barrier()
     return metrics
