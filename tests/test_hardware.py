@@ -165,3 +165,21 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path: Path) -> None:
     assert (tmp_path / "ddp" / "run" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "ddp" / "run" / "logs" / "metrics.csv").is_file()
     assert not list((tmp_path / "ddp" / "run").glob("logs-*"))
+
+
+def test_cli_device_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from dmtg_nas.cli import _trainer_overrides, build_parser, main
+
+    args = build_parser().parse_args(
+        ["search", "planted", "--devices", "2", "--num-nodes", "3", "--accelerator", "cpu", "--precision", "bf16-mixed"]
+    )
+    assert _trainer_overrides(args) == [
+        "strategy.trainer.accelerator=cpu",
+        "strategy.trainer.devices=2",
+        "strategy.trainer.num_nodes=3",
+        "strategy.trainer.precision=bf16-mixed",
+    ]
+    assert main(["search", "planted", "--devices", "0"]) == 2
+    assert "--devices must be >= 1" in capsys.readouterr().err
+    assert main(["benchmark", "planted", "--set", "strategy.trainer.devices=2"]) == 2
+    assert "runs each training on one device" in capsys.readouterr().err
