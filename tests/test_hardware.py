@@ -183,3 +183,21 @@ def test_cli_device_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--devices must be >= 1" in capsys.readouterr().err
     assert main(["benchmark", "planted", "--set", "strategy.trainer.devices=2"]) == 2
     assert "runs each training on one device" in capsys.readouterr().err
+
+
+def test_channels_last_during_training_only() -> None:
+    from dmtg_nas.config import LRScheduleConfig, OptimizerConfig, TaskConfig
+    from dmtg_nas.training import MultiTaskModule
+
+    tasks = [TaskConfig(name="a", type="binary")]
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    module = MultiTaskModule(tasks, OptimizerConfig(), LRScheduleConfig(), 1, channels_last=True)
+    module.set_model(torch.nn.ModuleDict({"body": net}))
+    weight = net[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    x = torch.randn(2, 3, 8, 8)
+    expected = torch.nn.functional.conv2d(x, weight.detach().contiguous(), net[0].bias.detach()).mean((2, 3))
+    module.model.forward = lambda inp: {"a": net(inp)}  # type: ignore[method-assign]
+    assert torch.allclose(module(x)["a"], expected, atol=1e-5)
+    module.on_fit_end()
+    assert net[0].weight is weight and weight.is_contiguous()  # same parameter, ordinary layout again
