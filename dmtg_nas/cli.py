@@ -259,6 +259,8 @@ def _quiet_libraries(training: bool) -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # DDP: validation metrics come from torchmetrics (already combined over processes), tau is the same everywhere
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     # NNI logs every failed training with its traceback before re-raising; the error itself reaches

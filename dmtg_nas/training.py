@@ -121,7 +121,10 @@ class MultiTaskModule(LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, targets = batch
         total, _ = multitask_loss(self.tasks, self(x), targets)
-        self.log("train_loss", total, prog_bar=True, on_step=False, on_epoch=True, batch_size=x.shape[0])
+        # sync_dist: the epoch mean over all processes of a DDP run (a no-op in one process)
+        self.log(
+            "train_loss", total, prog_bar=True, on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True
+        )
         return total
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
