@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
     search.add_argument("--quiet", "-q", action="store_true", help="no progress bar, only the result")
     search.add_argument("--json", action="store_true", help="print the grouping as JSON instead of a table")
+    _add_trainer_flags(search)
 
     validate = sub.add_parser(
         "validate",
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--epochs", type=int, help="training epochs (default: the search's budget)")
     retrain.add_argument("--out", "-o", type=Path, help="output folder (default: RUN/retrain)")
     retrain.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_trainer_flags(retrain)
 
     bench = sub.add_parser(
         "benchmark",
@@ -214,6 +216,46 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_trainer_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "devices and precision",
+        "shortcuts for --set strategy.trainer.KEY=VALUE; with devices x nodes > 1 Lightning's DDP runs the command "
+        "once per process, each on its share of every batch (strategy.batch_size stays the global batch), and "
+        "rank 0 writes the outputs",
+    )
+    group.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], help="default: auto (a GPU when there is one)")
+    group.add_argument(
+        "--devices", type=int, metavar="N", help="processes per node: GPUs, or CPU processes (default: 1)"
+    )
+    group.add_argument("--num-nodes", type=int, metavar="N", help="machines (default: 1; see the README on DDP)")
+    group.add_argument(
+        "--precision", choices=["32-true", "bf16-mixed", "16-mixed"], help="Lightning precision (default: 32-true)"
+    )
+
+
+def _trainer_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` strings for the devices-and-precision flags that were given."""
+    out = []
+    for flag, key in (("accelerator", "accelerator"), ("devices", "devices"), ("num_nodes", "num_nodes")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            if key != "accelerator" and value < 1:
+                raise DmtgError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+            out.append(f"strategy.trainer.{key}={value}")
+    if getattr(args, "precision", None) is not None:
+        out.append(f"strategy.trainer.precision={args.precision}")
+    return out
+
+
+def _single_process(spec: Any, command: str) -> None:
+    """The commands that write shared result files run as one process (one device each)."""
+    if spec.strategy.trainer.world_size > 1:
+        raise DmtgError(
+            f"dmtg {command} runs each training on one device; strategy.trainer.devices x num_nodes is "
+            f"{spec.strategy.trainer.world_size} (use dmtg search / dmtg retrain for multi-device runs)"
+        )
+
+
 def _quiet_libraries(training: bool) -> None:
     """Keep the terminal to our own output: silence NNI's import warnings and Lightning's banners.
 
@@ -226,6 +268,8 @@ def _quiet_libraries(training: bool) -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # DDP: validation metrics come from torchmetrics (already combined over processes), tau is the same everywhere
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     # NNI logs every failed training with its traceback before re-raising; the error itself reaches
@@ -294,7 +338,7 @@ def _format_table(result: Any) -> str:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from .config import load_spec
-    from .runlock import RunLock
+    from .runlock import RunLock, launcher_rank_zero
 
     if args.resume is not None:
         if args.spec is not None or args.overrides:
@@ -302,23 +346,28 @@ def _cmd_search(args: argparse.Namespace) -> int:
         config = args.resume / "config.yaml"
         if not config.is_file():
             raise DmtgError(f"{args.resume}: not a run folder (no config.yaml)")
-        spec = load_spec(config)
+        spec = load_spec(config, _trainer_overrides(args))
         out = args.resume
     else:
         if args.spec is None:
             raise DmtgError("give a SPEC (a shipped search-space name or a YAML file), or --resume DIR")
-        spec = load_spec(args.spec, args.overrides)
+        spec = load_spec(args.spec, [*args.overrides, *_trainer_overrides(args)])
         out = args.out or Path("runs") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    RunLock(out).check()  # before the slow imports: a folder in use is refused at once
+    if launcher_rank_zero():
+        RunLock(out).check()  # before the slow imports: a folder in use is refused at once
+    from .hardware import is_global_zero
     from .runner import run_search
 
-    if not args.quiet:
+    quiet = args.quiet or not is_global_zero()  # the other processes of a DDP run print nothing
+    if not quiet:
         print(
             f"searching {spec.name}: {len(spec.tasks)} tasks, K={spec.groups}, {spec.backbone.name} branches, "
             f"{spec.strategy.epochs} epochs -> {out}",
             file=sys.stderr,
         )
-    result = run_search(spec, out, progress=not args.quiet, resume=args.resume is not None, overwrite=args.overwrite)
+    result = run_search(spec, out, progress=not quiet, resume=args.resume is not None, overwrite=args.overwrite)
+    if not is_global_zero():
+        return 0
     if args.json:
         print(json.dumps({"groups": result.groups, "assignment": result.assignment}, indent=2))
     else:
@@ -328,9 +377,19 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
+    from .hardware import is_global_zero
     from .runner import retrain
 
-    metrics = retrain(args.run, init=args.init, epochs=args.epochs, out_dir=args.out, progress=not args.quiet)
+    metrics = retrain(
+        args.run,
+        init=args.init,
+        epochs=args.epochs,
+        out_dir=args.out,
+        progress=not args.quiet and is_global_zero(),
+        overrides=_trainer_overrides(args),
+    )
+    if not is_global_zero():
+        return 0
     test = metrics["totals"]["test"]
     line = f"retrained ({args.init}, {metrics['retrain']['epochs']} epochs): test total loss {test['total_loss']:.4f}"
     if "total_error" in test:
@@ -345,6 +404,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .config import load_spec
 
     spec = load_spec(args.spec, args.overrides)
+    _single_process(spec, "benchmark")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.seeds < 1:
         raise DmtgError(f"--seeds must be >= 1, got {args.seeds}")
@@ -413,6 +473,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         if flag is not None:
             overrides.append(f"tuning.{key}={json.dumps(flag)}")
     spec = load_spec(args.spec, overrides)
+    _single_process(spec, "tune")
     if args.jobs is not None and args.jobs < 1:
         raise DmtgError(f"--jobs must be >= 1, got {args.jobs}")
     study = args.study or spec.name
@@ -456,6 +517,7 @@ def _cmd_portal(args: argparse.Namespace) -> int:
     if args.spec is None:
         raise DmtgError("give a SPEC (a shipped search-space name or a YAML file), or --stop DIR")
     spec = load_spec(args.spec, args.overrides)
+    _single_process(spec, "portal")
     out = args.out or Path("runs") / f"portal-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return run_portal(
         spec,

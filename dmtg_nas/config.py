@@ -42,6 +42,7 @@ __all__ = [
     "FinetuneConfig",
     "InitConfig",
     "WarmupConfig",
+    "TrainerConfig",
     "StrategyConfig",
     "SearchSpec",
     "load_spec",
@@ -244,6 +245,27 @@ class InitConfig(StrictModel):
     logits: float = 1.0  # initial value of every grouping logit (uniform distribution)
 
 
+class TrainerConfig(StrictModel):
+    """Where and how Lightning trains: every Trainer the package builds (the search, fine-tuning,
+    retraining, the baselines and the warm start) takes these settings.
+
+    ``batch_size`` stays the global batch: with ``devices * num_nodes`` processes each one gets its
+    share of every batch, so a run on more devices takes the same optimisation steps.
+    """
+
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"  # auto: a GPU when there is one
+    devices: int = Field(default=1, ge=1)  # processes per node (GPUs, or CPU processes with accelerator cpu)
+    num_nodes: int = Field(default=1, ge=1)
+    strategy: Literal["auto", "ddp"] = "auto"  # auto: ddp when devices * num_nodes > 1
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"  # Lightning's precision plugin
+    channels_last: bool = False  # conv encoders: NHWC memory format (faster convolutions on recent GPUs)
+    compile: bool = False  # torch.compile the network's forward
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+
 class StrategyConfig(StrictModel):
     """How to search: the DMTG one-shot strategy's settings."""
 
@@ -264,8 +286,28 @@ class StrategyConfig(StrictModel):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     seed: Seed = 0
     deterministic: bool = False  # deterministic algorithms only (GPU runs; errors where PyTorch has none)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: int = Field(default=0, ge=0, le=256)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    # loader worker processes per training process; auto: none for in-memory data, a few for image files
+    num_workers: int | Literal["auto"] = "auto"
+    # older spelling of trainer.accelerator (cuda = gpu), still read from saved run configs
+    device: Literal["auto", "cpu", "cuda"] | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _device(self) -> StrategyConfig:
+        if self.num_workers != "auto" and not 0 <= self.num_workers <= 256:
+            raise ValueError(f"num_workers must be in 0..256 or 'auto', got {self.num_workers}")
+        if self.device in (None, "auto"):
+            self.device = None
+            return self
+        accelerator = "gpu" if self.device == "cuda" else self.device
+        if "trainer" in self.model_fields_set and self.trainer.accelerator not in ("auto", accelerator):
+            raise ValueError(
+                f"device {self.device!r} contradicts trainer.accelerator {self.trainer.accelerator!r}; "
+                "set only trainer.accelerator"
+            )
+        self.trainer = self.trainer.model_copy(update={"accelerator": accelerator})
+        self.device = None
+        return self
 
 
 class SearchSpec(StrictModel):

@@ -7,9 +7,18 @@ from pathlib import Path
 
 from .errors import RunLockedError
 
-__all__ = ["LOCK_NAME", "RunLock"]
+__all__ = ["LOCK_NAME", "RunLock", "launcher_rank_zero"]
 
 LOCK_NAME = ".lock"
+
+
+def launcher_rank_zero() -> bool:
+    """Whether the launcher's environment makes this the global rank 0 process (the one that writes
+    and holds the lock). Lightning's launcher sets ``NODE_RANK``/``LOCAL_RANK``, ``torchrun`` sets
+    ``RANK``; a plain process has none and is rank 0."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 class RunLock:

@@ -39,6 +39,7 @@ from .components import load_data
 from .config import SearchSpec, StrategyConfig, TaskConfig
 from .data import TaskData, make_loader
 from .errors import DmtgError, NonFiniteLossError, SearchInterrupted
+from .hardware import barrier, eval_device, is_global_zero, trainer_kwargs, use_pinned_memory
 from .runlock import RunLock
 from .runstate import AtomicCheckpointIO, InterruptCallback, Interrupts, RunStateCallback, select_checkpoint
 from .space import GroupedNetwork, GroupingSpace, groups_from_sample
@@ -110,14 +111,6 @@ class ProbabilityHistory(pl.Callback):
         self.records = list(state_dict.get("records", []))
 
 
-def _accelerator(device: str) -> str:
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise DmtgError("strategy.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-        return "gpu"
-    return "cpu" if device == "cpu" else "auto"
-
-
 def _log_version(out_dir: Path, resume_from: Path | None) -> str:
     """``logs`` for a new run; ``logs-resume-<n>`` for the n-th resumption (never overwrite logs)."""
     if resume_from is None:
@@ -150,17 +143,27 @@ def build_evaluator(
     from pytorch_lightning.loggers import CSVLogger
 
     strat = spec.strategy
-    module = MultiTaskModule(spec.tasks, strat.optimizer, strat.lr_schedule, strat.epochs, strat.nonfinite)
-    pin = _accelerator(strat.device) != "cpu" and torch.cuda.is_available()
-    train_loader = make_loader(
-        data.train, strat.batch_size, shuffle=True, seed=strat.seed, num_workers=strat.num_workers, pin_memory=pin
+    hw = strat.trainer
+    module = MultiTaskModule(
+        spec.tasks,
+        strat.optimizer,
+        strat.lr_schedule,
+        strat.epochs,
+        strat.nonfinite,
+        channels_last=hw.channels_last,
+        compile=hw.compile,
     )
+    loader: dict[str, Any] = {
+        "num_workers": strat.num_workers,
+        "pin_memory": use_pinned_memory(hw),
+        "world_size": hw.world_size,
+    }
+    train_loader = make_loader(data.train, strat.batch_size, shuffle=True, seed=strat.seed, **loader)
     val_loader = make_loader(
         data.val,
         strat.eval_batch_size or strat.batch_size,
         shuffle=False,
-        num_workers=strat.num_workers,
-        pin_memory=pin,
+        **loader,  # type: ignore[arg-type]
     )
     cbs = list(callbacks)
     saving = checkpoint and out_dir is not None
@@ -183,8 +186,7 @@ def build_evaluator(
         cbs.append(InterruptCallback(interrupts, _interrupt_message(out_dir if saving else None, "search"), ckpt))
     trainer = Trainer(
         max_epochs=strat.epochs,
-        accelerator=_accelerator(strat.device),
-        devices=1,
+        **trainer_kwargs(hw),
         callbacks=cbs,
         logger=CSVLogger(save_dir=str(out_dir), name="", version=_log_version(out_dir, resume_from))
         if out_dir is not None
@@ -234,17 +236,21 @@ def evaluate(
     dataset: Any,
     tasks: Sequence[TaskConfig],
     batch_size: int = 1024,
-    device: str = "cpu",
-    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    num_workers: int | str = 0,
 ) -> dict[str, dict[str, float]]:
-    """Per-task loss and metrics of a network returning ``{task: output}`` on a dataset."""
-    metrics = TaskMetrics(tasks).to(device)
+    """Per-task loss and metrics of a network returning ``{task: output}`` on a dataset.
+
+    Runs in this process alone (in a distributed run every process evaluates the whole set)."""
+    device = torch.device(device)
+    metrics = TaskMetrics(tasks, sync=False).to(device)
     was_training = model.training
     model.eval().to(device)
-    loader = make_loader(dataset, batch_size, shuffle=False, traced=False, num_workers=num_workers)
+    pin = device.type == "cuda"
+    loader = make_loader(dataset, batch_size, shuffle=False, traced=False, num_workers=num_workers, pin_memory=pin)
     for x, targets in loader:
-        outputs = model(x.to(device))
-        metrics.update(outputs, {k: v.to(device) for k, v in targets.items()})
+        outputs = model(x.to(device, non_blocking=pin))
+        metrics.update(outputs, {k: v.to(device, non_blocking=pin) for k, v in targets.items()})
     model.train(was_training)
     return metrics.compute()
 
@@ -265,12 +271,20 @@ def train_network(
     optimizer, learning-rate schedule, batch size, gradient clipping, non-finite policy and
     determinism. Batches skipped for a non-finite loss are appended to ``skipped``."""
     optimizer = strategy.optimizer.model_copy(update={"lr": lr or strategy.optimizer.lr, "logits_lr": None})
-    module = MultiTaskModule(tasks, optimizer, strategy.lr_schedule, epochs, strategy.nonfinite)
+    hw = strategy.trainer
+    module = MultiTaskModule(
+        tasks,
+        optimizer,
+        strategy.lr_schedule,
+        epochs,
+        strategy.nonfinite,
+        channels_last=hw.channels_last,
+        compile=hw.compile,
+    )
     module.set_model(model)
     trainer = pl.Trainer(
         max_epochs=epochs,
-        accelerator=_accelerator(strategy.device),
-        devices=1,
+        **trainer_kwargs(hw),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=progress,
@@ -280,15 +294,16 @@ def train_network(
         deterministic=True if strategy.deterministic else None,
         callbacks=list(callbacks),
     )
-    workers = strategy.num_workers
+    loader: dict[str, Any] = {
+        "num_workers": strategy.num_workers,
+        "pin_memory": use_pinned_memory(hw),
+        "world_size": hw.world_size,
+        "traced": False,
+    }
     trainer.fit(
         module,
-        make_loader(
-            data.train, strategy.batch_size, shuffle=True, seed=strategy.seed + 1, traced=False, num_workers=workers
-        ),
-        make_loader(
-            data.val, strategy.eval_batch_size or strategy.batch_size, shuffle=False, traced=False, num_workers=workers
-        ),
+        make_loader(data.train, strategy.batch_size, shuffle=True, seed=strategy.seed + 1, **loader),
+        make_loader(data.val, strategy.eval_batch_size or strategy.batch_size, shuffle=False, **loader),
     )
     if skipped is not None:
         skipped.extend(module.nonfinite_skips)
@@ -317,7 +332,9 @@ def train_partition(
     space = GroupingSpace(spec.tasks, len(groups), spec.backbone, spec.heads, data.input_shape, "independent")
     model = space.freeze({t: i for i, g in enumerate(groups) for t in g})
     train_network(model, data, spec.tasks, strat, epochs or strat.epochs + strat.finetune.epochs, progress=progress)
-    per_split = {split: evaluate(model, getattr(data, split), spec.tasks) for split in ("val", "test")}
+    device = eval_device(strat.trainer)
+    per_split = {split: evaluate(model, getattr(data, split), spec.tasks, device=device) for split in ("val", "test")}
+    model.cpu()
     totals = {split: summarize(per_split[split], spec.tasks) for split in per_split}
     return model, {**per_split, "totals": totals}
 
@@ -383,7 +400,7 @@ def run_search(
     out = Path(out_dir) if out_dir is not None else None
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     with contextlib.ExitStack() as stack:
-        lock = RunLock(out) if out is not None else None
+        lock = RunLock(out) if out is not None and is_global_zero() else None
         if lock is not None:
             stack.callback(lock.release)
         interrupts = stack.enter_context(Interrupts())
@@ -421,9 +438,14 @@ def _run_search(
     strat = spec.strategy
     pl.seed_everything(strat.seed, workers=True, verbose=False)
     t0 = time.perf_counter()
-    resume_from = _prepare_out_dir(out, resume, overwrite, lock) if out is not None and lock is not None else None
+    if out is None:
+        resume_from = None
+    elif lock is not None:  # the one process that writes (rank 0 of a distributed run) holds the lock
+        resume_from = _prepare_out_dir(out, resume, overwrite, lock)
+    else:  # the other processes of a distributed run: rank 0 has prepared the folder
+        resume_from = out / "checkpoints" / "last.ckpt" if resume else None
     data = data if data is not None else load_data(spec)
-    if out is not None and not resume:
+    if out is not None and not resume and is_global_zero():
         (out / "config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
     warm: WarmStart | None = None
     # the warm start clusters tasks into K groups: nothing to decide with K = 1 or K >= N;
@@ -434,7 +456,7 @@ def _run_search(
 
             stop = InterruptCallback(interrupts, _interrupt_message(out, "warm start"))
             warm = attribution_warm_start(spec, data, progress=progress, callbacks=[stop])
-            if out is not None:
+            if out is not None and is_global_zero():
                 _write_json(out / "warmstart.json", warm.to_dict())
             pl.seed_everything(strat.seed, workers=True, verbose=False)
         elif out is not None and (out / "warmstart.json").is_file():
@@ -502,7 +524,7 @@ def _run_search(
     finetune_time = time.perf_counter() - t_finetune
     if interrupts.signum is not None:  # after the fine-tune's last step: stop before the evaluation
         raise SearchInterrupted(_interrupt_message(out, "evaluation")(interrupts.name, None), interrupts.signum)
-    device = "cuda" if _accelerator(strat.device) != "cpu" and torch.cuda.is_available() else "cpu"
+    device = eval_device(strat.trainer)
     dense = any(t.dense for t in spec.tasks)  # per-pixel outputs: keep evaluation batches at the training size
     eval_bs = strat.eval_batch_size or (strat.batch_size if dense else max(strat.batch_size, 256))
     per_split = {
@@ -559,8 +581,9 @@ def _run_search(
         out_dir=out,
         ground_truth=data.ground_truth,
     )
-    if out is not None:
+    if out is not None and is_global_zero():
         write_outputs(result, spec, data)
+    barrier()  # a distributed run ends when every process has finished
     return result
 
 
@@ -600,6 +623,7 @@ def retrain(
     epochs: int | None = None,
     out_dir: str | Path | None = None,
     progress: bool = False,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train the grouped network of a finished search to completion and report test metrics.
 
@@ -609,6 +633,7 @@ def retrain(
             search's pruned network).
         epochs: training epochs (default: the search's ``epochs + finetune.epochs``).
         out_dir: where to write ``metrics.json`` and ``model.pt`` (default: ``run_dir/retrain``).
+        overrides: ``dotted.key=value`` changes to the search's spec (e.g. ``strategy.trainer.devices=2``).
 
     Returns:
         the metrics (``val``, ``test``, ``totals``, ``retrain``).
@@ -622,10 +647,9 @@ def retrain(
             raise DmtgError(f"{run}: not a finished search (no {name})")
     if init not in ("scratch", "search"):
         raise DmtgError(f"init must be 'scratch' or 'search', got {init!r}")
-    spec = load_spec(run / "config.yaml")
+    spec = load_spec(run / "config.yaml", overrides)
     groups = json.loads((run / "grouping.json").read_text())["groups"]
     out = Path(out_dir) if out_dir is not None else run / "retrain"
-    out.mkdir(parents=True, exist_ok=True)
     data = load_data(spec)
     budget = epochs or spec.strategy.epochs + spec.strategy.finetune.epochs
     t0 = time.perf_counter()
@@ -635,9 +659,16 @@ def retrain(
         model = load_model(run / "model.pt")
         pl.seed_everything(spec.strategy.seed, workers=True, verbose=False)
         train_network(model, data, spec.tasks, spec.strategy, budget, progress=progress)
-        per_split = {split: evaluate(model, getattr(data, split), spec.tasks) for split in ("val", "test")}
+        device = eval_device(spec.strategy.trainer)
+        per_split = {
+            split: evaluate(model, getattr(data, split), spec.tasks, device=device) for split in ("val", "test")
+        }
+        model.cpu()
         metrics = {**per_split, "totals": {s: summarize(per_split[s], spec.tasks) for s in per_split}}
     metrics["retrain"] = {"init": init, "epochs": budget, "groups": groups, "seconds": time.perf_counter() - t0}
-    _write_json(out / "metrics.json", metrics)
-    model.save(out / "model.pt")
+    if is_global_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "metrics.json", metrics)
+        model.save(out / "model.pt")
+    barrier()
     return metrics

@@ -229,8 +229,12 @@ class RunStateCallback(pl.Callback):
     def _samples_per_batch(self) -> int:
         if self.batch_size:  # a loader that batches samples itself
             return self.batch_size
-        batch_sampler = getattr(self.train_loader, "sampler", None)  # in-memory data: a BatchSampler
-        return int(getattr(batch_sampler, "batch_size", 1))
+        # file data: the loader's batch_sampler; in-memory data: its sampler yields whole batches
+        for owner in (getattr(self.train_loader, "batch_sampler", None), getattr(self.train_loader, "sampler", None)):
+            size = getattr(owner, "batch_size", None)
+            if size:
+                return int(size)  # the global batch: the sampler's order is the global one
+        return 1
 
 
 # ---------------------------------------------------------------------------- interruption

@@ -219,13 +219,22 @@ def _update(task: TaskConfig, name: str, metric: torchmetrics.Metric, pred: Tens
 
 
 class TaskMetrics(torch.nn.Module):
-    """Accumulates every task's loss and metrics over an evaluation pass (torchmetrics)."""
+    """Accumulates every task's loss and metrics over an evaluation pass (torchmetrics).
 
-    def __init__(self, tasks: Sequence[TaskConfig]) -> None:
+    In a distributed run ``compute`` combines the states of all processes (each saw a share of the
+    data); ``sync=False`` keeps them local (every process evaluated the whole set).
+    """
+
+    def __init__(self, tasks: Sequence[TaskConfig], sync: bool = True) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.loss = torch.nn.ModuleDict({t.name: torchmetrics.MeanMetric() for t in tasks})
         self.metrics = torch.nn.ModuleDict({t.name: torch.nn.ModuleDict(_metrics_for(t)) for t in tasks})
+        if not sync:
+            for metric in self.modules():
+                if isinstance(metric, torchmetrics.Metric):
+                    metric.sync_on_compute = False
+                    metric._to_sync = False
 
     def _loss(self, task: str) -> torchmetrics.Metric:
         return cast(torchmetrics.Metric, self.loss[task])

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from nni.nas.evaluator.pytorch import LightningModule
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import LRScheduleConfig, OptimizerConfig, TaskConfig
 from .tasks import TaskMetrics, squeeze_output, summarize, task_loss
@@ -89,6 +89,9 @@ class MultiTaskModule(LightningModule):
         lr_schedule: LRScheduleConfig,
         epochs: int,
         nonfinite: str = "stop",
+        *,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if nonfinite not in ("stop", "skip"):
@@ -99,11 +102,30 @@ class MultiTaskModule(LightningModule):
         self.optimizer_config = optimizer
         self.lr_schedule_config = lr_schedule
         self.epochs = epochs
+        self.channels_last = channels_last
+        self.compile = compile
         self.val_metrics = TaskMetrics(self.tasks)
         self.last_validation: dict[str, dict[str, float]] = {}
 
+    def set_model(self, model: nn.Module) -> None:
+        """Train ``model``; with ``channels_last`` its convolution weights switch to NHWC, with
+        ``compile`` its forward runs through ``torch.compile`` (the module itself, its parameter names
+        and checkpoints stay as they are)."""
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        super().set_model(model)
+        # kept out of the module tree: the compiled wrapper would add a second name for every weight
+        self.__dict__["_compiled"] = torch.compile(model) if self.compile else None
+
     def forward(self, x: Tensor) -> Any:
-        return self.model(x)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        compiled = self.__dict__.get("_compiled")
+        return compiled(x) if compiled is not None else self.model(x)
+
+    def on_fit_end(self) -> None:
+        if self.channels_last:  # hand back an ordinary (NCHW) network
+            self.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         x, targets = batch
@@ -111,7 +133,10 @@ class MultiTaskModule(LightningModule):
         if not bool(torch.isfinite(total)):
             self._nonfinite(parts)
             return None
-        self.log("train_loss", total, prog_bar=True, on_step=False, on_epoch=True, batch_size=x.shape[0])
+        # sync_dist: the epoch mean over all processes of a DDP run (a no-op in one process)
+        self.log(
+            "train_loss", total, prog_bar=True, on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True
+        )
         return total
 
     def _nonfinite(self, parts: Mapping[str, Tensor]) -> None:

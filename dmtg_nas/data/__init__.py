@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from ..registry import Registry
-from .base import DatasetPlugin, TaskData, TensorTaskDataset, make_loader
+from .base import DatasetPlugin, ShardedBatchSampler, TaskData, TensorTaskDataset, make_loader
 from .celeba import CelebADataset
 from .digits import DigitsDataset
 from .planted import PlantedDataset
@@ -16,7 +16,15 @@ from .table import TableDataset
 from .taskonomy import TaskonomyDataset
 from .user import UserDataset
 
-__all__ = ["DATASETS", "DatasetPlugin", "TaskData", "TensorTaskDataset", "UserDataset", "make_loader"]
+__all__ = [
+    "DATASETS",
+    "DatasetPlugin",
+    "ShardedBatchSampler",
+    "TaskData",
+    "TensorTaskDataset",
+    "UserDataset",
+    "make_loader",
+]
 
 DATASETS: Registry[DatasetPlugin] = Registry("dataset")
 DATASETS.add("table", TableDataset())

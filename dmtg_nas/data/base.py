@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from pydantic import BaseModel
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
@@ -19,7 +21,9 @@ __all__ = [
     "TensorTaskDataset",
     "DatasetPlugin",
     "ResumableRandomSampler",
+    "ShardedBatchSampler",
     "make_loader",
+    "default_workers",
     "random_split",
     "encode_targets",
 ]
@@ -130,51 +134,105 @@ class ResumableRandomSampler(Sampler[int]):
             self._replay, self._skip = None, 0
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Global batches of ``batch_size`` indices, each split between the processes of a distributed run.
+
+    Every process draws the same permutation (same seed), cuts it into the same global batches and
+    keeps its contiguous share of each (sizes differ by at most one), so R processes together see
+    exactly the batches one process would see with ``batch_size``: the gradient DDP averages is the
+    one-process gradient (up to summation order) and the number of steps does not change with R.
+    The process's rank and the world size are read from ``torch.distributed`` when iterating (one
+    process: the plain ``BatchSampler(RandomSampler(...))`` order). In a distributed run a last
+    batch smaller than the world size is dropped (some process would get nothing).
+    """
+
+    def __init__(self, size: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.size = size
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+        # the per-sample order (resumable mid-epoch: :mod:`dmtg_nas.runstate` finds it as ``.sampler``)
+        self.sampler: Sampler[int] = (
+            ResumableRandomSampler(size, self.generator) if shuffle else SequentialSampler(range(size))
+        )
+        self.batches = BatchSampler(self.sampler, batch_size=batch_size, drop_last=drop_last)
+
+    @staticmethod
+    def _world() -> tuple[int, int]:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        _, world = self._world()
+        last = self.size % self.batch_size
+        short = world > 1 and not self.drop_last and 0 < last < world
+        return len(self.batches) - int(short)
+
+    def __iter__(self) -> Any:
+        rank, world = self._world()
+        for batch in self.batches:
+            if world == 1:
+                yield batch
+            elif len(batch) >= world:
+                yield [int(i) for i in np.array_split(np.asarray(batch), world)[rank]]
+
+
+def default_workers(dataset: Dataset[Any], world_size: int = 1) -> int:
+    """Loader workers for ``num_workers: auto``: none for in-memory tensors (a batch is one index
+    operation), otherwise the CPU cores left per training process, at most 8."""
+    if isinstance(dataset, TensorTaskDataset):
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(8, cores // max(world_size, 1) - 1))
+
+
 def make_loader(
     dataset: Dataset[Any],
     batch_size: int,
     *,
     shuffle: bool,
     seed: int = 0,
-    num_workers: int = 0,
+    num_workers: int | str = 0,
     drop_last: bool = False,
     traced: bool = True,
     pin_memory: bool = False,
+    world_size: int = 1,
 ) -> DataLoader[Any]:
     """A DataLoader; in-memory tensor data is fetched a whole batch per index list, file-backed data
-    sets (CelebA, Taskonomy) one sample at a time in ``num_workers`` worker processes.
+    sets (CelebA, Taskonomy) one sample at a time in ``num_workers`` worker processes (``"auto"``:
+    :func:`default_workers`).
 
-    ``traced`` returns NNI's traced ``DataLoader`` (needed by NNI's Lightning evaluator);
-    ``pin_memory`` speeds up host-to-GPU copies.
+    Batches come from a :class:`ShardedBatchSampler`: in a distributed run each process loads its
+    share of every global batch of ``batch_size``. ``traced`` returns NNI's traced ``DataLoader``
+    (needed by NNI's Lightning evaluator); ``pin_memory`` lets host-to-GPU copies run asynchronously.
+    ``world_size`` is the number of training processes (only used for the ``"auto"`` worker count).
     """
     if traced:
         from nni.nas.evaluator.pytorch import DataLoader as loader_cls
     else:
         loader_cls = DataLoader
-    generator = torch.Generator().manual_seed(seed)
-    order: Sampler[int] = (
-        ResumableRandomSampler(len(dataset), generator)  # type: ignore[arg-type]
-        if shuffle
-        else SequentialSampler(dataset)  # type: ignore[arg-type]
-    )
+    workers = default_workers(dataset, world_size) if num_workers == "auto" else int(num_workers)
+    sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)  # type: ignore[arg-type]
+    # the loader's own generator (worker seeds) keeps data loading off the global RNG
+    worker_seeds = torch.Generator().manual_seed(seed)
     if isinstance(dataset, TensorTaskDataset):
-        sampler = BatchSampler(order, batch_size=batch_size, drop_last=drop_last)
-        # the loader's own generator (worker seeds) keeps data loading off the global RNG
         return loader_cls(  # type: ignore[no-any-return]
             dataset,
             batch_size=None,
             sampler=sampler,
-            num_workers=num_workers,
-            generator=torch.Generator().manual_seed(seed),
+            num_workers=workers,
+            pin_memory=pin_memory,
+            generator=worker_seeds,
         )
     return loader_cls(  # type: ignore[no-any-return]
         dataset,
-        batch_size=batch_size,
-        sampler=order,
-        generator=generator,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        persistent_workers=num_workers > 0,
+        batch_sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=worker_seeds,
         pin_memory=pin_memory,
     )
 
