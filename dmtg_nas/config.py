@@ -233,9 +233,9 @@ class WarmupConfig(StrictModel):
     rank: int = Field(default=4, ge=1, le=MAX_WIDTH)  # input-gradient subspace dimension
     samples: int = Field(default=2048, ge=8, le=MAX_COUNT)  # training inputs used for the attribution
     strength: float = Field(default=3.0, ge=0)  # added to each task's warm-start branch logit
-    # number of clusters: "eigengap" picks 2..K from the affinity's spectrum (branches beyond it start
+    # number of clusters: "auto" as many as the affinity supports, in 2..K (branches beyond them start
     # free); "k" always cuts into K clusters
-    clusters: Literal["eigengap", "k"] = "eigengap"
+    clusters: Literal["auto", "k"] = "auto"
 
 
 class InitConfig(StrictModel):

@@ -438,13 +438,13 @@ def _run_search(
     strat = spec.strategy
     pl.seed_everything(strat.seed, workers=True, verbose=False)
     t0 = time.perf_counter()
+    data = data if data is not None else load_data(spec)  # bad data fails before anything is written
     if out is None:
         resume_from = None
     elif lock is not None:  # the one process that writes (rank 0 of a distributed run) holds the lock
         resume_from = _prepare_out_dir(out, resume, overwrite, lock)
     else:  # the other processes of a distributed run: rank 0 has prepared the folder
         resume_from = out / "checkpoints" / "last.ckpt" if resume else None
-    data = data if data is not None else load_data(spec)
     if out is not None and not resume and is_global_zero():
         (out / "config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
     warm: WarmStart | None = None

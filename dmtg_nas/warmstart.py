@@ -16,10 +16,10 @@ The warm start gives the relaxation an informed starting point instead of a unif
    cosine of the principal angles between the two subspaces). Attribution-map similarity is a
    known predictor of transferability between tasks (Song et al., "Deep Model Transferability from
    Attribution Maps", NeurIPS 2019);
-3. spectral clustering of the z-scored affinities into K clusters, or (``warmup.clusters:
-   eigengap``, the default) into the number of clusters in 2..K with the largest eigengap of the
-   graph's normalized Laplacian, so that with more branches than the affinity supports, groups are
-   not cut apart to fill them (the spare branches start free and the search may use them);
+3. spectral clustering of the z-scored affinities into K clusters, or (``warmup.clusters: auto``,
+   the default) into as many as the affinity supports, in 2..K (:func:`cluster_count`), so that with
+   more branches than groups, groups are not cut apart to fill them (the spare branches start free
+   and the search may use them);
 4. the search then starts from ``S[i, k] = init.logits + warmup.strength * [k == cluster(i)]`` and
    is free to move tasks where the joint training disagrees.
 
@@ -44,7 +44,7 @@ from .config import SearchSpec
 from .data import TaskData, make_loader
 from .space import GroupingSpace
 
-__all__ = ["WarmStart", "attribution_warm_start", "attribution_affinity", "eigengap_count", "spectral_clusters"]
+__all__ = ["WarmStart", "attribution_warm_start", "attribution_affinity", "cluster_count", "spectral_clusters"]
 
 _logger = logging.getLogger(__name__)
 
@@ -127,21 +127,22 @@ def _similarity(affinity: np.ndarray) -> np.ndarray:
     return w
 
 
-def eigengap_count(affinity: np.ndarray, k_max: int) -> int:
-    """The number of clusters in ``2..k_max`` with the largest eigengap of the normalized Laplacian.
+def cluster_count(affinity: np.ndarray, k_max: int) -> int:
+    """How many clusters the affinity supports, in ``2..k_max``: the number of eigenvalues of the
+    similarity graph's normalized Laplacian below 1.
 
-    ``c`` well separated clusters give ``c`` eigenvalues near 0 and a jump after them, so the gap
-    ``lambda_{c+1} - lambda_c`` is largest at the number of clusters the affinity supports.
+    The eigenvalues sum to N, so 1 is their mean; a graph without structure (all similarities
+    equal) has one eigenvalue 0 and all others above 1, while each well-separated cluster adds an
+    eigenvalue near 0. Counting those below the mean keeps weakly separated but real clusters
+    (a largest-eigengap rule merges them) and does not invent clusters to fill spare branches.
     """
     n = affinity.shape[0]
-    k_max = min(k_max, n - 1)  # the gap after c eigenvalues needs a (c+1)-th
-    if k_max <= 2:
-        return max(1, min(k_max, 2, n))
+    if k_max <= 2 or n <= 2:
+        return max(1, min(k_max, n))
     w = _similarity(affinity)
     d = 1.0 / np.sqrt(w.sum(1) + 1e-12)
-    lam = np.sort(np.linalg.eigvalsh(np.eye(n) - d[:, None] * w * d[None, :]))
-    gaps = [lam[c] - lam[c - 1] for c in range(2, k_max + 1)]  # lam is 0-based: gap after c eigenvalues
-    return 2 + int(np.argmax(gaps))
+    lam = np.linalg.eigvalsh(np.eye(n) - d[:, None] * w * d[None, :])
+    return int(np.clip(int(np.sum(lam < 1.0)), 2, min(k_max, n)))
 
 
 def spectral_clusters(affinity: np.ndarray, k: int, seed: int = 0) -> list[int]:
@@ -177,7 +178,7 @@ def attribution_warm_start(
     singles.cpu()
     affinity = attribution_affinity(singles, spec.tasks, _inputs(data, cfg.samples), cfg.rank)
     a = affinity.numpy().astype(float)
-    k = eigengap_count(a, spec.groups) if cfg.clusters == "eigengap" else spec.groups
+    k = cluster_count(a, spec.groups) if cfg.clusters == "auto" else spec.groups
     clusters = spectral_clusters(a, k, spec.strategy.seed)
     seconds = time.perf_counter() - t0
     _logger.info("warm start: clusters %s in %.1f s", clusters, seconds)
