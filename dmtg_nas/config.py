@@ -288,14 +288,12 @@ class StrategyConfig(StrictModel):
     deterministic: bool = False  # deterministic algorithms only (GPU runs; errors where PyTorch has none)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     # loader worker processes per training process; auto: none for in-memory data, a few for image files
-    num_workers: int | Literal["auto"] = "auto"
+    num_workers: typing.Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = "auto"
     # older spelling of trainer.accelerator (cuda = gpu), still read from saved run configs
     device: Literal["auto", "cpu", "cuda"] | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _device(self) -> StrategyConfig:
-        if self.num_workers != "auto" and not 0 <= self.num_workers <= 256:
-            raise ValueError(f"num_workers must be in 0..256 or 'auto', got {self.num_workers}")
         if self.device in (None, "auto"):
             self.device = None
             return self
@@ -805,7 +803,14 @@ def _to_spec_error(exc: pydantic.ValidationError, prefix: str) -> SpecError:
     err = exc.errors(include_url=False)[0]
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged-")))]
     # drop pydantic's union branch names such as 'int' / 'float' / 'list[...]'
-    loc = [p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"int", "float", "str", "none"}))]
+    loc = [
+        p
+        for p in loc
+        if not (
+            isinstance(p, str)
+            and ("[" in p or p in {"int", "float", "str", "none", "constrained-int", "constrained-float"})
+        )
+    ]
     key = _join(prefix, loc) or None
     etype = err["type"]
     value = err.get("input")

@@ -414,7 +414,7 @@ def _last_good(out: Path | None) -> str:
     ckpt = out / "checkpoints" / "last.ckpt" if out is not None else None
     if ckpt is None or not ckpt.is_file():
         return "no checkpoint was written yet"
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     return f"the last good checkpoint is kept: {ckpt} (epoch {saved['epoch']}, step {saved['global_step']})"
 
 

@@ -111,7 +111,7 @@ def _checkpoint_problem(path: Path) -> str | None:
     if not path.is_file():
         return "missing"
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # a payload is refused, not run
     except Exception as exc:  # any failure to read means the file is unusable
         first = str(exc).strip().splitlines()[0].split(". ")[0][:160] if str(exc).strip() else ""
         return f"unreadable ({type(exc).__name__}{': ' + first if first else ''})"
