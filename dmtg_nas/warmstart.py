@@ -122,7 +122,7 @@ def _similarity(affinity: np.ndarray) -> np.ndarray:
     n = affinity.shape[0]
     a = (affinity + affinity.T) / 2
     off = a[~np.eye(n, dtype=bool)]
-    w = np.exp((a - off.mean()) / (off.std() + 1e-12))
+    w = np.exp(np.clip((a - off.mean()) / (off.std() + 1e-12), -50.0, 50.0))  # equal affinities: std 0
     np.fill_diagonal(w, 0.0)
     return w
 
