@@ -13,13 +13,6 @@ warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
 
 torch.set_num_threads(2)
 
-SMALL_PLANTED = [
-    "dataset.samples=600",
-    "strategy.epochs=2",
-    "strategy.finetune.epochs=1",
-    "strategy.batch_size=64",
-]
-
 
 def planted_doc(**overrides: Any) -> dict[str, Any]:
     """A 4-task planted spec as a mapping (2 groups of 2, K=2, tiny mlp)."""
