@@ -157,7 +157,16 @@ def test_portal_runs_a_real_nni_experiment(tmp_path: Path, tuner: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "HOME": str(home)}
     cmd = [sys.executable, "-m", "dmtg_nas.cli", "portal", str(spec), "--out", str(out), "--port", str(port)]
     cmd += ["--trials", "2", "--concurrency", "1", "--tuner", tuner]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C reaches the portal as in a terminal, also when the tests run as a background job
+    # (which starts children with SIGINT ignored)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     started: dict[int, psutil.Process] = {}
     try:
         deadline = time.monotonic() + 300
