@@ -154,7 +154,12 @@ def run_one(
     names = spec.task_names
     if shape.exhaustive and len(names) <= exhaustive_max:
         st = spec.strategy
-        budget = (st.epochs + st.finetune.epochs, st.batch_size, st.optimizer.model_dump_json(), st.lr_schedule.name)
+        budget = (
+            st.epochs + st.finetune.epochs,
+            st.batch_size,
+            st.optimizer.model_dump_json(),
+            st.lr_schedule.model_dump_json(),
+        )
         key = f"{shape.name}/{seed}/" + "/".join(map(str, budget))
         if references is not None and key in references:
             trained = references[key]
