@@ -45,6 +45,7 @@ from .space import GroupingSpace
 from .tasks import PRIMARY_METRIC, squeeze_output, summarize, task_loss
 
 __all__ = [
+    "trains_batched",
     "METHODS",
     "MethodResult",
     "AffinityRecorder",
@@ -159,19 +160,26 @@ def subset_losses_joint(
     vector tasks and encoders without running statistics (batch norm); otherwise the subsets are
     trained one by one. Returns ``{mask: {"val": per-task, "test": per-task}}``.
     """
-    from .data import TensorTaskDataset
-
-    tensor_data = all(isinstance(getattr(data, s), TensorTaskDataset) for s in ("train", "val", "test"))
-    if not tensor_data or any(t.type not in _VECTOR_TYPES for t in spec.tasks):
+    if not trains_batched(spec, data):
         return _subset_losses(spec, data, subsets, None)
     pl.seed_everything(spec.strategy.seed, workers=True, verbose=False)
     nets = []
     for _ in subsets:
         space = GroupingSpace(spec.tasks, 1, spec.backbone, spec.heads, data.input_shape, "independent")
         nets.append(space.freeze({t: 0 for t in spec.task_names}))
-    if any(True for net in nets for _ in net.buffers()):
-        return _subset_losses(spec, data, subsets, None)
     return _train_stacked(spec, data, nets, subsets)
+
+
+def trains_batched(spec: SearchSpec, data: TaskData) -> bool:
+    """Whether :func:`subset_losses_joint` trains its networks batched (in-memory tensor data, vector
+    tasks, an encoder without buffers such as batch-norm statistics) rather than one by one."""
+    from .data import TensorTaskDataset
+
+    tensor_data = all(isinstance(getattr(data, s), TensorTaskDataset) for s in ("train", "val", "test"))
+    if not tensor_data or any(t.type not in _VECTOR_TYPES for t in spec.tasks):
+        return False
+    space = GroupingSpace(spec.tasks[:1], 1, spec.backbone, spec.heads, data.input_shape, "independent")
+    return not any(True for _ in space.freeze({spec.tasks[0].name: 0}).buffers())
 
 
 def _train_stacked(

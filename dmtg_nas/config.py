@@ -224,6 +224,19 @@ class FinetuneConfig(StrictModel):
     init: Literal["search", "scratch"] = "search"  # continue from the search weights, or fresh weights
 
 
+class LocalSearchConfig(StrictModel):
+    """Merges and single-task moves after the search, on validation loss (see :mod:`dmtg_nas.localsearch`)."""
+
+    # auto: when the group networks train batched (in-memory data, vector tasks, encoders without
+    # batch norm), where a round costs about a few single trainings; true: always (else one by one)
+    enabled: bool | Literal["auto"] = False
+    moves: bool = False  # also move single tasks between groups (default: merges only)
+    confirm: bool = False  # check each step again on an independent training of the groups it changes
+    margin: float = Field(default=0.01, ge=0, lt=1)  # accept a step only if val loss is lower by this fraction
+    max_candidates: int = Field(default=12, ge=1, le=MAX_COUNT)  # neighbours tried per round
+    rounds: int = Field(default=4, ge=1, le=MAX_COUNT)  # accepted steps at most
+
+
 class WarmupConfig(StrictModel):
     """Warm start of the grouping logits (see :mod:`dmtg_nas.warmstart`)."""
 
@@ -284,6 +297,7 @@ class StrategyConfig(StrictModel):
     gradient_clip: float | None = Field(default=None, gt=0)  # max gradient norm (weights and logits together)
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss: stop the run, or skip the batch and count it
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    local_search: LocalSearchConfig = Field(default_factory=LocalSearchConfig)
     seed: Seed = 0
     deterministic: bool = False  # deterministic algorithms only (GPU runs; errors where PyTorch has none)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)

@@ -496,23 +496,31 @@ def _run_search(
         raise SearchInterrupted(_interrupt_message(out, phase)(interrupts.name, None), interrupts.signum)
     sample = oneshot.export()
     probabilities = oneshot.probabilities()
-    model = space.freeze(sample)
     skipped = [{"phase": "search", **r} for r in oneshot.training_module.nonfinite_skips]
     t_finetune = time.perf_counter()
-    if strat.finetune.epochs > 0:
-        if strat.finetune.init == "scratch":
+    device = eval_device(strat.trainer)
+    dense = any(t.dense for t in spec.tasks)  # per-pixel outputs: keep evaluation batches at the training size
+    eval_bs = strat.eval_batch_size or (strat.batch_size if dense else max(strat.batch_size, 256))
+
+    def build(chosen: Mapping[str, int], init: str = strat.finetune.init) -> GroupedNetwork:
+        if init == "scratch":
             fresh = GroupingSpace(spec.tasks, spec.groups, spec.backbone, spec.heads, data.input_shape, "independent")
-            model = fresh.freeze(sample)
+            return fresh.freeze(chosen)
+        return space.freeze(chosen)
+
+    def finetune(net: torch.nn.Module, epochs: int, lr: float | None = strat.finetune.lr) -> None:
+        if epochs <= 0:
+            return
         stop = InterruptCallback(interrupts, _interrupt_message(out, "fine-tune"))
         finetune_skips: list[dict[str, Any]] = []
         try:
             train_network(
-                model,
+                net,
                 data,
                 spec.tasks,
                 strat,
-                strat.finetune.epochs,
-                lr=strat.finetune.lr,
+                epochs,
+                lr=lr,
                 progress=progress,
                 callbacks=[stop],
                 skipped=finetune_skips,
@@ -520,13 +528,43 @@ def _run_search(
         except NonFiniteLossError as exc:
             detail = "the fine-tune stopped (the search before it is complete in its checkpoint)"
             raise NonFiniteLossError(exc.tasks, exc.step, exc.epoch, exc.values, detail) from None
-        skipped += [{"phase": "fine-tune", **r} for r in finetune_skips]
+        skipped.extend({"phase": "fine-tune", **r} for r in finetune_skips)
+        if interrupts.signum is not None:  # stop before the evaluation
+            raise SearchInterrupted(_interrupt_message(out, "evaluation")(interrupts.name, None), interrupts.signum)
+
+    model = build(sample)
+    finetune(model, strat.finetune.epochs)
+    local_record: dict[str, Any] | None = None
+    enabled: bool | str = strat.local_search.enabled
+    if enabled == "auto" and len(spec.tasks) > 1:
+        from .baselines import trains_batched
+
+        enabled = trains_batched(spec, data)
+        if not enabled:
+            local_record = {"skipped": "auto: the group networks of this encoder and data would train one by one"}
+    if enabled is True and len(spec.tasks) > 1:
+        from .localsearch import local_search, masks_of, scorer_for
+
+        names = spec.task_names
+        ls = strat.local_search
+        outcome = local_search(
+            masks_of(groups_from_sample(names, sample, spec.groups), names),
+            scorer_for(spec, data),
+            spec.groups,
+            margin=ls.margin,
+            max_candidates=ls.max_candidates,
+            rounds=ls.rounds,
+            moves=ls.moves,
+            confirm=ls.confirm,
+            affinity=warm.affinity if warm is not None else None,
+        )
+        local_record = outcome.to_dict(names)
+        if outcome.changed:  # the chosen grouping, trained from scratch with the search's budget
+            sample = {t: k for k, group in enumerate(local_record["groups"]) for t in group}
+            pl.seed_everything(strat.seed, workers=True, verbose=False)
+            model = build(sample, "scratch")
+            finetune(model, strat.epochs + strat.finetune.epochs, lr=None)
     finetune_time = time.perf_counter() - t_finetune
-    if interrupts.signum is not None:  # after the fine-tune's last step: stop before the evaluation
-        raise SearchInterrupted(_interrupt_message(out, "evaluation")(interrupts.name, None), interrupts.signum)
-    device = eval_device(strat.trainer)
-    dense = any(t.dense for t in spec.tasks)  # per-pixel outputs: keep evaluation batches at the training size
-    eval_bs = strat.eval_batch_size or (strat.batch_size if dense else max(strat.batch_size, 256))
     per_split = {
         split: evaluate(model, getattr(data, split), spec.tasks, eval_bs, device, strat.num_workers)
         for split in ("val", "test")
@@ -550,6 +588,8 @@ def _run_search(
         },
         "nonfinite": {"policy": strat.nonfinite, "skipped_batches": len(skipped), "batches": skipped[:100]},
     }
+    if local_record is not None:
+        metrics["local_search"] = local_record
     if warm is not None:
         metrics["warmup"] = {
             "method": strat.warmup.method,

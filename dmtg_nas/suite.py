@@ -151,6 +151,21 @@ def run_one(
         "search_seconds": seconds,
         "model_test_loss": result.metrics["totals"]["test"]["total_loss"],
     }
+    local = result.metrics.get("local_search")
+    if local is not None and "rounds" in local:  # where the search's own grouping went: each round's best neighbour
+        record["local_search"] = {
+            "start": local["start"],
+            "networks_trained": local["networks_trained"],
+            "steps": [
+                {
+                    "val_loss": r["val_loss"],
+                    "best": min(r["candidates"], key=lambda c: c["val_loss"]),
+                    "accepted": r["accepted"] is not None,
+                    "confirmation": r["confirmation"],
+                }
+                for r in local["rounds"]
+            ],
+        }
     names = spec.task_names
     if shape.exhaustive and len(names) <= exhaustive_max:
         st = spec.strategy

@@ -1,0 +1,272 @@
+"""Local search after the one-shot search: merge groups and move single tasks, on validation loss.
+
+The search's relaxation tells which tasks read the same features. It does not see what sharing an
+encoder does beyond that: with binary or noisy targets, or little data, a network trained on more
+tasks often generalises better (each task regularises the others), so the partition with the lowest
+validation loss can be coarser than, or differ by a task or two from, the structure the relaxation
+recovers. The local search starts from the found grouping and tries its neighbours:
+
+- **merges**: two groups become one;
+- **moves**: one task goes to another group (or, with fewer groups than K, to a group of its own).
+
+A partition is scored like HOA scores one: each group is a network of its own (the spec's encoder,
+trained from scratch with the search's budget), and the partition's score is the sum of its
+groups' validation losses (task weights applied). A grouped network with one branch per group
+trains exactly like these separate networks (its loss is a sum over branches, and the optimizers
+are per-parameter), so the score is that of the partition trained as one model. Group networks are
+trained on demand, the missing ones of a round side by side as one batched computation
+(:func:`~dmtg_nas.baselines.subset_losses_joint`), and cached: a neighbour shares all but one or two
+groups with the current partition.
+
+Round by round, at most ``max_candidates`` neighbours are tried (merges first, then moves, each
+ranked by the warm start's affinity when there is one). The best replaces the current partition when
+its score is lower by more than ``margin`` (a fraction); the search stops when none is, or after
+``rounds`` rounds. Its cost is the group networks it trains: with K = 3 and six tasks, one round
+trains at most a dozen small networks in one batched run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .partitions import members
+
+if TYPE_CHECKING:
+    from .config import SearchSpec
+    from .data import TaskData
+
+__all__ = ["LocalSearchOutcome", "SubsetScorer", "local_search", "masks_of", "neighbours", "scorer_for"]
+
+Partition = tuple[int, ...]  # group bit masks over the tasks (bit i = task i), sorted
+Trained = dict[int, dict[str, dict[str, dict[str, float]]]]  # mask -> split -> task -> metric -> value
+
+
+def canonical(groups: Sequence[int]) -> Partition:
+    return tuple(sorted(groups))
+
+
+class SubsetScorer:
+    """Validation losses of per-group networks, trained on demand (missing masks in one batch) and cached.
+
+    Args:
+        train: ``train(masks, replicate) -> {mask: {"val": per-task metrics, "test": ...}}``; each
+            replicate is an independent training (its own initialisation and data order).
+        task_names: the tasks in spec order (bit i of a mask = task i).
+        weights: the task weights.
+    """
+
+    def __init__(
+        self,
+        train: Callable[[Sequence[int], int], Trained],
+        task_names: Sequence[str],
+        weights: Sequence[float],
+    ) -> None:
+        self.train = train
+        self.task_names = list(task_names)
+        self.weights = list(weights)
+        self.cache: dict[tuple[int, int], dict[str, dict[str, dict[str, float]]]] = {}  # (replicate, mask)
+        self.trained = 0  # group networks trained so far
+        self.batches = 0  # batched trainings run
+
+    def ensure(self, masks: Sequence[int], replicate: int = 0) -> None:
+        missing = sorted({m for m in masks if (replicate, m) not in self.cache})
+        if missing:
+            for mask, rows in self.train(missing, replicate).items():
+                self.cache[(replicate, mask)] = rows
+            self.trained += len(missing)
+            self.batches += 1
+
+    def group_loss(self, mask: int, split: str = "val", replicate: int = 0) -> float:
+        rows = self.cache[(replicate, mask)][split]
+        return sum(self.weights[i] * rows[self.task_names[i]]["loss"] for i in members(mask))
+
+    def score(self, partition: Partition, split: str = "val", replicate: int = 0) -> float:
+        return sum(self.group_loss(m, split, replicate) for m in partition)
+
+
+def _mean_affinity(affinity: Sequence[Sequence[float]], a: int, b: int) -> float:
+    values = [affinity[i][j] for i in members(a) for j in members(b)]
+    return sum(values) / len(values) if values else 0.0
+
+
+def neighbours(
+    partition: Partition,
+    max_groups: int,
+    affinity: Sequence[Sequence[float]] | None = None,
+    moves: bool = True,
+) -> list[tuple[str, Partition]]:
+    """The merges and single-task moves of ``partition`` as ``(kind, partition)``, merges first.
+
+    With ``affinity`` (N x N, higher = more related), merges are ordered by the mean affinity between
+    the two groups, moves by the task's mean affinity to its new group minus that to its old one
+    (highest first); otherwise in mask order. A move out of a single-task group is a merge and is
+    listed once.
+    """
+    groups = list(partition)
+    merges: list[tuple[float, Partition]] = []
+    for a, b in itertools.combinations(range(len(groups)), 2):
+        rest = [g for k, g in enumerate(groups) if k not in (a, b)]
+        gain = _mean_affinity(affinity, groups[a], groups[b]) if affinity is not None else 0.0
+        merges.append((gain, canonical([*rest, groups[a] | groups[b]])))
+    shifted: list[tuple[float, Partition]] = []
+    if moves:
+        for a, source in enumerate(groups):
+            if source.bit_count() == 1:
+                continue
+            for task in members(source):
+                bit = 1 << task
+                left = source & ~bit
+                own = _mean_affinity(affinity, bit, left) if affinity is not None else 0.0
+                for b, target in enumerate(groups):
+                    if b == a:
+                        continue
+                    rest = [g for k, g in enumerate(groups) if k not in (a, b)]
+                    gain = _mean_affinity(affinity, bit, target) - own if affinity is not None else 0.0
+                    shifted.append((gain, canonical([*rest, left, target | bit])))
+                if len(groups) < max_groups:  # a group of its own
+                    rest = [g for k, g in enumerate(groups) if k != a]
+                    gain = -own if affinity is not None else 0.0
+                    shifted.append((gain, canonical([*rest, left, bit])))
+    ranked = [p for _, p in sorted(merges, key=lambda c: -c[0])]  # stable: mask order among equals
+    out: list[tuple[str, Partition]] = [("merge", p) for p in dict.fromkeys(ranked)]
+    seen = set(ranked)
+    for _, p in sorted(shifted, key=lambda c: -c[0]):
+        if p not in seen:
+            seen.add(p)
+            out.append(("move", p))
+    return out
+
+
+@dataclass
+class LocalSearchOutcome:
+    """Where the local search ended, and the record of every round."""
+
+    start: Partition
+    partition: Partition
+    val_loss: float
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    networks_trained: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return self.partition != self.start
+
+    def to_dict(self, task_names: Sequence[str]) -> dict[str, Any]:
+        def names(p: Partition) -> list[list[str]]:
+            return [[task_names[i] for i in members(m)] for m in p]
+
+        return {
+            "start": names(self.start),
+            "groups": names(self.partition),
+            "changed": self.changed,
+            "val_loss": self.val_loss,
+            "networks_trained": self.networks_trained,
+            "batched_trainings": self.batches,
+            "seconds": round(self.seconds, 3),
+            "rounds": [
+                {
+                    "groups": names(r["partition"]),
+                    "val_loss": r["val_loss"],
+                    "candidates": [
+                        {"kind": kind, "groups": names(p), "val_loss": loss} for kind, p, loss in r["candidates"]
+                    ],
+                    "accepted": names(r["accepted"]) if r["accepted"] is not None else None,
+                    "confirmation": r["confirmation"],
+                }
+                for r in self.rounds
+            ],
+        }
+
+
+def local_search(
+    start: Partition,
+    scorer: SubsetScorer,
+    max_groups: int,
+    *,
+    margin: float,
+    max_candidates: int,
+    rounds: int,
+    moves: bool = False,
+    confirm: bool = False,
+    affinity: Sequence[Sequence[float]] | None = None,
+) -> LocalSearchOutcome:
+    """Greedy descent from ``start`` over merges and moves (see the module docstring).
+
+    Args:
+        start: the found grouping as group masks.
+        scorer: trains and caches the group networks.
+        max_groups: K (a move may open a new group while there are fewer).
+        margin: a neighbour replaces the current partition when its score is below ``(1 - margin)``
+            times the current one.
+        max_candidates: neighbours tried per round.
+        rounds: at most this many accepted steps.
+        moves: also try single-task moves (else merges only).
+        confirm: the round's best neighbour, picked as the lowest of many noisy scores, is checked
+            again on a second, independent training of the groups it changes, and accepted only if
+            it still wins by the margin there (the first scores of a chosen candidate are biased
+            low: the winner's curse).
+        affinity: optional N x N task affinity ranking the neighbours.
+    """
+    t0 = time.perf_counter()
+    current = canonical(start)
+    outcome = LocalSearchOutcome(current, current, float("inf"))
+    for _ in range(rounds):
+        candidates = neighbours(current, max_groups, affinity, moves)[:max_candidates]
+        if not candidates:
+            break
+        scorer.ensure([m for p in [current, *(p for _, p in candidates)] for m in p])
+        current_loss = scorer.score(current)
+        scored = [(kind, p, scorer.score(p)) for kind, p in candidates]
+        _, best, best_loss = min(scored, key=lambda c: c[2])
+        accepted = best_loss < (1.0 - margin) * current_loss
+        record: dict[str, Any] = {
+            "partition": current,
+            "val_loss": current_loss,
+            "candidates": scored,
+            "accepted": None,
+            "confirmation": None,
+        }
+        if accepted and confirm:
+            new, old = set(best) - set(current), set(current) - set(best)
+            scorer.ensure(sorted(new | old), replicate=1)
+            change = sum(scorer.group_loss(m, replicate=1) for m in new) - sum(
+                scorer.group_loss(m, replicate=1) for m in old
+            )
+            accepted = change < -margin * current_loss
+            record["confirmation"] = {"change": change, "accepted": accepted}
+        outcome.rounds.append(record)
+        outcome.val_loss = current_loss
+        if not accepted:
+            break
+        record["accepted"] = best
+        current = best
+        outcome.val_loss = best_loss
+    outcome.partition = current
+    outcome.networks_trained, outcome.batches = scorer.trained, scorer.batches
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
+def masks_of(groups: Sequence[Sequence[str]], task_names: Sequence[str]) -> Partition:
+    index = {name: i for i, name in enumerate(task_names)}
+    return canonical([sum(1 << index[t] for t in g) for g in groups])
+
+
+def scorer_for(spec: SearchSpec, data: TaskData) -> SubsetScorer:
+    """A scorer whose group networks are HOA's subset networks for ``spec`` on ``data``."""
+    from .baselines import subset_losses_joint
+
+    def train(masks: Sequence[int], replicate: int) -> Trained:
+        seeded = spec
+        if replicate:  # an independent training: another initialisation and data order
+            strategy = spec.strategy.model_copy(update={"seed": spec.strategy.seed + 7919 * replicate})
+            seeded = spec.model_copy(update={"strategy": strategy})
+        return subset_losses_joint(seeded, data, masks)
+
+    return SubsetScorer(train, spec.task_names, [t.weight for t in spec.tasks])

@@ -1,0 +1,164 @@
+"""The local search after the one-shot search: neighbours, the greedy rounds, and a search run."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+import pytest
+
+from dmtg_nas import load_spec, run_search
+from dmtg_nas.localsearch import SubsetScorer, local_search, masks_of, neighbours
+from dmtg_nas.partitions import best_partition, members
+
+NAMES = ["a", "b", "c", "d", "e", "f"]
+
+
+def _fake_scorer(
+    cost: dict[int, float] | None = None,
+    weights: Sequence[float] | None = None,
+    second: dict[int, float] | None = None,
+) -> SubsetScorer:
+    """Group networks whose validation loss (spread evenly over the members) is read from ``cost``,
+    or from ``second`` for the confirming replicate where it has the mask."""
+    cost = cost if cost is not None else {}
+
+    def train(masks: Sequence[int], replicate: int) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
+        out = {}
+        for m in masks:
+            table = second if replicate == 1 and second is not None and m in second else cost
+            per = table.get(m, 10.0 * m.bit_count()) / m.bit_count()
+            rows = {NAMES[i]: {"loss": per} for i in members(m)}
+            out[m] = {"val": rows, "test": rows}
+        return out
+
+    return SubsetScorer(train, NAMES, weights or [1.0] * len(NAMES))
+
+
+def test_neighbours_are_the_merges_then_the_moves() -> None:
+    start = masks_of([["a", "b"], ["c"], ["d", "e", "f"]], NAMES)
+    found = neighbours(start, max_groups=3)
+    kinds = [k for k, _ in found]
+    assert kinds == ["merge"] * 3 + ["move"] * (len(found) - 3)  # merges first
+    parts = [p for _, p in found]
+    assert len(set(parts)) == len(parts) and start not in parts
+    for p in parts:  # each a partition of the six tasks into at most K groups
+        assert sorted(i for m in p for i in members(m)) == list(range(6)) and len(p) <= 3
+    # moves: a, b (2 targets each) and d, e, f (2 targets each); c alone moving is a merge
+    assert len(parts) - 3 == 2 * 2 + 3 * 2
+    # with K = 4 a task of a group of two or more may also leave for a group of its own (splitting
+    # {a, b} is one partition whichever task leaves): 1 + 3 more
+    assert len(neighbours(start, max_groups=4)) == len(found) + 4
+    assert [k for k, _ in neighbours(start, max_groups=3, moves=False)] == ["merge"] * 3
+
+
+def test_neighbours_follow_the_affinity() -> None:
+    start = masks_of([["a"], ["b"], ["c", "d"]], NAMES[:4])
+    affinity = [
+        [1.0, 0.1, 0.2, 0.9],
+        [0.1, 1.0, 0.7, 0.0],
+        [0.2, 0.7, 1.0, 0.1],
+        [0.9, 0.0, 0.1, 1.0],
+    ]
+    found = neighbours(start, max_groups=3, affinity=affinity)
+    merged = [p for k, p in found if k == "merge"]
+    # a with {c, d}: (0.2 + 0.9) / 2 = 0.55 > b with {c, d}: 0.35 > a with b: 0.1
+    assert merged == [
+        masks_of([["b"], ["a", "c", "d"]], NAMES[:4]),
+        masks_of([["a"], ["b", "c", "d"]], NAMES[:4]),
+        masks_of([["a", "b"], ["c", "d"]], NAMES[:4]),
+    ]
+    moves = [p for k, p in found if k == "move"]
+    # d to a: 0.9 - 0.1 (its affinity to c) is the best move; c to b: 0.7 - 0.1 next
+    assert moves[:2] == [
+        masks_of([["a", "d"], ["b"], ["c"]], NAMES[:4]),
+        masks_of([["a"], ["b", "c"], ["d"]], NAMES[:4]),
+    ]
+
+
+def test_rounds_accept_improvements_stop_at_the_margin_and_train_each_group_once() -> None:
+    ab, c = 0b011, 0b100
+    cost = {1: 1.0, 2: 1.0, 4: 1.0, ab: 1.5, 0b101: 2.5, 0b110: 2.5, 0b111: 2.2}
+    scorer = _fake_scorer(cost)
+    out = local_search((1, 2, 4), scorer, 3, margin=0.01, max_candidates=20, rounds=10, moves=True, confirm=True)
+    # {a}{b}{c} = 3.0 -> {a,b}{c} = 2.5 -> {a,b,c} = 2.2
+    assert out.partition == (0b111,) and math.isclose(out.val_loss, 2.2)
+    # then every neighbour of {a,b,c} is worse, and each of its groups was trained before
+    assert [r["accepted"] for r in out.rounds] == [(ab, c), (0b111,), None]
+    # the first round trains 6 groups, confirms with {a, b} and {a}, {b} again (3); the second trains
+    # {a, b, c} and confirms it against {a, b} and {c} again (2)
+    assert out.networks_trained == len(scorer.cache) == 6 + 3 + 1 + 2 and out.batches == 4
+    assert out.rounds[0]["confirmation"] == {"change": 1.5 - 2.0, "accepted": True}
+    # the last merge gains 12%: with a 15% margin it is refused
+    out = local_search((1, 2, 4), _fake_scorer(cost), 3, margin=0.15, max_candidates=20, rounds=10, moves=True)
+    assert out.partition == (ab, c) and out.rounds[-1]["accepted"] is None and out.changed
+    # rounds caps the accepted steps
+    out = local_search((1, 2, 4), _fake_scorer(cost), 3, margin=0.0, max_candidates=20, rounds=1, moves=True)
+    assert out.partition == (ab, c) and len(out.rounds) == 1
+    # no better neighbour: the start stays
+    out = local_search((ab, c), _fake_scorer({ab: 1.0, c: 0.5}), 3, margin=0.0, max_candidates=20, rounds=5, moves=True)
+    assert not out.changed and math.isclose(out.val_loss, 1.5)
+
+
+def test_a_step_that_does_not_hold_on_a_second_training_is_refused() -> None:
+    cost = {1: 1.0, 2: 1.0, 4: 1.0, 0b011: 1.5}  # {a, b} wins the first training by 0.5 ...
+    second = {1: 1.0, 2: 1.0, 0b011: 1.99}  # ... and the second by 0.01: under the 1% margin of 3.0
+    out = local_search(
+        (1, 2, 4), _fake_scorer(cost, second=second), 3, margin=0.01, max_candidates=20, rounds=5, confirm=True
+    )
+    assert not out.changed and out.rounds[0]["confirmation"]["accepted"] is False
+    out = local_search((1, 2, 4), _fake_scorer(cost, second=second), 3, margin=0.01, max_candidates=20, rounds=1)
+    assert out.partition == (0b011, 4) and out.rounds[0]["confirmation"] is None
+
+
+def test_task_weights_enter_the_score() -> None:
+    scorer = _fake_scorer({0b11: 2.0}, weights=[3.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    scorer.ensure([0b11])
+    assert math.isclose(scorer.score((0b11,)), 3.0 * 1.0 + 1.0 * 1.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_end_is_a_local_optimum_and_never_worse_than_the_start(seed: int) -> None:
+    rng = random.Random(seed)
+    n, k = 5, 3
+    cost = {m: rng.uniform(0.5, 1.5) * m.bit_count() ** 0.8 for m in range(1, 1 << n)}
+    start = (0b00011, 0b01100, 0b10000)
+    scorer = _fake_scorer(cost)
+    out = local_search(start, scorer, k, margin=0.0, max_candidates=1000, rounds=1000, moves=True)
+    final = sum(cost[m] for m in out.partition)
+    assert math.isclose(out.val_loss, final) and final <= sum(cost[m] for m in start) + 1e-12
+    assert all(sum(cost[m] for m in p) >= final - 1e-12 for _, p in neighbours(out.partition, k))
+    optimum = best_partition(n, cost, k)[1]
+    assert final >= optimum - 1e-9  # a local optimum, at best the global one
+
+
+def test_search_with_the_local_search_keeps_the_chosen_grouping() -> None:
+    spec = load_spec(
+        {
+            "name": "local",
+            "tasks": [{"name": f"t{i}", "type": "binary"} for i in range(4)],
+            "dataset": {"name": "planted", "group_sizes": [2, 2], "samples": 400, "input_dim": 8, "latent_dim": 3},
+            "backbone": {"name": "mlp", "hidden": [8, 3]},
+            "groups": 2,
+            "strategy": {
+                "_base_": "dmtg-plain",
+                "epochs": 2,
+                "batch_size": 64,
+                "finetune": {"epochs": 1},
+                "local_search": {"enabled": True, "margin": 0.0},
+            },
+        }
+    )
+    result = run_search(spec, progress=False)
+    record = result.metrics["local_search"]
+    first = record["rounds"][0]
+    assert sorted(map(sorted, first["groups"])) == sorted(map(sorted, record["start"]))
+    assert sorted(map(sorted, result.groups)) == sorted(map(sorted, record["groups"]))
+    best = min([first["val_loss"], *(c["val_loss"] for c in first["candidates"])])
+    assert record["changed"] == (best < first["val_loss"])  # margin 0: any improvement is taken
+    assert record["networks_trained"] >= len(first["groups"]) and record["batched_trainings"] >= 1
+    last = record["rounds"][-1]
+    if last["accepted"] is None:  # the search ended where no neighbour was better
+        assert math.isclose(record["val_loss"], last["val_loss"])
+        assert all(c["val_loss"] >= last["val_loss"] for c in last["candidates"])
