@@ -333,6 +333,17 @@ def _format_table(result: Any) -> str:
     if truth:
         summary += f"; adjusted Rand index vs planted groups {truth['adjusted_rand_index']:.3f}"
     lines.append(summary)
+    local = result.metrics.get("local_search")
+    if local and local.get("rounds"):
+        start = " | ".join(", ".join(g) for g in local["start"])
+        first = local["rounds"][0]
+        if local["changed"]:
+            change = 100.0 * (local["val_loss"] / first["val_loss"] - 1.0)
+            verdict = f"merged to the groups above (validation loss {change:+.1f}%; retrained from scratch)"
+        else:
+            best = min(c["val_loss"] for c in first["candidates"])
+            verdict = f"kept (best merge: validation loss {100.0 * (best / first['val_loss'] - 1.0):+.1f}%)"
+        lines.append(f"merge check: search found {start}; {verdict}; {local['networks_trained']} group networks")
     return "\n".join(lines)
 
 

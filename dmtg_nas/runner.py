@@ -25,6 +25,7 @@ import logging
 import shutil
 import time
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -560,7 +561,7 @@ def _run_search(
         )
         local_record = outcome.to_dict(names)
         if outcome.changed:  # the chosen grouping, trained from scratch with the search's budget
-            sample = {t: k for k, group in enumerate(local_record["groups"]) for t in group}
+            sample = _branches_kept(local_record["groups"], sample, spec.groups)
             pl.seed_everything(strat.seed, workers=True, verbose=False)
             model = build(sample, "scratch")
             finetune(model, strat.epochs + strat.finetune.epochs, lr=None)
@@ -625,6 +626,20 @@ def _run_search(
         write_outputs(result, spec, data)
     barrier()  # a distributed run ends when every process has finished
     return result
+
+
+def _branches_kept(groups: Sequence[Sequence[str]], found: Mapping[str, int], num_branches: int) -> dict[str, int]:
+    """A sample for ``groups`` that keeps the search's branch indices where it can: each group (the
+    largest first) takes the branch most of its tasks had, if still free, else the lowest free one."""
+    taken: set[int] = set()
+    sample: dict[str, int] = {}
+    for group in sorted(groups, key=len, reverse=True):
+        votes = Counter(int(found[t]) for t in group)
+        free = [b for b, _ in sorted(votes.items(), key=lambda v: (-v[1], v[0])) if b not in taken]
+        branch = free[0] if free else min(set(range(num_branches)) - taken)
+        taken.add(branch)
+        sample.update({t: branch for t in group})
+    return sample
 
 
 def write_outputs(result: SearchResult, spec: SearchSpec, data: TaskData) -> None:

@@ -158,7 +158,30 @@ def test_search_with_the_local_search_keeps_the_chosen_grouping() -> None:
     best = min([first["val_loss"], *(c["val_loss"] for c in first["candidates"])])
     assert record["changed"] == (best < first["val_loss"])  # margin 0: any improvement is taken
     assert record["networks_trained"] >= len(first["groups"]) and record["batched_trainings"] >= 1
+    if record["changed"]:  # each final group sits on a branch one of its tasks had in the search
+        probs = result.probabilities
+        for group in result.groups:
+            searched = {max(range(2), key=lambda k: probs[t][k]) for t in group}
+            assert {result.assignment[t] for t in group} <= searched
     last = record["rounds"][-1]
     if last["accepted"] is None:  # the search ended where no neighbour was better
         assert math.isclose(record["val_loss"], last["val_loss"])
         assert all(c["val_loss"] >= last["val_loss"] for c in last["candidates"])
+
+
+def test_the_search_summary_reports_the_merge_check() -> None:
+    from types import SimpleNamespace
+
+    from dmtg_nas.cli import _format_table
+
+    totals = {"val": {"total_loss": 1.0}, "test": {"total_loss": 1.1}}
+    rounds = [{"val_loss": 2.0, "candidates": [{"val_loss": 1.8}, {"val_loss": 2.2}]}]
+    local = {"start": [["a"], ["b"]], "changed": True, "val_loss": 1.8, "networks_trained": 3, "rounds": rounds}
+    result = SimpleNamespace(groups=[["a", "b"]], assignment={"a": 0, "b": 0}, metrics={"totals": totals})
+    result.metrics["local_search"] = local
+    line = _format_table(result).splitlines()[-1]
+    assert line.startswith("merge check: search found a | b; merged") and "-10.0%" in line and "3 group" in line
+    result.metrics["local_search"] = {**local, "changed": False}
+    assert "kept (best merge: validation loss -10.0%)" in _format_table(result)
+    result.metrics["local_search"] = {"skipped": "auto: ..."}
+    assert "merge check" not in _format_table(result)
