@@ -147,7 +147,10 @@ _VECTOR_TYPES = {"regression", "binary", "multiclass"}
 
 
 def subset_losses_joint(
-    spec: SearchSpec, data: TaskData, subsets: Sequence[int]
+    spec: SearchSpec,
+    data: TaskData,
+    subsets: Sequence[int],
+    networks: dict[int, torch.nn.Module] | None = None,
 ) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
     """HOA's per-subset networks, trained side by side as one batched computation.
 
@@ -158,7 +161,9 @@ def subset_losses_joint(
     gradient (Adam, AdamW and SGD are per-parameter; gradient clipping is applied per network), so
     it trains exactly as it would alone on the same batch order. Needs in-memory tensor data,
     vector tasks and encoders without running statistics (batch norm); otherwise the subsets are
-    trained one by one. Returns ``{mask: {"val": per-task, "test": per-task}}``.
+    trained one by one. Returns ``{mask: {"val": per-task, "test": per-task}}``; with ``networks``
+    (batched training only), the trained networks are put there by mask (one-branch grouped networks
+    with a head for every task; only the mask's heads are trained).
     """
     if not trains_batched(spec, data):
         return _subset_losses(spec, data, subsets, None)
@@ -167,7 +172,10 @@ def subset_losses_joint(
     for _ in subsets:
         space = GroupingSpace(spec.tasks, 1, spec.backbone, spec.heads, data.input_shape, "independent")
         nets.append(space.freeze({t: 0 for t in spec.task_names}))
-    return _train_stacked(spec, data, nets, subsets)
+    result = _train_stacked(spec, data, nets, subsets)
+    if networks is not None:
+        networks.update(zip(subsets, nets))
+    return result
 
 
 def trains_batched(spec: SearchSpec, data: TaskData) -> bool:
@@ -247,6 +255,9 @@ def _train_stacked(
         elif scheduler is not None:
             scheduler.step()
     result = {split: evaluate_all(split) for split in ("val", "test")}
+    with torch.no_grad():  # the trained weights back into the networks
+        for s, net in enumerate(nets):
+            net.load_state_dict({name: value[s] for name, value in stacked.items()})
     return {mask: {split: result[split][s] for split in ("val", "test")} for s, mask in enumerate(subsets)}
 
 

@@ -69,6 +69,7 @@ class SubsetScorer:
         self.task_names = list(task_names)
         self.weights = list(weights)
         self.cache: dict[tuple[int, int], dict[str, dict[str, dict[str, float]]]] = {}  # (replicate, mask)
+        self.networks: dict[int, Any] = {}  # mask -> trained group network (first replicate), where kept
         self.trained = 0  # group networks trained so far
         self.batches = 0  # batched trainings run
 
@@ -263,10 +264,11 @@ def scorer_for(spec: SearchSpec, data: TaskData) -> SubsetScorer:
     from .baselines import subset_losses_joint
 
     def train(masks: Sequence[int], replicate: int) -> Trained:
-        seeded = spec
-        if replicate:  # an independent training: another initialisation and data order
-            strategy = spec.strategy.model_copy(update={"seed": spec.strategy.seed + 7919 * replicate})
-            seeded = spec.model_copy(update={"strategy": strategy})
-        return subset_losses_joint(seeded, data, masks)
+        if replicate == 0:  # the networks of the first replicate are kept: the final model may be built from them
+            return subset_losses_joint(spec, data, masks, networks=scorer.networks)
+        # an independent training: another initialisation and data order
+        strategy = spec.strategy.model_copy(update={"seed": spec.strategy.seed + 7919 * replicate})
+        return subset_losses_joint(spec.model_copy(update={"strategy": strategy}), data, masks)
 
-    return SubsetScorer(train, spec.task_names, [t.weight for t in spec.tasks])
+    scorer = SubsetScorer(train, spec.task_names, [t.weight for t in spec.tasks])
+    return scorer

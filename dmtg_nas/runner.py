@@ -20,6 +20,7 @@ that ``NasExperiment`` runs) and writes, under ``out_dir``:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import shutil
@@ -533,6 +534,11 @@ def _run_search(
         if interrupts.signum is not None:  # stop before the evaluation
             raise SearchInterrupted(_interrupt_message(out, "evaluation")(interrupts.name, None), interrupts.signum)
 
+    def val_loss(net: torch.nn.Module) -> float:
+        rows = evaluate(net, data.val, spec.tasks, eval_bs, device, strat.num_workers)
+        net.cpu()
+        return float(summarize(rows, spec.tasks)["weighted_loss"])
+
     model = build(sample)
     finetune(model, strat.finetune.epochs)
     local_record: dict[str, Any] | None = None
@@ -548,9 +554,10 @@ def _run_search(
 
         names = spec.task_names
         ls = strat.local_search
+        scorer = scorer_for(spec, data)
         outcome = local_search(
             masks_of(groups_from_sample(names, sample, spec.groups), names),
-            scorer_for(spec, data),
+            scorer,
             spec.groups,
             margin=ls.margin,
             max_candidates=ls.max_candidates,
@@ -560,11 +567,21 @@ def _run_search(
             affinity=warm.affinity if warm is not None else None,
         )
         local_record = outcome.to_dict(names)
-        if outcome.changed:  # the chosen grouping, trained from scratch with the search's budget
+        if outcome.changed:
             sample = _branches_kept(local_record["groups"], sample, spec.groups)
-            pl.seed_everything(strat.seed, workers=True, verbose=False)
-            model = build(sample, "scratch")
-            finetune(model, strat.epochs + strat.finetune.epochs, lr=None)
+        # the final model: the group networks the check trained (each from scratch with the search's
+        # budget) where they form the final grouping, when they beat the search's network on
+        # validation or the grouping changed; else the search's network
+        assembled = _assemble(space.architecture, sample, scorer.networks, names)
+        if outcome.changed or (assembled is not None and outcome.val_loss < val_loss(model)):
+            if assembled is None:  # e.g. a shared stem: the chosen grouping trained from scratch
+                pl.seed_everything(strat.seed, workers=True, verbose=False)
+                assembled = build(sample, "scratch")
+                finetune(assembled, strat.epochs + strat.finetune.epochs, lr=None)
+            model = assembled
+            local_record["final_model"] = "group networks"
+        else:
+            local_record["final_model"] = "search"
     finetune_time = time.perf_counter() - t_finetune
     per_split = {
         split: evaluate(model, getattr(data, split), spec.tasks, eval_bs, device, strat.num_workers)
@@ -626,6 +643,28 @@ def _run_search(
         write_outputs(result, spec, data)
     barrier()  # a distributed run ends when every process has finished
     return result
+
+
+def _assemble(
+    architecture: Mapping[str, Any],
+    sample: Mapping[str, int],
+    networks: Mapping[int, torch.nn.Module],
+    task_names: Sequence[str],
+) -> GroupedNetwork | None:
+    """The grouped network of ``sample`` made of trained one-group networks (``{task mask: network}``,
+    each a one-branch grouped network), or None when a group has none or they have their own stems."""
+    used = sorted({int(b) for b in sample.values()})
+    branches: list[torch.nn.Module] = []
+    heads: dict[str, torch.nn.Module] = {}
+    for b in used:
+        group = [t for t in task_names if int(sample[t]) == b]
+        net = networks.get(sum(1 << task_names.index(t) for t in group))
+        if not isinstance(net, GroupedNetwork) or net.stem is not None:
+            return None
+        branches.append(copy.deepcopy(net.branches[0]))
+        heads.update({t: copy.deepcopy(net.heads[net.task_names.index(t)]) for t in group})
+    assignment = {t: used.index(int(sample[t])) for t in task_names}
+    return GroupedNetwork(architecture, branches, heads, assignment, branch_ids=used)
 
 
 def _branches_kept(groups: Sequence[Sequence[str]], found: Mapping[str, int], num_branches: int) -> dict[str, int]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
+import torch
 
-from dmtg_nas import load_spec, run_search
+from dmtg_nas import load_model, load_spec, run_search
 from dmtg_nas.localsearch import SubsetScorer, local_search, masks_of, neighbours
 from dmtg_nas.partitions import best_partition, members
 
@@ -133,7 +135,7 @@ def test_the_end_is_a_local_optimum_and_never_worse_than_the_start(seed: int) ->
     assert final >= optimum - 1e-9  # a local optimum, at best the global one
 
 
-def test_search_with_the_local_search_keeps_the_chosen_grouping() -> None:
+def test_search_with_the_local_search_keeps_the_chosen_grouping(tmp_path: Path) -> None:
     spec = load_spec(
         {
             "name": "local",
@@ -150,7 +152,7 @@ def test_search_with_the_local_search_keeps_the_chosen_grouping() -> None:
             },
         }
     )
-    result = run_search(spec, progress=False)
+    result = run_search(spec, tmp_path / "run", progress=False)
     record = result.metrics["local_search"]
     first = record["rounds"][0]
     assert sorted(map(sorted, first["groups"])) == sorted(map(sorted, record["start"]))
@@ -158,6 +160,15 @@ def test_search_with_the_local_search_keeps_the_chosen_grouping() -> None:
     best = min([first["val_loss"], *(c["val_loss"] for c in first["candidates"])])
     assert record["changed"] == (best < first["val_loss"])  # margin 0: any improvement is taken
     assert record["networks_trained"] >= len(first["groups"]) and record["batched_trainings"] >= 1
+    val = result.metrics["totals"]["val"]["weighted_loss"]
+    if record["final_model"] == "group networks":  # the final model is made of the check's networks
+        assert math.isclose(val, record["val_loss"], rel_tol=1e-4)
+    else:  # the search's network, kept because it was better on validation
+        assert not record["changed"] and val <= record["val_loss"]
+    saved = load_model(tmp_path / "run")
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        assert all(torch.allclose(saved(x)[t], result.model(x)[t]) for t in spec.task_names)
     if record["changed"]:  # each final group sits on a branch one of its tasks had in the search
         probs = result.probabilities
         for group in result.groups:
