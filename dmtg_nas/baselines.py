@@ -443,17 +443,24 @@ def tag(
 
 @METHODS.register("dmtg")
 def dmtg(spec: SearchSpec, data: TaskData, **_: Any) -> MethodResult:
-    """The one-shot search; its pruned (and fine-tuned) network is the final model."""
+    """The search of the spec's strategy; its final network (the pruned, fine-tuned one, or with the
+    merge check the group networks it trained, see :mod:`dmtg_nas.localsearch`) is the final model.
+    Trainings: the search, plus the merge check's group networks; the decision includes the check."""
     t0 = time.perf_counter()
     result = run_search(spec, None, progress=False, data=data)
     total = time.perf_counter() - t0
     metrics = {k: result.metrics[k] for k in ("val", "test", "totals")}
-    details = {"probabilities": result.probabilities}
+    details: dict[str, Any] = {"probabilities": result.probabilities}
     if "ground_truth" in result.metrics:
         details["ground_truth"] = result.metrics["ground_truth"]
-    return MethodResult(
-        "dmtg", result.groups, "partition", 1, result.metrics["search"]["search_seconds"], total, metrics, details
-    )
+    decision, trainings = result.metrics["search"]["search_seconds"], 1
+    local = result.metrics.get("local_search") or {}
+    if "rounds" in local:
+        keys = ("start", "groups", "changed", "final_model", "networks_trained", "seconds")
+        details["local_search"] = {k: local[k] for k in keys}
+        decision += local["seconds"]
+        trainings += local["networks_trained"]
+    return MethodResult("dmtg", result.groups, "partition", trainings, decision, total, metrics, details)
 
 
 @METHODS.register("dmtg-retrain")

@@ -196,3 +196,25 @@ def test_the_search_summary_reports_the_merge_check() -> None:
     assert "kept (best merge: validation loss -10.0%)" in _format_table(result)
     result.metrics["local_search"] = {"skipped": "auto: ..."}
     assert "merge check" not in _format_table(result)
+
+
+def test_the_benchmarks_dmtg_method_counts_the_merge_check() -> None:
+    from dmtg_nas.baselines import run_method
+    from dmtg_nas.components import load_data
+
+    doc = {
+        "name": "bench-local",
+        "tasks": [{"name": f"t{i}", "type": "regression"} for i in range(4)],
+        "dataset": {"name": "planted", "group_sizes": [2, 2], "samples": 300, "input_dim": 8, "latent_dim": 3},
+        "backbone": {"name": "mlp", "hidden": [8, 3]},
+        "groups": 2,
+        "strategy": {"_base_": "dmtg-plain", "epochs": 1, "batch_size": 64, "finetune": {"epochs": 1}},
+    }
+    spec = load_spec(doc, ["strategy.local_search.enabled=true"])
+    data = load_data(spec)
+    with_check = run_method("dmtg", spec, data)
+    local = with_check.details["local_search"]
+    assert with_check.trainings == 1 + local["networks_trained"] and local["networks_trained"] >= 2
+    without = run_method("dmtg", load_spec(doc), data)
+    assert without.trainings == 1 and "local_search" not in without.details
+    assert with_check.decision_seconds >= local["seconds"]
