@@ -14,6 +14,8 @@ from dmtg_nas import load_model, load_spec, run_search
 from dmtg_nas.localsearch import SubsetScorer, local_search, masks_of, neighbours
 from dmtg_nas.partitions import best_partition, members
 
+from .conftest import planted_doc
+
 NAMES = ["a", "b", "c", "d", "e", "f"]
 
 
@@ -136,21 +138,10 @@ def test_the_end_is_a_local_optimum_and_never_worse_than_the_start(seed: int) ->
 
 
 def test_search_with_the_local_search_keeps_the_chosen_grouping(tmp_path: Path) -> None:
+    binary = [{"name": f"t{i}", "type": "binary"} for i in range(4)]
+    strategy = {"_base_": "dmtg-plain", "epochs": 2, "batch_size": 64, "finetune": {"epochs": 1}}
     spec = load_spec(
-        {
-            "name": "local",
-            "tasks": [{"name": f"t{i}", "type": "binary"} for i in range(4)],
-            "dataset": {"name": "planted", "group_sizes": [2, 2], "samples": 400, "input_dim": 8, "latent_dim": 3},
-            "backbone": {"name": "mlp", "hidden": [8, 3]},
-            "groups": 2,
-            "strategy": {
-                "_base_": "dmtg-plain",
-                "epochs": 2,
-                "batch_size": 64,
-                "finetune": {"epochs": 1},
-                "local_search": {"enabled": True, "margin": 0.0},
-            },
-        }
+        planted_doc(tasks=binary, strategy=strategy), ["strategy.local_search={enabled: true, margin: 0.0}"]
     )
     result = run_search(spec, tmp_path / "run", progress=False)
     record = result.metrics["local_search"]
@@ -202,14 +193,7 @@ def test_the_benchmarks_dmtg_method_counts_the_merge_check() -> None:
     from dmtg_nas.baselines import run_method
     from dmtg_nas.components import load_data
 
-    doc = {
-        "name": "bench-local",
-        "tasks": [{"name": f"t{i}", "type": "regression"} for i in range(4)],
-        "dataset": {"name": "planted", "group_sizes": [2, 2], "samples": 300, "input_dim": 8, "latent_dim": 3},
-        "backbone": {"name": "mlp", "hidden": [8, 3]},
-        "groups": 2,
-        "strategy": {"_base_": "dmtg-plain", "epochs": 1, "batch_size": 64, "finetune": {"epochs": 1}},
-    }
+    doc = planted_doc(strategy={"_base_": "dmtg-plain", "epochs": 1, "batch_size": 64, "finetune": {"epochs": 1}})
     spec = load_spec(doc, ["strategy.local_search.enabled=true"])
     data = load_data(spec)
     with_check = run_method("dmtg", spec, data)
