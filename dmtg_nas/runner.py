@@ -574,12 +574,13 @@ def _run_search(
         # validation or the grouping changed; else the search's network
         assembled = _assemble(space.architecture, sample, scorer.networks, names)
         if outcome.changed or (assembled is not None and outcome.val_loss < val_loss(model)):
+            local_record["final_model"] = "group networks"
             if assembled is None:  # e.g. a shared stem: the chosen grouping trained from scratch
                 pl.seed_everything(strat.seed, workers=True, verbose=False)
                 assembled = build(sample, "scratch")
                 finetune(assembled, strat.epochs + strat.finetune.epochs, lr=None)
+                local_record["final_model"] = "retrained"
             model = assembled
-            local_record["final_model"] = "group networks"
         else:
             local_record["final_model"] = "search"
     finetune_time = time.perf_counter() - t_finetune

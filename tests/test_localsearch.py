@@ -202,3 +202,17 @@ def test_the_benchmarks_dmtg_method_counts_the_merge_check() -> None:
     without = run_method("dmtg", load_spec(doc), data)
     assert without.trainings == 1 and "local_search" not in without.details
     assert with_check.decision_seconds >= local["seconds"]
+
+
+def test_a_grouping_without_trained_group_networks_is_retrained(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dmtg_nas.localsearch as ls
+
+    def merge_everything(start: tuple[int, ...], scorer: SubsetScorer, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        return ls.LocalSearchOutcome(start, (sum(start),), 0.0)  # one group, whose network was never trained
+
+    monkeypatch.setattr(ls, "local_search", merge_everything)
+    strategy = {"_base_": "dmtg-plain", "epochs": 1, "batch_size": 64, "finetune": {"epochs": 1}}
+    spec = load_spec(planted_doc(strategy=strategy), ["strategy.local_search.enabled=true"])
+    result = run_search(spec, progress=False)
+    assert result.metrics["local_search"]["final_model"] == "retrained"
+    assert result.groups == [spec.task_names] and len(result.model.branches) == 1
