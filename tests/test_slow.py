@@ -54,6 +54,20 @@ def test_suite_short_mode_recovers_planted_pairs(tmp_path: Path) -> None:
     assert len(json.loads((tmp_path / "references.json").read_text())) == 2
 
 
+def test_suite_merge_check_merges_where_the_optimum_is_coarser(tmp_path: Path) -> None:
+    """Binary targets, three planted pairs, K = 3: the exhaustive optimum puts all six tasks in one
+    network. The one-shot search returns the pairs (its affinity sees the feature structure); the
+    default strategy's merge check must reach the optimum's loss, and the one-shot preset must not."""
+    from dmtg_nas.suite import run_suite
+
+    (default,) = run_suite("dmtg", ["binary-k3"], [0], tmp_path)
+    oneshot = run_suite("dmtg-oneshot", ["binary-k3"], [0], tmp_path, resume=True)[-1]  # reuses the reference
+    assert default["reference"] == oneshot["reference"] == "exhaustive"
+    assert not oneshot["planted_is_optimum"]  # the data's optimum is coarser than the planted pairs
+    assert default["gap_percent"] <= 2.0 and default["merged"], default
+    assert oneshot["gap_percent"] > 5.0, oneshot
+
+
 @pytest.mark.parametrize(
     "script",
     [
