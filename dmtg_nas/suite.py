@@ -331,10 +331,31 @@ def write_suite_report(records: Sequence[dict[str, Any]], out: Path) -> None:
             f"of runs where it is the optimum; no merge in {c['no_merge_when_k_exceeds_groups']:.0%} of runs "
             f"with K > planted groups ({c['runs']} runs)."
         )
+    lines.extend(_time_ratios(records))
     lines.append("")
     lines.append("gap %: found grouping's test loss above the optimum's (exhaustive) or the planted partition's.")
     (out / "suite.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(rows, out / "suite.png")
+
+
+def _time_ratios(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Lines comparing each strategy's search time with the first strategy's on the same shapes and
+    seeds (median of the per-run ratios; the runs of one suite command are side by side)."""
+    strategies = list(dict.fromkeys(r["strategy"] for r in records))
+    seconds = {(r["strategy"], r["shape"], r["seed"]): r["search_seconds"] for r in records}
+    lines = []
+    for strategy in strategies[1:]:
+        ratios = [
+            seconds[(strategy, shape, seed)] / seconds[(strategies[0], shape, seed)]
+            for (s, shape, seed) in seconds
+            if s == strategy and (strategies[0], shape, seed) in seconds and seconds[(strategies[0], shape, seed)] > 0
+        ]
+        if ratios:
+            lines.append(
+                f"- search time `{strategy}` / `{strategies[0]}` on the same shape and seed: median "
+                f"{statistics.median(ratios):.2f} (range {min(ratios):.2f} to {max(ratios):.2f}, {len(ratios)} runs)."
+            )
+    return lines
 
 
 def _plot(rows: Sequence[dict[str, Any]], path: Path) -> None:

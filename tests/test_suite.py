@@ -76,3 +76,16 @@ def test_report_and_criteria(tmp_path: Path) -> None:
 def test_unknown_shape_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="unknown suite shape 'pairs-k9'"):
         run_suite("dmtg", ["pairs-k9"], 1, tmp_path)
+
+
+def test_report_compares_search_times_run_by_run() -> None:
+    from dmtg_nas.suite import _time_ratios
+
+    def rec(strategy: str, shape: str, seed: int, seconds: float) -> dict[str, object]:
+        return {"strategy": strategy, "shape": shape, "seed": seed, "search_seconds": seconds}
+
+    records = [rec("a", "x", 0, 10.0), rec("a", "x", 1, 20.0), rec("a", "y", 0, 4.0)]
+    records += [rec("b", "x", 0, 15.0), rec("b", "x", 1, 20.0), rec("b", "y", 0, 12.0), rec("b", "z", 0, 1.0)]
+    (line,) = _time_ratios(records)  # ratios 1.5, 1.0 and 3.0; z has no counterpart
+    assert "`b` / `a`" in line and "median 1.50" in line and "range 1.00 to 3.00, 3 runs" in line
+    assert _time_ratios(records[:3]) == []  # one strategy: nothing to compare
