@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         "search",
         help="run a grouping search and train the grouped network",
         description="Train the DMTG supernet on the spec's data, export the task groups, prune to the "
-        "grouped network, evaluate it and write the outputs (grouping.json, metrics.json, "
+        "grouped network (with the default strategy: after an affinity warm start, and followed by a merge "
+        "check that merges groups where networks trained on the merged groups have a lower validation loss; "
+        "strategy=dmtg-oneshot skips it), evaluate it and write the outputs (grouping.json, metrics.json, "
         "probabilities.png, config.yaml, model.pt, checkpoints/) to --out. A checkpoint is saved after every "
         "epoch; Ctrl-C or SIGTERM saves one and stops after the current step (exit code 130 or 143), and "
         "--resume continues exactly where the run stopped. One run at a time per output folder.",
