@@ -166,7 +166,7 @@ class LocalSearchOutcome:
             "start": names(self.start),
             "groups": names(self.partition),
             "changed": self.changed,
-            "val_loss": self.val_loss,
+            "val_loss": self.val_loss if self.rounds else None,  # None: no neighbour to try
             "networks_trained": self.networks_trained,
             "batched_trainings": self.batches,
             "seconds": round(self.seconds, 3),

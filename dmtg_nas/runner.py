@@ -549,6 +549,9 @@ def _run_search(
         enabled = trains_batched(spec, data)
         if not enabled:
             local_record = {"skipped": "auto: the group networks of this encoder and data would train one by one"}
+    found_groups = len(set(sample.values()))
+    if enabled is True and found_groups == 1 and not (strat.local_search.moves and spec.groups > 1):
+        enabled, local_record = False, {"skipped": "one group: nothing to merge"}
     if enabled is True and len(spec.tasks) > 1:
         from .localsearch import local_search, masks_of, scorer_for
 

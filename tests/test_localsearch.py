@@ -216,3 +216,11 @@ def test_a_grouping_without_trained_group_networks_is_retrained(monkeypatch: pyt
     result = run_search(spec, progress=False)
     assert result.metrics["local_search"]["final_model"] == "retrained"
     assert result.groups == [spec.task_names] and len(result.model.branches) == 1
+
+
+def test_one_group_has_nothing_to_merge() -> None:
+    strategy = {"_base_": "dmtg-plain", "epochs": 1, "batch_size": 64, "finetune": {"epochs": 0}}
+    spec = load_spec(planted_doc(groups=1, strategy=strategy), ["strategy.local_search.enabled=true"])
+    result = run_search(spec, progress=False)
+    assert result.metrics["local_search"] == {"skipped": "one group: nothing to merge"}
+    assert result.groups == [spec.task_names]
