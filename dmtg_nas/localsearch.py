@@ -6,8 +6,10 @@ tasks often generalises better (each task regularises the others), so the partit
 validation loss can be coarser than, or differ by a task or two from, the structure the relaxation
 recovers. The local search starts from the found grouping and tries its neighbours:
 
-- **merges**: two groups become one;
-- **moves**: one task goes to another group (or, with fewer groups than K, to a group of its own).
+- **merges**: two groups become one (the default: the "merge check" of the ``dmtg`` preset);
+- **moves** (``moves=True``): one task goes to another group (or, with fewer groups than K, to a
+  group of its own). Off by default: with a dozen candidates per round, the best-scoring move is
+  often only the luckiest training (``confirm=True`` re-checks a step on an independent training).
 
 A partition is scored like HOA scores one: each group is a network of its own (the spec's encoder,
 trained from scratch with the search's budget), and the partition's score is the sum of its
@@ -21,8 +23,8 @@ groups with the current partition.
 Round by round, at most ``max_candidates`` neighbours are tried (merges first, then moves, each
 ranked by the warm start's affinity when there is one). The best replaces the current partition when
 its score is lower by more than ``margin`` (a fraction); the search stops when none is, or after
-``rounds`` rounds. Its cost is the group networks it trains: with K = 3 and six tasks, one round
-trains at most a dozen small networks in one batched run.
+``rounds`` rounds. Its cost is the group networks it trains: with three found groups, merges only,
+the first round trains six small networks in one batched run and each later round one.
 """
 
 from __future__ import annotations
