@@ -134,9 +134,9 @@ def neighbours(
                     rest = [g for k, g in enumerate(groups) if k != a]
                     gain = -own if affinity is not None else 0.0
                     shifted.append((gain, canonical([*rest, left, bit])))
-    ranked = [p for _, p in sorted(merges, key=lambda c: -c[0])]  # stable: mask order among equals
-    out: list[tuple[str, Partition]] = [("merge", p) for p in dict.fromkeys(ranked)]
-    seen = set(ranked)
+    # merges of different pairs are different partitions; sorted is stable: mask order among equals
+    out: list[tuple[str, Partition]] = [("merge", p) for _, p in sorted(merges, key=lambda c: -c[0])]
+    seen = {p for _, p in merges}
     for _, p in sorted(shifted, key=lambda c: -c[0]):
         if p not in seen:
             seen.add(p)

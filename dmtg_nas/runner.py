@@ -534,29 +534,21 @@ def _run_search(
         if interrupts.signum is not None:  # stop before the evaluation
             raise SearchInterrupted(_interrupt_message(out, "evaluation")(interrupts.name, None), interrupts.signum)
 
-    def val_loss(net: torch.nn.Module) -> float:
-        rows = evaluate(net, data.val, spec.tasks, eval_bs, device, strat.num_workers)
+    def evaluate_split(net: torch.nn.Module, split: str) -> dict[str, dict[str, float]]:
+        rows = evaluate(net, getattr(data, split), spec.tasks, eval_bs, device, strat.num_workers)
         net.cpu()
-        return float(summarize(rows, spec.tasks)["weighted_loss"])
+        return rows
 
     model = build(sample)
     finetune(model, strat.finetune.epochs)
-    local_record: dict[str, Any] | None = None
-    enabled: bool | str = strat.local_search.enabled
-    if enabled == "auto" and len(spec.tasks) > 1:
-        from .baselines import trains_batched
-
-        enabled = trains_batched(spec, data)
-        if not enabled:
-            local_record = {"skipped": "auto: the group networks of this encoder and data would train one by one"}
-    found_groups = len(set(sample.values()))
-    if enabled is True and found_groups == 1 and not (strat.local_search.moves and spec.groups > 1):
-        enabled, local_record = False, {"skipped": "one group: nothing to merge"}
-    if enabled is True and len(spec.tasks) > 1:
+    ls = strat.local_search
+    wanted = ls.enabled is True or (ls.enabled == "auto" and len(spec.tasks) > 1)
+    local_record = _local_search_skipped(spec, data, sample) if wanted else None
+    search_val: dict[str, dict[str, float]] | None = None  # the search network's validation rows, if evaluated
+    if wanted and local_record is None and len(spec.tasks) > 1:
         from .localsearch import local_search, masks_of, scorer_for
 
         names = spec.task_names
-        ls = strat.local_search
         scorer = scorer_for(spec, data)
         outcome = local_search(
             masks_of(groups_from_sample(names, sample, spec.groups), names),
@@ -576,22 +568,22 @@ def _run_search(
         # budget) where they form the final grouping, when they beat the search's network on
         # validation or the grouping changed; else the search's network
         assembled = _assemble(space.architecture, sample, scorer.networks, names)
-        if outcome.changed or (assembled is not None and outcome.val_loss < val_loss(model)):
+        if not outcome.changed and assembled is not None:
+            search_val = evaluate_split(model, "val")
+        if outcome.changed or (
+            search_val is not None and outcome.val_loss < summarize(search_val, spec.tasks)["weighted_loss"]
+        ):
             local_record["final_model"] = "group networks"
             if assembled is None:  # e.g. a shared stem: the chosen grouping trained from scratch
                 pl.seed_everything(strat.seed, workers=True, verbose=False)
                 assembled = build(sample, "scratch")
                 finetune(assembled, strat.epochs + strat.finetune.epochs, lr=None)
                 local_record["final_model"] = "retrained"
-            model = assembled
+            model, search_val = assembled, None
         else:
             local_record["final_model"] = "search"
     finetune_time = time.perf_counter() - t_finetune
-    per_split = {
-        split: evaluate(model, getattr(data, split), spec.tasks, eval_bs, device, strat.num_workers)
-        for split in ("val", "test")
-    }
-    model.cpu()
+    per_split = {"val": search_val or evaluate_split(model, "val"), "test": evaluate_split(model, "test")}
     groups = groups_from_sample(spec.task_names, sample, spec.groups)
     metrics: dict[str, Any] = {
         "val": per_split["val"],
@@ -647,6 +639,19 @@ def _run_search(
         write_outputs(result, spec, data)
     barrier()  # a distributed run ends when every process has finished
     return result
+
+
+def _local_search_skipped(spec: SearchSpec, data: TaskData, sample: Mapping[str, int]) -> dict[str, str] | None:
+    """Why the merge check does not run on this search (its record in metrics.json), or None."""
+    ls = spec.strategy.local_search
+    if ls.enabled == "auto":
+        from .baselines import trains_batched
+
+        if not trains_batched(spec, data):
+            return {"skipped": "auto: the group networks of this encoder and data would train one by one"}
+    if len(set(sample.values())) == 1 and not (ls.moves and spec.groups > 1):
+        return {"skipped": "one group: nothing to merge"}
+    return None
 
 
 def _assemble(
