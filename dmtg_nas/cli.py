@@ -141,8 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
         "with the planted partition trained from scratch.",
     )
     suite.add_argument("--strategy", action="append", help="strategy preset or file (repeatable; default: dmtg)")
+    suite.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        help="also score a baseline grouping method with the first strategy's budget, side by side "
+        "(repeatable): tag, hoa (exhaustive, from its own trainings), hoa-pairs, random, naive, stl",
+    )
+    suite.add_argument(
+        "--reference-trainings",
+        type=int,
+        default=1,
+        metavar="R",
+        help="train every subset network of the exhaustive reference R times and average their losses: "
+        "less training noise in the optimum and the gaps; with --resume, earlier runs are scored "
+        "again against it (default: %(default)s)",
+    )
     suite.add_argument("--shapes", help="comma-separated shape names, or 'all' (default: the short set)")
-    suite.add_argument("--seeds", type=int, default=3, help="seeds per shape (default: %(default)s)")
+    suite.add_argument(
+        "--seeds", default="3", help="a count (3: seeds 0-2), a range (3-5) or a list (0,4,7) (default: %(default)s)"
+    )
     suite.add_argument("--out", "-o", type=Path, help="output folder (default: runs/suite-<time>)")
     suite.add_argument("--resume", action="store_true", help="skip runs already in --out")
     suite.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -438,10 +456,18 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_suite(args: argparse.Namespace) -> int:
-    from .suite import SHAPES, SHORT_SHAPES, run_suite
+    from .errors import SpecError, suggest
+    from .suite import GROUPING_METHODS, SHAPES, SHORT_SHAPES, parse_seeds, run_suite
 
-    if args.seeds < 1:
-        raise DmtgError(f"--seeds must be >= 1, got {args.seeds}")
+    seeds = parse_seeds(args.seeds)
+    if args.reference_trainings < 1:
+        raise DmtgError(f"--reference-trainings must be >= 1, got {args.reference_trainings}")
+    for method in args.method:  # checked before anything runs
+        if method not in GROUPING_METHODS:
+            raise SpecError(
+                f"--method: unknown method {method!r}{suggest(method, GROUPING_METHODS)}; "
+                f"methods: {', '.join(GROUPING_METHODS)}"
+            )
     if args.shapes in (None, ""):
         shapes: list[str] = list(SHORT_SHAPES)
     elif args.shapes == "all":
@@ -449,17 +475,21 @@ def _cmd_suite(args: argparse.Namespace) -> int:
     else:
         shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     out = args.out or Path("runs") / f"suite-{time.strftime('%Y%m%d-%H%M%S')}"
-    for strategy in args.strategy or ["dmtg"]:
+    strategies = args.strategy or ["dmtg"]
+    runs = [(s, None) for s in strategies] + [(strategies[0], m) for m in args.method]
+    for strategy, method in runs:
         run_suite(
             strategy,
             shapes,
-            args.seeds,
+            seeds,
             out,
             overrides=args.overrides,
             resume=args.resume,
             progress=None if args.quiet else (lambda msg: None),
+            method=method,
+            reference_trainings=args.reference_trainings,
         )
-        args.resume = True  # later strategies add to the same report
+        args.resume = True  # later strategies and methods add to the same report
     print((out / "suite.md").read_text(encoding="utf-8"), end="")
     print(f"outputs in {out}")
     return 0

@@ -13,6 +13,11 @@ shape and seed the suite runs one search with the strategy under test and scores
   identical training;
 - otherwise the found and planted partitions are each trained from scratch with the same budget.
 
+Baseline grouping methods of the side-by-side benchmark (``tag``, ``hoa-pairs``, ``random``, ...)
+run on the same shapes, seeds and training budget as the ``dmtg`` preset (``run_suite(method=...)``,
+``dmtg suite --method tag``): their grouping is scored exactly like a strategy's, and
+``search_seconds`` is the time until their groups were decided.
+
 ``run_suite`` writes ``suite.json`` (every run), ``suite.md`` (per-shape summary and the pass rates
 of the quality criteria) and ``suite.png``.
 """
@@ -33,7 +38,9 @@ from .config import SearchSpec, load_spec
 from .partitions import best_partition, members
 from .runner import adjusted_rand_index, run_search, train_partition
 
-__all__ = ["Shape", "SHAPES", "SHORT_SHAPES", "run_suite", "shape_spec"]
+__all__ = ["Shape", "SHAPES", "SHORT_SHAPES", "exhaustive_reference", "parse_seeds", "run_suite", "score", "shape_spec"]
+
+GROUPING_METHODS = ("tag", "hoa", "hoa-pairs", "random", "naive", "stl")  # baselines that decide a grouping
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,54 @@ def _same(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> bool:
 Reference = dict[int, dict[str, dict[str, dict[str, float]]]]
 
 
+REFERENCE_SEED_OFFSET = 100_003  # the reference's trainings use seeds no method under test uses
+
+
+def reference_key(shape: Shape, seed: int, spec: SearchSpec, trainings: int) -> str:
+    """The cache key of one exhaustive reference: shape, seed, training budget (epochs, batch size,
+    optimizer, schedule; not the grouping method) and the number of trainings averaged."""
+    st = spec.strategy
+    budget = (
+        st.epochs + st.finetune.epochs,
+        st.batch_size,
+        st.optimizer.model_dump_json(),
+        st.lr_schedule.model_dump_json(),
+    )
+    return f"{shape.name}/{seed}/" + "/".join(map(str, budget)) + f"/reference-x{trainings}"
+
+
+def exhaustive_reference(spec: SearchSpec, data: Any, trainings: int = 1) -> Reference:
+    """Every task subset's network, trained ``trainings`` times independently (seeds offset by
+    ``REFERENCE_SEED_OFFSET``, so no search or baseline shares an initialisation with them); the
+    per-task metrics are averaged over the trainings."""
+    masks = list(range(1, 1 << len(spec.tasks)))
+    tables = []
+    for r in range(trainings):
+        st = spec.strategy.model_copy(update={"seed": spec.strategy.seed + REFERENCE_SEED_OFFSET * (r + 1)})
+        tables.append(subset_losses_joint(spec.model_copy(update={"strategy": st}), data, masks))
+    return {
+        m: {
+            split: {
+                task: {k: statistics.fmean(t[m][split][task][k] for t in tables) for k in rows}
+                for task, rows in tables[0][m][split].items()
+            }
+            for split in tables[0][m]
+        }
+        for m in masks
+    }
+
+
+def _exhaustive_hoa(spec: SearchSpec, data: Any) -> list[list[str]]:
+    """Exhaustive HOA's grouping: every subset's network (its own trainings, batched), the best
+    partition into at most K groups on validation loss."""
+    names = spec.task_names
+    trained = subset_losses_joint(spec, data, list(range(1, 1 << len(names))))
+    blocks, _ = best_partition(
+        len(names), lambda m: sum(trained[m]["val"][names[i]]["loss"] for i in members(m)), spec.groups
+    )
+    return [[names[i] for i in b] for b in blocks]
+
+
 def run_one(
     shape: Shape,
     strategy: str,
@@ -126,32 +181,50 @@ def run_one(
     exhaustive_max: int = 6,
     overrides: Sequence[str] = (),
     references: dict[str, Reference] | None = None,
+    method: str | None = None,
+    reference_trainings: int = 1,
 ) -> dict[str, Any]:
     """One (shape, seed) run: the search and its scores (see the module docstring).
 
-    ``references`` caches the exhaustive subset networks per shape, seed and training budget
-    (epochs, batch size, optimizer, schedule; not the grouping method), so a second strategy with
-    the same budget on the same shapes and seeds reuses them."""
+    With ``method`` (one of ``GROUPING_METHODS``), that baseline decides the grouping instead, with
+    the budget of ``strategy`` (its record's ``strategy`` is the method's name).
+    ``references`` caches the exhaustive references (see :func:`reference_key`), so a second
+    strategy with the same budget on the same shapes and seeds reuses them; ``reference_trainings``
+    averages each subset's losses over that many independent trainings (less training noise in the
+    optimum and the gaps)."""
     spec = shape_spec(shape, strategy, seed, overrides)
     data = load_data(spec)
     truth = data.ground_truth or []
     t0 = time.perf_counter()
-    result = run_search(spec, None, progress=False, data=data)
-    seconds = time.perf_counter() - t0
-    found = result.groups
+    local = None
+    if method == "hoa":
+        found, model_test_loss = _exhaustive_hoa(spec, data), None
+        seconds = time.perf_counter() - t0
+    elif method is not None:
+        from .baselines import run_method
+
+        decided = run_method(method, spec, data, seed=seed)
+        found, seconds = decided.groups, decided.decision_seconds
+        model_test_loss = decided.metrics["totals"]["test"]["total_loss"]
+    else:
+        result = run_search(spec, None, progress=False, data=data)
+        found, seconds = result.groups, time.perf_counter() - t0
+        model_test_loss = result.metrics["totals"]["test"]["total_loss"]
+        local = result.metrics.get("local_search")
     record: dict[str, Any] = {
         "shape": shape.name,
         "seed": seed,
-        "strategy": strategy,
+        "strategy": method or strategy,
+        "kind": "method" if method is not None else "strategy",
+        "budget_of": strategy,
         "found": found,
         "planted": truth,
         "ari": adjusted_rand_index(found, truth),
         "exact": _same(found, truth),
         "merged": _merged(found, truth),
         "search_seconds": seconds,
-        "model_test_loss": result.metrics["totals"]["test"]["total_loss"],
+        "model_test_loss": model_test_loss,
     }
-    local = result.metrics.get("local_search")
     if local is not None and "rounds" in local:  # where the search's own grouping went: each round's best neighbour
         record["local_search"] = {
             "start": local["start"],
@@ -166,20 +239,27 @@ def run_one(
                 for r in local["rounds"]
             ],
         }
-    names = spec.task_names
+    return score(record, shape, spec, data, references, exhaustive_max, reference_trainings)
+
+
+def score(
+    record: dict[str, Any],
+    shape: Shape,
+    spec: SearchSpec,
+    data: Any,
+    references: dict[str, Reference] | None = None,
+    exhaustive_max: int = 6,
+    reference_trainings: int = 1,
+) -> dict[str, Any]:
+    """Score a record's found grouping against the exhaustive reference (or, for larger or image
+    shapes, the planted partition trained from scratch); fills the reference fields and the gap."""
+    names, truth, found = spec.task_names, record["planted"], record["found"]
     if shape.exhaustive and len(names) <= exhaustive_max:
-        st = spec.strategy
-        budget = (
-            st.epochs + st.finetune.epochs,
-            st.batch_size,
-            st.optimizer.model_dump_json(),
-            st.lr_schedule.model_dump_json(),
-        )
-        key = f"{shape.name}/{seed}/" + "/".join(map(str, budget))
+        key = reference_key(shape, record["seed"], spec, reference_trainings)
         if references is not None and key in references:
             trained = references[key]
         else:
-            trained = subset_losses_joint(spec, data, list(range(1, 1 << len(names))))
+            trained = exhaustive_reference(spec, data, reference_trainings)
             if references is not None:
                 references[key] = trained
 
@@ -196,6 +276,7 @@ def run_one(
         optimum = [[names[i] for i in b] for b in blocks]
         record.update(
             reference="exhaustive",
+            reference_key=key,
             optimum=optimum,
             planted_is_optimum=_same(optimum, truth),
             found_test_loss=loss("test", found),
@@ -226,13 +307,23 @@ def run_suite(
     overrides: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
     resume: bool = False,
+    method: str | None = None,
+    reference_trainings: int = 1,
 ) -> list[dict[str, Any]]:
-    """Run the suite; returns every run's record (and writes the report when ``out_dir`` is set)."""
+    """Run the suite; returns every run's record (and writes the report when ``out_dir`` is set).
+
+    ``method``: score that baseline grouping method (see ``GROUPING_METHODS``) instead of the
+    strategy, with the strategy's training budget. ``reference_trainings``: see :func:`run_one`; on
+    ``resume``, runs scored against another reference are scored again (their groupings are kept)."""
+    from .errors import SpecError, suggest
+
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
-        from .errors import SpecError, suggest
-
         raise SpecError(f"unknown suite shape {unknown[0]!r}{suggest(unknown[0], SHAPES)}; shapes: {', '.join(SHAPES)}")
+    if method is not None and method not in GROUPING_METHODS:
+        raise SpecError(
+            f"unknown suite method {method!r}{suggest(method, GROUPING_METHODS)}; methods: {', '.join(GROUPING_METHODS)}"
+        )
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     out = Path(out_dir) if out_dir is not None else None
     records: list[dict[str, Any]] = []
@@ -244,11 +335,19 @@ def run_suite(
     if out is not None and (out / "references.json").is_file():
         raw = json.loads((out / "references.json").read_text())
         references = {key: {int(m): v for m, v in nets.items()} for key, nets in raw.items()}
+    for i, r in enumerate(records):  # a resumed run scored against another reference: score it again
+        shape = SHAPES.get(r["shape"])
+        if shape is None or r.get("reference") != "exhaustive" or r["strategy"] != (method or strategy):
+            continue
+        spec = shape_spec(shape, r.get("budget_of", r["strategy"]), r["seed"], overrides)
+        if r.get("reference_key") != reference_key(shape, r["seed"], spec, reference_trainings):
+            records[i] = score(r, shape, spec, load_data(spec), references, exhaustive_max, reference_trainings)
     done = {(r["shape"], r["seed"], r["strategy"]) for r in records}
     from tqdm.auto import tqdm
 
-    todo = [(s, seed) for s in shapes for seed in seed_list if (s, seed, strategy) not in done]
-    for shape_name, seed in tqdm(todo, desc=f"suite {strategy}", unit="run", disable=progress is None):
+    label = method or strategy
+    todo = [(s, seed) for s in shapes for seed in seed_list if (s, seed, label) not in done]
+    for shape_name, seed in tqdm(todo, desc=f"suite {label}", unit="run", disable=progress is None):
         records.append(
             run_one(
                 SHAPES[shape_name],
@@ -257,14 +356,38 @@ def run_suite(
                 exhaustive_max=exhaustive_max,
                 overrides=overrides,
                 references=references,
+                method=method,
+                reference_trainings=reference_trainings,
             )
         )
         if out is not None:
             (out / "suite.json").write_text(json.dumps(records, indent=1))
             (out / "references.json").write_text(json.dumps(references))
     if out is not None:
+        (out / "suite.json").write_text(json.dumps(records, indent=1))
+        (out / "references.json").write_text(json.dumps(references))
         write_suite_report(records, out)
     return records
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"3"`` -> seeds 0, 1, 2; ``"3-5"`` -> 3, 4, 5; ``"0,4,7"`` -> those seeds."""
+    from .errors import SpecError
+
+    text = text.strip()
+    try:
+        if "," in text:
+            seeds = [int(part) for part in text.split(",") if part.strip()]
+        elif "-" in text.lstrip("-"):
+            first, last = (int(part) for part in text.split("-", 1))
+            seeds = list(range(first, last + 1))
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise SpecError(f"--seeds: expected a count (3), a range (3-5) or a list (0,4,7), got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise SpecError(f"--seeds: expected at least one seed, none negative or repeated, got {text!r}")
+    return seeds
 
 
 def summarize_suite(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

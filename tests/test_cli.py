@@ -30,6 +30,9 @@ def test_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
         (["validate", "planted", "--set", "strategy.temperature.schedule=cosin"], "did you mean 'cosine'"),
         (["search", "planted", "--set", "dataset.nosie=0.1"], "unknown key 'nosie' (did you mean 'noise'?)"),
         (["search"], "give a SPEC"),
+        (["suite", "--method", "tagg"], "unknown method 'tagg' (did you mean 'tag'?)"),
+        (["suite", "--seeds", "5-3"], "--seeds: expected at least one seed"),
+        (["suite", "--reference-trainings", "0"], "--reference-trainings must be >= 1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(

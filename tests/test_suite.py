@@ -89,3 +89,69 @@ def test_report_compares_search_times_run_by_run() -> None:
     (line,) = _time_ratios(records)  # ratios 1.5, 1.0 and 3.0; z has no counterpart
     assert "`b` / `a`" in line and "median 1.50" in line and "range 1.00 to 3.00, 3 runs" in line
     assert _time_ratios(records[:3]) == []  # one strategy: nothing to compare
+
+
+def test_seed_lists() -> None:
+    from dmtg_nas.suite import parse_seeds
+
+    assert parse_seeds("3") == [0, 1, 2]
+    assert parse_seeds("3-5") == [3, 4, 5]
+    assert parse_seeds("0,4,7") == [0, 4, 7]
+    for bad in ("0", "x", "5-3", "1,1", "-2"):
+        with pytest.raises(SpecError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_reference_is_trained_apart_and_averages_its_trainings() -> None:
+    """The reference's networks use seeds no method uses (an exhaustive HOA run from the strategy's
+    seed is another training), and R trainings are averaged per subset and task."""
+    import dmtg_nas.suite as suite
+    from dmtg_nas.baselines import subset_losses_joint
+    from dmtg_nas.components import load_data
+
+    shape = Shape("tiny", (2, 1), 2, samples=300)
+    spec = shape_spec(shape, "dmtg", 0, FAST)
+    data = load_data(spec)
+    one = suite.exhaustive_reference(spec, data, 1)
+    own = subset_losses_joint(spec, data, list(range(1, 8)))  # what a method trains from the spec's seed
+    assert one[3]["val"]["t1"]["loss"] != pytest.approx(own[3]["val"]["t1"]["loss"], rel=1e-6)
+    two = suite.exhaustive_reference(spec, data, 2)
+    second = suite.exhaustive_reference(
+        spec.model_copy(
+            update={"strategy": spec.strategy.model_copy(update={"seed": spec.strategy.seed + suite.REFERENCE_SEED_OFFSET})}
+        ),
+        data,
+        1,
+    )  # the second training of `two` is the first of a reference whose seed is one offset further
+    for m in (1, 3, 7):
+        for t in ("t1", "t2"):
+            if m & 1 and t == "t1" or m & 2 and t == "t2":
+                expect = (one[m]["test"][t]["loss"] + second[m]["test"][t]["loss"]) / 2
+                assert two[m]["test"][t]["loss"] == pytest.approx(expect, rel=1e-9)
+
+
+def test_baseline_methods_are_scored_like_strategies_and_rescored_on_resume(tmp_path: Path) -> None:
+    shape = "tiny"
+    import dmtg_nas.suite as suite
+
+    suite.SHAPES[shape] = Shape(shape, (2, 1), 2, samples=300)
+    try:
+        records = run_suite("dmtg", [shape], [0], tmp_path, overrides=FAST, method="hoa")
+        (hoa,) = records
+        assert hoa["strategy"] == "hoa" and hoa["kind"] == "method" and hoa["budget_of"] == "dmtg"
+        assert hoa["reference"] == "exhaustive" and hoa["reference_key"].endswith("/reference-x1")
+        tag = run_suite("dmtg", [shape], [0], tmp_path, overrides=FAST, method="tag", resume=True)[-1]
+        assert tag["strategy"] == "tag" and tag["optimum"] == hoa["optimum"]  # one reference for both
+        assert sorted(t for g in tag["found"] for t in g) == ["t1", "t2", "t3"]
+        # another reference: the earlier runs of that method are scored again, not rerun
+        again = run_suite(
+            "dmtg", [shape], [0], tmp_path, overrides=FAST, method="hoa", resume=True, reference_trainings=2
+        )
+        rescored = [r for r in again if r["strategy"] == "hoa"]
+        assert len(rescored) == 1 and rescored[0]["found"] == hoa["found"]
+        assert rescored[0]["reference_key"].endswith("/reference-x2")
+        assert rescored[0]["optimum_test_loss"] != pytest.approx(hoa["optimum_test_loss"], rel=1e-9)
+        with pytest.raises(SpecError, match="unknown suite method 'tagg'.*did you mean 'tag'"):
+            run_suite("dmtg", [shape], [0], tmp_path, method="tagg")
+    finally:
+        del suite.SHAPES[shape]
