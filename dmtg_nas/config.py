@@ -233,6 +233,7 @@ class LocalSearchConfig(StrictModel):
     moves: bool = False  # also move single tasks between groups (default: merges only)
     confirm: bool = False  # check each step again on an independent training of the groups it changes
     margin: float = Field(default=0.01, ge=0, lt=1)  # accept a step only if val loss is lower by this fraction
+    replicates: int = Field(default=1, ge=1, le=16)  # independent trainings per group network, scores averaged
     max_candidates: int = Field(default=12, ge=1, le=MAX_COUNT)  # neighbours tried per round
     rounds: int = Field(default=4, ge=1, le=MAX_COUNT)  # accepted steps at most
 

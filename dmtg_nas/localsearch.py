@@ -59,6 +59,8 @@ class SubsetScorer:
             replicate is an independent training (its own initialisation and data order).
         task_names: the tasks in spec order (bit i of a mask = task i).
         weights: the task weights.
+        replicates: independent trainings per group network; a group's score is the mean of its
+            replicates' losses (replicate index ``replicates`` and above: confirmation trainings).
     """
 
     def __init__(
@@ -66,28 +68,36 @@ class SubsetScorer:
         train: Callable[[Sequence[int], int], Trained],
         task_names: Sequence[str],
         weights: Sequence[float],
+        replicates: int = 1,
     ) -> None:
         self.train = train
         self.task_names = list(task_names)
         self.weights = list(weights)
+        self.replicates = replicates
         self.cache: dict[tuple[int, int], dict[str, dict[str, dict[str, float]]]] = {}  # (replicate, mask)
         self.networks: dict[int, Any] = {}  # mask -> trained group network (first replicate), where kept
         self.trained = 0  # group networks trained so far
         self.batches = 0  # batched trainings run
 
-    def ensure(self, masks: Sequence[int], replicate: int = 0) -> None:
-        missing = sorted({m for m in masks if (replicate, m) not in self.cache})
-        if missing:
-            for mask, rows in self.train(missing, replicate).items():
-                self.cache[(replicate, mask)] = rows
-            self.trained += len(missing)
-            self.batches += 1
+    def ensure(self, masks: Sequence[int], replicate: int | None = None) -> None:
+        """Train the missing group networks of ``masks`` (every scoring replicate when ``replicate``
+        is None)."""
+        for r in range(self.replicates) if replicate is None else [replicate]:
+            missing = sorted({m for m in masks if (r, m) not in self.cache})
+            if missing:
+                for mask, rows in self.train(missing, r).items():
+                    self.cache[(r, mask)] = rows
+                self.trained += len(missing)
+                self.batches += 1
 
-    def group_loss(self, mask: int, split: str = "val", replicate: int = 0) -> float:
+    def group_loss(self, mask: int, split: str = "val", replicate: int | None = None) -> float:
+        """A group's weighted loss: of one replicate, or (None) the mean over the scoring replicates."""
+        if replicate is None:
+            return sum(self.group_loss(mask, split, r) for r in range(self.replicates)) / self.replicates
         rows = self.cache[(replicate, mask)][split]
         return sum(self.weights[i] * rows[self.task_names[i]]["loss"] for i in members(mask))
 
-    def score(self, partition: Partition, split: str = "val", replicate: int = 0) -> float:
+    def score(self, partition: Partition, split: str = "val", replicate: int | None = None) -> float:
         return sum(self.group_loss(m, split, replicate) for m in partition)
 
 
@@ -237,9 +247,10 @@ def local_search(
         }
         if accepted and confirm:
             new, old = set(best) - set(current), set(current) - set(best)
-            scorer.ensure(sorted(new | old), replicate=1)
-            change = sum(scorer.group_loss(m, replicate=1) for m in new) - sum(
-                scorer.group_loss(m, replicate=1) for m in old
+            check = scorer.replicates  # a training none of the scores used
+            scorer.ensure(sorted(new | old), replicate=check)
+            change = sum(scorer.group_loss(m, replicate=check) for m in new) - sum(
+                scorer.group_loss(m, replicate=check) for m in old
             )
             accepted = change < -margin * current_loss
             record["confirmation"] = {"change": change, "accepted": accepted}
@@ -261,7 +272,7 @@ def masks_of(groups: Sequence[Sequence[str]], task_names: Sequence[str]) -> Part
     return canonical([sum(1 << index[t] for t in g) for g in groups])
 
 
-def scorer_for(spec: SearchSpec, data: TaskData) -> SubsetScorer:
+def scorer_for(spec: SearchSpec, data: TaskData, replicates: int = 1) -> SubsetScorer:
     """A scorer whose group networks are HOA's subset networks for ``spec`` on ``data``."""
     from .baselines import subset_losses_joint
 
@@ -272,5 +283,5 @@ def scorer_for(spec: SearchSpec, data: TaskData) -> SubsetScorer:
         strategy = spec.strategy.model_copy(update={"seed": spec.strategy.seed + 7919 * replicate})
         return subset_losses_joint(spec.model_copy(update={"strategy": strategy}), data, masks)
 
-    scorer = SubsetScorer(train, spec.task_names, [t.weight for t in spec.tasks])
+    scorer = SubsetScorer(train, spec.task_names, [t.weight for t in spec.tasks], replicates)
     return scorer

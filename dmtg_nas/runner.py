@@ -549,7 +549,7 @@ def _run_search(
         from .localsearch import local_search, masks_of, scorer_for
 
         names = spec.task_names
-        scorer = scorer_for(spec, data)
+        scorer = scorer_for(spec, data, ls.replicates)
         outcome = local_search(
             masks_of(groups_from_sample(names, sample, spec.groups), names),
             scorer,
@@ -570,8 +570,10 @@ def _run_search(
         assembled = _assemble(space.architecture, sample, scorer.networks, names)
         if not outcome.changed and assembled is not None:
             search_val = evaluate_split(model, "val")
+        # the kept networks are the first replicate's: compare those (the check's score may be a mean)
         if outcome.changed or (
-            search_val is not None and outcome.val_loss < summarize(search_val, spec.tasks)["weighted_loss"]
+            search_val is not None
+            and scorer.score(outcome.partition, replicate=0) < summarize(search_val, spec.tasks)["weighted_loss"]
         ):
             local_record["final_model"] = "group networks"
             if assembled is None:  # e.g. a shared stem: the chosen grouping trained from scratch

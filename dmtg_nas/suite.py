@@ -141,15 +141,28 @@ def reference_key(shape: Shape, seed: int, spec: SearchSpec, trainings: int) -> 
     return f"{shape.name}/{seed}/" + "/".join(map(str, budget)) + f"/reference-x{trainings}"
 
 
-def exhaustive_reference(spec: SearchSpec, data: Any, trainings: int = 1) -> Reference:
+def _training_key(key: str) -> str:
+    return key.rsplit("/reference-x", 1)[0] + "/reference"
+
+
+def exhaustive_reference(
+    spec: SearchSpec, data: Any, trainings: int = 1, cache: dict[str, Reference] | None = None, key: str = ""
+) -> Reference:
     """Every task subset's network, trained ``trainings`` times independently (seeds offset by
     ``REFERENCE_SEED_OFFSET``, so no search or baseline shares an initialisation with them); the
-    per-task metrics are averaged over the trainings."""
+    per-task metrics are averaged over the trainings. With ``cache``, each training is kept under
+    ``key/training-r`` and reused (a reference of 3 trainings after one of 1 trains 2 more)."""
     masks = list(range(1, 1 << len(spec.tasks)))
     tables = []
     for r in range(trainings):
+        one = f"{key}/training-{r}"
+        if cache is not None and one in cache:
+            tables.append(cache[one])
+            continue
         st = spec.strategy.model_copy(update={"seed": spec.strategy.seed + REFERENCE_SEED_OFFSET * (r + 1)})
         tables.append(subset_losses_joint(spec.model_copy(update={"strategy": st}), data, masks))
+        if cache is not None:
+            cache[one] = tables[-1]
     return {
         m: {
             split: {
@@ -256,12 +269,7 @@ def score(
     names, truth, found = spec.task_names, record["planted"], record["found"]
     if shape.exhaustive and len(names) <= exhaustive_max:
         key = reference_key(shape, record["seed"], spec, reference_trainings)
-        if references is not None and key in references:
-            trained = references[key]
-        else:
-            trained = exhaustive_reference(spec, data, reference_trainings)
-            if references is not None:
-                references[key] = trained
+        trained = exhaustive_reference(spec, data, reference_trainings, references, _training_key(key))
 
         def loss(split: str, groups: Sequence[Sequence[str]]) -> float:
             total = 0.0

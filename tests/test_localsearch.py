@@ -224,3 +224,35 @@ def test_one_group_has_nothing_to_merge() -> None:
     result = run_search(spec, progress=False)
     assert result.metrics["local_search"] == {"skipped": "one group: nothing to merge"}
     assert result.groups == [spec.task_names]
+
+
+def test_replicates_are_averaged_and_the_confirmation_uses_another_training() -> None:
+    """With two scoring replicates a group's score is the mean of both trainings: a merge that wins
+    one training by luck and loses the other is refused; confirmation trains a third."""
+    per_replicate = {0: {0b011: 1.5}, 1: {0b011: 2.7}, 2: {0b011: 1.0}}  # singles cost 1.0 each
+    seen: list[int] = []
+
+    def train(masks: Sequence[int], replicate: int) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
+        seen.append(replicate)
+        out = {}
+        for m in masks:
+            per = per_replicate[replicate].get(m, 1.0 * m.bit_count()) / m.bit_count()
+            rows = {NAMES[i]: {"loss": per} for i in members(m)}
+            out[m] = {"val": rows, "test": rows}
+        return out
+
+    one = SubsetScorer(train, NAMES, [1.0] * 6)
+    assert local_search((1, 2, 4), one, 3, margin=0.0, max_candidates=20, rounds=1).partition == (0b011, 4)
+    two = SubsetScorer(train, NAMES, [1.0] * 6, replicates=2)
+    out = local_search((1, 2, 4), two, 3, margin=0.0, max_candidates=20, rounds=1)
+    assert not out.changed  # mean 2.1 for {a, b} against 2.0 apart
+    two.ensure([0b011])
+    assert math.isclose(two.group_loss(0b011), (1.5 + 2.7) / 2) and math.isclose(two.group_loss(0b011, replicate=0), 1.5)
+    per_replicate[1][0b011] = 1.9  # mean 1.7: accepted, then confirmed on replicate 2
+    seen.clear()
+    out = local_search(
+        (1, 2, 4), SubsetScorer(train, NAMES, [1.0] * 6, replicates=2), 3, margin=0.0, max_candidates=20, rounds=1,
+        confirm=True,
+    )  # fmt: skip
+    assert out.partition == (0b011, 4) and sorted(set(seen)) == [0, 1, 2]
+    assert out.rounds[0]["confirmation"]["accepted"] is True
