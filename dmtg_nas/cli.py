@@ -157,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
         "less training noise in the optimum and the gaps; with --resume, earlier runs are scored "
         "again against it (default: %(default)s)",
     )
-    suite.add_argument("--shapes", help="comma-separated shape names, or 'all' (default: the short set)")
+    suite.add_argument(
+        "--shapes",
+        help="comma-separated shape names, 'all', or 'exhaustive' (the shapes compared with the exhaustive "
+        "optimum) (default: the short set)",
+    )
     suite.add_argument(
         "--seeds", default="3", help="a count (3: seeds 0-2), a range (3-5) or a list (0,4,7) (default: %(default)s)"
     )
@@ -472,6 +476,8 @@ def _cmd_suite(args: argparse.Namespace) -> int:
         shapes: list[str] = list(SHORT_SHAPES)
     elif args.shapes == "all":
         shapes = list(SHAPES)
+    elif args.shapes == "exhaustive":
+        shapes = [name for name, shape in SHAPES.items() if shape.exhaustive and shape.n_tasks <= 6]
     else:
         shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     out = args.out or Path("runs") / f"suite-{time.strftime('%Y%m%d-%H%M%S')}"

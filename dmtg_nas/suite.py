@@ -343,15 +343,22 @@ def run_suite(
     if out is not None and (out / "references.json").is_file():
         raw = json.loads((out / "references.json").read_text())
         references = {key: {int(m): v for m, v in nets.items()} for key, nets in raw.items()}
-    for i, r in enumerate(records):  # a resumed run scored against another reference: score it again
+    from tqdm.auto import tqdm
+
+    stale = []  # resumed runs scored against another reference: scored again (their groupings kept)
+    for i, r in enumerate(records):
         shape = SHAPES.get(r["shape"])
         if shape is None or r.get("reference") != "exhaustive" or r["strategy"] != (method or strategy):
             continue
         spec = shape_spec(shape, r.get("budget_of", r["strategy"]), r["seed"], overrides)
         if r.get("reference_key") != reference_key(shape, r["seed"], spec, reference_trainings):
-            records[i] = score(r, shape, spec, load_data(spec), references, exhaustive_max, reference_trainings)
+            stale.append((i, shape, spec))
+    for i, shape, spec in tqdm(stale, desc=f"rescore {method or strategy}", unit="run", disable=progress is None):
+        records[i] = score(records[i], shape, spec, load_data(spec), references, exhaustive_max, reference_trainings)
+        if out is not None:
+            (out / "suite.json").write_text(json.dumps(records, indent=1))
+            (out / "references.json").write_text(json.dumps(references))
     done = {(r["shape"], r["seed"], r["strategy"]) for r in records}
-    from tqdm.auto import tqdm
 
     label = method or strategy
     todo = [(s, seed) for s in shapes for seed in seed_list if (s, seed, label) not in done]
@@ -454,6 +461,8 @@ def write_suite_report(records: Sequence[dict[str, Any]], out: Path) -> None:
             f"| {r['gap_mean']:.1f} | {r['gap_max']:.1f} | {r['within_2pct']:.0%} | {r['reference']} |"
         )
     lines.append("")
+    lines.extend(_bar_table(records))
+    lines.append("")
     for strategy in dict.fromkeys(r["strategy"] for r in records):
         c = criteria(records, strategy)
         lines.append(
@@ -462,11 +471,62 @@ def write_suite_report(records: Sequence[dict[str, Any]], out: Path) -> None:
             f"of runs where it is the optimum; no merge in {c['no_merge_when_k_exceeds_groups']:.0%} of runs "
             f"with K > planted groups ({c['runs']} runs)."
         )
+    lines.extend(_against(records, "tag"))
     lines.extend(_time_ratios(records))
     lines.append("")
     lines.append("gap %: found grouping's test loss above the optimum's (exhaustive) or the planted partition's.")
     (out / "suite.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(rows, out / "suite.png")
+
+
+def _bar_table(records: Sequence[dict[str, Any]]) -> list[str]:
+    """One row per strategy or method over its exhaustive runs: the quality bar side by side."""
+    lines = [
+        "| strategy or method | exhaustive runs | within 2% of optimum | exact where planted is optimum "
+        "| no merge, K > groups | mean gap % | mean ARI | median seconds to groups |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label in dict.fromkeys(r["strategy"] for r in records):
+        runs = [r for r in records if r["strategy"] == label and r["reference"] == "exhaustive"]
+        if not runs:
+            continue
+        confirmed = [r for r in runs if r.get("planted_is_optimum")]
+        wide = [r for r in runs if len(r["planted"]) < _k_of(r)]
+        ok = sum(r["gap_percent"] <= 2.0 for r in runs)
+        exact = f"{sum(r['exact'] for r in confirmed) / len(confirmed):.0%} ({len(confirmed)})" if confirmed else "-"
+        no_merge = f"{sum(not r['merged'] for r in wide) / len(wide):.0%} ({len(wide)})" if wide else "-"
+        lines.append(
+            f"| {label} | {len(runs)} | {ok / len(runs):.0%} ({ok}) | {exact} | {no_merge} "
+            f"| {statistics.fmean(r['gap_percent'] for r in runs):.1f} | {statistics.fmean(r['ari'] for r in runs):.2f} "
+            f"| {statistics.median(r['search_seconds'] for r in runs):.1f} |"
+        )
+    return lines
+
+
+def _against(records: Sequence[dict[str, Any]], baseline: str) -> list[str]:
+    """Lines comparing each other strategy's grouping with ``baseline``'s on the same shape and seed
+    (test loss of the grouping under the same reference)."""
+    theirs = {(r["shape"], r["seed"]): r for r in records if r["strategy"] == baseline and r["reference"] == "exhaustive"}
+    lines = []
+    for label in dict.fromkeys(r["strategy"] for r in records):
+        if label == baseline:
+            continue
+        pairs = [
+            (r, theirs[(r["shape"], r["seed"])])
+            for r in records
+            if r["strategy"] == label and r["reference"] == "exhaustive" and (r["shape"], r["seed"]) in theirs
+        ]
+        if not pairs:
+            continue
+        better = sum(a["found_test_loss"] < b["found_test_loss"] - 1e-12 for a, b in pairs)
+        same = sum(abs(a["found_test_loss"] - b["found_test_loss"]) <= 1e-12 for a, b in pairs)
+        lines.append(
+            f"- `{label}` against `{baseline}`'s grouping on the same shape and seed: mean gap "
+            f"{statistics.fmean(a['gap_percent'] for a, _ in pairs):.1f}% against "
+            f"{statistics.fmean(b['gap_percent'] for _, b in pairs):.1f}%; lower test loss in {better}, the same "
+            f"grouping's in {same}, higher in {len(pairs) - better - same} of {len(pairs)} runs."
+        )
+    return lines
 
 
 def _time_ratios(records: Sequence[dict[str, Any]]) -> list[str]:

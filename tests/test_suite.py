@@ -155,3 +155,19 @@ def test_baseline_methods_are_scored_like_strategies_and_rescored_on_resume(tmp_
             run_suite("dmtg", [shape], [0], tmp_path, method="tagg")
     finally:
         del suite.SHAPES[shape]
+
+
+def test_report_puts_the_bar_side_by_side_and_compares_with_tag(tmp_path: Path) -> None:
+    def rec(label: str, seed: int, gap: float, loss: float, exact: bool) -> dict[str, object]:
+        return {"strategy": label, "shape": "pairs-k4", "seed": seed, "search_seconds": 2.0 + seed, "ari": 1.0,
+                "exact": exact, "merged": not exact, "gap_percent": gap, "found_test_loss": loss,
+                "reference": "exhaustive", "planted_is_optimum": True, "planted": [["t1", "t2"], ["t3"]]}  # fmt: skip
+
+    records = [rec("dmtg", 0, 0.0, 1.0, True), rec("dmtg", 1, 3.0, 1.03, False), rec("dmtg", 2, 1.0, 1.2, True)]
+    records += [rec("tag", 0, 5.0, 1.05, False), rec("tag", 1, 3.0, 1.03, False), rec("tag", 2, 0.0, 1.1, True)]
+    write_suite_report(records, tmp_path)
+    text = (tmp_path / "suite.md").read_text()
+    assert "| dmtg | 3 | 67% (2) | 67% (3) | 67% (3) | 1.3 | 1.00 | 3.0 |" in text
+    assert "| tag | 3 | 33% (1) | 33% (3) | 33% (3) | 2.7 | 1.00 | 3.0 |" in text
+    assert "`dmtg` against `tag`'s grouping on the same shape and seed: mean gap 1.3% against 2.7%; lower test " \
+        "loss in 1, the same grouping's in 1, higher in 1 of 3 runs." in text  # fmt: skip
