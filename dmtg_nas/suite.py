@@ -345,6 +345,11 @@ def run_suite(
         references = {key: {int(m): v for m, v in nets.items()} for key, nets in raw.items()}
     from tqdm.auto import tqdm
 
+    def save() -> None:  # after every run: an interrupted suite resumes where it stopped
+        assert out is not None
+        (out / "suite.json").write_text(json.dumps(records, indent=1))
+        (out / "references.json").write_text(json.dumps(references))
+
     stale = []  # resumed runs scored against another reference: scored again (their groupings kept)
     for i, r in enumerate(records):
         shape = SHAPES.get(r["shape"])
@@ -356,8 +361,7 @@ def run_suite(
     for i, shape, spec in tqdm(stale, desc=f"rescore {method or strategy}", unit="run", disable=progress is None):
         records[i] = score(records[i], shape, spec, load_data(spec), references, exhaustive_max, reference_trainings)
         if out is not None:
-            (out / "suite.json").write_text(json.dumps(records, indent=1))
-            (out / "references.json").write_text(json.dumps(references))
+            save()
     done = {(r["shape"], r["seed"], r["strategy"]) for r in records}
 
     label = method or strategy
@@ -376,11 +380,9 @@ def run_suite(
             )
         )
         if out is not None:
-            (out / "suite.json").write_text(json.dumps(records, indent=1))
-            (out / "references.json").write_text(json.dumps(references))
+            save()
     if out is not None:
-        (out / "suite.json").write_text(json.dumps(records, indent=1))
-        (out / "references.json").write_text(json.dumps(references))
+        save()
         write_suite_report(records, out)
     return records
 
