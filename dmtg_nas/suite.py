@@ -465,6 +465,8 @@ def write_suite_report(records: Sequence[dict[str, Any]], out: Path) -> None:
     lines.append("")
     lines.extend(_bar_table(records))
     lines.append("")
+    lines.extend(_pivot(records))
+    lines.append("")
     for strategy in dict.fromkeys(r["strategy"] for r in records):
         c = criteria(records, strategy)
         lines.append(
@@ -502,6 +504,22 @@ def _bar_table(records: Sequence[dict[str, Any]]) -> list[str]:
             f"| {statistics.fmean(r['gap_percent'] for r in runs):.1f} | {statistics.fmean(r['ari'] for r in runs):.2f} "
             f"| {statistics.median(r['search_seconds'] for r in runs):.1f} |"
         )
+    return lines
+
+
+def _pivot(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Share of runs within 2% of the exhaustive optimum, one row per shape, one column per strategy."""
+    labels = list(dict.fromkeys(r["strategy"] for r in records))
+    shapes = list(dict.fromkeys(r["shape"] for r in records if r["reference"] == "exhaustive"))
+    if not shapes:
+        return []
+    lines = ["| within 2% of optimum | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for shape in shapes:
+        cells = []
+        for label in labels:
+            runs = [r for r in records if (r["strategy"], r["shape"]) == (label, shape) and r["reference"] == "exhaustive"]
+            cells.append(f"{sum(r['gap_percent'] <= 2.0 for r in runs) / len(runs):.0%}" if runs else "-")
+        lines.append(f"| {shape} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -169,5 +169,6 @@ def test_report_puts_the_bar_side_by_side_and_compares_with_tag(tmp_path: Path) 
     text = (tmp_path / "suite.md").read_text()
     assert "| dmtg | 3 | 67% (2) | 67% (3) | 67% (3) | 1.3 | 1.00 | 3.0 |" in text
     assert "| tag | 3 | 33% (1) | 33% (3) | 33% (3) | 2.7 | 1.00 | 3.0 |" in text
+    assert "| within 2% of optimum | dmtg | tag |" in text and "| pairs-k4 | 67% | 33% |" in text
     assert "`dmtg` against `tag`'s grouping on the same shape and seed: mean gap 1.3% against 2.7%; lower test " \
         "loss in 1, the same grouping's in 1, higher in 1 of 3 runs." in text  # fmt: skip
