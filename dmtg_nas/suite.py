@@ -525,16 +525,23 @@ def _pivot(records: Sequence[dict[str, Any]]) -> list[str]:
 
 def _against(records: Sequence[dict[str, Any]], baseline: str) -> list[str]:
     """Lines comparing each other strategy's grouping with ``baseline``'s on the same shape and seed
-    (test loss of the grouping under the same reference)."""
-    theirs = {(r["shape"], r["seed"]): r for r in records if r["strategy"] == baseline and r["reference"] == "exhaustive"}
+    (test loss of the grouping under the same reference; a strategy with another training budget
+    has another reference and is not compared)."""
+    theirs = {
+        (r["shape"], r["seed"], r.get("reference_key")): r
+        for r in records
+        if r["strategy"] == baseline and r["reference"] == "exhaustive"
+    }  # the same reference: the same training budget and reference trainings
     lines = []
     for label in dict.fromkeys(r["strategy"] for r in records):
         if label == baseline:
             continue
         pairs = [
-            (r, theirs[(r["shape"], r["seed"])])
+            (r, theirs[(r["shape"], r["seed"], r.get("reference_key"))])
             for r in records
-            if r["strategy"] == label and r["reference"] == "exhaustive" and (r["shape"], r["seed"]) in theirs
+            if r["strategy"] == label
+            and r["reference"] == "exhaustive"
+            and (r["shape"], r["seed"], r.get("reference_key")) in theirs
         ]
         if not pairs:
             continue

@@ -165,6 +165,8 @@ def test_report_puts_the_bar_side_by_side_and_compares_with_tag(tmp_path: Path) 
 
     records = [rec("dmtg", 0, 0.0, 1.0, True), rec("dmtg", 1, 3.0, 1.03, False), rec("dmtg", 2, 1.0, 1.2, True)]
     records += [rec("tag", 0, 5.0, 1.05, False), rec("tag", 1, 3.0, 1.03, False), rec("tag", 2, 0.0, 1.1, True)]
+    other = {**rec("paper", 0, 9.0, 1.5, False), "reference_key": "pairs-k4/0/100/256/x/x/reference-x1"}
+    records.append(other)  # another budget, another reference: not compared with tag's
     write_suite_report(records, tmp_path)
     text = (tmp_path / "suite.md").read_text()
     assert "| dmtg | 3 | 67% (2) | 67% (3) | 67% (3) | 1.3 | 1.00 | 3.0 |" in text
@@ -172,3 +174,4 @@ def test_report_puts_the_bar_side_by_side_and_compares_with_tag(tmp_path: Path) 
     assert "| within 2% of optimum | dmtg | tag |" in text and "| pairs-k4 | 67% | 33% |" in text
     assert "`dmtg` against `tag`'s grouping on the same shape and seed: mean gap 1.3% against 2.7%; lower test " \
         "loss in 1, the same grouping's in 1, higher in 1 of 3 runs." in text  # fmt: skip
+    assert "`paper` against" not in text
