@@ -175,3 +175,10 @@ def test_report_puts_the_bar_side_by_side_and_compares_with_tag(tmp_path: Path) 
     assert "`dmtg` against `tag`'s grouping on the same shape and seed: mean gap 1.3% against 2.7%; lower test " \
         "loss in 1, the same grouping's in 1, higher in 1 of 3 runs." in text  # fmt: skip
     assert "`paper` against" not in text
+    assert "- `dmtg`: within 2% of the exhaustive optimum in 67% of 3 exhaustive runs; planted partition " \
+        "recovered exactly in 67% of 3 runs where it is the optimum; no merge in 67% of 3 runs with K > " \
+        "planted groups (3 runs)." in text  # fmt: skip
+    trained = [{**r, "reference": "trained", "shape": "five-k5"} for r in records[:2]]
+    write_suite_report(trained, tmp_path)
+    text = (tmp_path / "suite.md").read_text()
+    assert "- `dmtg`: no exhaustive runs; no merge in 50% of 2 runs with K > planted groups (2 runs)." in text
