@@ -30,11 +30,11 @@ from typing import Any
 
 warnings.filterwarnings("ignore")
 
-from dmtg_nas.baselines import subset_losses_joint  # noqa: E402
-from dmtg_nas.components import load_data  # noqa: E402
-from dmtg_nas.localsearch import SubsetScorer, local_search, masks_of  # noqa: E402
-from dmtg_nas.partitions import best_partition, members  # noqa: E402
-from dmtg_nas.suite import SHAPES, exhaustive_reference, shape_spec  # noqa: E402
+from dmtg_nas.baselines import subset_losses_joint
+from dmtg_nas.components import load_data
+from dmtg_nas.localsearch import SubsetScorer, local_search, masks_of
+from dmtg_nas.partitions import best_partition, members
+from dmtg_nas.suite import SHAPES, exhaustive_reference, shape_spec
 
 Table = dict[int, dict[str, dict[str, dict[str, float]]]]
 
@@ -88,7 +88,11 @@ def replay(variant: dict[str, Any], runs: list[dict[str, Any]], replicates: int)
             use = [tabs[(rotation + j) % replicates] for j in range(variant.get("avg", 1))]
             spare = tabs[(rotation + variant.get("avg", 1)) % replicates]
             mean = {
-                m: {"val": {t: {"loss": statistics.fmean(u[m]["val"][t]["loss"] for u in use)} for t in use[0][m]["val"]}}
+                m: {
+                    "val": {
+                        t: {"loss": statistics.fmean(u[m]["val"][t]["loss"] for u in use)} for t in use[0][m]["val"]
+                    }
+                }
                 for m in use[0]
             }
             if variant.get("kind") == "none":
@@ -141,14 +145,19 @@ def main() -> None:
     if not records:
         parser.error(f"no exhaustive runs of {args.strategy!r} in {args.suite_dir / 'suite.json'}")
     tables = _tables(args.suite_dir / "replicates.json", records, args.overrides, args.replicates)
-    references = {k: {int(m): v for m, v in t.items()} for k, t in json.loads((args.suite_dir / "references.json").read_text()).items()}
+    references = {
+        k: {int(m): v for m, v in t.items()}
+        for k, t in json.loads((args.suite_dir / "references.json").read_text()).items()
+    }
     runs = []
     for r in records:
         spec = shape_spec(SHAPES[r["shape"]], r.get("budget_of", r["strategy"]), r["seed"], args.overrides)
         names = spec.task_names
         key = r["reference_key"]
         trainings = int(key.rsplit("/reference-x", 1)[1])
-        reference = exhaustive_reference(spec, load_data(spec), trainings, references, key.rsplit("/reference-x", 1)[0] + "/reference")
+        reference = exhaustive_reference(
+            spec, load_data(spec), trainings, references, key.rsplit("/reference-x", 1)[0] + "/reference"
+        )
         planted = masks_of(r["planted"], names)
         start = r.get("local_search", {}).get("start", r["found"])
         runs.append(
@@ -167,7 +176,8 @@ def main() -> None:
         f"Merge check variants replayed on {len(runs)} exhaustive runs of `{args.strategy}` x {args.replicates} "
         f"rotations of the scoring trainings (reference: {records[0]['reference_key'].rsplit('/', 1)[1]}).",
         "",
-        "| variant | within 2% of optimum | exact where planted is optimum | no merge, K > groups | mean gap % | worst shapes (within 2%) |",
+        "| variant | within 2% of optimum | exact where planted is optimum | no merge, K > groups | mean gap % "
+        "| worst shapes (within 2%) |",
         "|---|---|---|---|---|---|",
     ]
     for name, variant in VARIANTS.items():

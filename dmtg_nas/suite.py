@@ -330,7 +330,8 @@ def run_suite(
         raise SpecError(f"unknown suite shape {unknown[0]!r}{suggest(unknown[0], SHAPES)}; shapes: {', '.join(SHAPES)}")
     if method is not None and method not in GROUPING_METHODS:
         raise SpecError(
-            f"unknown suite method {method!r}{suggest(method, GROUPING_METHODS)}; methods: {', '.join(GROUPING_METHODS)}"
+            f"unknown suite method {method!r}{suggest(method, GROUPING_METHODS)}; "
+            f"methods: {', '.join(GROUPING_METHODS)}"
         )
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     out = Path(out_dir) if out_dir is not None else None
@@ -485,7 +486,8 @@ def write_suite_report(records: Sequence[dict[str, Any]], out: Path) -> None:
             )
         if c["wide_runs"]:
             parts.append(
-                f"no merge in {c['no_merge_when_k_exceeds_groups']:.0%} of {c['wide_runs']} runs with K > planted groups"
+                f"no merge in {c['no_merge_when_k_exceeds_groups']:.0%} of {c['wide_runs']} runs "
+                "with K > planted groups"
             )
         lines.append(f"- `{strategy}`: " + "; ".join(parts) + f" ({c['runs']} runs).")
     lines.extend(_against(records, "tag"))
@@ -514,7 +516,8 @@ def _bar_table(records: Sequence[dict[str, Any]]) -> list[str]:
         no_merge = f"{sum(not r['merged'] for r in wide) / len(wide):.0%} ({len(wide)})" if wide else "-"
         lines.append(
             f"| {label} | {len(runs)} | {ok / len(runs):.0%} ({ok}) | {exact} | {no_merge} "
-            f"| {statistics.fmean(r['gap_percent'] for r in runs):.1f} | {statistics.fmean(r['ari'] for r in runs):.2f} "
+            f"| {statistics.fmean(r['gap_percent'] for r in runs):.1f} "
+            f"| {statistics.fmean(r['ari'] for r in runs):.2f} "
             f"| {statistics.median(r['search_seconds'] for r in runs):.1f} |"
         )
     return lines
@@ -530,7 +533,9 @@ def _pivot(records: Sequence[dict[str, Any]]) -> list[str]:
     for shape in shapes:
         cells = []
         for label in labels:
-            runs = [r for r in records if (r["strategy"], r["shape"]) == (label, shape) and r["reference"] == "exhaustive"]
+            runs = [
+                r for r in records if (r["strategy"], r["shape"]) == (label, shape) and r["reference"] == "exhaustive"
+            ]
             cells.append(f"{sum(r['gap_percent'] <= 2.0 for r in runs) / len(runs):.0%}" if runs else "-")
         lines.append(f"| {shape} | " + " | ".join(cells) + " |")
     return lines

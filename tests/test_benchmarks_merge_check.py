@@ -55,5 +55,7 @@ def test_replay_scores_like_the_suite(tmp_path: Path, monkeypatch: pytest.Monkey
     gaps = []
     for k in ("1", "2", "3"):
         pick = min(parts, key=lambda p: loss(cached[f"tiny3/0/{k}"], "val", p))
-        gaps.append(100 * (loss(reference, "test", pick) - loss(reference, "test", best)) / loss(reference, "test", best))
+        gaps.append(
+            100 * (loss(reference, "test", pick) - loss(reference, "test", best)) / loss(reference, "test", best)
+        )
     assert float(rows["exhaustive HOA, 1 training per subset"][4]) == pytest.approx(sum(gaps) / 3, abs=0.05)

@@ -247,7 +247,9 @@ def test_replicates_are_averaged_and_the_confirmation_uses_another_training() ->
     out = local_search((1, 2, 4), two, 3, margin=0.0, max_candidates=20, rounds=1)
     assert not out.changed  # mean 2.1 for {a, b} against 2.0 apart
     two.ensure([0b011])
-    assert math.isclose(two.group_loss(0b011), (1.5 + 2.7) / 2) and math.isclose(two.group_loss(0b011, replicate=0), 1.5)
+    assert math.isclose(two.group_loss(0b011), (1.5 + 2.7) / 2) and math.isclose(
+        two.group_loss(0b011, replicate=0), 1.5
+    )
     per_replicate[1][0b011] = 1.9  # mean 1.7: accepted, then confirmed on replicate 2
     seen.clear()
     out = local_search(

@@ -118,14 +118,16 @@ def test_reference_is_trained_apart_and_averages_its_trainings() -> None:
     two = suite.exhaustive_reference(spec, data, 2)
     second = suite.exhaustive_reference(
         spec.model_copy(
-            update={"strategy": spec.strategy.model_copy(update={"seed": spec.strategy.seed + suite.REFERENCE_SEED_OFFSET})}
+            update={
+                "strategy": spec.strategy.model_copy(update={"seed": spec.strategy.seed + suite.REFERENCE_SEED_OFFSET})
+            }
         ),
         data,
         1,
     )  # the second training of `two` is the first of a reference whose seed is one offset further
     for m in (1, 3, 7):
         for t in ("t1", "t2"):
-            if m & 1 and t == "t1" or m & 2 and t == "t2":
+            if (m & 1 and t == "t1") or (m & 2 and t == "t2"):
                 expect = (one[m]["test"][t]["loss"] + second[m]["test"][t]["loss"]) / 2
                 assert two[m]["test"][t]["loss"] == pytest.approx(expect, rel=1e-9)
 
@@ -151,7 +153,7 @@ def test_baseline_methods_are_scored_like_strategies_and_rescored_on_resume(tmp_
         assert len(rescored) == 1 and rescored[0]["found"] == hoa["found"]
         assert rescored[0]["reference_key"].endswith("/reference-x2")
         assert rescored[0]["optimum_test_loss"] != pytest.approx(hoa["optimum_test_loss"], rel=1e-9)
-        with pytest.raises(SpecError, match="unknown suite method 'tagg'.*did you mean 'tag'"):
+        with pytest.raises(SpecError, match=r"unknown suite method 'tagg'.*did you mean 'tag'"):
             run_suite("dmtg", [shape], [0], tmp_path, method="tagg")
     finally:
         del suite.SHAPES[shape]
