@@ -38,7 +38,18 @@ from .config import SearchSpec, load_spec
 from .partitions import best_partition, members
 from .runner import adjusted_rand_index, run_search, train_partition
 
-__all__ = ["Shape", "SHAPES", "SHORT_SHAPES", "exhaustive_reference", "parse_seeds", "run_suite", "score", "shape_spec"]
+__all__ = [
+    "Shape",
+    "SHAPES",
+    "SHORT_SHAPES",
+    "best_grouping",
+    "exhaustive_reference",
+    "parse_seeds",
+    "reference_table",
+    "run_suite",
+    "score",
+    "shape_spec",
+]
 
 GROUPING_METHODS = ("tag", "hoa", "hoa-pairs", "random", "naive", "stl")  # baselines that decide a grouping
 
@@ -128,9 +139,8 @@ Reference = dict[int, dict[str, dict[str, dict[str, float]]]]
 REFERENCE_SEED_OFFSET = 100_003  # the reference's trainings use seeds no method under test uses
 
 
-def reference_key(shape: Shape, seed: int, spec: SearchSpec, trainings: int) -> str:
-    """The cache key of one exhaustive reference: shape, seed, training budget (epochs, batch size,
-    optimizer, schedule; not the grouping method) and the number of trainings averaged."""
+def _budget_key(shape: Shape, seed: int, spec: SearchSpec) -> str:
+    """Shape, seed and training budget (epochs, batch size, optimizer, schedule; not the grouping method)."""
     st = spec.strategy
     budget = (
         st.epochs + st.finetune.epochs,
@@ -138,11 +148,28 @@ def reference_key(shape: Shape, seed: int, spec: SearchSpec, trainings: int) -> 
         st.optimizer.model_dump_json(),
         st.lr_schedule.model_dump_json(),
     )
-    return f"{shape.name}/{seed}/" + "/".join(map(str, budget)) + f"/reference-x{trainings}"
+    return f"{shape.name}/{seed}/" + "/".join(map(str, budget))
 
 
-def _training_key(key: str) -> str:
-    return key.rsplit("/reference-x", 1)[0] + "/reference"
+def reference_key(shape: Shape, seed: int, spec: SearchSpec, trainings: int) -> str:
+    """The key of one exhaustive reference in a record: budget and the number of trainings averaged."""
+    return f"{_budget_key(shape, seed, spec)}/reference-x{trainings}"
+
+
+def reference_table(
+    shape: Shape, seed: int, spec: SearchSpec, data: Any, trainings: int, cache: dict[str, Reference] | None = None
+) -> Reference:
+    """The exhaustive reference of a shape and seed at ``spec``'s budget (see :func:`exhaustive_reference`),
+    its trainings cached in ``cache`` under ``<budget>/reference/training-r``."""
+    return exhaustive_reference(spec, data, trainings, cache, f"{_budget_key(shape, seed, spec)}/reference")
+
+
+def best_grouping(trained: Reference, names: Sequence[str], groups: int) -> list[list[str]]:
+    """The best partition into at most ``groups`` groups on the subset networks' validation losses."""
+    blocks, _ = best_partition(
+        len(names), lambda m: sum(trained[m]["val"][names[i]]["loss"] for i in members(m)), groups
+    )
+    return [[names[i] for i in b] for b in blocks]
 
 
 def exhaustive_reference(
@@ -178,12 +205,8 @@ def exhaustive_reference(
 def _exhaustive_hoa(spec: SearchSpec, data: Any) -> list[list[str]]:
     """Exhaustive HOA's grouping: every subset's network (its own trainings, batched), the best
     partition into at most K groups on validation loss."""
-    names = spec.task_names
-    trained = subset_losses_joint(spec, data, list(range(1, 1 << len(names))))
-    blocks, _ = best_partition(
-        len(names), lambda m: sum(trained[m]["val"][names[i]]["loss"] for i in members(m)), spec.groups
-    )
-    return [[names[i] for i in b] for b in blocks]
+    trained = subset_losses_joint(spec, data, list(range(1, 1 << len(spec.tasks))))
+    return best_grouping(trained, spec.task_names, spec.groups)
 
 
 def run_one(
@@ -268,8 +291,7 @@ def score(
     shapes, the planted partition trained from scratch); fills the reference fields and the gap."""
     names, truth, found = spec.task_names, record["planted"], record["found"]
     if shape.exhaustive and len(names) <= exhaustive_max:
-        key = reference_key(shape, record["seed"], spec, reference_trainings)
-        trained = exhaustive_reference(spec, data, reference_trainings, references, _training_key(key))
+        trained = reference_table(shape, record["seed"], spec, data, reference_trainings, references)
 
         def loss(split: str, groups: Sequence[Sequence[str]]) -> float:
             total = 0.0
@@ -278,13 +300,10 @@ def score(
                 total += sum(trained[mask][split][t]["loss"] for t in g)
             return total
 
-        blocks, _ = best_partition(
-            len(names), lambda m: sum(trained[m]["val"][names[i]]["loss"] for i in members(m)), spec.groups
-        )
-        optimum = [[names[i] for i in b] for b in blocks]
+        optimum = best_grouping(trained, names, spec.groups)
         record.update(
             reference="exhaustive",
-            reference_key=key,
+            reference_key=reference_key(shape, record["seed"], spec, reference_trainings),
             optimum=optimum,
             planted_is_optimum=_same(optimum, truth),
             found_test_loss=loss("test", found),
@@ -439,12 +458,14 @@ def criteria(records: Sequence[dict[str, Any]], strategy: str) -> dict[str, floa
     exhaustive = [r for r in mine if r["reference"] == "exhaustive"]
     confirmed = [r for r in exhaustive if r.get("planted_is_optimum")]
     wide = [r for r in mine if len(r["planted"]) < _k_of(r)]
+    within = sum(r["gap_percent"] <= 2.0 for r in exhaustive)
     return {
-        "within_2pct_of_optimum": sum(r["gap_percent"] <= 2.0 for r in exhaustive) / max(len(exhaustive), 1),
+        "within_2pct_of_optimum": within / max(len(exhaustive), 1),
         "exact_when_planted_is_optimum": sum(r["exact"] for r in confirmed) / max(len(confirmed), 1),
         "no_merge_when_k_exceeds_groups": sum(not r["merged"] for r in wide) / max(len(wide), 1),
         "runs": len(mine),
         "exhaustive_runs": len(exhaustive),
+        "within_2pct_runs": within,
         "confirmed_runs": len(confirmed),
         "wide_runs": len(wide),
     }
@@ -509,13 +530,11 @@ def _bar_table(records: Sequence[dict[str, Any]]) -> list[str]:
         runs = [r for r in records if r["strategy"] == label and r["reference"] == "exhaustive"]
         if not runs:
             continue
-        confirmed = [r for r in runs if r.get("planted_is_optimum")]
-        wide = [r for r in runs if len(r["planted"]) < _k_of(r)]
-        ok = sum(r["gap_percent"] <= 2.0 for r in runs)
-        exact = f"{sum(r['exact'] for r in confirmed) / len(confirmed):.0%} ({len(confirmed)})" if confirmed else "-"
-        no_merge = f"{sum(not r['merged'] for r in wide) / len(wide):.0%} ({len(wide)})" if wide else "-"
+        c = criteria(runs, label)
+        exact = f"{c['exact_when_planted_is_optimum']:.0%} ({c['confirmed_runs']})" if c["confirmed_runs"] else "-"
+        wide = f"{c['no_merge_when_k_exceeds_groups']:.0%} ({c['wide_runs']})" if c["wide_runs"] else "-"
         lines.append(
-            f"| {label} | {len(runs)} | {ok / len(runs):.0%} ({ok}) | {exact} | {no_merge} "
+            f"| {label} | {len(runs)} | {c['within_2pct_of_optimum']:.0%} ({c['within_2pct_runs']}) | {exact} | {wide} "
             f"| {statistics.fmean(r['gap_percent'] for r in runs):.1f} "
             f"| {statistics.fmean(r['ari'] for r in runs):.2f} "
             f"| {statistics.median(r['search_seconds'] for r in runs):.1f} |"
