@@ -13,7 +13,8 @@ recovers. The local search starts from the found grouping and tries its neighbou
 
 A partition is scored like HOA scores one: each group is a network of its own (the spec's encoder,
 trained from scratch with the search's budget), and the partition's score is the sum of its
-groups' validation losses (task weights applied). A grouped network with one branch per group
+groups' validation losses (task weights applied; with ``replicates`` > 1, each group's loss is the
+mean over that many independent trainings). A grouped network with one branch per group
 trains exactly like these separate networks (its loss is a sum over branches, and the optimizers
 are per-parameter), so the score is that of the partition trained as one model. Group networks are
 trained on demand, the missing ones of a round side by side as one batched computation
