@@ -45,6 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "merges, margin 1%, 1 training (default)": {"margin": 0.01, "avg": 1},
     "merges, margin 0, 1 training": {"margin": 0.0, "avg": 1},
     "merges, margin 1%, mean of 2": {"margin": 0.01, "avg": 2},
+    "merges, then splits of merged groups, margin 1%, 1 training": {"margin": 0.01, "avg": 1, "splits": True},
     "merges, margin 0, mean of 2": {"margin": 0.0, "avg": 2},
     "merges, margin 0, 1 training + confirmation": {"margin": 0.0, "avg": 1, "confirm": True},
     "merges and moves, margin 0, 1 training": {"margin": 0.0, "avg": 1, "moves": True},
@@ -112,6 +113,7 @@ def replay(variant: dict[str, Any], runs: list[dict[str, Any]], replicates: int)
                     max_candidates=12,
                     rounds=4,
                     moves=variant.get("moves", False),
+                    splits=variant.get("splits", False),
                     confirm=variant.get("confirm", False),
                 ).partition
             gap = 100 * (_loss(reference, names, "test", partition) - best) / best

@@ -230,6 +230,8 @@ class LocalSearchConfig(StrictModel):
     # auto: when the group networks train batched (in-memory data, vector tasks, encoders without
     # batch norm), where a round costs about a few single trainings; true: always (else one by one)
     enabled: bool | Literal["auto"] = False
+    # when no merge wins, split single tasks off the groups merges formed (while fewer groups than K)
+    splits: bool = False
     moves: bool = False  # also move single tasks between groups (default: merges only)
     confirm: bool = False  # check each step again on an independent training of the groups it changes
     margin: float = Field(default=0.01, ge=0, lt=1)  # accept a step only if val loss is lower by this fraction

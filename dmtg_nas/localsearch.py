@@ -7,6 +7,11 @@ validation loss can be coarser than, or differ by a task or two from, the struct
 recovers. The local search starts from the found grouping and tries its neighbours:
 
 - **merges**: two groups become one (the default: the "merge check" of the ``dmtg`` preset);
+- **splits** (``splits=True``): when no merge wins, one task of a group that merges formed leaves
+  it for a group of its own (while there are fewer groups than K). Merges can overshoot: the
+  partition with the lowest loss is often one big group and one task alone (a regression task among
+  binary ones, say), which no merge reaches. Groups the one-shot search found are not split, so a
+  grouping the check leaves alone costs nothing more;
 - **moves** (``moves=True``): one task goes to another group (or, with fewer groups than K, to a
   group of its own). Off by default: with a dozen candidates per round, the best-scoring move is
   often only the luckiest training (``confirm=True`` re-checks a step on an independent training).
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +47,15 @@ if TYPE_CHECKING:
     from .config import SearchSpec
     from .data import TaskData
 
-__all__ = ["LocalSearchOutcome", "SubsetScorer", "local_search", "masks_of", "neighbours", "scorer_for"]
+__all__ = [
+    "LocalSearchOutcome",
+    "SubsetScorer",
+    "local_search",
+    "masks_of",
+    "neighbours",
+    "scorer_for",
+    "split_neighbours",
+]
 
 Partition = tuple[int, ...]  # group bit masks over the tasks (bit i = task i), sorted
 Trained = dict[int, dict[str, dict[str, dict[str, float]]]]  # mask -> split -> task -> metric -> value
@@ -155,6 +168,32 @@ def neighbours(
     return out
 
 
+def split_neighbours(
+    partition: Partition,
+    max_groups: int,
+    formed: Collection[int],
+    affinity: Sequence[Sequence[float]] | None = None,
+) -> list[tuple[str, Partition]]:
+    """A task of one of the ``formed`` groups leaves it for a group of its own, as ``("split",
+    partition)``; none when ``partition`` already has ``max_groups`` groups.
+
+    With ``affinity``, the tasks least related to the rest of their group come first; otherwise mask
+    order.
+    """
+    if len(partition) >= max_groups:
+        return []
+    ranked: list[tuple[float, Partition]] = []
+    for a, source in enumerate(partition):
+        if source not in formed or source.bit_count() < 2:
+            continue
+        rest = [g for k, g in enumerate(partition) if k != a]
+        for task in members(source):
+            bit = 1 << task
+            own = _mean_affinity(affinity, bit, source & ~bit) if affinity is not None else 0.0
+            ranked.append((own, canonical([*rest, source & ~bit, bit])))
+    return [("split", p) for _, p in sorted(ranked, key=lambda c: c[0])]
+
+
 @dataclass
 class LocalSearchOutcome:
     """Where the local search ended, and the record of every round."""
@@ -207,6 +246,7 @@ def local_search(
     max_candidates: int,
     rounds: int,
     moves: bool = False,
+    splits: bool = False,
     confirm: bool = False,
     affinity: Sequence[Sequence[float]] | None = None,
 ) -> LocalSearchOutcome:
@@ -221,6 +261,8 @@ def local_search(
         max_candidates: neighbours tried per round.
         rounds: at most this many accepted steps.
         moves: also try single-task moves (else merges only).
+        splits: in a round where no merge or move wins, try splitting single tasks off the groups
+            merges formed (a second stage of the same round, with its own candidates).
         confirm: the round's best neighbour, picked as the lowest of many noisy scores, is checked
             again on a second, independent training of the groups it changes, and accepted only if
             it still wins by the margin there (the first scores of a chosen candidate are biased
@@ -230,37 +272,52 @@ def local_search(
     t0 = time.perf_counter()
     current = canonical(start)
     outcome = LocalSearchOutcome(current, current, float("inf"))
+    visited = {current}
     for _ in range(rounds):
-        candidates = neighbours(current, max_groups, affinity, moves)[:max_candidates]
-        if not candidates:
+        stages = [[c for c in neighbours(current, max_groups, affinity, moves) if c[1] not in visited]]
+        if splits:  # only looked at when the first stage finds no step
+            formed = set(current) - set(outcome.start)
+            stages.append([c for c in split_neighbours(current, max_groups, formed, affinity) if c[1] not in visited])
+        record: dict[str, Any] | None = None
+        accepted = False
+        for stage in stages:
+            candidates = stage[:max_candidates]
+            if not candidates:
+                continue
+            scorer.ensure([m for p in [current, *(p for _, p in candidates)] for m in p])
+            current_loss = scorer.score(current)
+            scored = [(kind, p, scorer.score(p)) for kind, p in candidates]
+            if record is None:
+                record = {
+                    "partition": current,
+                    "val_loss": current_loss,
+                    "candidates": [],
+                    "accepted": None,
+                    "confirmation": None,
+                }
+            record["candidates"].extend(scored)
+            _, best, best_loss = min(scored, key=lambda c: c[2])
+            accepted = best_loss < (1.0 - margin) * current_loss
+            if accepted and confirm:
+                new, old = set(best) - set(current), set(current) - set(best)
+                check = scorer.replicates  # a training none of the scores used
+                scorer.ensure(sorted(new | old), replicate=check)
+                change = sum(scorer.group_loss(m, replicate=check) for m in new) - sum(
+                    scorer.group_loss(m, replicate=check) for m in old
+                )
+                accepted = change < -margin * current_loss
+                record["confirmation"] = {"change": change, "accepted": accepted}
+            if accepted:
+                break
+        if record is None:
             break
-        scorer.ensure([m for p in [current, *(p for _, p in candidates)] for m in p])
-        current_loss = scorer.score(current)
-        scored = [(kind, p, scorer.score(p)) for kind, p in candidates]
-        _, best, best_loss = min(scored, key=lambda c: c[2])
-        accepted = best_loss < (1.0 - margin) * current_loss
-        record: dict[str, Any] = {
-            "partition": current,
-            "val_loss": current_loss,
-            "candidates": scored,
-            "accepted": None,
-            "confirmation": None,
-        }
-        if accepted and confirm:
-            new, old = set(best) - set(current), set(current) - set(best)
-            check = scorer.replicates  # a training none of the scores used
-            scorer.ensure(sorted(new | old), replicate=check)
-            change = sum(scorer.group_loss(m, replicate=check) for m in new) - sum(
-                scorer.group_loss(m, replicate=check) for m in old
-            )
-            accepted = change < -margin * current_loss
-            record["confirmation"] = {"change": change, "accepted": accepted}
         outcome.rounds.append(record)
-        outcome.val_loss = current_loss
+        outcome.val_loss = record["val_loss"]
         if not accepted:
             break
         record["accepted"] = best
         current = best
+        visited.add(current)
         outcome.val_loss = best_loss
     outcome.partition = current
     outcome.networks_trained, outcome.batches = scorer.trained, scorer.batches

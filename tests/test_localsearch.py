@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dmtg_nas import load_model, load_spec, run_search
-from dmtg_nas.localsearch import SubsetScorer, local_search, masks_of, neighbours
+from dmtg_nas.localsearch import SubsetScorer, local_search, masks_of, neighbours, split_neighbours
 from dmtg_nas.partitions import best_partition, members
 
 from .conftest import planted_doc
@@ -103,6 +103,41 @@ def test_rounds_accept_improvements_stop_at_the_margin_and_train_each_group_once
     # no better neighbour: the start stays
     out = local_search((ab, c), _fake_scorer({ab: 1.0, c: 0.5}), 3, margin=0.0, max_candidates=20, rounds=5, moves=True)
     assert not out.changed and math.isclose(out.val_loss, 1.5)
+
+
+def test_split_neighbours_come_only_from_merged_groups_and_follow_the_affinity() -> None:
+    names = NAMES[:5]
+    start = masks_of([["a", "b", "c"], ["d", "e"]], names)
+    formed = {0b00111}  # {a, b, c}: formed by a merge; {d, e}: the search's group
+    found = split_neighbours(start, 3, formed)
+    assert [k for k, _ in found] == ["split"] * 3
+    assert [p for _, p in found] == [
+        masks_of([[t], [u for u in "abc" if u != t], ["d", "e"]], names) for t in "abc"
+    ]  # mask order without an affinity
+    assert split_neighbours(start, 2, formed) == []  # K groups already
+    assert split_neighbours(start, 3, set()) == []  # nothing merged
+    affinity = [[1.0] * 5 for _ in range(5)]
+    affinity[1][0] = affinity[0][1] = affinity[1][2] = affinity[2][1] = 0.0  # b is least related to {a, c}
+    assert split_neighbours(start, 3, formed, affinity)[0][1] == masks_of([["b"], ["a", "c"], ["d", "e"]], names)
+
+
+def test_splits_reach_one_group_and_one_task_alone_which_merges_cannot() -> None:
+    ab, cd, abc, abcd = 0b0011, 0b1100, 0b0111, 0b1111
+    # merging the pairs wins (2.0 -> 1.6); then d alone beside {a, b, c} wins again (1.6 -> 1.2)
+    cost = {ab: 1.0, cd: 1.0, abcd: 1.6, abc: 0.8, 0b1000: 0.4, 0b1110: 1.5, 0b1101: 1.5, 0b1011: 1.5, 0b0001: 0.5}
+    out = local_search((ab, cd), _fake_scorer(cost), 3, margin=0.01, max_candidates=20, rounds=5)
+    assert out.partition == (abcd,)  # merges only: stuck at one group
+    scorer = _fake_scorer(cost)
+    out = local_search((ab, cd), scorer, 3, margin=0.01, max_candidates=20, rounds=5, splits=True)
+    assert out.partition == (abc, 0b1000) and math.isclose(out.val_loss, 1.2)
+    # round 1 merges; round 2: no merge, so the four splits of {a, b, c, d}; round 3: the merge back
+    # was visited and {a, b, c} is split only into worse partitions
+    kinds = [[c[0] for c in r["candidates"]] for r in out.rounds]
+    assert kinds[0] == ["merge"] and kinds[1] == ["split"] * 4 and out.rounds[-1]["accepted"] is None
+    # with no merge accepted, the search's own groups are never split: nothing more is trained
+    scorer = _fake_scorer({ab: 1.0, cd: 1.0, abcd: 2.5})
+    out = local_search((ab, cd), scorer, 3, margin=0.01, max_candidates=20, rounds=5, splits=True)
+    assert not out.changed and set(scorer.cache) == {(0, ab), (0, cd), (0, abcd)}
 
 
 def test_a_step_that_does_not_hold_on_a_second_training_is_refused() -> None:
