@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from nni.nas.evaluator.pytorch import LightningModule
 from torch import Tensor, nn
 
 from .config import LRScheduleConfig, OptimizerConfig, TaskConfig
 from .tasks import TaskMetrics, squeeze_output, summarize, task_loss
 
-__all__ = ["RoutedOutput", "MultiTaskModule", "multitask_loss", "ARCH_PARAM_FLAG"]
+__all__ = ["RoutedOutput", "MultiTaskModule", "multitask_loss", "make_optimizer", "ARCH_PARAM_FLAG"]
 
 ARCH_PARAM_FLAG = "_dmtg_grouping_logit"
 
@@ -44,6 +45,34 @@ class RoutedOutput:
         return self.preds[int(torch.argmax(self.weights))]
 
 
+# Losses whose batch mean ``task_loss`` takes over every element of (B, ...) predictions and targets:
+# the K heads of a task can then share one call (reduction "none", mean per head).
+_ELEMENTWISE: dict[tuple[str, str], Callable[..., Tensor]] = {
+    ("binary", "bce"): F.binary_cross_entropy_with_logits,
+    ("regression", "mse"): F.mse_loss,
+    ("regression", "l1"): F.l1_loss,
+    ("regression", "smooth_l1"): F.smooth_l1_loss,
+}
+
+
+def _routed_loss(task: TaskConfig, out: RoutedOutput, y: Tensor) -> Tensor:
+    """``sum_k z[k] * L(head[k], y)``. For the losses in :data:`_ELEMENTWISE` the K predictions are
+    stacked and take one loss call (per-element losses, then each head's mean over its elements),
+    the same values as K calls of :func:`~dmtg_nas.tasks.task_loss`; other losses take K calls."""
+    fn = _ELEMENTWISE.get((task.type, task.loss_name))
+    if fn is None or len(out.preds) < 2:
+        loss: Tensor | None = None
+        for k, pred in enumerate(out.preds):
+            term = out.weights[k] * task_loss(task, squeeze_output(task, pred), y)
+            loss = term if loss is None else loss + term
+        assert loss is not None
+        return loss
+    k = len(out.preds)
+    preds = torch.stack([squeeze_output(task, pred) for pred in out.preds]).reshape(k, *y.shape)
+    per_head = fn(preds, y.expand_as(preds), reduction="none").reshape(k, -1).mean(dim=1)  # (K,)
+    return (out.weights * per_head).sum()
+
+
 def multitask_loss(
     tasks: Sequence[TaskConfig], outputs: Mapping[str, Any], targets: Mapping[str, Tensor]
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -56,11 +85,7 @@ def multitask_loss(
     for task in tasks:
         out, y = outputs[task.name], targets[task.name]
         if isinstance(out, RoutedOutput):
-            loss: Tensor | None = None
-            for k, pred in enumerate(out.preds):
-                term = out.weights[k] * task_loss(task, squeeze_output(task, pred), y)
-                loss = term if loss is None else loss + term
-            assert loss is not None
+            loss = _routed_loss(task, out, y)
         else:
             loss = task_loss(task, squeeze_output(task, out), y)
         parts[task.name] = loss
@@ -71,6 +96,32 @@ def multitask_loss(
 
 def _selected(outputs: Mapping[str, Any]) -> dict[str, Tensor]:
     return {k: v.selected() if isinstance(v, RoutedOutput) else v for k, v in outputs.items()}
+
+
+def _fused_adam_ok(params: Sequence[Tensor]) -> bool:
+    """Whether torch's fused Adam/AdamW kernels take ``params``: torch 2.4 or later (the first with
+    them on CPU), floating-point tensors on CPU or CUDA."""
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 4) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
+def make_optimizer(params: Iterable[Any], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over ``params`` (tensors or parameter groups).
+
+    Adam and AdamW use torch's fused kernels where they take the parameters (see
+    :func:`_fused_adam_ok`), else, like SGD, the multi-tensor (``foreach``) implementation, which torch
+    does not pick by itself on CPU: its default there is a Python loop over the tensors, slow with the
+    K*N small head tensors of the supernet. The updates are the same up to float rounding (foreach:
+    bitwise).
+    """
+    params = list(params)
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    fused = _fused_adam_ok(tensors)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, foreach=not fused)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, foreach=not fused)
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, foreach=True)
 
 
 class MultiTaskModule(LightningModule):
@@ -177,13 +228,7 @@ class MultiTaskModule(LightningModule):
         groups: list[dict[str, Any]] = [{"params": weights}]
         if arch:
             groups.append({"params": arch, "lr": cfg.logits_lr or cfg.lr, "weight_decay": 0.0})
-        opt: torch.optim.Optimizer
-        if cfg.name == "adam":
-            opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        elif cfg.name == "adamw":
-            opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        opt = make_optimizer(groups, cfg)
         sched = self.lr_schedule_config
         if sched.name == "none":
             return opt
