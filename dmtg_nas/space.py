@@ -8,9 +8,10 @@ network: only the branches some task uses and one head per task, as a plain torc
 loads and runs without NNI.
 
 Heads that are one plain ``nn.Linear`` on (B, D) features (the default ``heads: {hidden: []}``) run
-per branch as one matrix product (:func:`apply_heads`): the weights and biases of the heads on a
-branch are concatenated inside ``forward``, so the parameters, their names and the saved layout stay
-one ``nn.Linear`` per head, and gradients reach each head's own weights.
+per branch as one matrix product (:func:`apply_heads`), in the space, the supernet and the grouped
+network: the weights and biases of the heads on a branch are concatenated inside ``forward``, so the
+parameters, their names and the saved layout stay one ``nn.Linear`` per head, and gradients reach each
+head's own weights.
 """
 
 from __future__ import annotations
@@ -238,9 +239,14 @@ class GroupedNetwork(nn.Module):
         return [[t for t in self.task_names if self.assignment[t] == b] for b in range(len(self.branches))]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """The stem, each used branch once, then the heads of each branch's tasks (:func:`apply_heads`)."""
         h = self.stem(x) if self.stem is not None else x
         feats = [branch(h) for branch in self.branches]  # one output per used branch
-        return {name: head(feats[self.assignment[name]]) for name, head in zip(self.task_names, self.heads)}
+        preds: dict[str, Tensor] = {}
+        for b, f in enumerate(feats):
+            idx = [i for i, name in enumerate(self.task_names) if self.assignment[name] == b]
+            preds.update(zip([self.task_names[i] for i in idx], apply_heads([self.heads[i] for i in idx], f)))
+        return {name: preds[name] for name in self.task_names}
 
     @classmethod
     def from_architecture(

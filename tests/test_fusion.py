@@ -13,7 +13,7 @@ from torch import Tensor, nn
 import dmtg_nas.space as space_module
 import dmtg_nas.training as training_module
 from dmtg_nas.config import BackboneConfig, HeadsConfig, OptimizerConfig, TaskConfig
-from dmtg_nas.space import GroupingSpace, _plain_linear, apply_heads
+from dmtg_nas.space import GroupingSpace, _plain_linear, apply_heads, load_model
 from dmtg_nas.strategy import DMTG, DMTGRouter, gumbel_noise
 from dmtg_nas.tasks import squeeze_output, task_loss
 from dmtg_nas.training import RoutedOutput, _routed_loss, make_optimizer, multitask_loss
@@ -48,9 +48,8 @@ def _targets(batch: int) -> dict[str, Tensor]:
 
 def _space(k: int, heads: HeadsConfig | None = None) -> GroupingSpace:
     torch.manual_seed(0)
-    return GroupingSpace(
-        TASKS, k, BackboneConfig(name="mlp", hidden=[16]), heads or HeadsConfig(), (8,), branch_init="independent"
-    )
+    backbone = BackboneConfig.model_validate({"name": "mlp", "hidden": [16]})
+    return GroupingSpace(TASKS, k, backbone, heads or HeadsConfig(), (8,), branch_init="independent")
 
 
 def _supernet(k: int, heads: HeadsConfig | None = None) -> nn.Module:
@@ -115,6 +114,19 @@ def test_fused_plain_space_matches_per_head(monkeypatch: pytest.MonkeyPatch) -> 
     _assert_same(fused, plain)
     assert fused[0]["cls"].shape == (6, 3)
     assert not any(".heads.1." in name for name in fused[2])  # only the default branch was used
+
+
+def test_fused_grouped_network_matches_per_head(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    net = _space(3).freeze({"bin": 2, "reg": 0, "cls": 2, "l1": 2})
+    fused, plain = _run(net.train(), monkeypatch, True), _run(net, monkeypatch, False)
+    _assert_same(fused, plain)
+    assert list(fused[0]) == ["bin", "reg", "cls", "l1"]
+    net.save(tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt").eval()
+    assert loaded.state_dict().keys() == net.state_dict().keys()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(loaded(x).values(), net.eval()(x).values()))
 
 
 def test_fused_supernet_in_eval_mode_matches(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,7 +221,7 @@ def test_multitask_loss_parts_unchanged(monkeypatch: pytest.MonkeyPatch) -> None
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
 def test_make_optimizer_updates_match_the_loop_implementation(name: str) -> None:
-    cfg = OptimizerConfig(name=name, lr=1e-2, weight_decay=0.01)
+    cfg = OptimizerConfig.model_validate({"name": name, "lr": 1e-2, "weight_decay": 0.01})
 
     def train(build: Callable[[list[dict[str, Any]]], torch.optim.Optimizer]) -> Tensor:
         torch.manual_seed(0)
