@@ -46,7 +46,7 @@ class RoutedOutput:
 
 
 # Losses whose batch mean ``task_loss`` takes over every element of (B, ...) predictions and targets:
-# the K heads of a task can then share one call (reduction "none", mean per head).
+# the heads of several tasks can then share one call (reduction "none", then a mean per head).
 _ELEMENTWISE: dict[tuple[str, str], Callable[..., Tensor]] = {
     ("binary", "bce"): F.binary_cross_entropy_with_logits,
     ("regression", "mse"): F.mse_loss,
@@ -56,21 +56,26 @@ _ELEMENTWISE: dict[tuple[str, str], Callable[..., Tensor]] = {
 
 
 def _routed_loss(task: TaskConfig, out: RoutedOutput, y: Tensor) -> Tensor:
-    """``sum_k z[k] * L(head[k], y)``. For the losses in :data:`_ELEMENTWISE` the K predictions are
-    stacked and take one loss call (per-element losses, then each head's mean over its elements),
-    the same values as K calls of :func:`~dmtg_nas.tasks.task_loss`; other losses take K calls."""
-    fn = _ELEMENTWISE.get((task.type, task.loss_name))
-    if fn is None or len(out.preds) < 2:
-        loss: Tensor | None = None
-        for k, pred in enumerate(out.preds):
-            term = out.weights[k] * task_loss(task, squeeze_output(task, pred), y)
-            loss = term if loss is None else loss + term
-        assert loss is not None
-        return loss
-    k = len(out.preds)
-    preds = torch.stack([squeeze_output(task, pred) for pred in out.preds]).reshape(k, *y.shape)
-    per_head = fn(preds, y.expand_as(preds), reduction="none").reshape(k, -1).mean(dim=1)  # (K,)
-    return (out.weights * per_head).sum()
+    """``sum_k z[k] * L(head[k], y)`` as K calls of :func:`~dmtg_nas.tasks.task_loss`."""
+    loss: Tensor | None = None
+    for k, pred in enumerate(out.preds):
+        term = out.weights[k] * task_loss(task, squeeze_output(task, pred), y)
+        loss = term if loss is None else loss + term
+    assert loss is not None
+    return loss
+
+
+def _routed_losses(tasks: Sequence[TaskConfig], outs: Sequence[RoutedOutput], ys: Sequence[Tensor]) -> Tensor:
+    """(n,) ``sum_k z[i,k] * L(head[k,i], y_i)`` of n tasks with the same loss from :data:`_ELEMENTWISE`,
+    K, prediction and target shapes, in one loss call over the stacked n*K predictions: per-element
+    losses, each head's mean over its elements (what :func:`_routed_loss` computes per head)."""
+    fn = _ELEMENTWISE[(tasks[0].type, tasks[0].loss_name)]
+    n, k = len(outs), len(outs[0].preds)
+    y = torch.stack(list(ys))  # (n, B, ...)
+    preds = torch.stack([pred for out in outs for pred in out.preds]).reshape(n, k, *y.shape[1:])
+    per_head = fn(preds, y.unsqueeze(1).expand_as(preds), reduction="none").reshape(n, k, -1).mean(dim=-1)
+    weights = torch.stack([out.weights for out in outs])  # (n, K)
+    return (weights * per_head).sum(dim=-1)
 
 
 def multitask_loss(
@@ -78,20 +83,35 @@ def multitask_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``sum_i w_i * sum_k z[i,k] * L_i(head[k,i], y_i)`` (a plain network: ``sum_i w_i * L_i``).
 
-    Returns the total and each task's (unweighted, sample-weighted over k) loss.
+    Returns the total and each task's (unweighted, sample-weighted over k) loss. During the search,
+    tasks that share a loss from :data:`_ELEMENTWISE` and their shapes take one loss call for all
+    their K*n heads (:func:`_routed_losses`); the values are those of one call per head.
     """
     parts: dict[str, Tensor] = {}
-    total: Tensor | None = None
+    terms: list[Tensor] = []
+    batched: dict[tuple[Any, ...], list[TaskConfig]] = {}
     for task in tasks:
         out, y = outputs[task.name], targets[task.name]
         if isinstance(out, RoutedOutput):
+            if (task.type, task.loss_name) in _ELEMENTWISE and out.preds:
+                pred = out.preds[0]
+                key = (task.type, task.loss_name, len(out.preds), pred.shape, pred.dtype, y.shape, y.dtype)
+                batched.setdefault(key, []).append(task)
+                continue
             loss = _routed_loss(task, out, y)
         else:
             loss = task_loss(task, squeeze_output(task, out), y)
         parts[task.name] = loss
-        total = task.weight * loss if total is None else total + task.weight * loss
-    assert total is not None
-    return total, parts
+        terms.append(task.weight * loss)
+    for group in batched.values():
+        losses = _routed_losses(group, [outputs[t.name] for t in group], [targets[t.name] for t in group])
+        parts.update(zip([t.name for t in group], losses.unbind()))
+        weights = torch.tensor([t.weight for t in group], dtype=losses.dtype, device=losses.device)
+        terms.append((weights * losses).sum())
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total, {task.name: parts[task.name] for task in tasks}
 
 
 def _selected(outputs: Mapping[str, Any]) -> dict[str, Tensor]:

@@ -1,5 +1,5 @@
 """The fast paths of a training step give the same numbers as the plain ones: heads of a branch as one
-matrix product, one loss call per task over its K heads, the fused/foreach optimizers."""
+matrix product, one loss call for the heads of all tasks that share a loss, the fused/foreach optimizers."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ import torch
 from torch import Tensor, nn
 
 import dmtg_nas.space as space_module
-import dmtg_nas.training as training_module
 from dmtg_nas.config import BackboneConfig, HeadsConfig, OptimizerConfig, TaskConfig
 from dmtg_nas.space import GroupingSpace, _plain_linear, apply_heads, load_model
 from dmtg_nas.strategy import DMTG, DMTGRouter, gumbel_noise
 from dmtg_nas.tasks import squeeze_output, task_loss
-from dmtg_nas.training import RoutedOutput, _routed_loss, make_optimizer, multitask_loss
+from dmtg_nas.training import RoutedOutput, make_optimizer, multitask_loss
 
 TASKS = [
     TaskConfig(name="bin", type="binary"),
@@ -34,6 +33,40 @@ def _loop_loss(task: TaskConfig, out: RoutedOutput, y: Tensor) -> Tensor:
     """The loss as K separate task_loss calls (the reference)."""
     terms = [out.weights[k] * task_loss(task, squeeze_output(task, p), y) for k, p in enumerate(out.preds)]
     return torch.stack(terms).sum()
+
+
+def _reference_loss(
+    tasks: list[TaskConfig], outputs: dict[str, RoutedOutput], targets: dict[str, Tensor]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """multitask_loss with one task_loss call per head and task (the reference)."""
+    parts = {t.name: _loop_loss(t, outputs[t.name], targets[t.name]) for t in tasks}
+    return torch.stack([t.weight * parts[t.name] for t in tasks]).sum(), parts
+
+
+def _routed_inputs(task: TaskConfig, k: int, gen: torch.Generator) -> tuple[list[Tensor], Tensor]:
+    preds = [torch.randn(7, task.out_features, generator=gen, requires_grad=True) for _ in range(k)]
+    return preds, torch.randn(k, generator=gen, requires_grad=True)
+
+
+def _target(task: TaskConfig, gen: torch.Generator) -> Tensor:
+    if task.type == "binary":
+        return torch.randint(0, 2, (7,), generator=gen).float()
+    if task.type == "multiclass":
+        return torch.randint(0, task.out_features, (7,), generator=gen)
+    return torch.randn(7, generator=gen)
+
+
+def _loss_and_grads(
+    fn: Callable[..., tuple[Tensor, dict[str, Tensor]]],
+    tasks: list[TaskConfig],
+    outputs: dict[str, RoutedOutput],
+    targets: dict[str, Tensor],
+    leaves: list[Tensor],
+) -> list[Tensor]:
+    """The total, each task's part and the gradients of the total in ``leaves``."""
+    total, parts = fn(tasks, outputs, targets)
+    grads = torch.autograd.grad(total, leaves, retain_graph=True)  # the sample weights' graph is shared
+    return [total.detach(), *(parts[t.name].detach() for t in tasks), *grads]
 
 
 def _targets(batch: int) -> dict[str, Tensor]:
@@ -191,32 +224,37 @@ def test_apply_heads_mixes_fused_and_other_heads() -> None:
 )
 def test_routed_loss_matches_k_loss_calls(task: TaskConfig) -> None:
     gen = torch.Generator().manual_seed(0)
-    batch, k, width = 7, 3, task.out_features
-    preds = [torch.randn(batch, width, generator=gen, requires_grad=True) for _ in range(k)]
-    logits = torch.randn(k, generator=gen, requires_grad=True)
-    if task.type == "binary":
-        y = torch.randint(0, 2, (batch,), generator=gen).float()
-    elif task.type == "multiclass":
-        y = torch.randint(0, width, (batch,), generator=gen)
-    else:
-        y = torch.randn(batch, generator=gen)
-
-    def value_and_grads(fn: Callable[[TaskConfig, RoutedOutput, Tensor], Tensor]) -> list[Tensor]:
-        loss = fn(task, RoutedOutput(preds, torch.softmax(logits, -1)), y)
-        return [loss.detach(), *torch.autograd.grad(loss, [*preds, logits])]
-
-    for got, want in zip(value_and_grads(_routed_loss), value_and_grads(_loop_loss)):
-        assert torch.allclose(got, want, atol=1e-6, rtol=1e-6)
+    preds, logits = _routed_inputs(task, 3, gen)
+    y = _target(task, gen)
+    outputs = {task.name: RoutedOutput(preds, torch.softmax(logits, -1))}
+    got = _loss_and_grads(multitask_loss, [task], outputs, {task.name: y}, [*preds, logits])
+    want = _loss_and_grads(_reference_loss, [task], outputs, {task.name: y}, [*preds, logits])
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-6)
 
 
-def test_multitask_loss_parts_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _supernet(3)
-    out = model(torch.randn(6, 8))
-    total, parts = multitask_loss(TASKS, out, _targets(6))
-    monkeypatch.setattr(training_module, "_routed_loss", _loop_loss)
-    total_ref, parts_ref = multitask_loss(TASKS, out, _targets(6))
-    assert torch.allclose(total, total_ref, atol=1e-6)
-    assert all(torch.allclose(parts[n], parts_ref[n], atol=1e-6) for n in parts_ref)
+def test_multitask_loss_batches_tasks_with_the_same_values() -> None:
+    tasks = [
+        TaskConfig(name="b1", type="binary"),
+        TaskConfig(name="m1", type="regression", weight=0.5),
+        TaskConfig(name="c1", type="multiclass", num_classes=3),
+        TaskConfig(name="b2", type="binary", weight=2.5),
+        TaskConfig(name="l1", type="regression", loss="l1"),
+        TaskConfig(name="m2", type="regression"),
+        TaskConfig(name="s1", type="regression", loss="smooth_l1", weight=3.0),
+        TaskConfig(name="b3", type="binary"),
+    ]
+    gen = torch.Generator().manual_seed(0)
+    inputs = {t.name: _routed_inputs(t, 3, gen) for t in tasks}
+    outputs = {name: RoutedOutput(preds, torch.softmax(logits, -1)) for name, (preds, logits) in inputs.items()}
+    targets = {t.name: _target(t, gen) for t in tasks}
+    leaves = [x for preds, logits in inputs.values() for x in [*preds, logits]]
+    got = _loss_and_grads(multitask_loss, tasks, outputs, targets, leaves)
+    want = _loss_and_grads(_reference_loss, tasks, outputs, targets, leaves)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-6)
+    _, parts = multitask_loss(tasks, outputs, targets)
+    assert list(parts) == [t.name for t in tasks]
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
