@@ -65,15 +65,20 @@ def _routed_loss(task: TaskConfig, out: RoutedOutput, y: Tensor) -> Tensor:
     return loss
 
 
-def _routed_losses(tasks: Sequence[TaskConfig], outs: Sequence[RoutedOutput], ys: Sequence[Tensor]) -> Tensor:
-    """(n,) ``sum_k z[i,k] * L(head[k,i], y_i)`` of n tasks with the same loss from :data:`_ELEMENTWISE`,
-    K, prediction and target shapes, in one loss call over the stacked n*K predictions: per-element
-    losses, each head's mean over its elements (what :func:`_routed_loss` computes per head)."""
+def _batched_losses(tasks: Sequence[TaskConfig], outs: Sequence[Any], ys: Sequence[Tensor]) -> Tensor:
+    """(n,) losses of n tasks with the same loss from :data:`_ELEMENTWISE`, number of heads,
+    prediction and target shapes, in one loss call over their stacked predictions: per-element
+    losses, each head's mean over its elements, then for :class:`RoutedOutput` s
+    ``sum_k z[i,k] * L(head[k,i], y_i)`` (the values of one :func:`~dmtg_nas.tasks.task_loss` call per head)."""
     fn = _ELEMENTWISE[(tasks[0].type, tasks[0].loss_name)]
-    n, k = len(outs), len(outs[0].preds)
+    routed = isinstance(outs[0], RoutedOutput)
+    preds = [pred for out in outs for pred in (out.preds if routed else [out])]
+    n, k = len(outs), len(preds) // len(outs)
     y = torch.stack(list(ys))  # (n, B, ...)
-    preds = torch.stack([pred for out in outs for pred in out.preds]).reshape(n, k, *y.shape[1:])
-    per_head = fn(preds, y.unsqueeze(1).expand_as(preds), reduction="none").reshape(n, k, -1).mean(dim=-1)
+    stacked = torch.stack(preds).reshape(n, k, *y.shape[1:])
+    per_head = fn(stacked, y.unsqueeze(1).expand_as(stacked), reduction="none").reshape(n, k, -1).mean(dim=-1)
+    if not routed:
+        return per_head[:, 0]
     weights = torch.stack([out.weights for out in outs])  # (n, K)
     return (weights * per_head).sum(dim=-1)
 
@@ -83,28 +88,27 @@ def multitask_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``sum_i w_i * sum_k z[i,k] * L_i(head[k,i], y_i)`` (a plain network: ``sum_i w_i * L_i``).
 
-    Returns the total and each task's (unweighted, sample-weighted over k) loss. During the search,
-    tasks that share a loss from :data:`_ELEMENTWISE` and their shapes take one loss call for all
-    their K*n heads (:func:`_routed_losses`); the values are those of one call per head.
+    Returns the total and each task's (unweighted, sample-weighted over k) loss. Tasks that share a
+    loss from :data:`_ELEMENTWISE`, their number of heads and shapes take one loss call for all their
+    heads (:func:`_batched_losses`); the values are those of one call per head.
     """
     parts: dict[str, Tensor] = {}
     terms: list[Tensor] = []
     batched: dict[tuple[Any, ...], list[TaskConfig]] = {}
     for task in tasks:
         out, y = outputs[task.name], targets[task.name]
-        if isinstance(out, RoutedOutput):
-            if (task.type, task.loss_name) in _ELEMENTWISE and out.preds:
-                pred = out.preds[0]
-                key = (task.type, task.loss_name, len(out.preds), pred.shape, pred.dtype, y.shape, y.dtype)
-                batched.setdefault(key, []).append(task)
-                continue
-            loss = _routed_loss(task, out, y)
-        else:
-            loss = task_loss(task, squeeze_output(task, out), y)
+        routed = isinstance(out, RoutedOutput)
+        preds = out.preds if routed else [out]
+        if (task.type, task.loss_name) in _ELEMENTWISE and preds:
+            pred = preds[0]
+            key = (routed, task.type, task.loss_name, len(preds), pred.shape, pred.dtype, y.shape, y.dtype)
+            batched.setdefault(key, []).append(task)
+            continue
+        loss = _routed_loss(task, out, y) if routed else task_loss(task, squeeze_output(task, out), y)
         parts[task.name] = loss
         terms.append(task.weight * loss)
     for group in batched.values():
-        losses = _routed_losses(group, [outputs[t.name] for t in group], [targets[t.name] for t in group])
+        losses = _batched_losses(group, [outputs[t.name] for t in group], [targets[t.name] for t in group])
         parts.update(zip([t.name for t in group], losses.unbind()))
         weights = torch.tensor([t.weight for t in group], dtype=losses.dtype, device=losses.device)
         terms.append((weights * losses).sum())

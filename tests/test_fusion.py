@@ -43,6 +43,13 @@ def _reference_loss(
     return torch.stack([t.weight * parts[t.name] for t in tasks]).sum(), parts
 
 
+def _reference_plain_loss(
+    tasks: list[TaskConfig], outputs: dict[str, Tensor], targets: dict[str, Tensor]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    parts = {t.name: task_loss(t, squeeze_output(t, outputs[t.name]), targets[t.name]) for t in tasks}
+    return torch.stack([t.weight * parts[t.name] for t in tasks]).sum(), parts
+
+
 def _routed_inputs(task: TaskConfig, k: int, gen: torch.Generator) -> tuple[list[Tensor], Tensor]:
     preds = [torch.randn(7, task.out_features, generator=gen, requires_grad=True) for _ in range(k)]
     return preds, torch.randn(k, generator=gen, requires_grad=True)
@@ -59,7 +66,7 @@ def _target(task: TaskConfig, gen: torch.Generator) -> Tensor:
 def _loss_and_grads(
     fn: Callable[..., tuple[Tensor, dict[str, Tensor]]],
     tasks: list[TaskConfig],
-    outputs: dict[str, RoutedOutput],
+    outputs: dict[str, Any],
     targets: dict[str, Tensor],
     leaves: list[Tensor],
 ) -> list[Tensor]:
@@ -255,6 +262,12 @@ def test_multitask_loss_batches_tasks_with_the_same_values() -> None:
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-6)
     _, parts = multitask_loss(tasks, outputs, targets)
     assert list(parts) == [t.name for t in tasks]
+    # a plain network's outputs (one tensor per task) go through the same batched call
+    plain = {name: preds[0] for name, (preds, _) in inputs.items()}
+    got = _loss_and_grads(multitask_loss, tasks, plain, targets, leaves[::4])
+    want = _loss_and_grads(_reference_plain_loss, tasks, plain, targets, leaves[::4])
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
