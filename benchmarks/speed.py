@@ -64,12 +64,14 @@ ENCODERS: dict[str, tuple[dict[str, Any], tuple[int, ...], int]] = {
 
 
 class Stepper:
-    """A model, its Adam optimizer, a fixed batch and one ``step()`` (forward, loss, backward, update)."""
+    """A model, its Adam optimizer (as training builds it), a fixed batch and one ``step()`` (forward, loss,
+    backward, update)."""
 
     def __init__(self, encoder: str, n_tasks: int, k: int, *, supernet: bool) -> None:
-        from dmtg_nas.config import BackboneConfig, HeadsConfig, TemperatureConfig
+        from dmtg_nas.config import BackboneConfig, HeadsConfig, OptimizerConfig, TemperatureConfig
         from dmtg_nas.space import GroupingSpace
         from dmtg_nas.strategy import DMTG, DMTGRouter, gumbel_noise
+        from dmtg_nas.training import make_optimizer
 
         backbone, shape, batch = ENCODERS[encoder]
         self.tasks = _tasks(n_tasks)
@@ -86,7 +88,7 @@ class Stepper:
         else:
             self.model = space.freeze({t.name: 0 for t in self.tasks})  # one branch, N heads
         self.model.train()
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.opt = make_optimizer(self.model.parameters(), OptimizerConfig(name="adam", lr=1e-4))
         self.step_index = 0
 
     def loss(self) -> torch.Tensor:

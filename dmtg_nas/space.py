@@ -6,6 +6,12 @@ task carries one ``nni.mutable.Categorical`` over the K branches, labelled by th
 ``space.simplify()`` lists the N choices and ``space.freeze({task: branch, ...})`` returns the grouped
 network: only the branches some task uses and one head per task, as a plain torch module that saves,
 loads and runs without NNI.
+
+Heads that are one plain ``nn.Linear`` on (B, D) features (the default ``heads: {hidden: []}``) run
+per branch as one matrix product (:func:`apply_heads`), in the space, the supernet and the grouped
+network: the weights and biases of the heads on a branch are concatenated inside ``forward``, so the
+parameters, their names and the saved layout stay one ``nn.Linear`` per head, and gradients reach each
+head's own weights.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from nni.mutable import Categorical
 from nni.nas.nn.pytorch import ModelSpace, MutableModule
 from torch import Tensor, nn
@@ -26,7 +33,40 @@ from .backbones import BuiltEncoder, FeatureSpec, build_encoder, build_head
 from .config import BackboneConfig, HeadsConfig, SearchSpec, TaskConfig
 from .errors import DmtgError
 
-__all__ = ["TaskRouter", "GroupingSpace", "GroupedNetwork", "load_model", "groups_from_sample"]
+__all__ = ["TaskRouter", "GroupingSpace", "GroupedNetwork", "load_model", "groups_from_sample", "apply_heads"]
+
+
+def _plain_linear(head: nn.Module) -> nn.Linear | None:
+    """The head's ``nn.Linear`` if the head is exactly one (bare or alone in an ``nn.Sequential``),
+    with a bias and no module hooks; else None (the head runs as itself)."""
+    if type(head) is nn.Sequential and len(head) == 1:
+        if head._forward_hooks or head._forward_pre_hooks:
+            return None
+        head = head[0]
+    if type(head) is not nn.Linear or head.bias is None or head._forward_hooks or head._forward_pre_hooks:
+        return None
+    return head
+
+
+def apply_heads(heads: Sequence[nn.Module], x: Any) -> list[Tensor]:
+    """Every head of ``heads`` on the same branch output ``x``: ``[head(x) for head in heads]``.
+
+    On a (B, D) tensor, the plain linear heads among them (see :func:`_plain_linear`) run as one
+    ``F.linear`` with their weights and biases concatenated, split back by their widths; any other
+    head (hidden layers, dropout, pooled or dense heads) runs as itself.
+    """
+    linear = [_plain_linear(h) for h in heads] if isinstance(x, Tensor) and x.dim() == 2 else []
+    fused = [i for i, lin in enumerate(linear) if lin is not None]
+    if len(fused) < 2:
+        return [head(x) for head in heads]
+    lins = [cast(nn.Linear, linear[i]) for i in fused]
+    weight = torch.cat([lin.weight for lin in lins])
+    bias = torch.cat([cast(Tensor, lin.bias) for lin in lins])
+    parts = F.linear(x, weight, bias).split([lin.out_features for lin in lins], dim=-1)
+    out: list[Tensor | None] = [None] * len(heads)
+    for i, part in zip(fused, parts):
+        out[i] = part
+    return [o if o is not None else head(x) for o, head in zip(out, heads)]
 
 
 class TaskRouter(MutableModule):
@@ -123,9 +163,30 @@ class GroupingSpace(ModelSpace):
         return [t.name for t in self.tasks]
 
     def forward(self, x: Tensor) -> dict[str, Any]:
-        """The stem once, all K branches once, then every task's router: ``{task: output}``."""
+        """The stem once, all K branches once, then every task's heads: ``{task: output}``.
+
+        Unmutated, each task uses its default branch's head. Routers that offer ``route_preds`` (the
+        search strategy's supernet routers) get their K heads' predictions, computed per branch with
+        :func:`apply_heads`, and return the task's output from them; other routers run as themselves.
+        """
         h = self.stem(x) if self.stem is not None else x
         feats = [branch(h) for branch in self.branches]  # K x (B, D), or K x [(B, C_j, H_j, W_j), ...]
+        routers = list(self.routers)
+        if all(type(r) is TaskRouter for r in routers):
+            chosen = [int(cast(TaskRouter, r).choice.default()) for r in routers]
+            preds: list[Tensor | None] = [None] * len(routers)
+            for k in sorted(set(chosen)):
+                idx = [i for i, c in enumerate(chosen) if c == k]
+                for i, pred in zip(idx, apply_heads([cast(TaskRouter, routers[i]).heads[k] for i in idx], feats[k])):
+                    preds[i] = pred
+            return {task.name: pred for task, pred in zip(self.tasks, preds)}
+        if routers and all(callable(getattr(r, "route_preds", None)) for r in routers):
+            heads = [cast(nn.ModuleList, r.heads) for r in routers]
+            per_branch = [apply_heads([hs[k] for hs in heads], f) for k, f in enumerate(feats)]
+            return {
+                task.name: cast(Any, router).route_preds([branch[i] for branch in per_branch])
+                for i, (task, router) in enumerate(zip(self.tasks, routers))
+            }
         return {task.name: router(feats) for task, router in zip(self.tasks, self.routers)}
 
     def freeze(self, sample: Mapping[str, Any]) -> GroupedNetwork:  # type: ignore[override]
@@ -178,9 +239,14 @@ class GroupedNetwork(nn.Module):
         return [[t for t in self.task_names if self.assignment[t] == b] for b in range(len(self.branches))]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """The stem, each used branch once, then the heads of each branch's tasks (:func:`apply_heads`)."""
         h = self.stem(x) if self.stem is not None else x
         feats = [branch(h) for branch in self.branches]  # one output per used branch
-        return {name: head(feats[self.assignment[name]]) for name, head in zip(self.task_names, self.heads)}
+        preds: dict[str, Tensor] = {}
+        for b, f in enumerate(feats):
+            idx = [i for i, name in enumerate(self.task_names) if self.assignment[name] == b]
+            preds.update(zip([self.task_names[i] for i in idx], apply_heads([self.heads[i] for i in idx], f)))
+        return {name: preds[name] for name in self.task_names}
 
     @classmethod
     def from_architecture(

@@ -80,11 +80,17 @@ class DMTGRouter(BaseSuperNetModule):
         return z
 
     def forward(self, feats: Sequence[Tensor]) -> RoutedOutput:
+        return self.route_preds([head(f) for head, f in zip(self.heads, feats)])
+
+    def route_preds(self, preds: list[Tensor]) -> RoutedOutput:
+        """The task's output from its K heads' predictions (``preds[k] = heads[k](feats[k])``),
+        computed by the caller: :meth:`GroupingSpace.forward <dmtg_nas.space.GroupingSpace.forward>`
+        runs the heads of a branch as one matrix product and hands each router its K predictions."""
         if self.training:
             weights = self.sample_weights()
         else:
             weights = torch.zeros_like(self.logits).scatter_(-1, self.logits.argmax(-1, keepdim=True), 1.0)
-        return RoutedOutput([head(f) for head, f in zip(self.heads, feats)], weights)
+        return RoutedOutput(preds, weights)
 
     def probabilities(self) -> Tensor:
         """softmax(S[i]): the task's current distribution over branches."""

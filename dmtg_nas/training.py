@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from nni.nas.evaluator.pytorch import LightningModule
 from torch import Tensor, nn
 
 from .config import LRScheduleConfig, OptimizerConfig, TaskConfig
 from .tasks import TaskMetrics, squeeze_output, summarize, task_loss
 
-__all__ = ["RoutedOutput", "MultiTaskModule", "multitask_loss", "ARCH_PARAM_FLAG"]
+__all__ = ["RoutedOutput", "MultiTaskModule", "multitask_loss", "make_optimizer", "ARCH_PARAM_FLAG"]
 
 ARCH_PARAM_FLAG = "_dmtg_grouping_logit"
 
@@ -44,33 +45,107 @@ class RoutedOutput:
         return self.preds[int(torch.argmax(self.weights))]
 
 
+# Losses whose batch mean ``task_loss`` takes over every element of (B, ...) predictions and targets:
+# the heads of several tasks can then share one call (reduction "none", then a mean per head).
+_ELEMENTWISE: dict[tuple[str, str], Callable[..., Tensor]] = {
+    ("binary", "bce"): F.binary_cross_entropy_with_logits,
+    ("regression", "mse"): F.mse_loss,
+    ("regression", "l1"): F.l1_loss,
+    ("regression", "smooth_l1"): F.smooth_l1_loss,
+}
+
+
+def _routed_loss(task: TaskConfig, out: RoutedOutput, y: Tensor) -> Tensor:
+    """``sum_k z[k] * L(head[k], y)`` as K calls of :func:`~dmtg_nas.tasks.task_loss`."""
+    loss: Tensor | None = None
+    for k, pred in enumerate(out.preds):
+        term = out.weights[k] * task_loss(task, squeeze_output(task, pred), y)
+        loss = term if loss is None else loss + term
+    assert loss is not None
+    return loss
+
+
+def _batched_losses(tasks: Sequence[TaskConfig], outs: Sequence[Any], ys: Sequence[Tensor]) -> Tensor:
+    """(n,) losses of n tasks with the same loss from :data:`_ELEMENTWISE`, number of heads,
+    prediction and target shapes, in one loss call over their stacked predictions: per-element
+    losses, each head's mean over its elements, then for :class:`RoutedOutput` s
+    ``sum_k z[i,k] * L(head[k,i], y_i)`` (the values of one :func:`~dmtg_nas.tasks.task_loss` call per head)."""
+    fn = _ELEMENTWISE[(tasks[0].type, tasks[0].loss_name)]
+    routed = isinstance(outs[0], RoutedOutput)
+    preds = [pred for out in outs for pred in (out.preds if routed else [out])]
+    n, k = len(outs), len(preds) // len(outs)
+    y = torch.stack(list(ys))  # (n, B, ...)
+    stacked = torch.stack(preds).reshape(n, k, *y.shape[1:])
+    per_head = fn(stacked, y.unsqueeze(1).expand_as(stacked), reduction="none").reshape(n, k, -1).mean(dim=-1)
+    if not routed:
+        return per_head[:, 0]
+    weights = torch.stack([out.weights for out in outs])  # (n, K)
+    return (weights * per_head).sum(dim=-1)
+
+
 def multitask_loss(
     tasks: Sequence[TaskConfig], outputs: Mapping[str, Any], targets: Mapping[str, Tensor]
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``sum_i w_i * sum_k z[i,k] * L_i(head[k,i], y_i)`` (a plain network: ``sum_i w_i * L_i``).
 
-    Returns the total and each task's (unweighted, sample-weighted over k) loss.
+    Returns the total and each task's (unweighted, sample-weighted over k) loss. Tasks that share a
+    loss from :data:`_ELEMENTWISE`, their number of heads and shapes take one loss call for all their
+    heads (:func:`_batched_losses`); the values are those of one call per head.
     """
     parts: dict[str, Tensor] = {}
-    total: Tensor | None = None
+    terms: list[Tensor] = []
+    batched: dict[tuple[Any, ...], list[TaskConfig]] = {}
     for task in tasks:
         out, y = outputs[task.name], targets[task.name]
-        if isinstance(out, RoutedOutput):
-            loss: Tensor | None = None
-            for k, pred in enumerate(out.preds):
-                term = out.weights[k] * task_loss(task, squeeze_output(task, pred), y)
-                loss = term if loss is None else loss + term
-            assert loss is not None
-        else:
-            loss = task_loss(task, squeeze_output(task, out), y)
+        routed = isinstance(out, RoutedOutput)
+        preds = out.preds if routed else [out]
+        if (task.type, task.loss_name) in _ELEMENTWISE and preds:
+            pred = preds[0]
+            key = (routed, task.type, task.loss_name, len(preds), pred.shape, pred.dtype, y.shape, y.dtype)
+            batched.setdefault(key, []).append(task)
+            continue
+        loss = _routed_loss(task, out, y) if routed else task_loss(task, squeeze_output(task, out), y)
         parts[task.name] = loss
-        total = task.weight * loss if total is None else total + task.weight * loss
-    assert total is not None
-    return total, parts
+        terms.append(task.weight * loss)
+    for group in batched.values():
+        losses = _batched_losses(group, [outputs[t.name] for t in group], [targets[t.name] for t in group])
+        parts.update(zip([t.name for t in group], losses.unbind()))
+        weights = torch.tensor([t.weight for t in group], dtype=losses.dtype, device=losses.device)
+        terms.append((weights * losses).sum())
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total, {task.name: parts[task.name] for task in tasks}
 
 
 def _selected(outputs: Mapping[str, Any]) -> dict[str, Tensor]:
     return {k: v.selected() if isinstance(v, RoutedOutput) else v for k, v in outputs.items()}
+
+
+def _fused_adam_ok(params: Sequence[Tensor]) -> bool:
+    """Whether torch's fused Adam/AdamW kernels take ``params``: torch 2.4 or later (the first with
+    them on CPU), floating-point tensors on CPU or CUDA."""
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 4) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
+def make_optimizer(params: Iterable[Any], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over ``params`` (tensors or parameter groups).
+
+    Adam and AdamW use torch's fused kernels where they take the parameters (see
+    :func:`_fused_adam_ok`), else, like SGD, the multi-tensor (``foreach``) implementation, which torch
+    does not pick by itself on CPU: its default there is a Python loop over the tensors, slow with the
+    K*N small head tensors of the supernet. The updates are the same up to float rounding (foreach:
+    bitwise).
+    """
+    params = list(params)
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    fused = _fused_adam_ok(tensors)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, foreach=not fused)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, foreach=not fused)
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, foreach=True)
 
 
 class MultiTaskModule(LightningModule):
@@ -177,13 +252,7 @@ class MultiTaskModule(LightningModule):
         groups: list[dict[str, Any]] = [{"params": weights}]
         if arch:
             groups.append({"params": arch, "lr": cfg.logits_lr or cfg.lr, "weight_decay": 0.0})
-        opt: torch.optim.Optimizer
-        if cfg.name == "adam":
-            opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        elif cfg.name == "adamw":
-            opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        opt = make_optimizer(groups, cfg)
         sched = self.lr_schedule_config
         if sched.name == "none":
             return opt

@@ -1,0 +1,297 @@
+"""The fast paths of a training step give the same numbers as the plain ones: heads of a branch as one
+matrix product, one loss call for the heads of all tasks that share a loss, the fused/foreach optimizers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import dmtg_nas.space as space_module
+from dmtg_nas.config import BackboneConfig, HeadsConfig, OptimizerConfig, TaskConfig
+from dmtg_nas.space import GroupingSpace, _plain_linear, apply_heads, load_model
+from dmtg_nas.strategy import DMTG, DMTGRouter, gumbel_noise
+from dmtg_nas.tasks import squeeze_output, task_loss
+from dmtg_nas.training import RoutedOutput, make_optimizer, multitask_loss
+
+TASKS = [
+    TaskConfig(name="bin", type="binary"),
+    TaskConfig(name="reg", type="regression"),
+    TaskConfig(name="cls", type="multiclass", num_classes=3),
+    TaskConfig(name="l1", type="regression", loss="l1"),
+]
+
+
+def _per_head(heads: Any, x: Any) -> list[Tensor]:
+    return [head(x) for head in heads]
+
+
+def _loop_loss(task: TaskConfig, out: RoutedOutput, y: Tensor) -> Tensor:
+    """The loss as K separate task_loss calls (the reference)."""
+    terms = [out.weights[k] * task_loss(task, squeeze_output(task, p), y) for k, p in enumerate(out.preds)]
+    return torch.stack(terms).sum()
+
+
+def _reference_loss(
+    tasks: list[TaskConfig], outputs: dict[str, RoutedOutput], targets: dict[str, Tensor]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """multitask_loss with one task_loss call per head and task (the reference)."""
+    parts = {t.name: _loop_loss(t, outputs[t.name], targets[t.name]) for t in tasks}
+    return torch.stack([t.weight * parts[t.name] for t in tasks]).sum(), parts
+
+
+def _reference_plain_loss(
+    tasks: list[TaskConfig], outputs: dict[str, Tensor], targets: dict[str, Tensor]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    parts = {t.name: task_loss(t, squeeze_output(t, outputs[t.name]), targets[t.name]) for t in tasks}
+    return torch.stack([t.weight * parts[t.name] for t in tasks]).sum(), parts
+
+
+def _routed_inputs(task: TaskConfig, k: int, gen: torch.Generator) -> tuple[list[Tensor], Tensor]:
+    preds = [torch.randn(7, task.out_features, generator=gen, requires_grad=True) for _ in range(k)]
+    return preds, torch.randn(k, generator=gen, requires_grad=True)
+
+
+def _target(task: TaskConfig, gen: torch.Generator) -> Tensor:
+    if task.type == "binary":
+        return torch.randint(0, 2, (7,), generator=gen).float()
+    if task.type == "multiclass":
+        return torch.randint(0, task.out_features, (7,), generator=gen)
+    return torch.randn(7, generator=gen)
+
+
+def _loss_and_grads(
+    fn: Callable[..., tuple[Tensor, dict[str, Tensor]]],
+    tasks: list[TaskConfig],
+    outputs: dict[str, Any],
+    targets: dict[str, Tensor],
+    leaves: list[Tensor],
+) -> list[Tensor]:
+    """The total, each task's part and the gradients of the total in ``leaves``."""
+    total, parts = fn(tasks, outputs, targets)
+    grads = torch.autograd.grad(total, leaves, retain_graph=True)  # the sample weights' graph is shared
+    return [total.detach(), *(parts[t.name].detach() for t in tasks), *grads]
+
+
+def _targets(batch: int) -> dict[str, Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return {
+        "bin": torch.randint(0, 2, (batch,), generator=gen).float(),
+        "reg": torch.randn(batch, generator=gen),
+        "cls": torch.randint(0, 3, (batch,), generator=gen),
+        "l1": torch.randn(batch, generator=gen),
+    }
+
+
+def _space(k: int, heads: HeadsConfig | None = None) -> GroupingSpace:
+    torch.manual_seed(0)
+    backbone = BackboneConfig.model_validate({"name": "mlp", "hidden": [16]})
+    return GroupingSpace(TASKS, k, backbone, heads or HeadsConfig(), (8,), branch_init="independent")
+
+
+def _supernet(k: int, heads: HeadsConfig | None = None) -> nn.Module:
+    model = DMTG(2.0).mutate_model(_space(k, heads))
+    routers = [m for m in model.modules() if isinstance(m, DMTGRouter)]
+    for router, g in zip(routers, gumbel_noise(0, 3, (len(routers), k))):
+        router.noise = g
+    return model.train()
+
+
+def _run(model: nn.Module, monkeypatch: pytest.MonkeyPatch, fused: bool) -> tuple[Any, Tensor, dict[str, Tensor]]:
+    """Outputs, loss and gradients of one step with the fused heads on or off."""
+    with monkeypatch.context() as patch:
+        if not fused:
+            patch.setattr(space_module, "apply_heads", _per_head)
+        model.zero_grad(set_to_none=True)
+        x = torch.randn(6, 8, generator=torch.Generator().manual_seed(2))
+        out = model(x)
+        total, _ = multitask_loss(TASKS, out, _targets(6))
+        total.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return out, total.detach(), grads
+
+
+def _assert_same(a: tuple[Any, Tensor, dict[str, Tensor]], b: tuple[Any, Tensor, dict[str, Tensor]]) -> None:
+    out_a, loss_a, grads_a = a
+    out_b, loss_b, grads_b = b
+    assert out_a.keys() == out_b.keys()
+    for name in out_a:
+        ya, yb = out_a[name], out_b[name]
+        if isinstance(ya, RoutedOutput):
+            assert len(ya.preds) == len(yb.preds)
+            for pa, pb in zip(ya.preds, yb.preds):
+                assert pa.shape == pb.shape
+                assert torch.allclose(pa, pb, atol=1e-6, rtol=1e-6)
+            assert torch.allclose(ya.weights, yb.weights, atol=1e-6)
+        else:
+            assert ya.shape == yb.shape
+            assert torch.allclose(ya, yb, atol=1e-6, rtol=1e-6)
+    assert torch.allclose(loss_a, loss_b, atol=1e-6, rtol=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5), name
+
+
+def test_fused_supernet_heads_match_per_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _supernet(3)
+    names = sorted(name for name, _ in model.named_parameters())
+    fused, plain = _run(model, monkeypatch, True), _run(model, monkeypatch, False)
+    _assert_same(fused, plain)
+    assert all(len(out.preds) == 3 for out in fused[0].values())
+    assert fused[0]["cls"].preds[0].shape == (6, 3) and fused[0]["bin"].preds[0].shape == (6, 1)
+    # every head weight and every logit got a gradient; the parameter layout is unchanged
+    assert set(fused[2]) == set(names)
+    assert sorted(name for name, _ in model.named_parameters()) == names
+    assert "routers.2.heads.1.0.weight" in names
+
+
+def test_fused_plain_space_matches_per_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _space(3).train()
+    fused, plain = _run(model, monkeypatch, True), _run(model, monkeypatch, False)
+    _assert_same(fused, plain)
+    assert fused[0]["cls"].shape == (6, 3)
+    assert not any(".heads.1." in name for name in fused[2])  # only the default branch was used
+
+
+def test_fused_grouped_network_matches_per_head(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    net = _space(3).freeze({"bin": 2, "reg": 0, "cls": 2, "l1": 2})
+    fused, plain = _run(net.train(), monkeypatch, True), _run(net, monkeypatch, False)
+    _assert_same(fused, plain)
+    assert list(fused[0]) == ["bin", "reg", "cls", "l1"]
+    net.save(tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt").eval()
+    assert loaded.state_dict().keys() == net.state_dict().keys()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(loaded(x).values(), net.eval()(x).values()))
+
+
+def test_fused_supernet_in_eval_mode_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _supernet(3).eval()
+    with torch.no_grad():
+        x = torch.randn(4, 8)
+        fused = model(x)
+        monkeypatch.setattr(space_module, "apply_heads", _per_head)
+        plain = model(x)
+    for name in fused:
+        assert torch.equal(fused[name].weights, plain[name].weights)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fused[name].preds, plain[name].preds))
+
+
+def test_heads_with_hidden_layers_run_as_themselves(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _supernet(2, HeadsConfig(hidden=[5], dropout=0.0))
+    router = next(m for m in model.modules() if isinstance(m, DMTGRouter))
+    assert _plain_linear(router.heads[0]) is None
+    _assert_same(_run(model, monkeypatch, True), _run(model, monkeypatch, False))
+
+
+def test_plain_linear_detection() -> None:
+    lin = nn.Linear(4, 2)
+    assert _plain_linear(lin) is lin
+    assert _plain_linear(nn.Sequential(lin)) is lin
+    assert _plain_linear(nn.Sequential(lin, nn.ReLU())) is None
+    assert _plain_linear(nn.Linear(4, 2, bias=False)) is None
+
+    class Scaled(nn.Linear):
+        def forward(self, x: Tensor) -> Tensor:
+            return 2 * super().forward(x)
+
+    assert _plain_linear(Scaled(4, 2)) is None
+    hooked = nn.Linear(4, 2)
+    hooked.register_forward_hook(lambda module, args, out: out * 0)
+    assert _plain_linear(hooked) is None
+
+
+def test_apply_heads_mixes_fused_and_other_heads() -> None:
+    torch.manual_seed(0)
+    hidden = nn.Sequential(nn.Linear(4, 2), nn.Tanh())
+    heads = [nn.Linear(4, 1), nn.Sequential(nn.Linear(4, 3)), hidden, nn.Linear(4, 2)]
+    x = torch.randn(5, 4)
+    got, want = apply_heads(heads, x), _per_head(heads, x)
+    assert [t.shape for t in got] == [t.shape for t in want]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))
+    maps = [torch.randn(5, 4, 3, 3)]  # not a (B, D) tensor: every head runs as itself
+    pooled = [nn.Linear(3, 2), nn.Linear(3, 2)]
+    assert all(torch.equal(a, b) for a, b in zip(apply_heads(pooled, maps[0]), _per_head(pooled, maps[0])))
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        TaskConfig(name="bin", type="binary"),
+        TaskConfig(name="reg", type="regression"),
+        TaskConfig(name="l1", type="regression", loss="l1"),
+        TaskConfig(name="sl1", type="regression", loss="smooth_l1"),
+        TaskConfig(name="cls", type="multiclass", num_classes=3),
+    ],
+    ids=lambda t: t.name,
+)
+def test_routed_loss_matches_k_loss_calls(task: TaskConfig) -> None:
+    gen = torch.Generator().manual_seed(0)
+    preds, logits = _routed_inputs(task, 3, gen)
+    y = _target(task, gen)
+    outputs = {task.name: RoutedOutput(preds, torch.softmax(logits, -1))}
+    got = _loss_and_grads(multitask_loss, [task], outputs, {task.name: y}, [*preds, logits])
+    want = _loss_and_grads(_reference_loss, [task], outputs, {task.name: y}, [*preds, logits])
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_multitask_loss_batches_tasks_with_the_same_values() -> None:
+    tasks = [
+        TaskConfig(name="b1", type="binary"),
+        TaskConfig(name="m1", type="regression", weight=0.5),
+        TaskConfig(name="c1", type="multiclass", num_classes=3),
+        TaskConfig(name="b2", type="binary", weight=2.5),
+        TaskConfig(name="l1", type="regression", loss="l1"),
+        TaskConfig(name="m2", type="regression"),
+        TaskConfig(name="s1", type="regression", loss="smooth_l1", weight=3.0),
+        TaskConfig(name="b3", type="binary"),
+    ]
+    gen = torch.Generator().manual_seed(0)
+    inputs = {t.name: _routed_inputs(t, 3, gen) for t in tasks}
+    outputs = {name: RoutedOutput(preds, torch.softmax(logits, -1)) for name, (preds, logits) in inputs.items()}
+    targets = {t.name: _target(t, gen) for t in tasks}
+    leaves = [x for preds, logits in inputs.values() for x in [*preds, logits]]
+    got = _loss_and_grads(multitask_loss, tasks, outputs, targets, leaves)
+    want = _loss_and_grads(_reference_loss, tasks, outputs, targets, leaves)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-6)
+    _, parts = multitask_loss(tasks, outputs, targets)
+    assert list(parts) == [t.name for t in tasks]
+    # a plain network's outputs (one tensor per task) go through the same batched call
+    plain = {name: preds[0] for name, (preds, _) in inputs.items()}
+    got = _loss_and_grads(multitask_loss, tasks, plain, targets, leaves[::4])
+    want = _loss_and_grads(_reference_plain_loss, tasks, plain, targets, leaves[::4])
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_make_optimizer_updates_match_the_loop_implementation(name: str) -> None:
+    cfg = OptimizerConfig.model_validate({"name": name, "lr": 1e-2, "weight_decay": 0.01})
+
+    def train(build: Callable[[list[dict[str, Any]]], torch.optim.Optimizer]) -> Tensor:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        logits = nn.Parameter(torch.ones(3))
+        opt = build([{"params": list(model.parameters())}, {"params": [logits], "lr": 0.1, "weight_decay": 0.0}])
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            x = torch.randn(16, 8, generator=gen)
+            opt.zero_grad()
+            (model(x) * torch.softmax(logits, -1)).pow(2).mean().backward()
+            opt.step()
+        return torch.cat([p.detach().flatten() for p in [*model.parameters(), logits]])
+
+    reference = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name]
+    extra = {"momentum": cfg.momentum} if name == "sgd" else {}
+    fast = train(lambda groups: make_optimizer(groups, cfg))
+    slow = train(lambda groups: reference(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False, **extra))
+    assert torch.allclose(fast, slow, atol=1e-6, rtol=1e-5)
+    opt = make_optimizer([nn.Parameter(torch.zeros(2))], cfg)
+    assert type(opt) is reference
+    assert opt.param_groups[0]["foreach"] or opt.param_groups[0].get("fused")
