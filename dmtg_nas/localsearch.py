@@ -274,14 +274,13 @@ def local_search(
     outcome = LocalSearchOutcome(current, current, float("inf"))
     visited = {current}
     for _ in range(rounds):
-        stages = [[c for c in neighbours(current, max_groups, affinity, moves) if c[1] not in visited]]
+        stages = [neighbours(current, max_groups, affinity, moves)]
         if splits:  # only looked at when the first stage finds no step
-            formed = set(current) - set(outcome.start)
-            stages.append([c for c in split_neighbours(current, max_groups, formed, affinity) if c[1] not in visited])
+            stages.append(split_neighbours(current, max_groups, set(current) - set(outcome.start), affinity))
         record: dict[str, Any] | None = None
         accepted = False
         for stage in stages:
-            candidates = stage[:max_candidates]
+            candidates = [c for c in stage if c[1] not in visited][:max_candidates]
             if not candidates:
                 continue
             scorer.ensure([m for p in [current, *(p for _, p in candidates)] for m in p])

@@ -242,10 +242,10 @@ class GroupedNetwork(nn.Module):
         """The stem, each used branch once, then the heads of each branch's tasks (:func:`apply_heads`)."""
         h = self.stem(x) if self.stem is not None else x
         feats = [branch(h) for branch in self.branches]  # one output per used branch
+        heads = dict(zip(self.task_names, self.heads))
         preds: dict[str, Tensor] = {}
-        for b, f in enumerate(feats):
-            idx = [i for i, name in enumerate(self.task_names) if self.assignment[name] == b]
-            preds.update(zip([self.task_names[i] for i in idx], apply_heads([self.heads[i] for i in idx], f)))
+        for group, f in zip(self.groups, feats):
+            preds.update(zip(group, apply_heads([heads[name] for name in group], f)))
         return {name: preds[name] for name in self.task_names}
 
     @classmethod
