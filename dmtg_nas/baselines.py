@@ -53,6 +53,7 @@ __all__ = [
     "run_method",
     "delta_m",
     "subset_losses_joint",
+    "subset_losses_seeded",
 ]
 
 
@@ -165,17 +166,48 @@ def subset_losses_joint(
     (batched training only), the trained networks are put there by mask (one-branch grouped networks
     with a head for every task; only the mask's heads are trained).
     """
+    return subset_losses_seeded(spec, data, [(spec.strategy.seed, subsets)], [networks])[0]
+
+
+def _seeded(spec: SearchSpec, seed: int) -> SearchSpec:
+    return spec.model_copy(update={"strategy": spec.strategy.model_copy(update={"seed": seed})})
+
+
+def subset_losses_seeded(
+    spec: SearchSpec,
+    data: TaskData,
+    runs: Sequence[tuple[int, Sequence[int]]],
+    networks: Sequence[dict[int, torch.nn.Module] | None] = (),
+) -> list[dict[int, dict[str, dict[str, dict[str, float]]]]]:
+    """Independent trainings of subset networks, all in one batched computation: ``runs[i] = (seed,
+    subsets)`` trains those subsets' networks as :func:`subset_losses_joint` would with
+    ``strategy.seed = seed`` (that seed's initialisations and data order; each run's networks see
+    their own batches). One batched computation costs far less than one per run where a step is
+    dominated by per-call overhead (small networks). ``networks[i]``, where given and not None,
+    receives run i's trained networks by mask. Returns one table per run."""
+    runs = [(seed, list(subsets)) for seed, subsets in runs]
+    keep = list(networks) + [None] * (len(runs) - len(networks))
     if not trains_batched(spec, data):
-        return _subset_losses(spec, data, subsets, None)
-    pl.seed_everything(spec.strategy.seed, workers=True, verbose=False)
-    nets = []
-    for _ in subsets:
-        space = GroupingSpace(spec.tasks, 1, spec.backbone, spec.heads, data.input_shape, "independent")
-        nets.append(space.freeze({t: 0 for t in spec.task_names}))
-    result = _train_stacked(spec, data, nets, subsets)
-    if networks is not None:
-        networks.update(zip(subsets, nets))
-    return result
+        return [_subset_losses(_seeded(spec, seed), data, subsets, None) for seed, subsets in runs]
+    nets, masks, seeds = [], [], []
+    for seed, subsets in runs:
+        pl.seed_everything(seed, workers=True, verbose=False)
+        for mask in subsets:
+            space = GroupingSpace(spec.tasks, 1, spec.backbone, spec.heads, data.input_shape, "independent")
+            nets.append(space.freeze({t: 0 for t in spec.task_names}))
+            masks.append(mask)
+            seeds.append(seed)
+    if not nets:
+        return [{} for _ in runs]
+    result = _train_stacked(spec, data, nets, masks, seeds)
+    out, at = [], 0
+    for (_, subsets), kept in zip(runs, keep):
+        mine = range(at, at + len(subsets))
+        out.append({masks[s]: result[s] for s in mine})
+        if kept is not None:
+            kept.update({masks[s]: nets[s] for s in mine})
+        at += len(subsets)
+    return out
 
 
 def trains_batched(spec: SearchSpec, data: TaskData) -> bool:
@@ -191,9 +223,15 @@ def trains_batched(spec: SearchSpec, data: TaskData) -> bool:
 
 
 def _train_stacked(
-    spec: SearchSpec, data: TaskData, nets: Sequence[torch.nn.Module], subsets: Sequence[int]
-) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
-    """Train ``nets[s]`` on the tasks of ``subsets[s]``, all at once (see :func:`subset_losses_joint`)."""
+    spec: SearchSpec,
+    data: TaskData,
+    nets: Sequence[torch.nn.Module],
+    subsets: Sequence[int],
+    seeds: Sequence[int] | None = None,
+) -> list[dict[str, dict[str, dict[str, float]]]]:
+    """Train ``nets[s]`` on the tasks of ``subsets[s]``, all at once (see :func:`subset_losses_joint`);
+    ``seeds[s]`` sets network s's data order (default: the strategy's seed for all). Returns network
+    s's ``{"val": per-task, "test": per-task}`` at position s."""
     import copy
 
     from torch.func import stack_module_state, vmap
@@ -214,7 +252,11 @@ def _train_stacked(
         out = outputs(p, x)
         return torch.stack([task_loss(t, squeeze_output(t, out[t.name]), ys[t.name]) for t in tasks])
 
-    batched_losses = vmap(losses, in_dims=(0, None, None), randomness="different")
+    orders = sorted(set(seeds)) if seeds is not None else [strat.seed]
+    # one data order per distinct seed; a network reads the batches of its own order
+    order_of = torch.tensor([orders.index(s) for s in seeds] if seeds is not None else [0] * len(nets))
+    per_net = len(orders) > 1
+    batched_losses = vmap(losses, in_dims=(0, 0 if per_net else None, 0 if per_net else None), randomness="different")
     batched_outputs = vmap(outputs, in_dims=(0, None), randomness="different")
 
     holder = torch.nn.ParameterList([torch.nn.Parameter(v) for v in params.values()])
@@ -224,7 +266,7 @@ def _train_stacked(
     optimizer = configured if isinstance(configured, torch.optim.Optimizer) else configured["optimizer"]
     scheduler = None if isinstance(configured, torch.optim.Optimizer) else configured["lr_scheduler"]
     stacked = dict(zip(params, holder))
-    loader = make_loader(data.train, strat.batch_size, shuffle=True, seed=strat.seed + 1, traced=False)
+    loaders = [make_loader(data.train, strat.batch_size, shuffle=True, seed=o + 1, traced=False) for o in orders]
 
     def evaluate_all(split: str) -> list[dict[str, dict[str, float]]]:
         metrics = [TaskMetrics([tasks[i] for i in members(mask)]) for mask in subsets]
@@ -238,7 +280,11 @@ def _train_stacked(
         return [m.compute() for m in metrics]
 
     for _ in range(_budget(spec)):
-        for x, ys in loader:
+        for batches in zip(*loaders):
+            x, ys = batches[0]
+            if per_net:  # every network's batch from its own order: (networks, batch, ...)
+                x = torch.stack([b[0] for b in batches])[order_of]
+                ys = {k: torch.stack([b[1][k] for b in batches])[order_of] for k in ys}
             optimizer.zero_grad(set_to_none=True)
             total = (batched_losses(stacked, x, ys) * member).sum()
             total.backward()
@@ -258,7 +304,7 @@ def _train_stacked(
     with torch.no_grad():  # the trained weights back into the networks
         for s, net in enumerate(nets):
             net.load_state_dict({name: value[s] for name, value in stacked.items()})
-    return {mask: {split: result[split][s] for split in ("val", "test")} for s, mask in enumerate(subsets)}
+    return [{split: result[split][s] for split in ("val", "test")} for s in range(len(nets))]
 
 
 def _partition_metrics(

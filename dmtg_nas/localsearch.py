@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +75,8 @@ class SubsetScorer:
         weights: the task weights.
         replicates: independent trainings per group network; a group's score is the mean of its
             replicates' losses (replicate index ``replicates`` and above: confirmation trainings).
+        train_many: optional ``train_many({replicate: masks}) -> {replicate: trained}``, several
+            replicates' networks in one call (one batched computation instead of one per replicate).
     """
 
     def __init__(
@@ -83,8 +85,10 @@ class SubsetScorer:
         task_names: Sequence[str],
         weights: Sequence[float],
         replicates: int = 1,
+        train_many: Callable[[Mapping[int, Sequence[int]]], dict[int, Trained]] | None = None,
     ) -> None:
         self.train = train
+        self.train_many = train_many
         self.task_names = list(task_names)
         self.weights = list(weights)
         self.replicates = replicates
@@ -96,13 +100,23 @@ class SubsetScorer:
     def ensure(self, masks: Sequence[int], replicate: int | None = None) -> None:
         """Train the missing group networks of ``masks`` (every scoring replicate when ``replicate``
         is None)."""
+        jobs = {}
         for r in range(self.replicates) if replicate is None else [replicate]:
             missing = sorted({m for m in masks if (r, m) not in self.cache})
             if missing:
-                for mask, rows in self.train(missing, r).items():
-                    self.cache[(r, mask)] = rows
-                self.trained += len(missing)
-                self.batches += 1
+                jobs[r] = missing
+        if not jobs:
+            return
+        if self.train_many is not None:
+            done = self.train_many(jobs)
+            self.batches += 1
+        else:
+            done = {r: self.train(missing, r) for r, missing in jobs.items()}
+            self.batches += len(jobs)
+        for r, trained in done.items():
+            for mask, rows in trained.items():
+                self.cache[(r, mask)] = rows
+            self.trained += len(jobs[r])
 
     def group_loss(self, mask: int, split: str = "val", replicate: int | None = None) -> float:
         """A group's weighted loss: of one replicate, or (None) the mean over the scoring replicates."""
@@ -330,15 +344,21 @@ def masks_of(groups: Sequence[Sequence[str]], task_names: Sequence[str]) -> Part
 
 
 def scorer_for(spec: SearchSpec, data: TaskData, replicates: int = 1) -> SubsetScorer:
-    """A scorer whose group networks are HOA's subset networks for ``spec`` on ``data``."""
-    from .baselines import subset_losses_joint
+    """A scorer whose group networks are HOA's subset networks for ``spec`` on ``data``; the
+    missing networks of every replicate train side by side in one batched computation."""
+    from .baselines import subset_losses_seeded
+
+    def seed(replicate: int) -> int:  # replicate 0: the strategy's seed; others: independent trainings
+        return spec.strategy.seed + 7919 * replicate
+
+    def train_many(jobs: Mapping[int, Sequence[int]]) -> dict[int, Trained]:
+        order = sorted(jobs)
+        # the networks of the first replicate are kept: the final model may be built from them
+        keep = [scorer.networks if r == 0 else None for r in order]
+        return dict(zip(order, subset_losses_seeded(spec, data, [(seed(r), jobs[r]) for r in order], keep)))
 
     def train(masks: Sequence[int], replicate: int) -> Trained:
-        if replicate == 0:  # the networks of the first replicate are kept: the final model may be built from them
-            return subset_losses_joint(spec, data, masks, networks=scorer.networks)
-        # an independent training: another initialisation and data order
-        strategy = spec.strategy.model_copy(update={"seed": spec.strategy.seed + 7919 * replicate})
-        return subset_losses_joint(spec.model_copy(update={"strategy": strategy}), data, masks)
+        return train_many({replicate: masks})[replicate]
 
-    scorer = SubsetScorer(train, spec.task_names, [t.weight for t in spec.tasks], replicates)
+    scorer = SubsetScorer(train, spec.task_names, [t.weight for t in spec.tasks], replicates, train_many)
     return scorer

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .baselines import subset_losses_joint
+from .baselines import subset_losses_joint, subset_losses_seeded
 from .components import load_data
 from .config import SearchSpec, load_spec
 from .partitions import best_partition, members
@@ -180,16 +180,14 @@ def exhaustive_reference(
     per-task metrics are averaged over the trainings. With ``cache``, each training is kept under
     ``key/training-r`` and reused (a reference of 3 trainings after one of 1 trains 2 more)."""
     masks = list(range(1, 1 << len(spec.tasks)))
-    tables = []
-    for r in range(trainings):
-        one = f"{key}/training-{r}"
-        if cache is not None and one in cache:
-            tables.append(cache[one])
-            continue
-        st = spec.strategy.model_copy(update={"seed": spec.strategy.seed + REFERENCE_SEED_OFFSET * (r + 1)})
-        tables.append(subset_losses_joint(spec.model_copy(update={"strategy": st}), data, masks))
-        if cache is not None:
-            cache[one] = tables[-1]
+    names = [f"{key}/training-{r}" for r in range(trainings)]
+    missing = [r for r in range(trainings) if cache is None or names[r] not in cache]
+    # the missing trainings side by side in one batched computation, each with its own seed
+    seeds = [(spec.strategy.seed + REFERENCE_SEED_OFFSET * (r + 1), masks) for r in missing]
+    fresh = dict(zip(missing, subset_losses_seeded(spec, data, seeds) if missing else []))
+    if cache is not None:
+        cache.update({names[r]: t for r, t in fresh.items()})
+    tables = [fresh[r] if r in fresh else cache[names[r]] for r in range(trainings)]  # type: ignore[index]
     return {
         m: {
             split: {

@@ -103,6 +103,32 @@ def test_hoa_exhaustive_picks_the_best_partition_of_its_own_networks() -> None:
     assert cover.rule == "cover" and cover.details["best_val_loss"] <= result.details["best_val_loss"] + 1e-9
 
 
+def test_seeded_runs_in_one_batch_train_as_separate_runs(tiny) -> None:
+    """Several independent trainings in one batched computation: each run's networks get their own
+    seed's initialisation and data order, exactly as a separate call with that seed."""
+    from dmtg_nas.baselines import subset_losses_joint, subset_losses_seeded
+
+    spec, data = tiny
+
+    def with_seed(seed: int):
+        return spec.model_copy(update={"strategy": spec.strategy.model_copy(update={"seed": seed})})
+
+    kept: dict = {}
+    together = subset_losses_seeded(spec, data, [(3, [0b0011, 0b0110]), (11, [0b0011])], [kept])
+    apart = [
+        subset_losses_joint(with_seed(3), data, [0b0011, 0b0110]),
+        subset_losses_joint(with_seed(11), data, [0b0011]),
+    ]
+    assert [set(t) for t in together] == [{0b0011, 0b0110}, {0b0011}] and set(kept) == {0b0011, 0b0110}
+    for mine, alone in zip(together, apart):
+        for mask in alone:
+            for split in ("val", "test"):
+                for task, row in alone[mask][split].items():
+                    assert mine[mask][split][task]["loss"] == pytest.approx(row["loss"], rel=1e-5)
+    # the same subset under two seeds is two different trainings
+    assert together[0][0b0011]["val"]["t1"]["loss"] != pytest.approx(together[1][0b0011]["val"]["t1"]["loss"], rel=1e-4)
+
+
 def test_delta_m_sign_and_scale() -> None:
     tasks = [TaskConfig(name="r", type="regression"), TaskConfig(name="c", type="binary")]
     ref = {"r": {"mse": 1.0}, "c": {"accuracy": 0.8}}
@@ -127,7 +153,7 @@ def test_stacked_subset_networks_train_as_they_would_alone(tiny) -> None:
         for _ in subsets
     ]
     alone = copy.deepcopy(nets[2])
-    joint = _train_stacked(spec, data, nets, subsets)
+    joint = dict(zip(subsets, _train_stacked(spec, data, nets, subsets)))
     assert set(joint) == set(subsets) and set(joint[0b0110]["test"]) == {"t1", "t2"}
     # the third network, trained by itself (Lightning, its two tasks only) from the same weights
     tasks = [spec.tasks[1], spec.tasks[2]]

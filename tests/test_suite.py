@@ -40,8 +40,8 @@ def test_exhaustive_reference_is_reused_across_strategies(monkeypatch: pytest.Mo
     import dmtg_nas.suite as suite
 
     calls = []
-    real = suite.subset_losses_joint
-    monkeypatch.setattr(suite, "subset_losses_joint", lambda *a: calls.append(1) or real(*a))
+    real = suite.subset_losses_seeded
+    monkeypatch.setattr(suite, "subset_losses_seeded", lambda *a: calls.append(1) or real(*a))
     shape = Shape("tiny", (2, 1), 2, samples=300)
     refs: dict = {}
     a = run_one(shape, "dmtg", 0, overrides=FAST, references=refs)
