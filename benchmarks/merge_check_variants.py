@@ -30,7 +30,7 @@ from typing import Any
 
 warnings.filterwarnings("ignore")
 
-from dmtg_nas.baselines import subset_losses_joint
+from dmtg_nas.baselines import subset_losses_seeded
 from dmtg_nas.components import load_data
 from dmtg_nas.localsearch import SubsetScorer, local_search, masks_of
 from dmtg_nas.partitions import best_partition, members
@@ -42,6 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "one-shot grouping, no check": {"kind": "none"},
     "exhaustive HOA, 1 training per subset": {"kind": "hoa", "avg": 1},
     "exhaustive HOA, mean of 2 trainings": {"kind": "hoa", "avg": 2},
+    "exhaustive HOA, mean of 3 trainings": {"kind": "hoa", "avg": 3},
     "merges, margin 1%, 1 training (default)": {"margin": 0.01, "avg": 1},
     "merges, margin 0, 1 training": {"margin": 0.0, "avg": 1},
     "merges, margin 1%, mean of 2": {"margin": 0.01, "avg": 2},
@@ -51,6 +52,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "merges and moves, margin 0, 1 training": {"margin": 0.0, "avg": 1, "moves": True},
     "merges and moves, margin 0, mean of 2": {"margin": 0.0, "avg": 2, "moves": True},
     "merges and moves, margin 2%, mean of 2": {"margin": 0.02, "avg": 2, "moves": True},
+    "merges and moves, margin 1%, mean of 3": {"margin": 0.01, "avg": 3, "moves": True},
+    "merges and moves, margin 2%, mean of 3": {"margin": 0.02, "avg": 3, "moves": True},
+    "merges and moves, margin 0, mean of 3": {"margin": 0.0, "avg": 3, "moves": True},
+    "merges, splits and moves, margin 1%, mean of 3": {"margin": 0.01, "avg": 3, "moves": True, "splits": True},
+    "merges, margin 1%, mean of 3": {"margin": 0.01, "avg": 3},
 }
 
 
@@ -58,14 +64,14 @@ def _tables(path: Path, records: list[dict[str, Any]], overrides: list[str], rep
     cache: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     from tqdm.auto import tqdm
 
-    todo = [(r, k) for r in records for k in range(1, replicates + 1) if f"{r['shape']}/{r['seed']}/{k}" not in cache]
-    for r, k in tqdm(todo, desc="replicate trainings", unit="set"):
+    todo = [r for r in records if any(f"{r['shape']}/{r['seed']}/{k}" not in cache for k in range(1, replicates + 1))]
+    for r in tqdm(todo, desc="replicate trainings", unit="run"):
         spec = shape_spec(SHAPES[r["shape"]], r.get("budget_of", r["strategy"]), r["seed"], overrides)
-        strategy = spec.strategy.model_copy(update={"seed": spec.strategy.seed + 7919 * k})
-        trained = subset_losses_joint(
-            spec.model_copy(update={"strategy": strategy}), load_data(spec), list(range(1, 1 << len(spec.tasks)))
-        )
-        cache[f"{r['shape']}/{r['seed']}/{k}"] = trained
+        keys = [k for k in range(1, replicates + 1) if f"{r['shape']}/{r['seed']}/{k}" not in cache]
+        masks = list(range(1, 1 << len(spec.tasks)))
+        # the missing replicates side by side in one batched computation, each with its own seed
+        tables = subset_losses_seeded(spec, load_data(spec), [(spec.strategy.seed + 7919 * k, masks) for k in keys])
+        cache.update({f"{r['shape']}/{r['seed']}/{k}": t for k, t in zip(keys, tables)})
         path.write_text(json.dumps(cache))
     return {key: {int(m): v for m, v in t.items()} for key, t in cache.items()}
 
@@ -96,31 +102,35 @@ def replay(variant: dict[str, Any], runs: list[dict[str, Any]], replicates: int)
                 }
                 for m in use[0]
             }
+            networks = 0
             if variant.get("kind") == "none":
                 partition = run["start"]
             elif variant.get("kind") == "hoa":
                 partition = _best(mean, names, k)
             else:
 
-                def train(masks: list[int], replicate: int, mean: Table = mean, spare: Table = spare) -> Table:
-                    return {m: mean[m] if replicate == 0 else {"val": spare[m]["val"]} for m in masks}
+                def train(masks: list[int], replicate: int, use: list[Table] = use, spare: Table = spare) -> Table:
+                    table = use[replicate] if replicate < len(use) else spare  # past the scoring ones: confirmation
+                    return {m: {"val": table[m]["val"]} for m in masks}
 
-                partition = local_search(
+                outcome = local_search(
                     run["start"],
-                    SubsetScorer(train, names, [1.0] * len(names)),
+                    SubsetScorer(train, names, [1.0] * len(names), len(use)),
                     k,
                     margin=variant["margin"],
-                    max_candidates=12,
+                    max_candidates=variant.get("max_candidates", 12),
                     rounds=4,
                     moves=variant.get("moves", False),
                     splits=variant.get("splits", False),
                     confirm=variant.get("confirm", False),
-                ).partition
+                )
+                partition, networks = outcome.partition, outcome.networks_trained
             gap = 100 * (_loss(reference, names, "test", partition) - best) / best
             out.append(
                 {
                     "shape": run["shape"],
                     "gap": gap,
+                    "networks": networks,
                     "exact": partition == run["planted"],
                     "planted_is_optimum": optimum == run["planted"],
                     "merged": any(len({run["label"][i] for i in members(m)}) > 1 for m in partition),
@@ -136,6 +146,7 @@ def main() -> None:
     parser.add_argument("--strategy", default="dmtg-oneshot", help="whose groupings are the starts")
     parser.add_argument("--replicates", type=int, default=3, help="trainings per subset for the scores (>= 3)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--variants", default="", help="only variants whose name contains one of these (comma list)")
     args = parser.parse_args()
     if args.replicates < 3:
         parser.error("--replicates must be at least 3 (2 averaged + 1 to confirm)")
@@ -176,10 +187,13 @@ def main() -> None:
         f"rotations of the scoring trainings (reference: {records[0]['reference_key'].rsplit('/', 1)[1]}).",
         "",
         "| variant | within 2% of optimum | exact where planted is optimum | no merge, K > groups | mean gap % "
-        "| worst shapes (within 2%) |",
-        "|---|---|---|---|---|---|",
+        "| group networks per run (median) | worst shapes (within 2%) |",
+        "|---|---|---|---|---|---|---|",
     ]
+    wanted = [w for w in args.variants.split(",") if w]
     for name, variant in VARIANTS.items():
+        if wanted and not any(w in name for w in wanted):
+            continue
         res = replay(variant, runs, args.replicates)
         by: dict[str, list[bool]] = {}
         for x in res:
@@ -192,6 +206,7 @@ def main() -> None:
             f"| {statistics.fmean(x['exact'] for x in pio) if pio else float('nan'):.0%} "
             f"| {statistics.fmean(not x['merged'] for x in wide) if wide else float('nan'):.0%} "
             f"| {statistics.fmean(x['gap'] for x in res):.1f} "
+            f"| {statistics.median(x['networks'] for x in res):g} "
             f"| {', '.join(f'{s} {statistics.fmean(by[s]):.0%}' for s in worst)} |"
         )
         print(lines[-1], flush=True)
