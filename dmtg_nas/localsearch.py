@@ -139,13 +139,18 @@ def neighbours(
     max_groups: int,
     affinity: Sequence[Sequence[float]] | None = None,
     moves: bool = True,
+    merge_splits: bool = False,
 ) -> list[tuple[str, Partition]]:
-    """The merges and single-task moves of ``partition`` as ``(kind, partition)``, merges first.
+    """The merges, merge-splits and single-task moves of ``partition`` as ``(kind, partition)``, in
+    that order.
 
-    With ``affinity`` (N x N, higher = more related), merges are ordered by the mean affinity between
-    the two groups, moves by the task's mean affinity to its new group minus that to its old one
-    (highest first); otherwise in mask order. A move out of a single-task group is a merge and is
-    listed once.
+    A merge-split (``merge_splits=True``) merges two groups and leaves one task of the merged group
+    on its own: one step to "all but one task together", which otherwise takes a merge and a move
+    that each may win nothing on their own. With ``affinity`` (N x N, higher = more related), merges
+    are ordered by the mean affinity between the two groups, merge-splits by the lone task's
+    affinity to the rest of the merged group (lowest first), moves by the task's mean affinity to
+    its new group minus that to its old one (highest first); otherwise in mask order. A partition
+    reachable in several ways is listed once, under its first kind.
     """
     groups = list(partition)
     merges: list[tuple[float, Partition]] = []
@@ -172,13 +177,23 @@ def neighbours(
                     rest = [g for k, g in enumerate(groups) if k != a]
                     gain = -own if affinity is not None else 0.0
                     shifted.append((gain, canonical([*rest, left, bit])))
+    lone: list[tuple[float, Partition]] = []
+    if merge_splits:
+        for a, b in itertools.combinations(range(len(groups)), 2):
+            merged = groups[a] | groups[b]
+            rest = [g for k, g in enumerate(groups) if k not in (a, b)]
+            for task in members(merged):
+                bit = 1 << task
+                own = _mean_affinity(affinity, bit, merged & ~bit) if affinity is not None else 0.0
+                lone.append((own, canonical([*rest, merged & ~bit, bit])))
     # merges of different pairs are different partitions; sorted is stable: mask order among equals
     out: list[tuple[str, Partition]] = [("merge", p) for _, p in sorted(merges, key=lambda c: -c[0])]
-    seen = {p for _, p in merges}
-    for _, p in sorted(shifted, key=lambda c: -c[0]):
-        if p not in seen:
-            seen.add(p)
-            out.append(("move", p))
+    seen = {p for _, p in merges} | {partition}
+    for kind, ranked in (("merge-split", sorted(lone, key=lambda c: c[0])), ("move", sorted(shifted, key=lambda c: -c[0]))):
+        for _, p in ranked:
+            if p not in seen:
+                seen.add(p)
+                out.append((kind, p))
     return out
 
 
@@ -263,6 +278,7 @@ def local_search(
     splits: bool = False,
     confirm: bool = False,
     affinity: Sequence[Sequence[float]] | None = None,
+    merge_splits: bool = False,
 ) -> LocalSearchOutcome:
     """Greedy descent from ``start`` over merges and moves (see the module docstring).
 
@@ -275,6 +291,7 @@ def local_search(
         max_candidates: neighbours tried per round.
         rounds: at most this many accepted steps.
         moves: also try single-task moves (else merges only).
+        merge_splits: also try merges that leave one task of the merged group on its own.
         splits: in a round where no merge or move wins, try splitting single tasks off the groups
             merges formed (a second stage of the same round, with its own candidates).
         confirm: the round's best neighbour, picked as the lowest of many noisy scores, is checked
@@ -288,7 +305,7 @@ def local_search(
     outcome = LocalSearchOutcome(current, current, float("inf"))
     visited = {current}
     for _ in range(rounds):
-        stages = [neighbours(current, max_groups, affinity, moves)]
+        stages = [neighbours(current, max_groups, affinity, moves, merge_splits)]
         if splits:  # only looked at when the first stage finds no step
             stages.append(split_neighbours(current, max_groups, set(current) - set(outcome.start), affinity))
         record: dict[str, Any] | None = None

@@ -558,6 +558,7 @@ def _run_search(
             max_candidates=ls.max_candidates,
             rounds=ls.rounds,
             moves=ls.moves,
+            merge_splits=ls.merge_splits,
             splits=ls.splits,
             confirm=ls.confirm,
             affinity=warm.affinity if warm is not None else None,
