@@ -1,13 +1,15 @@
-"""What the merge check costs: whole-search wall time of two local-search settings, side by side.
+"""What the merge check costs: whole-search wall time with and without it, side by side.
 
-For every suite shape and seed given, the same search (same data, same seed) runs once per setting,
-the settings interleaved (A, B, A, B, ... over the repeats); each run's total time and the check's
-own time (``metrics["local_search"]["seconds"]``) and group networks are recorded. It reports, per
-setting, the median total and check seconds, and the median over runs of the total-time ratio of
-each setting to the first one (``--against``) and to the one-shot search without any check.
+For every suite shape and seed given, the same search (same data, same seed) runs with the preset
+(``--strategy``), with the preset's check turned off, and with each ``--setting``, interleaved
+(A, B, C, A, B, C, ... over the repeats); each run's total time, the check's own time
+(``metrics["local_search"]["seconds"]``) and its group networks are recorded. It reports, per
+setting, the median total and check seconds, and the medians over runs of the total-time ratio to
+the preset and to the search without the check.
 
     python benchmarks/merge_check_cost.py --shapes noisy-k3,mixed-k3,pairs-k3 --seeds 0,1 --repeats 3 \\
-        --setting "previous=strategy.local_search.moves=false,strategy.local_search.replicates=1,strategy.local_search.margin=0.01"
+        --setting merges strategy.local_search.moves=false strategy.local_search.merge_splits=false \\
+        strategy.local_search.replicates=1
 """
 
 from __future__ import annotations
@@ -29,13 +31,6 @@ from dmtg_nas.components import load_data
 from dmtg_nas.suite import SHAPES, parse_seeds, shape_spec
 
 
-def _setting(text: str) -> tuple[str, list[str]]:
-    label, _, rest = text.partition("=")
-    if not label or not rest:
-        raise argparse.ArgumentTypeError(f"a setting is LABEL=key=value[,key=value...], not {text!r}")
-    return label, [o for o in rest.split(",") if o]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--strategy", default="dmtg")
@@ -43,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1", help="count, range or list (as `dmtg suite --seeds`)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per run (median)")
     parser.add_argument(
-        "--setting", type=_setting, action="append", default=[], help="LABEL=overrides (repeatable; comma list)"
+        "--setting",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="LABEL KEY=VALUE",
+        help="a label and its --set overrides (repeatable)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", type=Path, default=Path("runs/merge_check_cost.json"))
@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     for name in ("pytorch_lightning", "lightning.pytorch"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    settings = [("preset", []), ("no check", ["strategy.local_search.enabled=false"]), *args.setting]
+    if any(len(s) < 2 for s in args.setting):
+        parser.error("--setting takes a label and at least one KEY=VALUE override")
+    settings = [("preset", []), ("no check", ["strategy.local_search.enabled=false"])]
+    settings += [(s[0], s[1:]) for s in args.setting]
     rows: list[dict[str, Any]] = []
     for shape_name in args.shapes.split(","):
         for seed in parse_seeds(args.seeds):

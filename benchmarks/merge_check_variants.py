@@ -160,8 +160,11 @@ def main() -> None:
     parser.add_argument("--replicates", type=int, default=3, help="trainings per subset for the scores (>= 3)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument(
-        "--reference-trainings", type=int, default=0, help="score against a reference of this many trainings "
-        "(cached in references.json, missing ones trained); default: the one each record was scored with"
+        "--reference-trainings",
+        type=int,
+        default=0,
+        help="score against a reference of this many trainings "
+        "(cached in references.json, missing ones trained); default: the one each record was scored with",
     )
     parser.add_argument("--variants", default="", help="only variants whose name contains one of these (comma list)")
     args = parser.parse_args()
@@ -203,10 +206,14 @@ def main() -> None:
         )
     if len(references) > known:  # reference trainings added: cached for the next replay
         (args.suite_dir / "references.json").write_text(json.dumps(references))
+    used = (
+        f"reference-x{args.reference_trainings}"
+        if args.reference_trainings
+        else records[0]["reference_key"].rsplit("/", 1)[1]
+    )
     lines = [
         f"Merge check variants replayed on {len(runs)} exhaustive runs of `{args.strategy}` x {args.replicates} "
-        f"rotations of the scoring trainings (reference: "
-        f"{f'reference-x{args.reference_trainings}' if args.reference_trainings else records[0]['reference_key'].rsplit('/', 1)[1]}).",
+        f"rotations of the scoring trainings (reference: {used}).",
         "",
         "| variant | within 2% of optimum | exact where planted is optimum | no merge, K > groups | mean gap % "
         "| group networks per run (median) | worst shapes (within 2%) |",

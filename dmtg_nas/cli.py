@@ -363,10 +363,11 @@ def _format_table(result: Any) -> str:
         first = local["rounds"][0]
         if local["changed"]:
             change = 100.0 * (local["val_loss"] / first["val_loss"] - 1.0)
-            verdict = f"merged to the groups above (validation loss {change:+.1f}%; retrained from scratch)"
+            steps = ", ".join(r["accepted_kind"] for r in local["rounds"] if r.get("accepted_kind"))
+            verdict = f"changed to the groups above{' by ' + steps if steps else ''} (validation loss {change:+.1f}%)"
         else:
             best = min(c["val_loss"] for c in first["candidates"])
-            verdict = f"kept (best merge: validation loss {100.0 * (best / first['val_loss'] - 1.0):+.1f}%)"
+            verdict = f"kept (best neighbour: validation loss {100.0 * (best / first['val_loss'] - 1.0):+.1f}%)"
         lines.append(f"merge check: search found {start}; {verdict}; {local['networks_trained']} group networks")
     return "\n".join(lines)
 

@@ -6,15 +6,21 @@ tasks often generalises better (each task regularises the others), so the partit
 validation loss can be coarser than, or differ by a task or two from, the structure the relaxation
 recovers. The local search starts from the found grouping and tries its neighbours:
 
-- **merges**: two groups become one (the default: the "merge check" of the ``dmtg`` preset);
-- **splits** (``splits=True``): when no merge wins, one task of a group that merges formed leaves
-  it for a group of its own (while there are fewer groups than K). Merges can overshoot: the
-  partition with the lowest loss is often one big group and one task alone (a regression task among
-  binary ones, say), which no merge reaches. Groups the one-shot search found are not split, so a
-  grouping the check leaves alone costs nothing more;
+- **merges**: two groups become one;
+- **merge-splits** (``merge_splits=True``): two groups become one and one task of the merged group
+  is left on its own. The partition with the lowest loss is often one big group and one task alone
+  (a regression task among binary ones, say): one step away here, while a merge and then a move
+  may each win nothing on their own;
 - **moves** (``moves=True``): one task goes to another group (or, with fewer groups than K, to a
-  group of its own). Off by default: with a dozen candidates per round, the best-scoring move is
-  often only the luckiest training (``confirm=True`` re-checks a step on an independent training).
+  group of its own);
+- **splits** (``splits=True``): when nothing else wins, one task of a group that merges formed
+  leaves it for a group of its own (while there are fewer groups than K). Groups the one-shot
+  search found are not split.
+
+The ``dmtg`` preset's "merge check" takes merges, merge-splits and moves, on the mean of three
+trainings per group network: with a dozen candidates per round and one training each, the
+best-scoring neighbour is often only the luckiest training (``confirm=True`` re-checks a step on
+an independent training instead).
 
 A partition is scored like HOA scores one: each group is a network of its own (the spec's encoder,
 trained from scratch with the search's budget), and the partition's score is the sum of its
@@ -22,15 +28,16 @@ groups' validation losses (task weights applied; with ``replicates`` > 1, each g
 mean over that many independent trainings). A grouped network with one branch per group
 trains exactly like these separate networks (its loss is a sum over branches, and the optimizers
 are per-parameter), so the score is that of the partition trained as one model. Group networks are
-trained on demand, the missing ones of a round side by side as one batched computation
-(:func:`~dmtg_nas.baselines.subset_losses_joint`), and cached: a neighbour shares all but one or two
-groups with the current partition.
+trained on demand, the missing ones of a round (every replicate's) side by side as one batched
+computation (:func:`~dmtg_nas.baselines.subset_losses_seeded`), and cached: a neighbour shares all
+but one or two groups with the current partition.
 
-Round by round, at most ``max_candidates`` neighbours are tried (merges first, then moves, each
-ranked by the warm start's affinity when there is one). The best replaces the current partition when
-its score is lower by more than ``margin`` (a fraction); the search stops when none is, or after
-``rounds`` rounds. Its cost is the group networks it trains: with three found groups, merges only,
-the first round trains six small networks in one batched run and each later round one.
+Round by round, at most ``max_candidates`` neighbours are tried (merges first, then merge-splits,
+then moves, each ranked by the warm start's affinity when there is one). The best replaces the
+current partition when its score is lower by more than ``margin`` (a fraction); the search stops
+when none is, or after ``rounds`` rounds. Its cost is the group networks it trains: with three found
+groups of two and 12 candidates, the first round trains 21 group networks per replicate, all in one
+batched run, and each later round a few more.
 """
 
 from __future__ import annotations
@@ -189,7 +196,10 @@ def neighbours(
     # merges of different pairs are different partitions; sorted is stable: mask order among equals
     out: list[tuple[str, Partition]] = [("merge", p) for _, p in sorted(merges, key=lambda c: -c[0])]
     seen = {p for _, p in merges} | {partition}
-    for kind, ranked in (("merge-split", sorted(lone, key=lambda c: c[0])), ("move", sorted(shifted, key=lambda c: -c[0]))):
+    for kind, ranked in (
+        ("merge-split", sorted(lone, key=lambda c: c[0])),
+        ("move", sorted(shifted, key=lambda c: -c[0])),
+    ):
         for _, p in ranked:
             if p not in seen:
                 seen.add(p)
@@ -259,6 +269,8 @@ class LocalSearchOutcome:
                         {"kind": kind, "groups": names(p), "val_loss": loss} for kind, p, loss in r["candidates"]
                     ],
                     "accepted": names(r["accepted"]) if r["accepted"] is not None else None,
+                    # merge, merge-split, move or split
+                    "accepted_kind": next((k for k, p, _ in r["candidates"] if p == r["accepted"]), None),
                     "confirmation": r["confirmation"],
                 }
                 for r in self.rounds

@@ -57,6 +57,47 @@ def test_neighbours_are_the_merges_then_the_moves() -> None:
     assert [k for k, _ in neighbours(start, max_groups=3, moves=False)] == ["merge"] * 3
 
 
+def test_merge_splits_merge_two_groups_and_leave_one_task_alone() -> None:
+    start = masks_of([["a", "b"], ["c"], ["d", "e", "f"]], NAMES)
+    plain = neighbours(start, max_groups=3)
+    found = neighbours(start, max_groups=3, merge_splits=True)
+    kinds = [k for k, _ in found]
+    n_split = kinds.count("merge-split")
+    assert kinds == ["merge"] * 3 + ["merge-split"] * n_split + ["move"] * (len(found) - 3 - n_split)
+    parts = [p for _, p in found]
+    assert len(set(parts)) == len(parts) and start not in parts
+    assert set(parts) >= {p for _, p in plain}  # the moves are still there (unless listed as merge-splits)
+    by_hand = set()
+    groups = list(start)
+    for x in range(3):
+        for y in range(x + 1, 3):
+            merged = groups[x] | groups[y]
+            rest = [g for k, g in enumerate(groups) if k not in (x, y)]
+            for t in members(merged):
+                by_hand.add(tuple(sorted([*rest, merged & ~(1 << t), 1 << t])))
+    by_hand.discard(start)  # {a,b} + {c}, c alone again
+    # listed once, under the first kind: merges come first, then these, then the other moves
+    assert {p for k, p in found if k == "merge-split"} == by_hand - {p for k, p in plain if k == "merge"}
+    assert n_split > 0
+    # every merge-split keeps the number of groups and has exactly one new single-task group
+    for k, p in found:
+        if k == "merge-split":
+            assert len(p) == len(start) and any(m.bit_count() == 1 and m not in start for m in p)
+
+
+def test_a_merge_split_reaches_all_but_one_together_where_merges_and_moves_stop() -> None:
+    abc, def_, f = masks_of([["a", "b", "c"], ["d", "e", "f"]], NAMES)[0], 0b111000, 0b100000
+    # {a,b,c}{d,e,f} = 6.0; all six together 6.5 (a merge loses); {a..e}{f} = 5.5; moves cost more
+    cost = {abc: 3.0, def_: 3.0, abc | def_: 6.5, (abc | def_) & ~f: 4.5, f: 1.0}
+    start = (abc, def_)
+    without = local_search(start, _fake_scorer(cost), 2, margin=0.01, max_candidates=20, rounds=4, moves=True)
+    assert not without.changed
+    out = local_search(start, _fake_scorer(cost), 2, margin=0.01, max_candidates=20, rounds=4, merge_splits=True)
+    assert out.partition == tuple(sorted(((abc | def_) & ~f, f))) and math.isclose(out.val_loss, 5.5)
+    assert out.rounds[0]["accepted"] == out.partition
+    assert [r["accepted_kind"] for r in out.to_dict(NAMES)["rounds"]] == ["merge-split", None]
+
+
 def test_neighbours_follow_the_affinity() -> None:
     start = masks_of([["a"], ["b"], ["c", "d"]], NAMES[:4])
     affinity = [
@@ -212,14 +253,15 @@ def test_the_search_summary_reports_the_merge_check() -> None:
     from dmtg_nas.cli import _format_table
 
     totals = {"val": {"total_loss": 1.0}, "test": {"total_loss": 1.1}}
-    rounds = [{"val_loss": 2.0, "candidates": [{"val_loss": 1.8}, {"val_loss": 2.2}]}]
+    rounds = [{"val_loss": 2.0, "candidates": [{"val_loss": 1.8}, {"val_loss": 2.2}], "accepted_kind": "merge"}]
     local = {"start": [["a"], ["b"]], "changed": True, "val_loss": 1.8, "networks_trained": 3, "rounds": rounds}
     result = SimpleNamespace(groups=[["a", "b"]], assignment={"a": 0, "b": 0}, metrics={"totals": totals})
     result.metrics["local_search"] = local
     line = _format_table(result).splitlines()[-1]
-    assert line.startswith("merge check: search found a | b; merged") and "-10.0%" in line and "3 group" in line
+    assert line.startswith("merge check: search found a | b; changed to the groups above by merge (")
+    assert "-10.0%" in line and "3 group" in line
     result.metrics["local_search"] = {**local, "changed": False}
-    assert "kept (best merge: validation loss -10.0%)" in _format_table(result)
+    assert "kept (best neighbour: validation loss -10.0%)" in _format_table(result)
     result.metrics["local_search"] = {"skipped": "auto: ..."}
     assert "merge check" not in _format_table(result)
 
