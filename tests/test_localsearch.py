@@ -86,7 +86,7 @@ def test_merge_splits_merge_two_groups_and_leave_one_task_alone() -> None:
 
 
 def test_a_merge_split_reaches_all_but_one_together_where_merges_and_moves_stop() -> None:
-    abc, def_, f = masks_of([["a", "b", "c"], ["d", "e", "f"]], NAMES)[0], 0b111000, 0b100000
+    abc, def_, f = 0b000111, 0b111000, 0b100000  # {a,b,c}, {d,e,f}, {f}
     # {a,b,c}{d,e,f} = 6.0; all six together 6.5 (a merge loses); {a..e}{f} = 5.5; moves cost more
     cost = {abc: 3.0, def_: 3.0, abc | def_: 6.5, (abc | def_) & ~f: 4.5, f: 1.0}
     start = (abc, def_)
