@@ -16,7 +16,7 @@ does: its test loss under the suite's reference (SUITE_DIR/references.json, the 
 record was scored with, whose trainings use seeds none of these use), against the reference's
 optimum. "Exhaustive HOA" rows pick the best partition on the replicate tables themselves.
 
-    python benchmarks/merge_check_variants.py runs/suite --strategy dmtg-oneshot --replicates 3
+    python benchmarks/merge_check_variants.py runs/suite --strategy dmtg --replicates 3 --reference-trainings 6
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from dmtg_nas.partitions import best_partition, members
 from dmtg_nas.suite import SHAPES, reference_table, shape_spec
 
 Table = dict[int, dict[str, dict[str, dict[str, float]]]]
+
+_MS_MOVES = {"moves": True, "merge_splits": True}  # merges, merge-splits and moves
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "one-shot grouping, no check": {"kind": "none"},
@@ -59,16 +61,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "merges, margin 1%, mean of 3": {"margin": 0.01, "avg": 3},
     "merges, splits and moves, margin 2%, mean of 3": {"margin": 0.02, "avg": 3, "moves": True, "splits": True},
     "merges and splits, margin 2%, mean of 3": {"margin": 0.02, "avg": 3, "splits": True},
-    "merges, merge-splits and moves, margin 2%, 1 training": {"margin": 0.02, "avg": 1, "moves": True, "ms": True},
-    "merges, merge-splits and moves, margin 2%, mean of 2": {"margin": 0.02, "avg": 2, "moves": True, "ms": True},
-    "merges, merge-splits and moves, margin 1%, mean of 3 (default)": {
-        "margin": 0.01,
-        "avg": 3,
-        "moves": True,
-        "ms": True,
-    },
-    "merges, merge-splits and moves, margin 2%, mean of 3": {"margin": 0.02, "avg": 3, "moves": True, "ms": True},
-    "merges and merge-splits, margin 1%, mean of 3": {"margin": 0.01, "avg": 3, "ms": True},
+    "merges, merge-splits and moves, margin 2%, 1 training": {"margin": 0.02, "avg": 1, **_MS_MOVES},
+    "merges, merge-splits and moves, margin 2%, mean of 2": {"margin": 0.02, "avg": 2, **_MS_MOVES},
+    "merges, merge-splits and moves, margin 1%, mean of 3 (default)": {"margin": 0.01, "avg": 3, **_MS_MOVES},
+    "merges, merge-splits and moves, margin 2%, mean of 3": {"margin": 0.02, "avg": 3, **_MS_MOVES},
+    "merges and merge-splits, margin 1%, mean of 3": {"margin": 0.01, "avg": 3, "merge_splits": True},
 }
 
 
@@ -133,7 +130,7 @@ def replay(variant: dict[str, Any], runs: list[dict[str, Any]], replicates: int)
                     max_candidates=variant.get("max_candidates", 12),
                     rounds=4,
                     moves=variant.get("moves", False),
-                    merge_splits=variant.get("ms", False),
+                    merge_splits=variant.get("merge_splits", False),
                     splits=variant.get("splits", False),
                     confirm=variant.get("confirm", False),
                 )

@@ -161,10 +161,16 @@ def neighbours(
     """
     groups = list(partition)
     merges: list[tuple[float, Partition]] = []
+    lone: list[tuple[float, Partition]] = []  # merge-splits, ranked by the lone task's affinity
     for a, b in itertools.combinations(range(len(groups)), 2):
         rest = [g for k, g in enumerate(groups) if k not in (a, b)]
+        merged = groups[a] | groups[b]
         gain = _mean_affinity(affinity, groups[a], groups[b]) if affinity is not None else 0.0
-        merges.append((gain, canonical([*rest, groups[a] | groups[b]])))
+        merges.append((gain, canonical([*rest, merged])))
+        for task in members(merged) if merge_splits else ():
+            bit = 1 << task
+            own = _mean_affinity(affinity, bit, merged & ~bit) if affinity is not None else 0.0
+            lone.append((own, canonical([*rest, merged & ~bit, bit])))
     shifted: list[tuple[float, Partition]] = []
     if moves:
         for a, source in enumerate(groups):
@@ -184,15 +190,6 @@ def neighbours(
                     rest = [g for k, g in enumerate(groups) if k != a]
                     gain = -own if affinity is not None else 0.0
                     shifted.append((gain, canonical([*rest, left, bit])))
-    lone: list[tuple[float, Partition]] = []
-    if merge_splits:
-        for a, b in itertools.combinations(range(len(groups)), 2):
-            merged = groups[a] | groups[b]
-            rest = [g for k, g in enumerate(groups) if k not in (a, b)]
-            for task in members(merged):
-                bit = 1 << task
-                own = _mean_affinity(affinity, bit, merged & ~bit) if affinity is not None else 0.0
-                lone.append((own, canonical([*rest, merged & ~bit, bit])))
     # merges of different pairs are different partitions; sorted is stable: mask order among equals
     out: list[tuple[str, Partition]] = [("merge", p) for _, p in sorted(merges, key=lambda c: -c[0])]
     seen = {p for _, p in merges} | {partition}
