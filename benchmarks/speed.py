@@ -94,8 +94,8 @@ class Stepper:
     def loss(self) -> torch.Tensor:
         from dmtg_nas.training import multitask_loss
 
-        for router, g in zip(self.routers, self.noise):
-            router.noise, router.tau = g, 2.5
+        for router, g in zip(self.routers, self.noise):  # as DMTGLightningModule sets them
+            router.__dict__.update(noise=g, tau=2.5)
         total, _ = multitask_loss(self.tasks, self.model(self.x), self.y)
         return total
 

@@ -43,7 +43,14 @@ from .data import TaskData, make_loader
 from .errors import DmtgError, NonFiniteLossError, SearchInterrupted
 from .hardware import barrier, eval_device, is_global_zero, trainer_kwargs, use_pinned_memory
 from .runlock import RunLock
-from .runstate import AtomicCheckpointIO, InterruptCallback, Interrupts, RunStateCallback, select_checkpoint
+from .runstate import (
+    AtomicCheckpointIO,
+    InterruptCallback,
+    Interrupts,
+    RunStateCallback,
+    layout_problem,
+    select_checkpoint,
+)
 from .space import GroupedNetwork, GroupingSpace, groups_from_sample
 from .tasks import TaskMetrics, summarize
 from .training import MultiTaskModule
@@ -357,7 +364,11 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool, lock: RunLock
         if not out_dir.is_dir():
             raise DmtgError(f"{out_dir}: nothing to resume (no such folder)")
         lock.acquire()
-        return select_checkpoint(out_dir / "checkpoints" / "last.ckpt")
+        checkpoint = select_checkpoint(out_dir / "checkpoints" / "last.ckpt")
+        problem = layout_problem(checkpoint)
+        if problem is not None:
+            raise DmtgError(f"cannot resume: {checkpoint} {problem}")
+        return checkpoint
     if out_dir.is_dir():
         lock.acquire()  # a live run in the folder is reported as such
         if any(p.name != lock.path.name for p in out_dir.iterdir()):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import random
 import shutil
 import signal
@@ -120,6 +121,25 @@ def _checkpoint_problem(path: Path) -> str | None:
     missing = [k for k in ("state_dict", "loops", "optimizer_states", "epoch", "global_step") if k not in ckpt]
     if missing:
         return f"incomplete (no {', '.join(missing)})"
+    return None
+
+
+_OLD_LOGITS = re.compile(r"(^|\.)routers\.\d+\.logits$")
+
+
+def layout_problem(path: Path) -> str | None:
+    """None if the search checkpoint at ``path`` has this version's supernet layout, else why not.
+
+    The supernet holds the grouping logits as one (N, K) table (``grouping_logits``); checkpoints with
+    one logit parameter per task (``routers.<i>.logits``) come from an earlier layout and cannot be
+    resumed by this one.
+    """
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if any(_OLD_LOGITS.search(key) for key in ckpt.get("state_dict", {})):
+        return (
+            "was written by an earlier version of dmtg-nas (one logit parameter per task) and cannot be "
+            "resumed by this one; start the search again with --overwrite"
+        )
     return None
 
 

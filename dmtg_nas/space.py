@@ -8,10 +8,13 @@ network: only the branches some task uses and one head per task, as a plain torc
 loads and runs without NNI.
 
 Heads that are one plain ``nn.Linear`` on (B, D) features (the default ``heads: {hidden: []}``) run
-per branch as one matrix product (:func:`apply_heads`), in the space, the supernet and the grouped
-network: the weights and biases of the heads on a branch are concatenated inside ``forward``, so the
-parameters, their names and the saved layout stay one ``nn.Linear`` per head, and gradients reach each
-head's own weights.
+per branch as one matrix product. In the space (and so in the supernet) they are stored that way:
+when every task's head is a plain linear layer, the N heads on branch k are one :class:`HeadBank`
+(weight (sum of output widths, D), bias), ``head_banks.k`` in the state dict; each router reads its
+rows. One tensor per branch instead of 2*N keeps the per-task work of a step (autograd nodes,
+gradient accumulation, optimizer state) out of the supernet. The frozen grouped network holds one
+``nn.Linear`` per task again (copied from the bank), and concatenates the heads of a branch inside
+``forward`` (:func:`apply_heads`); its saved layout is one module per head.
 """
 
 from __future__ import annotations
@@ -33,7 +36,15 @@ from .backbones import BuiltEncoder, FeatureSpec, build_encoder, build_head
 from .config import BackboneConfig, HeadsConfig, SearchSpec, TaskConfig
 from .errors import DmtgError
 
-__all__ = ["TaskRouter", "GroupingSpace", "GroupedNetwork", "load_model", "groups_from_sample", "apply_heads"]
+__all__ = [
+    "TaskRouter",
+    "HeadBank",
+    "GroupingSpace",
+    "GroupedNetwork",
+    "load_model",
+    "groups_from_sample",
+    "apply_heads",
+]
 
 
 def _plain_linear(head: nn.Module) -> nn.Linear | None:
@@ -69,7 +80,84 @@ def apply_heads(heads: Sequence[nn.Module], x: Any) -> list[Tensor]:
     return [o if o is not None else head(x) for o, head in zip(out, heads)]
 
 
-class TaskRouter(MutableModule):
+class HeadBank(nn.Module):
+    """The plain linear heads of all N tasks on one branch as one layer: ``weight`` (sum of the
+    tasks' output widths, D) and ``bias``; task i's head is rows ``offsets[i]:offsets[i + 1]``.
+
+    Built from the heads it replaces (their values are copied, so a bank starts where they were);
+    :meth:`head` gives task i's head back as a standalone module of the same structure.
+    """
+
+    def __init__(self, heads: Sequence[nn.Module]) -> None:
+        super().__init__()
+        linears = [_plain_linear(h) for h in heads]
+        if not linears or any(lin is None for lin in linears):
+            raise ValueError("a head bank holds plain linear heads only")
+        lins = [cast(nn.Linear, lin) for lin in linears]
+        self.in_features = lins[0].in_features
+        self.sizes = [lin.out_features for lin in lins]
+        self.wrapped = [type(h) is nn.Sequential for h in heads]  # nn.Sequential(nn.Linear) or a bare nn.Linear
+        self.offsets = [0]
+        for size in self.sizes:
+            self.offsets.append(self.offsets[-1] + size)
+        self.weight = nn.Parameter(torch.cat([lin.weight.detach() for lin in lins]).clone())
+        self.bias = nn.Parameter(torch.cat([cast(Tensor, lin.bias).detach() for lin in lins]).clone())
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """Every task's prediction on branch output ``x`` (B, D): one matrix product, split per task."""
+        return list(self.matrix(x).split(self.sizes, dim=-1))
+
+    def matrix(self, x: Tensor) -> Tensor:
+        """All tasks' predictions as one (B, W) tensor (task i in columns ``offsets[i]:offsets[i + 1]``)."""
+        return F.linear(x, self.weight, self.bias)
+
+    def predict(self, i: int, x: Tensor) -> Tensor:
+        """Task i's prediction alone."""
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        return F.linear(x, self.weight[lo:hi], self.bias[lo:hi])
+
+    def head(self, i: int) -> nn.Module:
+        """Task i's head as its own module (a copy of the bank's rows, with the original structure)."""
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        lin = nn.Linear(self.in_features, hi - lo, device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.weight[lo:hi])
+            lin.bias.copy_(self.bias[lo:hi])
+        lin.train(self.training)
+        return nn.Sequential(lin) if self.wrapped[i] else lin
+
+
+class _Heads:
+    """A task's K heads, held either as modules (``heads``, an ``nn.ModuleList``) or as its rows of
+    the space's per-branch :class:`HeadBank` s (``banks``, not registered here: the space owns them)."""
+
+    heads: nn.ModuleList | None
+    banks: list[HeadBank] | None
+    bank_index: int
+
+    @property
+    def num_branches(self) -> int:
+        return len(self.banks) if self.banks is not None else len(cast(nn.ModuleList, self.heads))
+
+    def head(self, k: int) -> nn.Module:
+        """The head on branch k: the module itself, or with banks a standalone copy of its rows."""
+        if self.banks is not None:
+            return self.banks[k].head(self.bank_index)
+        return cast(nn.ModuleList, self.heads)[k]
+
+    def predict(self, k: int, x: Any) -> Tensor:
+        """The head on branch k applied to that branch's output."""
+        if self.banks is not None:
+            return self.banks[k].predict(self.bank_index, x)
+        return cast(nn.ModuleList, self.heads)[k](x)  # type: ignore[no-any-return]
+
+    def _take_heads(self, other: _Heads) -> None:
+        self.heads = other.heads
+        self.banks = other.banks
+        self.bank_index = other.bank_index
+
+
+class TaskRouter(_Heads, MutableModule):
     """One task's K heads and its choice of branch (``Categorical(range(K), label=task)``)."""
 
     def __init__(self, task: str, heads: Sequence[nn.Module]) -> None:
@@ -77,6 +165,16 @@ class TaskRouter(MutableModule):
         self.task = task
         self.choice = self.add_mutable(Categorical(list(range(len(heads))), label=task))
         self.heads = nn.ModuleList(heads)
+        self.banks = None
+        self.bank_index = -1
+
+    def use_banks(self, banks: Sequence[HeadBank], index: int) -> None:
+        """Read the heads from row block ``index`` of ``banks`` (built from this router's heads),
+        dropping the modules."""
+        del self.heads
+        self.heads = None
+        self.banks = list(banks)
+        self.bank_index = index
 
     @property
     def label(self) -> str:
@@ -86,10 +184,10 @@ class TaskRouter(MutableModule):
         """Outside a search, route to the default (first) branch: one branch output per branch
         ((B, D) or a list of maps) -> the head's output."""
         k = int(self.choice.default())
-        return self.heads[k](feats[k])  # type: ignore[no-any-return]
+        return self.predict(k, feats[k])
 
     def freeze(self, sample: Mapping[str, Any]) -> nn.Module:
-        return self.heads[int(self.choice.freeze(sample))]
+        return self.head(int(self.choice.freeze(sample)))
 
 
 def groups_from_sample(task_names: Sequence[str], sample: Mapping[str, Any], num_branches: int) -> list[list[str]]:
@@ -111,6 +209,9 @@ class GroupingSpace(ModelSpace):
         input_shape: shape of one input sample.
         branch_init: ``copy`` starts all K branches (and the K heads of a task) from identical
             weights, as the method's reference code does; ``independent`` initialises each separately.
+        fuse_heads: store the heads as one :class:`HeadBank` per branch when every head is a plain
+            linear layer on vector features (the values are the same as without; False keeps one
+            module per head).
     """
 
     def __init__(
@@ -121,6 +222,7 @@ class GroupingSpace(ModelSpace):
         heads: HeadsConfig,
         input_shape: Sequence[int],
         branch_init: str = "copy",
+        fuse_heads: bool = True,
     ) -> None:
         super().__init__()
         if num_branches < 1:
@@ -153,6 +255,15 @@ class GroupingSpace(ModelSpace):
             ]
             routers.append(TaskRouter(task.name, task_heads))
         self.routers = nn.ModuleList(routers)
+        plain = first.features.kind == "vector" and all(
+            _plain_linear(h) is not None for r in routers for h in cast(nn.ModuleList, r.heads)
+        )
+        self.head_banks: nn.ModuleList | None = None
+        if fuse_heads and plain:
+            banks = [HeadBank([cast(nn.ModuleList, r.heads)[k] for r in routers]) for k in range(num_branches)]
+            self.head_banks = nn.ModuleList(banks)
+            for i, router in enumerate(routers):
+                router.use_banks(banks, i)
 
     @classmethod
     def from_spec(cls, spec: SearchSpec, input_shape: Sequence[int]) -> GroupingSpace:
@@ -166,23 +277,41 @@ class GroupingSpace(ModelSpace):
         """The stem once, all K branches once, then every task's heads: ``{task: output}``.
 
         Unmutated, each task uses its default branch's head. Routers that offer ``route_preds`` (the
-        search strategy's supernet routers) get their K heads' predictions, computed per branch with
-        :func:`apply_heads`, and return the task's output from them; other routers run as themselves.
+        search strategy's supernet routers) get their K heads' predictions, computed per branch (one
+        matrix product per :class:`HeadBank`, else :func:`apply_heads`), and return the task's output
+        from them; with head banks, a router class offering ``route_bank`` routes all tasks at once
+        from the (K, B, W) tensor of every prediction. Other routers run as themselves.
         """
         h = self.stem(x) if self.stem is not None else x
         feats = [branch(h) for branch in self.branches]  # K x (B, D), or K x [(B, C_j, H_j, W_j), ...]
         routers = list(self.routers)
+        banks = cast(list[HeadBank], list(self.head_banks)) if self.head_banks is not None else None
         if all(type(r) is TaskRouter for r in routers):
             chosen = [int(cast(TaskRouter, r).choice.default()) for r in routers]
             preds: list[Tensor | None] = [None] * len(routers)
             for k in sorted(set(chosen)):
                 idx = [i for i, c in enumerate(chosen) if c == k]
-                for i, pred in zip(idx, apply_heads([cast(TaskRouter, routers[i]).heads[k] for i in idx], feats[k])):
+                if banks is not None:
+                    every = banks[k](feats[k])
+                    for i in idx:
+                        preds[i] = every[i]
+                    continue
+                heads = [cast(nn.ModuleList, cast(TaskRouter, routers[i]).heads)[k] for i in idx]
+                for i, pred in zip(idx, apply_heads(heads, feats[k])):
                     preds[i] = pred
             return {task.name: pred for task, pred in zip(self.tasks, preds)}
         if routers and all(callable(getattr(r, "route_preds", None)) for r in routers):
-            heads = [cast(nn.ModuleList, r.heads) for r in routers]
-            per_branch = [apply_heads([hs[k] for hs in heads], f) for k, f in enumerate(feats)]
+            route_bank = getattr(type(routers[0]), "route_bank", None)
+            if banks is not None and route_bank is not None and all(type(r) is type(routers[0]) for r in routers):
+                # every head's prediction as one (K, B, W) tensor, all routers' samples at once
+                every = torch.stack([bank.matrix(f) for bank, f in zip(banks, feats)])
+                return dict(zip(self.task_names, route_bank(routers, every, banks[0].offsets)))
+            per_branch: list[list[Tensor]]
+            if banks is not None:
+                per_branch = [bank(f) for bank, f in zip(banks, feats)]
+            else:
+                lists = [cast(nn.ModuleList, r.heads) for r in routers]
+                per_branch = [apply_heads([hs[k] for hs in lists], f) for k, f in enumerate(feats)]
             return {
                 task.name: cast(Any, router).route_preds([branch[i] for branch in per_branch])
                 for i, (task, router) in enumerate(zip(self.tasks, routers))

@@ -33,8 +33,8 @@ from torch import Tensor, nn
 
 from .config import StrategyConfig, TemperatureConfig
 from .schedules import TemperatureSchedule
-from .space import TaskRouter
-from .training import ARCH_PARAM_FLAG, RoutedOutput
+from .space import TaskRouter, _Heads
+from .training import ARCH_PARAM_FLAG, RoutedBatch, RoutedOutput
 
 __all__ = ["DMTGRouter", "DMTGLightningModule", "DMTG", "gumbel_noise"]
 
@@ -48,20 +48,23 @@ def gumbel_noise(seed: int, step: int, shape: Sequence[int]) -> Tensor:
     return (-torch.log(-torch.log(u))).float()
 
 
-class DMTGRouter(BaseSuperNetModule):
+class DMTGRouter(_Heads, BaseSuperNetModule):
     """Supernet version of :class:`TaskRouter`: all K heads, weighted by a relaxed sample.
 
-    ``logits`` is the task's row of S (shape (K,)). In training mode ``forward`` returns every
+    ``logits`` is the task's row of S (shape (K,)), a view of row ``row`` of the (N, K) logit table
+    that the strategy registers once, on the space, as ``grouping_logits`` (one parameter for all
+    tasks, so a step does no per-task work for them). In training mode ``forward`` returns every
     head's prediction with the sample ``z = softmax((logits + noise) / tau)``; in evaluation mode
     the weights are the one-hot argmax (the network as it would be pruned).
     """
 
-    def __init__(self, router: TaskRouter, logits: nn.Parameter) -> None:
+    def __init__(self, router: TaskRouter, table: nn.Parameter, row: int) -> None:
         super().__init__()
         self.task = router.task
         self.choice = self.add_mutable(router.choice)
-        self.heads = router.heads
-        self.logits = logits
+        self._take_heads(router)  # the same head modules, or the same rows of the space's head banks
+        self.__dict__["table"] = table  # not registered here: the space holds it
+        self.row = row
         self.tau = 1.0
         self.hard = False
         self.noise: Tensor | None = None  # (K,) Gumbel noise of the current step
@@ -69,6 +72,11 @@ class DMTGRouter(BaseSuperNetModule):
     @property
     def label(self) -> str:
         return str(self.choice.label)
+
+    @property
+    def logits(self) -> Tensor:
+        """The task's row of the logit table (a view: gradients land in the table)."""
+        return self.table[self.row]  # type: ignore[no-any-return]
 
     def sample_weights(self) -> Tensor:
         """(K,) relaxed sample for the current step's noise (differentiable in the logits)."""
@@ -80,7 +88,7 @@ class DMTGRouter(BaseSuperNetModule):
         return z
 
     def forward(self, feats: Sequence[Tensor]) -> RoutedOutput:
-        return self.route_preds([head(f) for head, f in zip(self.heads, feats)])
+        return self.route_preds([self.predict(k, f) for k, f in enumerate(feats)])
 
     def route_preds(self, preds: list[Tensor]) -> RoutedOutput:
         """The task's output from its K heads' predictions (``preds[k] = heads[k](feats[k])``),
@@ -91,6 +99,29 @@ class DMTGRouter(BaseSuperNetModule):
         else:
             weights = torch.zeros_like(self.logits).scatter_(-1, self.logits.argmax(-1, keepdim=True), 1.0)
         return RoutedOutput(preds, weights)
+
+    @staticmethod
+    def route_bank(routers: Sequence[DMTGRouter], preds: Tensor, offsets: Sequence[int]) -> list[RoutedOutput]:
+        """Every task's output at once (the supernet with head banks): ``preds`` (K, B, W) holds all
+        heads' predictions, task i in columns ``offsets[i]:offsets[i + 1]``; the N routers' samples
+        are computed as one (N, K) softmax, with the values :meth:`route_preds` gives per router."""
+        table = routers[0].table
+        if all(r.table is table and r.row == i for i, r in enumerate(routers)) and len(routers) == len(table):
+            logits = table  # (N, K), the routers in the table's order
+        else:
+            logits = torch.stack([r.logits for r in routers])
+        if routers[0].training:
+            noise = torch.stack([r.noise if r.noise is not None else torch.zeros_like(r.logits) for r in routers])
+            tau = torch.tensor([[r.tau] for r in routers], dtype=logits.dtype, device=logits.device)
+            weights = torch.softmax((logits + noise.to(logits.device)) / tau, dim=-1)
+            hard = torch.tensor([[r.hard] for r in routers], device=logits.device)
+            if bool(hard.any()):
+                one_hot = torch.zeros_like(weights).scatter_(-1, weights.argmax(-1, keepdim=True), 1.0)
+                weights = torch.where(hard, one_hot - weights.detach() + weights, weights)
+        else:
+            weights = torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+        batch = RoutedBatch(preds, weights, list(offsets))
+        return [RoutedOutput(batch=batch, index=i) for i in range(len(routers))]
 
     def probabilities(self) -> Tensor:
         """softmax(S[i]): the task's current distribution over branches."""
@@ -110,10 +141,10 @@ class DMTGRouter(BaseSuperNetModule):
         return {self.label: {k: float(p) for k, p in enumerate(self.probabilities())}}
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.logits]
+        return [self.table]
 
     def freeze(self, sample: dict[str, Any]) -> nn.Module:
-        return self.heads[int(self.choice.freeze(sample))]
+        return self.head(int(self.choice.freeze(sample)))
 
     @classmethod
     def mutate(
@@ -121,19 +152,8 @@ class DMTGRouter(BaseSuperNetModule):
     ) -> tuple[DMTGRouter, bool] | None:
         if not isinstance(module, TaskRouter):
             return None
-        label = module.label
-        if label not in memo:
-            k = len(module.heads)
-            row = (mutate_kwargs.get("initial_logits") or {}).get(label)
-            if row is not None and len(row) != k:
-                raise ValueError(f"initial logits of {label!r} have {len(row)} values for {k} branches")
-            init = torch.tensor(row, dtype=torch.float32) if row is not None else None
-            logits = nn.Parameter(
-                init if init is not None else torch.full((k,), float(mutate_kwargs.get("logits_init", 1.0)))
-            )
-            setattr(logits, ARCH_PARAM_FLAG, True)
-            memo[label] = logits
-        return cls(module, memo[label]), True
+        table, rows = mutate_kwargs["logit_table"]
+        return cls(module, table, rows[module.label]), True
 
 
 class DMTGLightningModule(BaseOneShotLightningModule):
@@ -182,11 +202,11 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         routers = list(self.routers())
         if not routers:
             return
-        noise = gumbel_noise(self.seed, step, (len(routers), len(routers[0].heads)))
+        noise = gumbel_noise(self.seed, step, (len(routers), routers[0].num_branches))
         for router, g in zip(routers, noise):
-            router.noise = g
-            router.tau = self.current_tau
-            router.hard = self.hard
+            # plain attributes (not parameters, buffers or modules): set them without nn.Module's
+            # __setattr__, which costs microseconds per call, N times per step
+            router.__dict__.update(noise=g, tau=self.current_tau, hard=self.hard)
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         self._set_step_state(int(self.trainer.global_step))
@@ -261,8 +281,36 @@ class DMTG(OneShotStrategy):
     def default_mutation_hooks(self) -> list[Any]:
         return [DMTGRouter.mutate, no_default_hook]
 
+    def mutate_model(self, model: Any) -> Any:
+        """The supernet, in place: every :class:`~dmtg_nas.space.TaskRouter` becomes a
+        :class:`DMTGRouter` reading its row of one (N, K) logit table, registered on the space as
+        ``grouping_logits`` (flagged as architecture parameters for the optimizer)."""
+        labels: list[str] = []
+        widths: set[int] = set()
+        for module in model.modules():
+            if isinstance(module, TaskRouter):
+                widths.add(module.num_branches)
+                if module.label not in labels:
+                    labels.append(module.label)
+        if len(widths) > 1:
+            raise ValueError(f"task routers have different numbers of branches: {sorted(widths)}")
+        k = widths.pop() if widths else 0
+        rows = []
+        for label in labels:
+            row = self.initial_logits.get(label)
+            if row is not None and len(row) != k:
+                raise ValueError(f"initial logits of {label!r} have {len(row)} values for {k} branches")
+            rows.append([float(v) for v in row] if row is not None else [float(self.logits_init)] * k)
+        table = nn.Parameter(torch.tensor(rows, dtype=torch.float32).reshape(len(labels), k))
+        setattr(table, ARCH_PARAM_FLAG, True)
+        self._logit_table = (table, {label: i for i, label in enumerate(labels)})
+        model = super().mutate_model(model)
+        if labels:
+            model.grouping_logits = table
+        return model
+
     def run_hook(self, hook: Any, name: str, module: nn.Module, memo: dict[str, Any]) -> Any:
-        return hook(module, name, memo, {"logits_init": self.logits_init, "initial_logits": self.initial_logits})
+        return hook(module, name, memo, {"logit_table": self._logit_table})
 
     def configure_oneshot_module(self, training_module: Any) -> DMTGLightningModule:
         return DMTGLightningModule(

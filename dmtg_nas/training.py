@@ -29,16 +29,73 @@ _logger = logging.getLogger(__name__)
 
 
 @dataclass
+class RoutedBatch:
+    """Every task's routed output at once, as the supernet computes it from head banks
+    (:class:`~dmtg_nas.space.HeadBank`).
+
+    Attributes:
+        preds: (K, B, W): the predictions of all heads on every branch, task i in columns
+            ``offsets[i]:offsets[i + 1]``.
+        weights: (N, K) sample weights z (one-hot when evaluating).
+        offsets: N + 1 column offsets.
+    """
+
+    preds: Tensor
+    weights: Tensor
+    offsets: Sequence[int]
+
+
 class RoutedOutput:
     """One task's outputs on all K branches during the search.
 
     Attributes:
         preds: K tensors of shape (B, out), one per branch head.
         weights: (K,) sample weights z of the task's relaxed Categorical (one-hot when evaluating).
+        batch, index: for an output that is row ``index`` of a :class:`RoutedBatch` (``preds`` and
+            ``weights`` are then views of it, made when first read); the loss then reads the batch.
     """
 
-    preds: list[Tensor]
-    weights: Tensor
+    def __init__(
+        self,
+        preds: list[Tensor] | None = None,
+        weights: Tensor | None = None,
+        *,
+        batch: RoutedBatch | None = None,
+        index: int = -1,
+    ) -> None:
+        if batch is None and (preds is None or weights is None):
+            raise ValueError("a routed output needs its predictions and weights, or a routed batch")
+        self._preds = preds
+        self._weights = weights
+        self.batch = batch
+        self.index = index
+
+    @property
+    def preds(self) -> list[Tensor]:
+        if self._preds is None:
+            assert self.batch is not None
+            lo, hi = self.batch.offsets[self.index], self.batch.offsets[self.index + 1]
+            self._preds = list(self.batch.preds[:, :, lo:hi].unbind(0))
+        return self._preds
+
+    @property
+    def weights(self) -> Tensor:
+        if self._weights is None:
+            assert self.batch is not None
+            self._weights = self.batch.weights[self.index]
+        return self._weights
+
+    @property
+    def num_branches(self) -> int:
+        return int(self.batch.preds.shape[0]) if self.batch is not None else len(self.preds)
+
+    def pred_signature(self) -> tuple[Any, ...]:
+        """Shape and dtype of one head's prediction (without making the per-head views)."""
+        if self.batch is not None:
+            b = self.batch.preds
+            width = self.batch.offsets[self.index + 1] - self.batch.offsets[self.index]
+            return (torch.Size((b.shape[1], width)), b.dtype)
+        return (self.preds[0].shape, self.preds[0].dtype)
 
     def selected(self) -> Tensor:
         """The prediction of the most likely branch (what the pruned network will output)."""
@@ -72,14 +129,23 @@ def _batched_losses(tasks: Sequence[TaskConfig], outs: Sequence[Any], ys: Sequen
     ``sum_k z[i,k] * L(head[k,i], y_i)`` (the values of one :func:`~dmtg_nas.tasks.task_loss` call per head)."""
     fn = _ELEMENTWISE[(tasks[0].type, tasks[0].loss_name)]
     routed = isinstance(outs[0], RoutedOutput)
-    preds = [pred for out in outs for pred in (out.preds if routed else [out])]
-    n, k = len(outs), len(preds) // len(outs)
     y = torch.stack(list(ys))  # (n, B, ...)
-    stacked = torch.stack(preds).reshape(n, k, *y.shape[1:])
+    n = len(outs)
+    batch = outs[0].batch if routed else None
+    if batch is not None and y.dim() == 2 and all(o.batch is batch and o.pred_signature()[0][1] == 1 for o in outs):
+        # one column per task in the routed batch: gather the columns and rows, no per-head views
+        rows = torch.tensor([o.index for o in outs], device=batch.preds.device)
+        cols = torch.tensor([batch.offsets[o.index] for o in outs], device=batch.preds.device)
+        stacked = batch.preds.index_select(2, cols).permute(2, 0, 1)  # (n, K, B)
+        weights = batch.weights.index_select(0, rows)  # (n, K)
+    else:
+        preds = [pred for out in outs for pred in (out.preds if routed else [out])]
+        stacked = torch.stack(preds).reshape(n, len(preds) // n, *y.shape[1:])
+        weights = torch.stack([out.weights for out in outs]) if routed else None  # (n, K)
+    k = stacked.shape[1]
     per_head = fn(stacked, y.unsqueeze(1).expand_as(stacked), reduction="none").reshape(n, k, -1).mean(dim=-1)
-    if not routed:
+    if weights is None:
         return per_head[:, 0]
-    weights = torch.stack([out.weights for out in outs])  # (n, K)
     return (weights * per_head).sum(dim=-1)
 
 
@@ -98,10 +164,9 @@ def multitask_loss(
     for task in tasks:
         out, y = outputs[task.name], targets[task.name]
         routed = isinstance(out, RoutedOutput)
-        preds = out.preds if routed else [out]
-        if (task.type, task.loss_name) in _ELEMENTWISE and preds:
-            pred = preds[0]
-            key = (routed, task.type, task.loss_name, len(preds), pred.shape, pred.dtype, y.shape, y.dtype)
+        if (task.type, task.loss_name) in _ELEMENTWISE and (not routed or out.num_branches):
+            heads, (shape, dtype) = (out.num_branches, out.pred_signature()) if routed else (1, (out.shape, out.dtype))
+            key = (routed, task.type, task.loss_name, heads, shape, dtype, y.shape, y.dtype)
             batched.setdefault(key, []).append(task)
             continue
         loss = _routed_loss(task, out, y) if routed else task_loss(task, squeeze_output(task, out), y)
@@ -129,22 +194,49 @@ def _fused_adam_ok(params: Sequence[Tensor]) -> bool:
     return (major, minor) >= (2, 4) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
+class _CpuStepCheck:
+    """Adam/AdamW without torch's per-step graph-capture check when every parameter is on the CPU.
+
+    torch runs that check (``_accelerator_graph_capture_health_check``) in every ``step()``; on a CPU
+    machine with a CUDA build of torch under Lightning (which sets ``PYTORCH_NVML_BASED_CUDA_CHECK``)
+    it looks for a GPU through NVML each time, which is not cached while CUDA is uninitialised: some
+    0.3 ms per step, as much as a whole small-network step. CUDA and XPU graphs cannot hold CPU
+    tensors, so the check has nothing to find there; with any parameter elsewhere it runs as before.
+    """
+
+    param_groups: list[dict[str, Any]]
+
+    def _accelerator_graph_capture_health_check(self) -> None:
+        if all(p.device.type == "cpu" for group in self.param_groups for p in group["params"]):
+            return
+        super()._accelerator_graph_capture_health_check()  # type: ignore[misc]
+
+
+class _Adam(_CpuStepCheck, torch.optim.Adam):
+    pass
+
+
+class _AdamW(_CpuStepCheck, torch.optim.AdamW):
+    pass
+
+
 def make_optimizer(params: Iterable[Any], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """The configured optimizer over ``params`` (tensors or parameter groups).
 
     Adam and AdamW use torch's fused kernels where they take the parameters (see
     :func:`_fused_adam_ok`), else, like SGD, the multi-tensor (``foreach``) implementation, which torch
-    does not pick by itself on CPU: its default there is a Python loop over the tensors, slow with the
-    K*N small head tensors of the supernet. The updates are the same up to float rounding (foreach:
-    bitwise).
+    does not pick by itself on CPU: its default there is a Python loop over the tensors, slow with
+    many small tensors (the supernet's N logit rows, heads with hidden layers). The updates are the
+    same up to float rounding (foreach: bitwise). On the CPU, Adam and AdamW skip torch's per-step GPU
+    lookup (see :class:`_CpuStepCheck`).
     """
     params = list(params)
     tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
     fused = _fused_adam_ok(tensors)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, foreach=not fused)
+        return _Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, foreach=not fused)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, foreach=not fused)
+        return _AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, foreach=not fused)
     return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, foreach=True)
 
 

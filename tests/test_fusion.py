@@ -86,14 +86,14 @@ def _targets(batch: int) -> dict[str, Tensor]:
     }
 
 
-def _space(k: int, heads: HeadsConfig | None = None) -> GroupingSpace:
+def _space(k: int, heads: HeadsConfig | None = None, fuse: bool = True) -> GroupingSpace:
     torch.manual_seed(0)
     backbone = BackboneConfig.model_validate({"name": "mlp", "hidden": [16]})
-    return GroupingSpace(TASKS, k, backbone, heads or HeadsConfig(), (8,), branch_init="independent")
+    return GroupingSpace(TASKS, k, backbone, heads or HeadsConfig(), (8,), branch_init="independent", fuse_heads=fuse)
 
 
-def _supernet(k: int, heads: HeadsConfig | None = None) -> nn.Module:
-    model = DMTG(2.0).mutate_model(_space(k, heads))
+def _supernet(k: int, heads: HeadsConfig | None = None, fuse: bool = True) -> nn.Module:
+    model = DMTG(2.0).mutate_model(_space(k, heads, fuse))
     routers = [m for m in model.modules() if isinstance(m, DMTGRouter)]
     for router, g in zip(routers, gumbel_noise(0, 3, (len(routers), k))):
         router.noise = g
@@ -101,7 +101,8 @@ def _supernet(k: int, heads: HeadsConfig | None = None) -> nn.Module:
 
 
 def _run(model: nn.Module, monkeypatch: pytest.MonkeyPatch, fused: bool) -> tuple[Any, Tensor, dict[str, Tensor]]:
-    """Outputs, loss and gradients of one step with the fused heads on or off."""
+    """Outputs, loss and gradients of one step with the fused heads on or off (gradients of a head
+    bank's rows under the names of the per-head parameters they stand for)."""
     with monkeypatch.context() as patch:
         if not fused:
             patch.setattr(space_module, "apply_heads", _per_head)
@@ -111,6 +112,14 @@ def _run(model: nn.Module, monkeypatch: pytest.MonkeyPatch, fused: bool) -> tupl
         total, _ = multitask_loss(TASKS, out, _targets(6))
         total.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    banks = getattr(model, "head_banks", None)
+    for k, bank in enumerate(banks if banks is not None else []):
+        for kind in ("weight", "bias"):
+            if f"head_banks.{k}.{kind}" not in grads:  # a branch no task used
+                continue
+            rows = grads.pop(f"head_banks.{k}.{kind}").split(bank.sizes)
+            for i, part in enumerate(rows):
+                grads[f"routers.{i}.heads.{k}{'.0' if bank.wrapped[i] else ''}.{kind}"] = part
     return out, total.detach(), grads
 
 
@@ -136,24 +145,41 @@ def _assert_same(a: tuple[Any, Tensor, dict[str, Tensor]], b: tuple[Any, Tensor,
 
 
 def test_fused_supernet_heads_match_per_head(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _supernet(3)
-    names = sorted(name for name, _ in model.named_parameters())
-    fused, plain = _run(model, monkeypatch, True), _run(model, monkeypatch, False)
+    model, unfused = _supernet(3), _supernet(3, fuse=False)  # the same initial values
+    fused, plain = _run(model, monkeypatch, True), _run(unfused, monkeypatch, False)
     _assert_same(fused, plain)
     assert all(len(out.preds) == 3 for out in fused[0].values())
     assert fused[0]["cls"].preds[0].shape == (6, 3) and fused[0]["bin"].preds[0].shape == (6, 1)
-    # every head weight and every logit got a gradient; the parameter layout is unchanged
-    assert set(fused[2]) == set(names)
-    assert sorted(name for name, _ in model.named_parameters()) == names
+    # every head row and every logit got a gradient; the heads of a branch are one bank in the supernet
+    names = sorted(name for name, _ in unfused.named_parameters())
+    assert set(fused[2]) == set(plain[2]) == set(names)
     assert "routers.2.heads.1.0.weight" in names
+    banked = {name: tuple(p.shape) for name, p in model.named_parameters() if "head" in name}
+    assert banked == {
+        f"head_banks.{k}.{kind}": (6, 16) if kind == "weight" else (6,) for k in range(3) for kind in ("weight", "bias")
+    }
+    # the unfused heads applied per head on the same space: the concatenating path gives the same numbers
+    _assert_same(_run(unfused, monkeypatch, True), plain)
 
 
 def test_fused_plain_space_matches_per_head(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _space(3).train()
-    fused, plain = _run(model, monkeypatch, True), _run(model, monkeypatch, False)
+    model, unfused = _space(3).train(), _space(3, fuse=False).train()
+    fused, plain = _run(model, monkeypatch, True), _run(unfused, monkeypatch, False)
     _assert_same(fused, plain)
     assert fused[0]["cls"].shape == (6, 3)
     assert not any(".heads.1." in name for name in fused[2])  # only the default branch was used
+    assert model.head_banks[1].weight.grad is None
+
+
+def test_frozen_heads_copy_the_bank_rows() -> None:
+    space, unfused = _space(3), _space(3, fuse=False)
+    sample = {"bin": 2, "reg": 0, "cls": 2, "l1": 1}
+    net, want = space.freeze(sample), unfused.freeze(sample)
+    assert net.state_dict().keys() == want.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), want.state_dict().values()))
+    with torch.no_grad():
+        net.heads[2][0].weight.add_(1.0)  # the grouped network owns its heads
+    assert torch.equal(space.head_banks[2].weight[2:5], unfused.routers[2].heads[2][0].weight)
 
 
 def test_fused_grouped_network_matches_per_head(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
@@ -170,12 +196,12 @@ def test_fused_grouped_network_matches_per_head(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_fused_supernet_in_eval_mode_matches(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _supernet(3).eval()
+    model, unfused = _supernet(3).eval(), _supernet(3, fuse=False).eval()
     with torch.no_grad():
         x = torch.randn(4, 8)
         fused = model(x)
         monkeypatch.setattr(space_module, "apply_heads", _per_head)
-        plain = model(x)
+        plain = unfused(x)
     for name in fused:
         assert torch.equal(fused[name].weights, plain[name].weights)
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fused[name].preds, plain[name].preds))
@@ -184,7 +210,7 @@ def test_fused_supernet_in_eval_mode_matches(monkeypatch: pytest.MonkeyPatch) ->
 def test_heads_with_hidden_layers_run_as_themselves(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _supernet(2, HeadsConfig(hidden=[5], dropout=0.0))
     router = next(m for m in model.modules() if isinstance(m, DMTGRouter))
-    assert _plain_linear(router.heads[0]) is None
+    assert _plain_linear(router.head(0)) is None and model.head_banks is None
     _assert_same(_run(model, monkeypatch, True), _run(model, monkeypatch, False))
 
 
@@ -293,5 +319,29 @@ def test_make_optimizer_updates_match_the_loop_implementation(name: str) -> None
     slow = train(lambda groups: reference(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False, **extra))
     assert torch.allclose(fast, slow, atol=1e-6, rtol=1e-5)
     opt = make_optimizer([nn.Parameter(torch.zeros(2))], cfg)
-    assert type(opt) is reference
+    assert isinstance(opt, reference)
     assert opt.param_groups[0]["foreach"] or opt.param_groups[0].get("fused")
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_cpu_optimizer_steps_skip_the_gpu_lookup(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's Adam looks for a GPU in every step (graph-capture check); on CPU parameters ours does not."""
+    calls: list[bool] = []
+
+    def lookup(check_available: bool = False) -> None:
+        calls.append(check_available)
+        return None
+
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lookup)
+    cfg = OptimizerConfig.model_validate({"name": name, "lr": 0.1})
+    reference = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+    for build, expected_calls in ((lambda ps: reference(ps, lr=0.1), 3), (lambda ps: make_optimizer(ps, cfg), 0)):
+        calls.clear()
+        p = nn.Parameter(torch.ones(3))
+        opt = build([p])
+        for _ in range(3):
+            opt.zero_grad()
+            p.pow(2).sum().backward()
+            opt.step()
+        assert len(calls) == expected_calls
+        assert torch.all(p.detach() < 1.0)  # the steps were taken

@@ -111,6 +111,30 @@ def test_resuming_a_finished_search_repeats_only_the_fine_tune(tmp_path: Path) -
     assert comparable(again.metrics) == comparable(full.metrics)
 
 
+def test_a_checkpoint_of_the_earlier_supernet_layout_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = dmtg_nas.load_spec(small_doc(epochs=1, finetune={"epochs": 0}))
+    out = tmp_path / "run"
+    dmtg_nas.search(spec, out, progress=False)
+    last = out / "checkpoints/last.ckpt"
+    ckpt = torch.load(last, weights_only=False)
+    keys = [k for k in ckpt["state_dict"] if k.endswith("grouping_logits")]
+    assert len(keys) == 1 and not any(".logits" in k for k in ckpt["state_dict"])  # this layout: one table
+    # the earlier layout: one logit row per task router
+    table = ckpt["state_dict"].pop(keys[0])
+    prefix = keys[0][: -len("grouping_logits")]
+    ckpt["state_dict"].update({f"{prefix}routers.{i}.logits": row for i, row in enumerate(table)})
+    torch.save(ckpt, last)
+    before = last.read_bytes()
+    assert main(["search", "--resume", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"dmtg: error: cannot resume: {last} was written by an earlier version") and "--overwrite" in err
+    )
+    assert "Traceback" not in err and last.read_bytes() == before  # nothing renamed or rewritten
+
+
 def test_interrupts_turn_signals_into_a_flag() -> None:
     before = signal.getsignal(signal.SIGTERM)
     with Interrupts() as interrupts:

@@ -26,7 +26,11 @@ def test_simplify_lists_one_categorical_per_task(tiny_spec) -> None:
         assert list(choice.values) == [0, 1, 2]
         assert choice.label == label
     assert len(space.branches) == 3
-    assert sum(len(r.heads) for r in space.routers) == 12  # K*N heads
+    assert sum(r.num_branches for r in space.routers) == 12  # K*N heads
+    assert (
+        space.head_banks is not None
+        and [tuple(b.weight.shape) for b in space.head_banks] == [(4, space.features.width)] * 3
+    )
 
 
 def test_copy_init_makes_branches_identical(tiny_spec) -> None:
@@ -52,7 +56,7 @@ def test_freeze_keeps_used_branches_and_weights(tiny_spec) -> None:
         for name in ["t0", "t1", "t2", "t3"]:
             k = sample[name]
             router = space.routers[int(name[1])]
-            expected = router.heads[k](space.branches[k](x))
+            expected = router.head(k)(space.branches[k](x))
             assert torch.allclose(out[name], expected)
     # the frozen network is independent of the space
     with torch.no_grad():

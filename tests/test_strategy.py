@@ -28,12 +28,22 @@ def _supernet(spec, k: int = 3, **strategy_kwargs):
 
 
 def test_mutation_replaces_every_router_with_logits(tiny_spec) -> None:
-    _space, routers = _supernet(tiny_spec, logits_init=0.5)
+    space, routers = _supernet(tiny_spec, logits_init=0.5, initial_logits={"t2": [0.0, 3.0, 1.0]})
     assert [r.label for r in routers] == ["t0", "t1", "t2", "t3"]
-    for r in routers:
-        assert r.logits.shape == (3,)
-        assert torch.equal(r.logits.detach(), torch.full((3,), 0.5))
-        assert getattr(r.logits, ARCH_PARAM_FLAG)
+    table = space.grouping_logits
+    assert getattr(table, ARCH_PARAM_FLAG) and table.shape == (4, 3)
+    for i, r in enumerate(routers):
+        assert r.logits.shape == (3,) and r.table is table and r.row == i
+        assert r.arch_parameters() == [table]
+        want = [0.0, 3.0, 1.0] if r.label == "t2" else [0.5] * 3
+        assert torch.equal(r.logits.detach(), torch.tensor(want))
+    # one table for all tasks, registered once (on the space), and in the checkpointed state
+    assert [name for name, p in space.named_parameters() if p is table] == ["grouping_logits"]
+    assert "grouping_logits" in space.state_dict() and not any(
+        "logits" in k for k in space.state_dict() if "routers" in k
+    )
+    with pytest.raises(ValueError, match="initial logits of 't1' have 2 values for 3 branches"):
+        _supernet(tiny_spec, initial_logits={"t1": [0.0, 1.0]})
 
 
 def test_one_step_loss_is_the_sample_weighted_sum_of_all_head_losses() -> None:
@@ -74,7 +84,7 @@ def test_one_step_loss_is_the_sample_weighted_sum_of_all_head_losses() -> None:
             z = torch.exp((r.logits + noise[i]) / tau)
             z = z / z.sum()
             for k in range(3):
-                out = r.heads[k](feats[k])
+                out = r.head(k)(feats[k])
                 if task.type == "regression":
                     loss = F.mse_loss(out.squeeze(1), y[task.name])
                 elif task.type == "binary":
@@ -85,8 +95,7 @@ def test_one_step_loss_is_the_sample_weighted_sum_of_all_head_losses() -> None:
     assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
 
     total.backward()
-    for r in routers:
-        assert r.logits.grad is not None and torch.all(r.logits.grad.abs() > 0)
+    assert space.grouping_logits.grad is not None and torch.all(space.grouping_logits.grad.abs() > 0)
     for b in space.branches:
         assert all(p.grad is not None for p in b.parameters())
 
@@ -108,7 +117,7 @@ def test_hard_samples_are_one_hot_with_soft_gradients(tiny_spec) -> None:
     z = r.sample_weights()
     assert sorted(z.tolist()) == [0.0, 0.0, 1.0]
     (z * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
-    assert r.logits.grad is not None and r.logits.grad.abs().sum() > 0
+    assert r.table.grad is not None and r.table.grad[0].abs().sum() > 0 and r.table.grad[1:].abs().sum() == 0
 
 
 def test_export_is_argmax_and_probs_are_softmax(tiny_spec) -> None:
@@ -157,7 +166,7 @@ def test_logits_share_the_optimizer_with_their_own_group(tiny_spec) -> None:
     optimizer = module.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam)
     weights, arch = optimizer.param_groups
-    assert {id(p) for p in arch["params"]} == {id(r.logits) for r in routers}
+    assert [id(p) for p in arch["params"]] == [id(space.grouping_logits)] == [id(r.table) for r in routers[:1]]
     assert (arch["lr"], arch["weight_decay"]) == (0.1, 0.0)
     assert (weights["lr"], weights["weight_decay"]) == (0.01, 0.001)
     n_params = sum(1 for _ in space.parameters())
