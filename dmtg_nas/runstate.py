@@ -21,8 +21,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import random
+import re
 import shutil
 import signal
 import tempfile
