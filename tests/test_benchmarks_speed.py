@@ -41,7 +41,11 @@ def test_speed_benchmark_short_mode(tmp_path: Path) -> None:
     assert {(r["encoder"], r["tasks"], r["k"]) for r in overhead} == {
         (e, n, k) for e in ("mlp", "timm:test_resnet") for n in (9, 40) for k in (2, 5)
     }
-    assert all(_positive(r[key]) for r in overhead for key in ("overhead", "dmtg_step_ms", "branch_step_ms"))
+    assert all(
+        _positive(r[key])
+        for r in overhead
+        for key in ("overhead", "dmtg_step_ms", "branch_step_ms", "grouped_step_ms", "overhead_vs_grouped")
+    )
     scaling = result["scaling"]
     assert len(scaling["rows"]) == 4 and all(_positive(r["ratio_40_over_9"]) for r in scaling["rows"])
     assert len(scaling["memory"]) == 8 and all(_positive(r["activations_mb"]) for r in scaling["memory"])
@@ -52,5 +56,5 @@ def test_speed_benchmark_short_mode(tmp_path: Path) -> None:
     assert all(_positive(r["step_ms"]) for r in scaling["celeba40"])
     assert all(_positive(r["ratio"]) and _positive(r["search_s"]) for r in result["search"]["rows"])
     data = result["data"]["rows"]
-    assert len(data) == 2 and all(0 <= r["wait_fraction"] < 1 for r in data)
+    assert len(data) == 2 and all(0 <= r["wait_fraction"] <= r["gap_fraction"] < 1 for r in data)
     assert "| encoder | N | K |" in proc.stdout  # the markdown summary

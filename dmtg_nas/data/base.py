@@ -50,6 +50,8 @@ class TensorTaskDataset(Dataset[Batch]):
         return int(self.x.shape[0])
 
     def __getitem__(self, index: Any) -> Batch:
+        if isinstance(index, list):  # a batch: convert the index list once, not once per tensor
+            index = torch.as_tensor(index, dtype=torch.long)
         return self.x[index], {name: y[index] for name, y in self.targets.items()}
 
 
