@@ -266,13 +266,15 @@ def _train_stacked(
     optimizer = configured if isinstance(configured, torch.optim.Optimizer) else configured["optimizer"]
     scheduler = None if isinstance(configured, torch.optim.Optimizer) else configured["lr_scheduler"]
     stacked = dict(zip(params, holder))
-    loaders = [make_loader(data.train, strat.batch_size, shuffle=True, seed=o + 1, traced=False) for o in orders]
+    loaders = [
+        make_loader(data.train, strat.batch_size, shuffle=True, seed=o + 1, traced=False, shard=False) for o in orders
+    ]
 
     def evaluate_all(split: str) -> list[dict[str, dict[str, float]]]:
         metrics = [TaskMetrics([tasks[i] for i in members(mask)]) for mask in subsets]
         base.eval()
         with torch.no_grad():
-            for x, ys in make_loader(getattr(data, split), 1024, shuffle=False, traced=False):
+            for x, ys in make_loader(getattr(data, split), 1024, shuffle=False, traced=False, shard=False):
                 out = batched_outputs(stacked, x)
                 for s, m in enumerate(metrics):
                     m.update({t.name: out[t.name][s] for t in m.tasks}, ys)

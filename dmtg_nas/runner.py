@@ -256,7 +256,9 @@ def evaluate(
     was_training = model.training
     model.eval().to(device)
     pin = device.type == "cuda"
-    loader = make_loader(dataset, batch_size, shuffle=False, traced=False, num_workers=num_workers, pin_memory=pin)
+    loader = make_loader(
+        dataset, batch_size, shuffle=False, traced=False, num_workers=num_workers, pin_memory=pin, shard=False
+    )
     for x, targets in loader:
         outputs = model(x.to(device, non_blocking=pin))
         metrics.update(outputs, {k: v.to(device, non_blocking=pin) for k, v in targets.items()})

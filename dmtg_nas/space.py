@@ -119,7 +119,11 @@ class HeadBank(nn.Module):
     def head(self, i: int) -> nn.Module:
         """Task i's head as its own module (a copy of the bank's rows, with the original structure)."""
         lo, hi = self.offsets[i], self.offsets[i + 1]
-        lin = nn.Linear(self.in_features, hi - lo, device=self.weight.device, dtype=self.weight.dtype)
+        # built uninitialised: the values are copied below, and drawing an initialisation would move
+        # the global random stream (and so every network initialised after this freeze)
+        lin = torch.nn.utils.skip_init(
+            nn.Linear, self.in_features, hi - lo, device=self.weight.device, dtype=self.weight.dtype
+        )
         with torch.no_grad():
             lin.weight.copy_(self.weight[lo:hi])
             lin.bias.copy_(self.bias[lo:hi])

@@ -76,7 +76,7 @@ class WarmStart:
 def _inputs(data: TaskData, samples: int) -> torch.Tensor:
     """Up to ``samples`` training inputs, first rows of the training split (deterministic)."""
     chunks, count = [], 0
-    for x, _ in make_loader(data.train, min(samples, 512), shuffle=False, traced=False):
+    for x, _ in make_loader(data.train, min(samples, 512), shuffle=False, traced=False, shard=False):
         chunks.append(x)
         count += x.shape[0]
         if count >= samples:

@@ -162,6 +162,14 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path: Path) -> None:
     grouping = json.loads((tmp_path / "ddp" / "run" / "grouping.json").read_text())
     reference = json.loads((tmp_path / "single" / "run" / "grouping.json").read_text())
     assert grouping["assignment"] == reference["assignment"]
+    # the merge check's group networks and the evaluation see all the data in every process (not a
+    # rank's share of each batch): the same decision and final model as the one process
+    metrics = json.loads((tmp_path / "ddp" / "run" / "metrics.json").read_text())
+    single_metrics = json.loads((tmp_path / "single" / "run" / "metrics.json").read_text())
+    check, single_check = metrics["local_search"], single_metrics["local_search"]
+    assert (check["groups"], check["final_model"]) == (single_check["groups"], single_check["final_model"])
+    test_loss = metrics["totals"]["test"]["total_loss"]
+    assert test_loss == pytest.approx(single_metrics["totals"]["test"]["total_loss"], rel=1e-4)
     assert (tmp_path / "ddp" / "run" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "ddp" / "run" / "logs" / "metrics.csv").is_file()
     assert not list((tmp_path / "ddp" / "run").glob("logs-*"))

@@ -148,10 +148,13 @@ class ShardedBatchSampler(Sampler[list[int]]):
     batch smaller than the world size is dropped (some process would get nothing).
     """
 
-    def __init__(self, size: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False) -> None:
+    def __init__(
+        self, size: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False, shard: bool = True
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.size = size
+        self.shard = shard
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.generator = torch.Generator().manual_seed(seed)
@@ -161,9 +164,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
         )
         self.batches = BatchSampler(self.sampler, batch_size=batch_size, drop_last=drop_last)
 
-    @staticmethod
-    def _world() -> tuple[int, int]:
-        if dist.is_available() and dist.is_initialized():
+    def _world(self) -> tuple[int, int]:
+        if self.shard and dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
@@ -202,6 +204,7 @@ def make_loader(
     traced: bool = True,
     pin_memory: bool = False,
     world_size: int = 1,
+    shard: bool = True,
 ) -> DataLoader[Any]:
     """A DataLoader; in-memory tensor data is fetched a whole batch per index list, file-backed data
     sets (CelebA, Taskonomy) one sample at a time in ``num_workers`` worker processes (``"auto"``:
@@ -211,13 +214,16 @@ def make_loader(
     share of every global batch of ``batch_size``. ``traced`` returns NNI's traced ``DataLoader``
     (needed by NNI's Lightning evaluator); ``pin_memory`` lets host-to-GPU copies run asynchronously.
     ``world_size`` is the number of training processes (only used for the ``"auto"`` worker count).
+    ``shard=False`` gives every process all the batches (work a process does alone, outside the
+    distributed training: evaluation, the merge check's group networks, the warm start's inputs).
     """
     if traced:
         from nni.nas.evaluator.pytorch import DataLoader as loader_cls
     else:
         loader_cls = DataLoader
     workers = default_workers(dataset, world_size) if num_workers == "auto" else int(num_workers)
-    sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)  # type: ignore[arg-type]
+    size = len(dataset)  # type: ignore[arg-type]
+    sampler = ShardedBatchSampler(size, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, shard=shard)
     # the loader's own generator (worker seeds) keeps data loading off the global RNG
     worker_seeds = torch.Generator().manual_seed(seed)
     if isinstance(dataset, TensorTaskDataset):
