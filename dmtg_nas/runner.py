@@ -48,7 +48,6 @@ from .runstate import (
     InterruptCallback,
     Interrupts,
     RunStateCallback,
-    layout_problem,
     select_checkpoint,
 )
 from .space import GroupedNetwork, GroupingSpace, groups_from_sample
@@ -366,11 +365,7 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool, lock: RunLock
         if not out_dir.is_dir():
             raise DmtgError(f"{out_dir}: nothing to resume (no such folder)")
         lock.acquire()
-        checkpoint = select_checkpoint(out_dir / "checkpoints" / "last.ckpt")
-        problem = layout_problem(checkpoint)
-        if problem is not None:
-            raise DmtgError(f"cannot resume: {checkpoint} {problem}")
-        return checkpoint
+        return select_checkpoint(out_dir / "checkpoints" / "last.ckpt")
     if out_dir.is_dir():
         lock.acquire()  # a live run in the folder is reported as such
         if any(p.name != lock.path.name for p in out_dir.iterdir()):

@@ -27,6 +27,7 @@ import shutil
 import signal
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -107,40 +108,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.close(dir_fd)
 
 
-def _checkpoint_problem(path: Path) -> str | None:
-    """None if ``path`` is a complete search checkpoint, else what is wrong with it."""
+def _read_checkpoint(path: Path) -> tuple[str | None, dict[str, Any]]:
+    """``(None, checkpoint)`` if ``path`` is a complete search checkpoint, else ``(what is wrong, {})``."""
     if not path.is_file():
-        return "missing"
+        return "missing", {}
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # a payload is refused, not run
     except Exception as exc:  # any failure to read means the file is unusable
         first = str(exc).strip().splitlines()[0].split(". ")[0][:160] if str(exc).strip() else ""
-        return f"unreadable ({type(exc).__name__}{': ' + first if first else ''})"
+        return f"unreadable ({type(exc).__name__}{': ' + first if first else ''})", {}
     if not isinstance(ckpt, dict):
-        return "not a checkpoint"
+        return "not a checkpoint", {}
     missing = [k for k in ("state_dict", "loops", "optimizer_states", "epoch", "global_step") if k not in ckpt]
     if missing:
-        return f"incomplete (no {', '.join(missing)})"
-    return None
+        return f"incomplete (no {', '.join(missing)})", {}
+    return None, ckpt
 
 
 _OLD_LOGITS = re.compile(r"(^|\.)routers\.\d+\.logits$")
 
 
-def layout_problem(path: Path) -> str | None:
-    """None if the search checkpoint at ``path`` has this version's supernet layout, else why not.
+def _same_layout(path: Path, ckpt: Mapping[str, Any]) -> Path:
+    """``path`` if its (sound) checkpoint has this version's supernet layout; else :class:`DmtgError`.
 
     The supernet holds the grouping logits as one (N, K) table (``grouping_logits``); checkpoints with
     one logit parameter per task (``routers.<i>.logits``) come from an earlier layout and cannot be
-    resumed by this one.
+    resumed by this one (the file is left as it is).
     """
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if any(_OLD_LOGITS.search(key) for key in ckpt.get("state_dict", {})):
-        return (
-            "was written by an earlier version of dmtg-nas (one logit parameter per task) and cannot be "
-            "resumed by this one; start the search again with --overwrite"
+    if any(_OLD_LOGITS.search(key) for key in ckpt["state_dict"]):
+        raise DmtgError(
+            f"cannot resume: {path} was written by an earlier version of dmtg-nas (one logit parameter per "
+            "task) and cannot be resumed by this one; start the search again with --overwrite"
         )
-    return None
+    return path
 
 
 def select_checkpoint(last: Path) -> Path:
@@ -149,11 +149,11 @@ def select_checkpoint(last: Path) -> Path:
     A damaged ``last`` is renamed to ``<name>.corrupt`` (so the next save does not keep it as the
     previous version) and a warning names it. Raises :class:`DmtgError` when neither is usable.
     """
-    problem = _checkpoint_problem(last)
+    problem, ckpt = _read_checkpoint(last)
     if problem is None:
-        return last
+        return _same_layout(last, ckpt)
     prev = previous_path(last)
-    prev_problem = _checkpoint_problem(prev)
+    prev_problem, prev_ckpt = _read_checkpoint(prev)
     if problem == "missing" and prev_problem == "missing":
         raise DmtgError(f"{last.parent.parent}: nothing to resume (no {last.parent.name}/{last.name})")
     if prev_problem is not None:
@@ -163,7 +163,7 @@ def select_checkpoint(last: Path) -> Path:
         _logger.warning("%s is %s (kept as %s.corrupt); resuming from %s", last, problem, last.name, prev)
     else:
         _logger.warning("%s is missing; resuming from %s", last, prev)
-    return prev
+    return _same_layout(prev, prev_ckpt)
 
 
 # ---------------------------------------------------------------------------- run state

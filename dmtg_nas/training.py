@@ -132,7 +132,13 @@ def _batched_losses(tasks: Sequence[TaskConfig], outs: Sequence[Any], ys: Sequen
     y = torch.stack(list(ys))  # (n, B, ...)
     n = len(outs)
     batch = outs[0].batch if routed else None
-    if batch is not None and y.dim() == 2 and all(o.batch is batch and o.pred_signature()[0][1] == 1 for o in outs):
+    # the group shares one prediction shape (the key of multitask_loss), so the first output's width holds for all
+    if (
+        batch is not None
+        and y.dim() == 2
+        and outs[0].pred_signature()[0][1] == 1
+        and all(o.batch is batch for o in outs)
+    ):
         # one column per task in the routed batch: gather the columns and rows, no per-head views
         rows = torch.tensor([o.index for o in outs], device=batch.preds.device)
         cols = torch.tensor([batch.offsets[o.index] for o in outs], device=batch.preds.device)
