@@ -292,6 +292,9 @@ def train_network(
         compile=hw.compile,
     )
     module.set_model(model)
+    # the validation loss is read only by the plateau schedule; else no validation between epochs
+    # (nothing here keeps per-epoch curves, and the caller evaluates the trained network itself)
+    validate = strategy.lr_schedule.name == "plateau"
     trainer = pl.Trainer(
         max_epochs=epochs,
         **trainer_kwargs(hw),
@@ -300,6 +303,7 @@ def train_network(
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        limit_val_batches=None if validate else 0,
         gradient_clip_val=strategy.gradient_clip,
         deterministic=True if strategy.deterministic else None,
         callbacks=list(callbacks),
@@ -310,11 +314,14 @@ def train_network(
         "world_size": hw.world_size,
         "traced": False,
     }
-    trainer.fit(
-        module,
-        make_loader(data.train, strategy.batch_size, shuffle=True, seed=strategy.seed + 1, **loader),
-        make_loader(data.val, strategy.eval_batch_size or strategy.batch_size, shuffle=False, **loader),
-    )
+    eval_bs = strategy.eval_batch_size or strategy.batch_size
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+        trainer.fit(
+            module,
+            make_loader(data.train, strategy.batch_size, shuffle=True, seed=strategy.seed + 1, **loader),
+            make_loader(data.val, eval_bs, shuffle=False, **loader) if validate else None,
+        )
     if skipped is not None:
         skipped.extend(module.nonfinite_skips)
     return model

@@ -217,8 +217,11 @@ class DMTGLightningModule(BaseOneShotLightningModule):
             probs = torch.stack([torch.softmax(r.logits, -1) for r in self.routers()])  # (N, K)
             entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
             loss = loss + self.entropy_weight * entropy
-        self.log("tau", self.current_tau, on_step=False, on_epoch=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()  # the training module's epoch mean of the loss
+        self.log("tau", self.current_tau)
 
     def validation_step(self, batch: Any, batch_idx: int) -> Any:
         return self.training_module.validation_step(batch, batch_idx)
