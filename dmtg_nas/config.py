@@ -247,6 +247,7 @@ class WarmupConfig(StrictModel):
     method: Literal["none", "attribution"] = "none"
     epochs: Epochs = 15  # single-task training epochs (at least min_steps steps)
     min_steps: int = Field(default=400, ge=0, le=MAX_COUNT)  # small data sets train more epochs to reach this
+    batch_size: int | None = Field(default=None, ge=1, le=MAX_COUNT)  # None: the strategy's batch size
     rank: int = Field(default=4, ge=1, le=MAX_WIDTH)  # input-gradient subspace dimension
     samples: int = Field(default=2048, ge=8, le=MAX_COUNT)  # training inputs used for the attribution
     strength: float = Field(default=3.0, ge=0)  # added to each task's warm-start branch logit

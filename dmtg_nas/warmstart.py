@@ -172,9 +172,12 @@ def attribution_warm_start(
     n = len(spec.tasks)
     space = GroupingSpace(spec.tasks, n, spec.backbone, spec.heads, data.input_shape, "independent")
     singles = space.freeze({t: i for i, t in enumerate(spec.task_names)})
-    steps_per_epoch = max(1, math.ceil(len(data.train) / spec.strategy.batch_size))  # type: ignore[arg-type]
+    strategy = spec.strategy
+    if cfg.batch_size is not None:
+        strategy = strategy.model_copy(update={"batch_size": cfg.batch_size})
+    steps_per_epoch = max(1, math.ceil(len(data.train) / strategy.batch_size))  # type: ignore[arg-type]
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
-    train_network(singles, data, spec.tasks, spec.strategy, epochs, progress=progress, callbacks=callbacks)
+    train_network(singles, data, spec.tasks, strategy, epochs, progress=progress, callbacks=callbacks)
     singles.cpu()
     affinity = attribution_affinity(singles, spec.tasks, _inputs(data, cfg.samples), cfg.rank)
     a = affinity.numpy().astype(float)
