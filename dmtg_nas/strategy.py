@@ -188,9 +188,13 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         pass
 
     def routers(self) -> Iterator[DMTGRouter]:
-        for module in self.supernet_modules():
-            if isinstance(module, DMTGRouter):
-                yield module
+        # the routers are fixed once the strategy has mutated the space: walk the module tree once
+        # (a walk per training step costs as much as a small network's forward pass)
+        found = self.__dict__.get("_routers")
+        if not found:  # (none yet: the model may not be set; kept once there are some)
+            found = [m for m in self.supernet_modules() if isinstance(m, DMTGRouter)]
+            self.__dict__["_routers"] = found
+        return iter(found)
 
     def probabilities(self) -> dict[str, list[float]]:
         """``{task: [p_0, ..., p_{K-1}]}`` from softmax of the logits."""

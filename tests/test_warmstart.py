@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from dmtg_nas.config import TaskConfig
@@ -53,3 +56,38 @@ def test_cluster_counts_the_blocks_up_to_k() -> None:
     # never more than K, never fewer than 2 (one cluster would leave the search nothing to start from)
     assert cluster_count(block_affinity([2, 2, 2]), 2) == 2
     assert cluster_count(np.full((5, 5), 0.5) + np.eye(5) * 0.5, 4) == 2  # no structure at all
+
+
+class _Batches(pl.Callback):
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, idx: int) -> None:
+        self.sizes.append(int(batch[0].shape[0]))
+
+
+@pytest.mark.parametrize(
+    ("warmup", "expected"),
+    [
+        # 240 training samples: 4 batches of 64 (the strategy's size) per epoch, 2 epochs
+        ({"epochs": 2, "min_steps": 0}, [64, 64, 64, 48] * 2),
+        # warmup.batch_size 32: 8 batches per epoch
+        ({"epochs": 2, "min_steps": 0, "batch_size": 32}, ([32] * 7 + [16]) * 2),
+        # at least 20 steps: 3 epochs of 8
+        ({"epochs": 1, "min_steps": 20, "batch_size": 32}, ([32] * 7 + [16]) * 3),
+    ],
+)
+def test_warm_start_trains_with_its_batch_size_and_minimum_steps(warmup: dict[str, Any], expected: list[int]) -> None:
+    import dmtg_nas
+    from dmtg_nas.components import load_data
+    from dmtg_nas.warmstart import attribution_warm_start
+
+    from .conftest import planted_doc
+
+    doc = planted_doc()
+    doc["strategy"]["warmup"] = {"method": "attribution", **warmup}
+    spec = dmtg_nas.load_spec(doc)
+    batches = _Batches()
+    warm = attribution_warm_start(spec, load_data(spec), callbacks=[batches])
+    assert batches.sizes == expected
+    assert len(warm.clusters) == 4 and len(warm.affinity) == 4
