@@ -100,7 +100,8 @@ class SubsetScorer:
         self.weights = list(weights)
         self.replicates = replicates
         self.cache: dict[tuple[int, int], dict[str, dict[str, dict[str, float]]]] = {}  # (replicate, mask)
-        self.networks: dict[int, Any] = {}  # mask -> trained group network (first replicate), where kept
+        # (replicate, mask) -> trained group network, where the training keeps them
+        self.networks: dict[tuple[int, int], Any] = {}
         self.trained = 0  # group networks trained so far
         self.batches = 0  # batched trainings run
 
@@ -134,6 +135,24 @@ class SubsetScorer:
 
     def score(self, partition: Partition, split: str = "val", replicate: int | None = None) -> float:
         return sum(self.group_loss(m, split, replicate) for m in partition)
+
+    def best_replicate(self, mask: int) -> int | None:
+        """The scoring replicate whose kept network of ``mask`` has the lowest validation loss (None:
+        no network kept)."""
+        kept = [r for r in range(self.replicates) if (r, mask) in self.networks and (r, mask) in self.cache]
+        return min(kept, key=lambda r: self.group_loss(mask, "val", r)) if kept else None
+
+    def best_networks(self, partition: Partition) -> tuple[dict[int, Any], float] | None:
+        """Per group of ``partition``, the kept network of its best replicate on validation (``{mask:
+        network}``), and the partition's validation score with them; None when a group has none."""
+        chosen, total = {}, 0.0
+        for mask in partition:
+            r = self.best_replicate(mask)
+            if r is None:
+                return None
+            chosen[mask] = self.networks[(r, mask)]
+            total += self.group_loss(mask, "val", r)
+        return chosen, total
 
 
 def _mean_affinity(affinity: Sequence[Sequence[float]], a: int, b: int) -> float:
@@ -379,9 +398,13 @@ def scorer_for(spec: SearchSpec, data: TaskData, replicates: int = 1) -> SubsetS
 
     def train_many(jobs: Mapping[int, Sequence[int]]) -> dict[int, Trained]:
         order = sorted(jobs)
-        # the networks of the first replicate are kept: the final model may be built from them
-        keep = [scorer.networks if r == 0 else None for r in order]
-        return dict(zip(order, subset_losses_seeded(spec, data, [(seed(r), jobs[r]) for r in order], keep)))
+        # every scoring replicate's networks are kept: the final model takes, per group, the one
+        # with the lowest validation loss
+        keep: list[dict[int, Any] | None] = [{} if r < replicates else None for r in order]
+        done = dict(zip(order, subset_losses_seeded(spec, data, [(seed(r), jobs[r]) for r in order], keep)))
+        for r, kept in zip(order, keep):
+            scorer.networks.update({(r, mask): net for mask, net in (kept or {}).items()})
+        return done
 
     def train(masks: Sequence[int], replicate: int) -> Trained:
         return train_many({replicate: masks})[replicate]

@@ -582,15 +582,15 @@ def _run_search(
         if outcome.changed:
             sample = _branches_kept(local_record["groups"], sample, spec.groups)
         # the final model: the group networks the check trained (each from scratch with the search's
-        # budget) where they form the final grouping, when they beat the search's network on
-        # validation or the grouping changed; else the search's network
-        assembled = _assemble(space.architecture, sample, scorer.networks, names)
+        # budget; per group the training with the lowest validation loss) where they form the final
+        # grouping, when they beat the search's network on validation or the grouping changed; else
+        # the search's network
+        best = scorer.best_networks(outcome.partition)
+        assembled = _assemble(space.architecture, sample, best[0], names) if best is not None else None
         if not outcome.changed and assembled is not None:
             search_val = evaluate_split(model, "val")
-        # the kept networks are the first replicate's: compare those (the check's score may be a mean)
         if outcome.changed or (
-            search_val is not None
-            and scorer.score(outcome.partition, replicate=0) < summarize(search_val, spec.tasks)["weighted_loss"]
+            search_val is not None and best is not None and best[1] < summarize(search_val, spec.tasks)["weighted_loss"]
         ):
             local_record["final_model"] = "group networks"
             if assembled is None:  # e.g. a shared stem: the chosen grouping trained from scratch

@@ -335,3 +335,45 @@ def test_replicates_are_averaged_and_the_confirmation_uses_another_training() ->
     )  # fmt: skip
     assert out.partition == (0b011, 4) and sorted(set(seen)) == [0, 1, 2]
     assert out.rounds[0]["confirmation"]["accepted"] is True
+
+
+def test_the_final_networks_are_each_groups_best_training_on_validation() -> None:
+    # three trainings per group network; the final model takes, per group, the lowest validation loss
+    val = {0: {0b011: 1.6, 0b100: 0.9}, 1: {0b011: 1.2, 0b100: 1.1}, 2: {0b011: 1.4, 0b100: 0.7}}
+
+    def train(masks: Sequence[int], replicate: int) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
+        out = {}
+        for m in masks:
+            per = val[replicate][m] / m.bit_count()
+            rows = {NAMES[i]: {"loss": per} for i in members(m)}
+            out[m] = {"val": rows, "test": rows}
+            scorer.networks[(replicate, m)] = f"net {replicate} {m}"  # kept as the real training keeps them
+        return out
+
+    scorer = SubsetScorer(train, NAMES, [1.0] * 6, replicates=3)
+    assert scorer.best_networks((0b011, 0b100)) is None  # nothing trained yet
+    scorer.ensure([0b011, 0b100])
+    assert scorer.best_replicate(0b011) == 1 and scorer.best_replicate(0b100) == 2
+    networks, total = scorer.best_networks((0b011, 0b100))  # type: ignore[misc]
+    assert networks == {0b011: "net 1 3", 0b100: "net 2 4"}
+    assert math.isclose(total, 1.2 + 0.7)
+    assert math.isclose(scorer.score((0b011, 0b100)), (1.6 + 1.2 + 1.4 + 0.9 + 1.1 + 0.7) / 3)
+    del scorer.networks[(1, 0b011)]  # a training whose network was not kept is not chosen
+    assert scorer.best_replicate(0b011) == 2
+
+
+def test_search_final_model_takes_the_best_of_the_checks_trainings(tmp_path: Path) -> None:
+    binary = [{"name": f"t{i}", "type": "binary"} for i in range(4)]
+    strategy = {"_base_": "dmtg-plain", "epochs": 2, "batch_size": 64, "finetune": {"epochs": 0}}
+    spec = load_spec(
+        planted_doc(tasks=binary, strategy=strategy),
+        ["strategy.local_search={enabled: true, margin: 0.0, replicates: 3, moves: false, merge_splits: false}"],
+    )
+    result = run_search(spec, tmp_path / "run", progress=False)
+    record = result.metrics["local_search"]
+    val = result.metrics["totals"]["val"]["weighted_loss"]
+    # the check's score is the mean of three trainings; the final model's groups are each the best
+    # of their three on validation (or the search's network, when that is better still)
+    assert val <= record["val_loss"] + 1e-6
+    if record["final_model"] == "group networks":
+        assert val < record["val_loss"] - 1e-6  # three trainings differ: the best beats their mean
