@@ -4,9 +4,9 @@ For each round and each checkout in turn, a fresh Python process with that check
 path times, on a shipped search space (default ``planted6``): ``train_partition`` of the planted
 partition (all tasks together where the data has none; one grouped network, the search's epoch
 budget), the one-shot search alone (no warm start, no fine-tune, no merge check), the ``tag``
-baseline and the ``dmtg`` method (the default strategy end to end), each once. Rounds alternate the checkouts (A, B, A, B, ...); the report gives
-each checkout's median per measurement and, with several checkouts, the first one's median over
-each other's.
+baseline and the ``dmtg`` method (the default strategy end to end), each once. Rounds alternate the
+checkouts (A, B, A, B, ...); the report gives each checkout's median per measurement and, with
+several checkouts, the first one's median over each other's.
 
     python benchmarks/wall_times.py                                    # this checkout, 3 rounds
     git worktree add /tmp/before HEAD~3
