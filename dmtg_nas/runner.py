@@ -23,6 +23,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import shutil
 import time
 import warnings
@@ -314,14 +315,12 @@ def train_network(
         "world_size": hw.world_size,
         "traced": False,
     }
+    train_loader = make_loader(data.train, strategy.batch_size, shuffle=True, seed=strategy.seed + 1, **loader)
     eval_bs = strategy.eval_batch_size or strategy.batch_size
+    val_loader = make_loader(data.val, eval_bs, shuffle=False, **loader) if validate else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
-        trainer.fit(
-            module,
-            make_loader(data.train, strategy.batch_size, shuffle=True, seed=strategy.seed + 1, **loader),
-            make_loader(data.val, eval_bs, shuffle=False, **loader) if validate else None,
-        )
+        trainer.fit(module, train_loader, val_loader)
     if skipped is not None:
         skipped.extend(module.nonfinite_skips)
     return model
@@ -585,12 +584,12 @@ def _run_search(
         # budget; per group the training with the lowest validation loss) where they form the final
         # grouping, when they beat the search's network on validation or the grouping changed; else
         # the search's network
-        best = scorer.best_networks(outcome.partition)
-        assembled = _assemble(space.architecture, sample, best[0], names) if best is not None else None
+        networks, networks_val = scorer.best_networks(outcome.partition) or ({}, math.inf)
+        assembled = _assemble(space.architecture, sample, networks, names)  # None where a group has none
         if not outcome.changed and assembled is not None:
             search_val = evaluate_split(model, "val")
         if outcome.changed or (
-            search_val is not None and best is not None and best[1] < summarize(search_val, spec.tasks)["weighted_loss"]
+            search_val is not None and networks_val < summarize(search_val, spec.tasks)["weighted_loss"]
         ):
             local_record["final_model"] = "group networks"
             if assembled is None:  # e.g. a shared stem: the chosen grouping trained from scratch

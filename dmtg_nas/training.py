@@ -279,7 +279,9 @@ class MultiTaskModule(LightningModule):
         self.compile = compile
         self.val_metrics = TaskMetrics(self.tasks)
         self.last_validation: dict[str, dict[str, float]] = {}
-        self._train_loss: list[Tensor] = []  # this epoch's (loss * batch size, batch size), logged at its end
+        # this epoch's sum of loss * batch size and its sample count, logged at the epoch's end
+        self._loss_sum: Tensor | None = None
+        self._loss_count = 0
 
     def set_model(self, model: nn.Module) -> None:
         """Train ``model``; with ``channels_last`` its convolution weights switch to NHWC, with
@@ -309,16 +311,18 @@ class MultiTaskModule(LightningModule):
             return None
         # summed here and logged once per epoch: Lightning's ``log`` costs about a millisecond a call,
         # as much as a whole step of a small network
-        self._train_loss.append(torch.stack([total.detach() * x.shape[0], total.new_tensor(float(x.shape[0]))]))
+        weighted = total.detach() * x.shape[0]
+        self._loss_sum = weighted if self._loss_sum is None else self._loss_sum + weighted
+        self._loss_count += x.shape[0]
         return total
 
     def on_train_epoch_end(self) -> None:
-        if not self._train_loss:
+        if self._loss_sum is None:
             return
-        loss_sum, count = torch.stack(self._train_loss).sum(0)
-        self._train_loss.clear()
+        mean, count = self._loss_sum / self._loss_count, self._loss_count
+        self._loss_sum, self._loss_count = None, 0
         # batch_size and sync_dist: the sample-weighted epoch mean over all processes of a DDP run
-        self.log("train_loss", loss_sum / count, prog_bar=True, batch_size=int(count), sync_dist=True)
+        self.log("train_loss", mean, prog_bar=True, batch_size=count, sync_dist=True)
 
     def _nonfinite(self, parts: Mapping[str, Tensor]) -> None:
         """Policy ``stop``: raise :class:`~dmtg_nas.runstate.NonFiniteLossError` naming the tasks;
