@@ -87,10 +87,15 @@ class SearchResult:
 
 
 class ProbabilityHistory(pl.Callback):
-    """Records every task's branch probabilities (and tau, val loss) at the start and each epoch end."""
+    """Records every task's branch probabilities (and tau, val loss) at the start and each epoch end.
 
-    def __init__(self) -> None:
+    With ``validated`` (the search validates each epoch) a record is taken after the epoch's
+    validation, with its ``val_loss``; else at the end of the epoch's training, ``val_loss`` None.
+    """
+
+    def __init__(self, validated: bool = True) -> None:
         self.records: list[dict[str, Any]] = []
+        self.validated = validated
 
     def _record(self, trainer: pl.Trainer, module: Any, epoch: int) -> None:
         val = trainer.callback_metrics.get("val_loss")
@@ -110,7 +115,11 @@ class ProbabilityHistory(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         # after the module's epoch-end logging: callback_metrics hold this epoch's val_loss
         # (and the record is in the epoch's checkpoint, which ModelCheckpoint writes after this)
-        if not trainer.sanity_checking and trainer.state.fn == "fit":
+        if self.validated and not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._record(trainer, pl_module, trainer.current_epoch + 1)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if not self.validated:
             self._record(trainer, pl_module, trainer.current_epoch + 1)
 
     def state_dict(self) -> dict[str, Any]:
@@ -140,8 +149,12 @@ def build_evaluator(
     checkpoint: bool = True,
     resume_from: Path | None = None,
     interrupts: Interrupts | None = None,
+    validate: bool = True,
 ) -> Any:
     """NNI's Lightning evaluator for the spec: the multi-task module, a traced Trainer and loaders.
+
+    ``validate``: run a validation pass after every epoch (the logged ``val_loss`` and per-task
+    curves, the plateau schedule, callbacks that read them); False: none.
 
     With ``out_dir`` and ``checkpoint``, ``out_dir/checkpoints/last.ckpt`` is written atomically
     at every epoch end, holding everything an exact resumption needs (:mod:`dmtg_nas.runstate`).
@@ -168,7 +181,7 @@ def build_evaluator(
         "world_size": hw.world_size,
     }
     train_loader = make_loader(data.train, strat.batch_size, shuffle=True, seed=strat.seed, **loader)
-    val_loader = make_loader(
+    val_loader = make_loader(  # NNI's one-shot strategies insist on one, even when unused
         data.val,
         strat.eval_batch_size or strat.batch_size,
         shuffle=False,
@@ -204,6 +217,7 @@ def build_evaluator(
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        limit_val_batches=None if validate else 0,
         log_every_n_steps=1,
         gradient_clip_val=strat.gradient_clip,
         deterministic=True if strat.deterministic else None,
@@ -412,6 +426,11 @@ def run_search(
         overwrite: allow writing into a non-empty ``out_dir``.
         data: pre-loaded data (default: load the spec's data set).
         callbacks: extra Lightning callbacks for the search.
+
+    The search validates after every epoch (``logs/metrics.csv``, the history's ``val_loss``) when
+    it writes ``out_dir``, when ``callbacks`` are given (they may read the validation) or with the
+    plateau schedule; otherwise nothing would read it and it is skipped (the history is then
+    recorded at each epoch's end with ``val_loss`` None; the trained weights are the same).
     """
     out = Path(out_dir) if out_dir is not None else None
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
@@ -477,7 +496,10 @@ def _run_search(
             pl.seed_everything(strat.seed, workers=True, verbose=False)
         elif out is not None and (out / "warmstart.json").is_file():
             warm = WarmStart.from_dict(json.loads((out / "warmstart.json").read_text(encoding="utf-8")))
-    history = ProbabilityHistory()
+    # a validation pass after every epoch only where something reads it: the run's logs and
+    # checkpoints, the plateau schedule, or the caller's callbacks (e.g. a tuner's pruning)
+    validate = out is not None or bool(callbacks) or strat.lr_schedule.name == "plateau"
+    history = ProbabilityHistory(validated=validate)
     space = GroupingSpace.from_spec(spec, data.input_shape)
     evaluator = build_evaluator(
         spec,
@@ -487,6 +509,7 @@ def _run_search(
         callbacks=[history, *callbacks],
         resume_from=resume_from,
         interrupts=interrupts,
+        validate=validate,
     )
     initial = None
     if warm is not None and resume_from is None:
