@@ -194,7 +194,7 @@ def subset_losses_seeded(
         pl.seed_everything(seed, workers=True, verbose=False)
         for mask in subsets:
             space = GroupingSpace(spec.tasks, 1, spec.backbone, spec.heads, data.input_shape, "independent")
-            nets.append(space.freeze({t: 0 for t in spec.task_names}))
+            nets.append(space.freeze({t: 0 for t in spec.task_names}, reuse=True))
             masks.append(mask)
             seeds.append(seed)
     if not nets:
@@ -270,8 +270,11 @@ def _train_stacked(
         make_loader(data.train, strat.batch_size, shuffle=True, seed=o + 1, traced=False, shard=False) for o in orders
     ]
 
+    metrics = [TaskMetrics([tasks[i] for i in members(mask)], sync=False) for mask in subsets]  # reset per pass
+
     def evaluate_all(split: str) -> list[dict[str, dict[str, float]]]:
-        metrics = [TaskMetrics([tasks[i] for i in members(mask)]) for mask in subsets]
+        for m in metrics:
+            m.reset()
         base.eval()
         with torch.no_grad():
             for x, ys in make_loader(getattr(data, split), 1024, shuffle=False, traced=False, shard=False):

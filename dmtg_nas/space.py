@@ -322,23 +322,31 @@ class GroupingSpace(ModelSpace):
             }
         return {task.name: router(feats) for task, router in zip(self.tasks, self.routers)}
 
-    def freeze(self, sample: Mapping[str, Any]) -> GroupedNetwork:  # type: ignore[override]
-        """The grouped network for ``sample`` (``{task: branch index}``), keeping the weights."""
+    def freeze(self, sample: Mapping[str, Any], *, reuse: bool = False) -> GroupedNetwork:  # type: ignore[override]
+        """The grouped network for ``sample`` (``{task: branch index}``), keeping the weights.
+
+        The network holds copies of the space's modules; ``reuse=True`` hands it the modules
+        themselves (no copies: for a space built only to be frozen once and then dropped).
+        """
         exc = self.check_contains(dict(sample))
         if exc is not None:
             raise DmtgError(f"invalid grouping sample {dict(sample)}: {exc}")
         used = sorted({int(sample[name]) for name in self.task_names})
-        heads = {task.name: cast(TaskRouter, router).freeze(sample) for task, router in zip(self.tasks, self.routers)}
+        own = (lambda m: m) if reuse else copy.deepcopy
+        heads = {}
+        for task, router in zip(self.tasks, self.routers):
+            head = cast(TaskRouter, router).freeze(sample)
+            # a head read from a bank is already a standalone copy of its rows
+            heads[task.name] = head if cast(TaskRouter, router).banks is not None else own(head)
         assignment = {name: used.index(int(sample[name])) for name in self.task_names}
-        net = GroupedNetwork(
+        return GroupedNetwork(
             self.architecture,
-            [copy.deepcopy(self.branches[k]) for k in used],
-            {name: copy.deepcopy(head) for name, head in heads.items()},
+            [own(self.branches[k]) for k in used],
+            heads,
             assignment,
             branch_ids=used,
-            stem=copy.deepcopy(self.stem) if self.stem is not None else None,
+            stem=own(self.stem) if self.stem is not None else None,
         )
-        return net
 
 
 class GroupedNetwork(nn.Module):
