@@ -99,3 +99,17 @@ def test_load_model_refuses_other_files(tmp_path: Path) -> None:
     (tmp_path / "y.pt").write_bytes(b"garbage")
     with pytest.raises(DmtgError, match="not a readable"):
         load_model(tmp_path / "y.pt")
+
+
+def test_freeze_reuse_hands_over_the_modules(tiny_spec) -> None:
+    sample = {"t0": 1, "t1": 1, "t2": 0, "t3": 1}
+    space = _space(tiny_spec, k=2)
+    copied, reused = space.freeze(sample), space.freeze(sample, reuse=True)
+    assert copied.state_dict().keys() == reused.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(copied.state_dict().values(), reused.state_dict().values()))
+    # reuse: the space's own branch modules, no copies; the default: copies
+    assert reused.branches[0] is space.branches[0] and reused.branches[1] is space.branches[1]
+    assert copied.branches[0] is not space.branches[0]
+    own = {id(p) for p in space.parameters()}
+    assert own.isdisjoint(id(p) for p in copied.parameters())
+    assert {id(p) for p in reused.branches.parameters()} <= own

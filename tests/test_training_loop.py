@@ -102,3 +102,22 @@ def test_search_log_keeps_losses_tau_and_per_task_curves(tmp_path: Path) -> None
         values = [float(r[column]) for r in rows if r.get(column)]
         assert len(values) == 3, column  # once per epoch
     assert all(float(r["tau"]) == 1.0 for r in rows if r.get("tau"))  # the preset's constant tau
+
+
+def test_search_without_outputs_skips_validation_and_trains_the_same() -> None:
+    overrides = ["strategy.epochs=3", "strategy.finetune.epochs=1", "strategy.local_search.enabled=false"]
+    spec = dmtg_nas.load_spec(planted_doc(), overrides)
+    data = load_data(spec)
+    quiet = dmtg_nas.search(spec, None, progress=False, data=data)  # nothing would read a validation
+    recorder = _Recorder()  # a caller's callback may read it: the search validates every epoch
+    checked = dmtg_nas.search(spec, None, progress=False, data=data, callbacks=[recorder])
+    assert recorder.val_batches == 3 * 2  # 80 validation samples in batches of 64, three epochs
+    assert [h["epoch"] for h in quiet.history] == [h["epoch"] for h in checked.history] == [0, 1, 2, 3]
+    assert all(h["val_loss"] is None for h in quiet.history)
+    assert all(isinstance(h["val_loss"], float) for h in checked.history[1:])
+    for a, b in zip(quiet.history, checked.history):  # the same search, epoch by epoch
+        assert a["probabilities"] == b["probabilities"] and a["tau"] == b["tau"]
+    assert quiet.groups == checked.groups
+    for name, value in quiet.model.state_dict().items():
+        assert torch.equal(value, checked.model.state_dict()[name]), name
+    assert quiet.metrics["test"] == checked.metrics["test"]
