@@ -139,3 +139,12 @@ def test_non_mapping_document_is_refused(write_yaml) -> None:
 def test_malformed_override(bad: str) -> None:
     with pytest.raises(SpecError, match=r"dotted\.key=value"):
         parse_override(bad)
+
+
+def test_fast_preset_is_the_default_with_a_short_search_and_no_check() -> None:
+    fast, default = load_strategy("dmtg-fast"), load_strategy("dmtg")
+    assert (fast.epochs, fast.finetune.epochs, fast.finetune.init) == (10, 40, "search")
+    assert fast.epochs + fast.finetune.epochs == default.epochs + default.finetune.epochs  # same budget
+    assert fast.local_search.enabled is False and default.local_search.enabled == "auto"
+    same = ("warmup", "temperature", "optimizer", "init", "batch_size", "sample", "seed")
+    assert all(getattr(fast, key) == getattr(default, key) for key in same)

@@ -377,3 +377,13 @@ def test_search_final_model_takes_the_best_of_the_checks_trainings(tmp_path: Pat
     assert val <= record["val_loss"] + 1e-6
     if record["final_model"] == "group networks":
         assert val < record["val_loss"] - 1e-6  # three trainings differ: the best beats their mean
+
+
+def test_fast_preset_search_fine_tunes_the_searched_network_without_a_check() -> None:
+    strategy = {"_base_": "dmtg-fast", "epochs": 1, "batch_size": 64, "finetune": {"epochs": 2}}
+    strategy["warmup"] = {"min_steps": 0, "epochs": 2}
+    result = run_search(load_spec(planted_doc(strategy=strategy)), None, progress=False)
+    assert "local_search" not in result.metrics  # no merge check: the searched network is the model
+    assert (result.metrics["search"]["epochs"], result.metrics["search"]["finetune_epochs"]) == (1, 2)
+    assert result.metrics["warmup"]["method"] == "attribution"
+    assert sorted(map(sorted, result.model.groups)) == sorted(map(sorted, result.groups))  # the pruned network
