@@ -42,9 +42,10 @@ def test_benchmark_writes_tables_and_resumes(tmp_path: Path) -> None:
     spec = dmtg_nas.load_spec(planted_doc(), ["strategy.epochs=1"])
     out = tmp_path / "bench"
     records = run_benchmark(spec, ["naive", "stl", "random"], 2, out)
+    # the order rotates with the seed: no method always runs first
     assert [(r["method"], r["seed"]) for r in records] == [
         ("naive", 0), ("stl", 0), ("random", 0), ("stl", 1), ("random", 1), ("naive", 1),
-    ]  # fmt: skip  (the order rotates with the seed: no method always runs first)
+    ]  # fmt: skip
     for name in ("results.md", "results.csv", "results.json", "results.png"):
         assert (out / name).is_file()
     rows = list(csv.DictReader((out / "results.csv").open()))
