@@ -238,7 +238,7 @@ def _train_stacked(
 
     from .data import make_loader
     from .tasks import TaskMetrics
-    from .training import MultiTaskModule
+    from .training import MultiTaskModule, multitask_loss
 
     strat, tasks = spec.strategy, list(spec.tasks)
     params, _ = stack_module_state(list(nets))  # type: ignore[arg-type]
@@ -248,13 +248,11 @@ def _train_stacked(
     def outputs(p: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
         return functional_call(base, p, (x,))  # type: ignore[no-any-return]
 
-    columns = _Columns.of(tasks)
-
     def losses(p: dict[str, torch.Tensor], x: torch.Tensor, ys: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = outputs(p, x)
-        if columns is not None:  # one loss call per loss kind instead of one per task
-            return columns.losses(out, ys)
-        return torch.stack([task_loss(t, squeeze_output(t, out[t.name]), ys[t.name]) for t in tasks])
+        # the training loss's per-task parts: tasks sharing an elementwise loss take one call for all
+        # (under vmap every call is costly, so fewer calls make a cheaper step)
+        _, parts = multitask_loss(tasks, outputs(p, x), ys)
+        return torch.stack([parts[t.name] for t in tasks])
 
     orders = sorted(set(seeds)) if seeds is not None else [strat.seed]
     # one data order per distinct seed; a network reads the batches of its own order
@@ -322,39 +320,6 @@ _ELEMENTWISE: dict[tuple[str, str], Callable[..., torch.Tensor]] = {
     ("regression", "smooth_l1"): torch.nn.functional.smooth_l1_loss,
     ("binary", "bce"): torch.nn.functional.binary_cross_entropy_with_logits,
 }
-
-
-class _Columns:
-    """Every task a one-column output under an elementwise loss averaged over the batch (regression,
-    binary): the tasks grouped by loss, so that a step computes each loss once on the stacked
-    columns of its tasks instead of once per task (the same values as :func:`task_loss` up to
-    rounding; under ``vmap`` each call is costly, so fewer calls make a cheaper step)."""
-
-    def __init__(self, groups: dict[Callable[..., torch.Tensor], list[str]], task_names: Sequence[str]) -> None:
-        self.groups = list(groups.items())
-        stacked = [n for _, names in self.groups for n in names]
-        self.order = None if stacked == list(task_names) else torch.tensor([stacked.index(n) for n in task_names])
-
-    @classmethod
-    def of(cls, tasks: Sequence[TaskConfig]) -> _Columns | None:
-        """The grouping, or None when a task is not a one-column elementwise-loss task."""
-        groups: dict[Callable[..., torch.Tensor], list[str]] = {}
-        for t in tasks:
-            fn = _ELEMENTWISE.get((t.type, t.loss_name))
-            if fn is None or t.out_features != 1 or t.dense:
-                return None
-            groups.setdefault(fn, []).append(t.name)
-        return cls(groups, [t.name for t in tasks])
-
-    def losses(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-task mean losses, in task order, from (B, 1) outputs and (B,) targets."""
-        parts = []
-        for fn, names in self.groups:
-            pred = torch.cat([outputs[n].reshape(-1, 1) for n in names], dim=1)  # (B, tasks)
-            target = torch.stack([targets[n] for n in names], dim=1).to(pred.dtype)
-            parts.append(fn(pred, target, reduction="none").mean(0))
-        joined = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return joined if self.order is None else joined[self.order]
 
 
 def _partition_metrics(

@@ -165,29 +165,3 @@ def test_stacked_subset_networks_train_as_they_would_alone(tiny) -> None:
     # and the networks did learn different things
     assert joint[0b0011]["val"]["t1"]["loss"] != joint[0b0110]["val"]["t1"]["loss"]
     assert set(subset_losses_joint(spec, data, [0b1])) == {0b1}
-
-
-def test_column_losses_equal_the_per_task_losses() -> None:
-    from dmtg_nas.baselines import _Columns
-    from dmtg_nas.tasks import squeeze_output, task_loss
-
-    tasks = [
-        TaskConfig(name="a", type="regression"),
-        TaskConfig(name="b", type="binary"),
-        TaskConfig(name="c", type="regression", loss="l1"),
-        TaskConfig(name="d", type="regression"),
-        TaskConfig(name="e", type="regression", loss="smooth_l1"),
-    ]
-    columns = _Columns.of(tasks)
-    assert columns is not None and columns.order is not None  # grouped by loss: a, d first
-    g = torch.Generator().manual_seed(0)
-    outputs = {t.name: 2 * torch.randn(32, 1, generator=g) for t in tasks}
-    targets = {t.name: torch.randn(32, generator=g) for t in tasks}
-    targets["b"] = (targets["b"] > 0).float()
-    want = torch.stack([task_loss(t, squeeze_output(t, outputs[t.name]), targets[t.name]) for t in tasks])
-    got = columns.losses(outputs, targets)
-    assert torch.allclose(got, want, rtol=1e-6, atol=0.0)
-    assert len(set(want.tolist())) == len(tasks)  # distinct values: a wrong order would show
-    # one kind only: no reordering; a multi-column task: no column form
-    assert _Columns.of([tasks[0], tasks[3]]).order is None  # type: ignore[union-attr]
-    assert _Columns.of([tasks[0], TaskConfig(name="m", type="multiclass", num_classes=3)]) is None
