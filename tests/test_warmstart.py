@@ -91,3 +91,66 @@ def test_warm_start_trains_with_its_batch_size_and_minimum_steps(warmup: dict[st
     warm = attribution_warm_start(spec, load_data(spec), callbacks=[batches])
     assert batches.sizes == expected
     assert len(warm.clusters) == 4 and len(warm.affinity) == 4
+
+
+def _singles(doc: dict[str, Any]) -> tuple[Any, Any, Any]:
+    import dmtg_nas
+    from dmtg_nas.components import load_data
+    from dmtg_nas.space import GroupingSpace
+
+    spec = dmtg_nas.load_spec(doc)
+    data = load_data(spec)
+    n = len(spec.tasks)
+    space = GroupingSpace(spec.tasks, n, spec.backbone, spec.heads, data.input_shape, "independent")
+    return spec, data, space.freeze({t: i for i, t in enumerate(spec.task_names)})
+
+
+@pytest.mark.parametrize("norm", ["none", "layer"])
+def test_stacked_singles_compute_and_train_as_the_separate_networks(norm: str) -> None:
+    from dmtg_nas.runner import train_network
+    from dmtg_nas.warmstart import StackedSingles
+
+    from .conftest import planted_doc
+
+    doc = planted_doc()
+    doc["backbone"] = {"name": "mlp", "hidden": [16, 8], "norm": norm, "activation": "gelu"}
+    spec, data, singles = _singles(doc)
+    stacked = StackedSingles.build(singles)
+    assert stacked is not None
+    # one parameter per layer and per head bank, not one per network
+    assert len(list(stacked.parameters())) == (10 if norm == "layer" else 6)
+    x = torch.randn(9, *data.input_shape)
+    before, out = singles(x), stacked(x)
+    assert set(out) == set(before) and all(out[k].shape == before[k].shape == (9, 1) for k in out)
+    assert all(torch.allclose(out[k], before[k], atol=1e-6) for k in out)
+    # the same training (data order, optimizer) gives the same networks, up to float rounding
+    pl.seed_everything(0, workers=True, verbose=False)
+    train_network(singles, data, spec.tasks, spec.strategy, 2)
+    pl.seed_everything(0, workers=True, verbose=False)
+    train_network(stacked, data, spec.tasks, spec.strategy, 2)
+    after, trained = singles(x), stacked(x)
+    assert all(not torch.allclose(after[k], before[k], atol=1e-3) for k in after)  # both trained
+    assert all(torch.allclose(trained[k], after[k], atol=1e-4) for k in after)
+
+
+def test_stacked_singles_pad_heads_of_different_widths_and_refuse_other_encoders() -> None:
+    from dmtg_nas.warmstart import StackedSingles
+
+    from .conftest import planted_doc
+
+    doc = planted_doc()
+    spec, data, singles = _singles(doc)
+    singles.heads[1] = torch.nn.Linear(singles.branches[1].out_features, 3)  # a 3-wide output
+    stacked = StackedSingles.build(singles)
+    assert stacked is not None
+    x = torch.randn(5, *data.input_shape)
+    out = stacked(x)
+    assert out[spec.task_names[1]].shape == (5, 3)
+    assert torch.allclose(out[spec.task_names[1]], singles(x)[spec.task_names[1]], atol=1e-6)
+    # batch norm keeps running statistics per network: the networks train separately
+    doc["backbone"] = {"name": "mlp", "hidden": [16, 8], "norm": "batch"}
+    assert StackedSingles.build(_singles(doc)[2]) is None
+    # a head with a hidden layer is not one linear layer
+    doc["backbone"] = {"name": "mlp", "hidden": [16, 8]}
+    doc["heads"] = {"hidden": [4]}
+    assert StackedSingles.build(_singles(doc)[2]) is None
