@@ -76,3 +76,34 @@ def test_benchmark_cli_refuses_unknown_method_and_hoa_on_many_tasks(
                  "--out", str(tmp_path / "c")]) == 2  # fmt: skip
     assert "trains 2^11 - 1 networks" in capsys.readouterr().err
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_preloaded_imports_leave_nothing_for_a_first_timed_run() -> None:
+    # a fresh interpreter: after the benchmark's preload, a DMTG search (warm start, one-shot search,
+    # merge check) and TAG import no module of NNI, scikit-learn or the package on first use
+    import subprocess
+    import sys
+
+    doc = planted_doc()
+    doc["strategy"].update({"epochs": 1, "finetune": {"epochs": 1}, "warmup": {"epochs": 1, "min_steps": 0}})
+    doc["strategy"]["local_search"] = {"enabled": True, "replicates": 1, "rounds": 1, "max_candidates": 2}
+    code = f"""
+import sys, warnings
+warnings.filterwarnings("ignore")
+import dmtg_nas
+from dmtg_nas.baselines import run_method
+from dmtg_nas.benchmark import preload_method_imports
+from dmtg_nas.components import load_data
+spec = dmtg_nas.load_spec({doc!r}, ["strategy.batch_size=128"])
+data = load_data(spec)
+preload_method_imports()
+before = set(sys.modules)
+for method in ("dmtg", "tag"):
+    result = run_method(method, spec, data)
+    assert result.total_seconds > 0
+new = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("nni", "sklearn", "dmtg_nas"))
+print("NEW", new)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "NEW []" in done.stdout, done.stdout[-2000:]
