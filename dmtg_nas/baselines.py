@@ -41,7 +41,7 @@ from .metrics import relative_gain
 from .partitions import best_cover, best_partition, members, random_partition
 from .registry import Registry
 from .runner import run_search, train_network, train_partition
-from .space import GroupingSpace
+from .space import GroupedNetwork, GroupingSpace
 from .tasks import PRIMARY_METRIC, squeeze_output, summarize, task_loss
 
 __all__ = [
@@ -237,6 +237,7 @@ def _train_stacked(
     from torch.func import stack_module_state, vmap
 
     from .data import make_loader
+    from .stacked import stacked_forward
     from .tasks import TaskMetrics
     from .training import MultiTaskModule, multitask_loss
 
@@ -260,6 +261,21 @@ def _train_stacked(
     per_net = len(orders) > 1
     batched_losses = vmap(losses, in_dims=(0, 0 if per_net else None, 0 if per_net else None), randomness="different")
     batched_outputs = vmap(outputs, in_dims=(0, None), randomness="different")
+    # mlp encoders with linear heads: the networks' forward as batched matrix products, vmap for the
+    # losses only (the same values; vmap's cost per operation is most of a small network's step)
+    fast = stacked_forward(base) if isinstance(base, GroupedNetwork) else None
+    if fast is not None:
+
+        def part_losses(out: dict[str, torch.Tensor], ys: dict[str, torch.Tensor]) -> torch.Tensor:
+            _, parts = multitask_loss(tasks, out, ys)
+            return torch.stack([parts[t.name] for t in tasks])
+
+        vmapped = vmap(part_losses, in_dims=(0, 0 if per_net else None))
+
+        def batched_losses(p: dict[str, torch.Tensor], x: torch.Tensor, ys: dict[str, torch.Tensor]) -> torch.Tensor:
+            return vmapped(fast(p, x), ys)  # type: ignore[misc]
+
+        batched_outputs = fast  # type: ignore[assignment]
 
     holder = torch.nn.ParameterList([torch.nn.Parameter(v) for v in params.values()])
     module = MultiTaskModule(tasks, strat.optimizer, strat.lr_schedule, _budget(spec))

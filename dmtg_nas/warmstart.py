@@ -25,9 +25,9 @@ The warm start gives the relaxation an informed starting point instead of a unif
 
 The cost is N single-task networks for a few epochs (N * epochs branch-epochs, against
 K * epochs for the supernet). With ``mlp`` encoders (no norm, or layer norm) and plain linear heads,
-the N networks are one module (:class:`StackedSingles`): each layer's N weight matrices in one
-tensor, applied with one batched matrix product; the same networks, initialisation and updates
-(up to float rounding), in a fraction of the time of N networks one after the other.
+the N networks are one module (:class:`~dmtg_nas.stacked.StackedSingles`): each layer's N weight
+matrices in one tensor, applied with one batched matrix product; the same networks, initialisation
+and updates (up to float rounding), in a fraction of the time of N networks one after the other.
 """
 
 from __future__ import annotations
@@ -37,27 +37,19 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .backbones import MLP
 from .config import SearchSpec
 from .data import TaskData, make_loader
-from .space import GroupedNetwork, GroupingSpace, _plain_linear
+from .space import GroupingSpace
+from .stacked import StackedSingles
 
-__all__ = [
-    "StackedSingles",
-    "WarmStart",
-    "attribution_warm_start",
-    "attribution_affinity",
-    "cluster_count",
-    "spectral_clusters",
-]
+__all__ = ["WarmStart", "attribution_warm_start", "attribution_affinity", "cluster_count", "spectral_clusters"]
 
 _logger = logging.getLogger(__name__)
 
@@ -84,112 +76,6 @@ class WarmStart:
             [[float(v) for v in row] for row in doc["affinity"]],
             float(doc["seconds"]),
         )
-
-
-_ELEMENTWISE_LAYERS = (nn.ReLU, nn.GELU, nn.Tanh, nn.SiLU, nn.Dropout)
-
-
-class StackedSingles(nn.Module):
-    """N single-task networks with ``mlp`` encoders as one module: ``forward(x)`` gives
-    ``{task: (B, C_task)}`` like the :class:`~dmtg_nas.space.GroupedNetwork` it is built from.
-
-    Each linear layer's N weights are one (N, in, out) parameter (biases (N, 1, out)); the first
-    layer is one matrix product of the shared input with all N weights, later ones one batched
-    matrix product (``baddbmm``). Layer norms keep one affine per network; activations and dropout
-    act elementwise. The heads are one (N, D, C_max) product (narrower heads padded with zero
-    columns, which get no gradient and stay zero). Built by :meth:`build` from the separately
-    initialised networks, whose values it takes, so the initialisation and the random stream are
-    those of N networks.
-    """
-
-    def __init__(self, task_names: list[str], layers: list[list[nn.Module]], heads: list[nn.Linear]) -> None:
-        super().__init__()
-        self.task_names = task_names
-        self.widths = [h.out_features for h in heads]
-        n, first = len(layers), layers[0]
-        self.kinds: list[str] = []
-        self.params = nn.ParameterList()
-        self.acts: list[nn.Module | None] = []
-        for j, layer in enumerate(first):
-            if isinstance(layer, nn.Linear):
-                w = torch.stack([cast(nn.Linear, net[j]).weight.detach().t() for net in layers])
-                b = torch.stack([cast(nn.Linear, net[j]).bias.detach() for net in layers]).unsqueeze(1)
-                self.params.extend([nn.Parameter(w.clone()), nn.Parameter(b.clone())])
-                self.kinds.append("linear")
-                self.acts.append(None)
-            elif isinstance(layer, nn.LayerNorm):
-                norms = [cast(nn.LayerNorm, net[j]) for net in layers]
-                g = torch.stack([m.weight.detach() for m in norms]).unsqueeze(1)
-                b = torch.stack([m.bias.detach() for m in norms]).unsqueeze(1)
-                self.params.extend([nn.Parameter(g.clone()), nn.Parameter(b.clone())])
-                self.kinds.append(f"layer_norm:{layer.eps}")
-                self.acts.append(None)
-            else:
-                self.kinds.append("elementwise")
-                self.acts.append(layer)
-        c_max = max(self.widths)
-        d = heads[0].in_features
-        hw = torch.zeros(n, d, c_max, dtype=heads[0].weight.dtype)
-        hb = torch.zeros(n, 1, c_max, dtype=heads[0].weight.dtype)
-        for i, h in enumerate(heads):
-            hw[i, :, : h.out_features] = h.weight.detach().t()
-            hb[i, 0, : h.out_features] = cast(torch.Tensor, h.bias).detach()
-        self.head_weight = nn.Parameter(hw)
-        self.head_bias = nn.Parameter(hb)
-        self.act_modules = nn.ModuleList([a for a in self.acts if a is not None])  # train/eval follow the module
-
-    @classmethod
-    def build(cls, singles: GroupedNetwork) -> StackedSingles | None:
-        """The stacked form of ``singles`` (network i = branch i with task i's head), or None where it
-        does not apply: a stem, encoders other than ``mlp`` without norm or with layer norm, differing
-        shapes, or heads other than one linear layer on the encoder's vector."""
-        branches = list(singles.branches)
-        if singles.stem is not None or len(branches) != len(singles.task_names) or not branches:
-            return None
-        if any(singles.assignment[name] != i for i, name in enumerate(singles.task_names)):
-            return None
-        if any(type(b) is not MLP for b in branches):
-            return None
-        layers = [list(cast(MLP, b)) for b in branches]
-
-        def signature(net: list[nn.Module]) -> list[Any]:
-            out: list[Any] = []
-            for m in net:
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    out.append(("linear", m.in_features, m.out_features, m.weight.dtype))
-                elif isinstance(m, nn.LayerNorm) and m.elementwise_affine and m.bias is not None:
-                    out.append(("layer_norm", tuple(m.normalized_shape), m.eps))
-                elif type(m) in _ELEMENTWISE_LAYERS:
-                    out.append((type(m), getattr(m, "p", None), getattr(m, "approximate", None)))
-                else:
-                    return [None]
-            return out
-
-        first = signature(layers[0])
-        if None in first or any(signature(net) != first for net in layers[1:]):
-            return None
-        heads = [_plain_linear(h) for h in singles.heads]
-        if any(h is None for h in heads):
-            return None
-        lins = cast(list[nn.Linear], heads)
-        if len({(h.in_features, h.weight.dtype) for h in lins}) != 1 or lins[0].in_features != branches[0].out_features:
-            return None
-        return cls(list(singles.task_names), layers, lins)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = x.flatten(1)  # (B, D), then (N, B, width)
-        params = iter(self.params)
-        for kind, act in zip(self.kinds, self.acts):
-            if kind == "linear":
-                w, b = next(params), next(params)
-                h = torch.matmul(h, w) + b if h.dim() == 2 else torch.baddbmm(b, h, w)
-            elif kind.startswith("layer_norm:"):
-                g, b = next(params), next(params)
-                h = F.layer_norm(h, h.shape[-1:], eps=float(kind.split(":", 1)[1])) * g + b
-            else:
-                h = cast(nn.Module, act)(h)
-        out = torch.baddbmm(self.head_bias, h, self.head_weight)  # (N, B, C_max)
-        return {name: out[i, :, :c] for i, (name, c) in enumerate(zip(self.task_names, self.widths))}
 
 
 def _inputs(data: TaskData, samples: int) -> torch.Tensor:

@@ -137,14 +137,17 @@ def test_delta_m_sign_and_scale() -> None:
     assert delta_m(ref, ref, tasks) == 0.0
 
 
-def test_stacked_subset_networks_train_as_they_would_alone(tiny) -> None:
+@pytest.mark.parametrize("heads", [{}, {"hidden": [4]}])
+def test_stacked_subset_networks_train_as_they_would_alone(tiny, heads: dict) -> None:
     import copy
 
     from dmtg_nas.baselines import _train_stacked, subset_losses_joint
     from dmtg_nas.runner import evaluate, train_network
     from dmtg_nas.space import GroupingSpace
+    from dmtg_nas.stacked import stacked_forward
 
     spec, data = tiny
+    spec = spec.model_copy(update={"heads": spec.heads.model_copy(update=heads)})
     subsets = [0b0011, 0b1100, 0b0110]
     nets = [
         GroupingSpace(spec.tasks, 1, spec.backbone, spec.heads, data.input_shape, "independent").freeze(
@@ -152,6 +155,8 @@ def test_stacked_subset_networks_train_as_they_would_alone(tiny) -> None:
         )
         for _ in subsets
     ]
+    # linear heads: the batched matrix products; a head with a hidden layer: vmap over the networks
+    assert (stacked_forward(nets[0]) is None) == bool(heads)
     alone = copy.deepcopy(nets[2])
     joint = dict(zip(subsets, _train_stacked(spec, data, nets, subsets)))
     assert set(joint) == set(subsets) and set(joint[0b0110]["test"]) == {"t1", "t2"}
@@ -165,3 +170,37 @@ def test_stacked_subset_networks_train_as_they_would_alone(tiny) -> None:
     # and the networks did learn different things
     assert joint[0b0011]["val"]["t1"]["loss"] != joint[0b0110]["val"]["t1"]["loss"]
     assert set(subset_losses_joint(spec, data, [0b1])) == {0b1}
+
+
+@pytest.mark.parametrize("norm", ["none", "layer"])
+def test_stacked_forward_computes_what_vmap_of_the_network_computes(norm: str) -> None:
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from dmtg_nas.space import GroupingSpace
+    from dmtg_nas.stacked import stacked_forward
+
+    doc = planted_doc()
+    doc["backbone"] = {"name": "mlp", "hidden": [8, 5], "norm": norm, "activation": "tanh", "dropout": 0.1}
+    spec = dmtg_nas.load_spec(doc)
+    nets = [
+        GroupingSpace(spec.tasks, 1, spec.backbone, spec.heads, (8,), "independent").freeze(
+            {t: 0 for t in spec.task_names}
+        )
+        for _ in range(5)
+    ]
+    for net in nets:
+        net.eval()  # dropout off: the two computations draw different masks
+    params, buffers = stack_module_state(nets)  # type: ignore[arg-type]
+    forward = stacked_forward(nets[0])
+    assert forward is not None
+
+    def one(p: dict, x: torch.Tensor) -> dict:
+        return functional_call(nets[0], (p, buffers), (x,))
+
+    shared, own = torch.randn(7, 8), torch.randn(5, 7, 8)  # one batch for all, one batch each
+    for x, dims in ((shared, None), (own, 0)):
+        expected, got = vmap(one, in_dims=(0, dims))(params, x), forward(params, x)
+        assert set(got) == set(spec.task_names)
+        for name in spec.task_names:
+            assert got[name].shape == expected[name].shape == (5, 7, 1)
+            assert torch.allclose(got[name], expected[name], atol=1e-6)

@@ -108,7 +108,7 @@ def _singles(doc: dict[str, Any]) -> tuple[Any, Any, Any]:
 @pytest.mark.parametrize("norm", ["none", "layer"])
 def test_stacked_singles_compute_and_train_as_the_separate_networks(norm: str) -> None:
     from dmtg_nas.runner import train_network
-    from dmtg_nas.warmstart import StackedSingles
+    from dmtg_nas.stacked import StackedSingles
 
     from .conftest import planted_doc
 
@@ -134,7 +134,7 @@ def test_stacked_singles_compute_and_train_as_the_separate_networks(norm: str) -
 
 
 def test_stacked_singles_pad_heads_of_different_widths_and_refuse_other_encoders() -> None:
-    from dmtg_nas.warmstart import StackedSingles
+    from dmtg_nas.stacked import StackedSingles
 
     from .conftest import planted_doc
 
