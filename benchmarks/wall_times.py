@@ -3,8 +3,9 @@
 For each round and each checkout in turn, a fresh Python process with that checkout first on its
 path times, on a shipped search space (default ``planted6``): ``train_partition`` of the planted
 partition (all tasks together where the data has none; one grouped network, the search's epoch
-budget), the one-shot search alone (no warm start, no fine-tune, no merge check), the ``tag``
-baseline and the ``dmtg`` method (the default strategy end to end), each once. Rounds alternate the
+budget), the one-shot search alone (no warm start, no fine-tune, no merge check), the warm start
+alone, the ``tag`` baseline, the ``dmtg`` method (the default strategy end to end) and the ``dmtg``
+method with the ``dmtg-fast`` preset, each once. Rounds alternate the
 checkouts (A, B, A, B, ...); the report gives each checkout's median per measurement and, with
 several checkouts, the first one's median over each other's.
 
@@ -24,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-MEASURES = ("train_partition", "oneshot_search", "tag", "dmtg")
+MEASURES = ("train_partition", "oneshot_search", "warm_start", "tag", "dmtg", "dmtg_fast")
 
 
 def measure(spec_name: str, only: list[str]) -> dict[str, float]:
@@ -41,6 +42,7 @@ def measure(spec_name: str, only: list[str]) -> dict[str, float]:
     from dmtg_nas.components import load_data
     from dmtg_nas.config import load_spec
     from dmtg_nas.runner import run_search, train_partition
+    from dmtg_nas.warmstart import attribution_warm_start
 
     spec = load_spec(spec_name)
     data = load_data(spec)
@@ -52,8 +54,10 @@ def measure(spec_name: str, only: list[str]) -> dict[str, float]:
     runs = {
         "train_partition": lambda: train_partition(spec, data, groups),
         "oneshot_search": lambda: run_search(oneshot, None, progress=False, data=data),
+        "warm_start": lambda: attribution_warm_start(spec, data),
         "tag": lambda: run_method("tag", spec, data),
         "dmtg": lambda: run_method("dmtg", spec, data),
+        "dmtg_fast": lambda: run_method("dmtg", load_spec(spec_name, ["strategy=dmtg-fast"]), data),
     }
     out = {}
     for name in only:
