@@ -249,11 +249,14 @@ def _train_stacked(
     def outputs(p: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
         return functional_call(base, p, (x,))  # type: ignore[no-any-return]
 
-    def losses(p: dict[str, torch.Tensor], x: torch.Tensor, ys: dict[str, torch.Tensor]) -> torch.Tensor:
+    def part_losses(out: dict[str, torch.Tensor], ys: dict[str, torch.Tensor]) -> torch.Tensor:
         # the training loss's per-task parts: tasks sharing an elementwise loss take one call for all
         # (under vmap every call is costly, so fewer calls make a cheaper step)
-        _, parts = multitask_loss(tasks, outputs(p, x), ys)
+        _, parts = multitask_loss(tasks, out, ys)
         return torch.stack([parts[t.name] for t in tasks])
+
+    def losses(p: dict[str, torch.Tensor], x: torch.Tensor, ys: dict[str, torch.Tensor]) -> torch.Tensor:
+        return part_losses(outputs(p, x), ys)
 
     orders = sorted(set(seeds)) if seeds is not None else [strat.seed]
     # one data order per distinct seed; a network reads the batches of its own order
@@ -265,11 +268,6 @@ def _train_stacked(
     # losses only (the same values; vmap's cost per operation is most of a small network's step)
     fast = stacked_forward(base) if isinstance(base, GroupedNetwork) else None
     if fast is not None:
-
-        def part_losses(out: dict[str, torch.Tensor], ys: dict[str, torch.Tensor]) -> torch.Tensor:
-            _, parts = multitask_loss(tasks, out, ys)
-            return torch.stack([parts[t.name] for t in tasks])
-
         vmapped = vmap(part_losses, in_dims=(0, 0 if per_net else None))
 
         def batched_losses(p: dict[str, torch.Tensor], x: torch.Tensor, ys: dict[str, torch.Tensor]) -> torch.Tensor:
