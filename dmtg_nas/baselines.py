@@ -328,14 +328,6 @@ def _train_stacked(
     return [{split: result[split][s] for split in ("val", "test")} for s in range(len(nets))]
 
 
-_ELEMENTWISE: dict[tuple[str, str], Callable[..., torch.Tensor]] = {
-    ("regression", "mse"): torch.nn.functional.mse_loss,
-    ("regression", "l1"): torch.nn.functional.l1_loss,
-    ("regression", "smooth_l1"): torch.nn.functional.smooth_l1_loss,
-    ("binary", "bce"): torch.nn.functional.binary_cross_entropy_with_logits,
-}
-
-
 def _partition_metrics(
     spec: SearchSpec, trained: dict[int, dict[str, dict[str, dict[str, float]]]], blocks: Sequence[Sequence[int]]
 ) -> dict[str, Any]:

@@ -152,12 +152,11 @@ def stacked_forward(net: GroupedNetwork) -> Callable[[Mapping[str, Tensor], Tens
     steps = mlp_steps(net.branches[0])
     if steps is None:
         return None
-    keys = []
-    for i, head in enumerate(net.heads):
-        if _plain_linear(head) is None:
-            return None
-        keys.append(f"heads.{i}.0" if type(head) is nn.Sequential else f"heads.{i}")
-    widths = [cast(nn.Linear, _plain_linear(h)).out_features for h in net.heads]
+    linear = [_plain_linear(h) for h in net.heads]
+    if any(lin is None for lin in linear):
+        return None
+    keys = [f"heads.{i}.0" if type(h) is nn.Sequential else f"heads.{i}" for i, h in enumerate(net.heads)]
+    widths = [cast(nn.Linear, lin).out_features for lin in linear]
     names = list(net.task_names)
     rank = len(net.architecture["input_shape"])
 
