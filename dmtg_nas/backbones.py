@@ -60,6 +60,7 @@ __all__ = [
     "build_head",
     "check_backbone",
     "num_stages",
+    "scale_backbone",
 ]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -224,6 +225,8 @@ class BackboneType:
     stages: Callable[[Any, tuple[int, ...]], Staged]
     count: Callable[[Any], int]
     description: str = ""
+    # the options with every layer's width multiplied by a factor (see scale_backbone)
+    scale: Callable[[Any, float], dict[str, Any]] | None = None
 
 
 def _mlp_stages(options: MLPOptions, input_shape: tuple[int, ...]) -> Staged:
@@ -264,11 +267,44 @@ def _celeba_resnet_stages(options: CelebAResNetOptions, input_shape: tuple[int, 
 
 
 BACKBONES: Registry[BackboneType] = Registry("backbone")
-BACKBONES.add("mlp", BackboneType(MLPOptions, "vector", _mlp_stages, lambda o: len(o.hidden), "multilayer perceptron"))
-BACKBONES.add("convnet", BackboneType(ConvNetOptions, "image", _convnet_stages, lambda o: len(o.channels), "small CNN"))
+
+
+def _scaled(width: int, factor: float) -> int:
+    return max(1, round(width * factor))
+
+
+BACKBONES.add(
+    "mlp",
+    BackboneType(
+        MLPOptions,
+        "vector",
+        _mlp_stages,
+        lambda o: len(o.hidden),
+        "multilayer perceptron",
+        lambda o, f: {"hidden": [_scaled(h, f) for h in o.hidden]},
+    ),
+)
+BACKBONES.add(
+    "convnet",
+    BackboneType(
+        ConvNetOptions,
+        "image",
+        _convnet_stages,
+        lambda o: len(o.channels),
+        "small CNN",
+        lambda o, f: {"channels": [_scaled(c, f) for c in o.channels]},
+    ),
+)
 BACKBONES.add(
     "celeba_resnet",
-    BackboneType(CelebAResNetOptions, "image", _celeba_resnet_stages, lambda o: 2, "TAG's tiny CelebA ResNet"),
+    BackboneType(
+        CelebAResNetOptions,
+        "image",
+        _celeba_resnet_stages,
+        lambda o: 2,
+        "TAG's tiny CelebA ResNet",
+        lambda o, f: {"width": _scaled(o.width, f)},
+    ),
 )
 BACKBONE_NAMES = [*BACKBONES.names(), "timm:<model name>"]
 
@@ -408,6 +444,19 @@ def check_backbone(config: BackboneConfig, input_rank: int | None = None) -> Bas
                 key="backbone.shared_stem",
             )
     return parsed
+
+
+def scale_backbone(config: BackboneConfig, factor: float) -> BackboneConfig:
+    """``config`` with every layer's width multiplied by ``factor`` (rounded, at least 1): ``mlp``
+    hidden widths, ``convnet`` channels, ``celeba_resnet`` width. timm models have the widths of
+    their architecture and are returned unchanged, as is everything with ``factor`` 1."""
+    if factor == 1 or config.name.startswith("timm:"):
+        return config
+    kind = BACKBONES.lookup(config.name)
+    if kind.scale is None:
+        return config
+    options = validate_model(kind.Options, _options(config), "backbone")
+    return BackboneConfig.model_validate({**config.model_dump(), **kind.scale(options, factor)})
 
 
 def num_stages(config: BackboneConfig, options: BaseModel | None = None) -> int:

@@ -254,6 +254,10 @@ class WarmupConfig(StrictModel):
     # number of clusters: "auto" as many as the affinity supports, in 2..K (branches beyond them start
     # free); "k" always cuts into K clusters
     clusters: Literal["auto", "k"] = "auto"
+    # the single-task networks' encoder widths as a fraction of the spec's (mlp hidden widths,
+    # convnet channels, celeba_resnet width; timm models keep theirs); "auto": 0.5 for the image
+    # encoders that have widths (convnet, celeba_resnet), 1 otherwise (see warmstart.proxy_width)
+    width: typing.Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = "auto"
 
 
 class InitConfig(StrictModel):

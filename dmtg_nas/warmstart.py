@@ -6,9 +6,10 @@ lowest loss, so the assignment reinforces itself (measured: logits pass p = 0.5 
 quarter of training, and per-branch validation losses then always confirm the current assignment).
 The warm start gives the relaxation an informed starting point instead of a uniform one:
 
-1. train one small network per task (the spec's encoder and the task's head, independent
-   weights) for ``warmup.epochs`` epochs, and at least ``warmup.min_steps`` optimisation steps
-   (small data sets would otherwise stop before the predictors have found their features);
+1. train one small network per task (the spec's encoder, at ``warmup.width`` of its widths, see
+   :func:`proxy_width`, and the task's head, independent weights) for ``warmup.epochs`` epochs,
+   and at least ``warmup.min_steps`` optimisation steps (small data sets would otherwise stop
+   before the predictors have found their features);
 2. attribution affinity: for task i, the gradients of its prediction with respect to the input over
    ``warmup.samples`` training inputs, stacked as G_i (samples x input size; one block of rows per
    output channel), and U_i its top ``warmup.rank`` right singular vectors, i.e. the input directions
@@ -44,12 +45,20 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from .backbones import scale_backbone
 from .config import SearchSpec
 from .data import TaskData, make_loader
 from .space import GroupingSpace
 from .stacked import StackedSingles
 
-__all__ = ["WarmStart", "attribution_warm_start", "attribution_affinity", "cluster_count", "spectral_clusters"]
+__all__ = [
+    "WarmStart",
+    "attribution_warm_start",
+    "attribution_affinity",
+    "cluster_count",
+    "proxy_width",
+    "spectral_clusters",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -164,6 +173,23 @@ def spectral_clusters(affinity: np.ndarray, k: int, seed: int = 0) -> list[int]:
     return [int(v) for v in labels]
 
 
+def proxy_width(spec: SearchSpec) -> float:
+    """The warm start's encoder width as a fraction of the spec's (``warmup.width``; ``auto``: 0.5
+    for ``convnet`` and ``celeba_resnet``, 1 for everything else).
+
+    The N single-task networks of an image encoder train one after another and were most of the
+    search's time (``digits``: 23 of 47 s of ``dmtg-fast``); at half the channels the warm start
+    takes half as long and the search's final models are as good (README, "The warm start").
+    ``mlp`` networks train stacked and cost little (0.7 s on ``planted6``), and narrowing them loses
+    what the affinity needs (``planted6``'s [32, 8] as [16, 4]: the warm start's clusters were the
+    planted pairs on 3 of 6 seeds instead of 5); timm models have no width to scale.
+    """
+    width = spec.strategy.warmup.width
+    if width != "auto":
+        return float(width)
+    return 0.5 if spec.backbone.name in ("convnet", "celeba_resnet") else 1.0
+
+
 def attribution_warm_start(
     spec: SearchSpec, data: TaskData, *, progress: bool = False, callbacks: Sequence[pl.Callback] = ()
 ) -> WarmStart:
@@ -175,7 +201,8 @@ def attribution_warm_start(
     t0 = time.perf_counter()
     pl.seed_everything(spec.strategy.seed + 17, workers=True, verbose=False)
     n = len(spec.tasks)
-    space = GroupingSpace(spec.tasks, n, spec.backbone, spec.heads, data.input_shape, "independent")
+    backbone = scale_backbone(spec.backbone, proxy_width(spec))
+    space = GroupingSpace(spec.tasks, n, backbone, spec.heads, data.input_shape, "independent")
     singles = space.freeze({t: i for i, t in enumerate(spec.task_names)})
     strategy = spec.strategy
     if cfg.batch_size is not None:

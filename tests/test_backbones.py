@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dmtg_nas import SpecError, load_spec
-from dmtg_nas.backbones import DenseHead, build_encoder, build_head
+from dmtg_nas.backbones import DenseHead, build_encoder, build_head, scale_backbone
 from dmtg_nas.config import BackboneConfig, HeadsConfig, TaskConfig
 from dmtg_nas.space import GroupingSpace
 
@@ -51,6 +51,25 @@ def test_space_with_shared_stem_has_one_stem_and_k_branches() -> None:
     assert torch.allclose(
         net(torch.ones(2, 8))["t1"], space.routers[1].head(1)(space.branches[1](space.stem(torch.ones(2, 8))))
     )
+
+
+def test_scale_backbone_multiplies_every_width_and_keeps_the_rest() -> None:
+    mlp = scale_backbone(_bb("mlp", hidden=[8, 3], activation="gelu", shared_stem=1), 0.5)
+    assert mlp.model_extra == {"hidden": [4, 2], "activation": "gelu"} and mlp.shared_stem == 1
+    assert scale_backbone(_bb("mlp", hidden=[8, 3]), 0.1).model_extra == {"hidden": [1, 1]}  # never below 1
+    conv = scale_backbone(_bb("convnet", channels=[16, 32, 32], dropout=0.1), 0.5)
+    assert conv.model_extra == {"channels": [8, 16, 16], "dropout": 0.1}
+    assert scale_backbone(_bb("celeba_resnet"), 0.25).model_extra == {"width": 16}  # the default 64
+    # the built encoder has the scaled widths
+    built = build_encoder(conv, (1, 16, 16))
+    assert built.features.width == 16
+    widths = [m.out_channels for m in built.branch.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [8, 16, 16]
+    # timm models keep their architecture; factor 1 changes nothing
+    timm_config = _bb("timm:test_resnet")
+    assert scale_backbone(timm_config, 0.5) is timm_config
+    full = _bb("convnet", channels=[16])
+    assert scale_backbone(full, 1.0) is full
 
 
 @pytest.mark.parametrize(

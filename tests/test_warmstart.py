@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -91,6 +92,54 @@ def test_warm_start_trains_with_its_batch_size_and_minimum_steps(warmup: dict[st
     warm = attribution_warm_start(spec, load_data(spec), callbacks=[batches])
     assert batches.sizes == expected
     assert len(warm.clusters) == 4 and len(warm.affinity) == 4
+
+
+class _Parameters(pl.Callback):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self.count = sum(p.numel() for p in pl_module.parameters())
+
+
+def _mlp_parameters(inputs: int, hidden: list[int], outputs: int) -> int:
+    widths = [inputs, *hidden, outputs]
+    return sum(a * b + b for a, b in itertools.pairwise(widths))
+
+
+@pytest.mark.parametrize(("width", "hidden"), [(1.0, [8, 3]), (0.5, [4, 2]), ("auto", [8, 3])])
+def test_warm_start_trains_a_proxy_of_the_encoder_at_its_width(width: Any, hidden: list[int]) -> None:
+    import dmtg_nas
+    from dmtg_nas.components import load_data
+    from dmtg_nas.warmstart import attribution_warm_start
+
+    from .conftest import planted_doc
+
+    doc = planted_doc()  # mlp [8, 3] on 8 inputs, 4 regression tasks
+    doc["strategy"]["warmup"] = {"method": "attribution", "epochs": 1, "min_steps": 0, "width": width}
+    spec = dmtg_nas.load_spec(doc)
+    params = _Parameters()
+    attribution_warm_start(spec, load_data(spec), callbacks=[params])
+    assert params.count == 4 * _mlp_parameters(8, hidden, 1)
+
+
+def test_proxy_width_is_half_for_image_encoders_with_widths_only() -> None:
+    import dmtg_nas
+    from dmtg_nas.warmstart import proxy_width
+
+    from .conftest import planted_doc
+
+    def width(**overrides: Any) -> float:
+        doc = planted_doc()
+        doc["strategy"]["warmup"] = {"method": "attribution", **overrides.pop("warmup", {})}
+        return proxy_width(dmtg_nas.load_spec({**doc, **overrides}))
+
+    assert width() == 1.0  # mlp
+    assert width(warmup={"width": 0.25}) == 0.25
+    assert proxy_width(dmtg_nas.load_spec("digits")) == 0.5  # convnet
+    assert proxy_width(dmtg_nas.load_spec("digits", ["backbone={name: celeba_resnet}"])) == 0.5
+    assert proxy_width(dmtg_nas.load_spec("digits", ["backbone={name: 'timm:test_resnet'}"])) == 1.0
+    assert proxy_width(dmtg_nas.load_spec("digits", ["strategy.warmup.width=1"])) == 1.0
 
 
 def _singles(doc: dict[str, Any]) -> tuple[Any, Any, Any]:
