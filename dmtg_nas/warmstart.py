@@ -178,8 +178,8 @@ def proxy_width(spec: SearchSpec) -> float:
     for ``convnet`` and ``celeba_resnet``, 1 for everything else).
 
     The N single-task networks of an image encoder train one after another and were most of the
-    search's time (``digits``: 23 of 47 s of ``dmtg-fast``); at half the channels the warm start
-    takes half as long and the search's final models are as good (README, "The warm start").
+    search's time (``digits``: 24 of 48 s of ``dmtg-fast``); at half the channels the warm start
+    takes 14 s instead of 24 and the final models are as good in loss (README, "The warm start").
     ``mlp`` networks train stacked and cost little (0.7 s on ``planted6``), and narrowing them loses
     what the affinity needs (``planted6``'s [32, 8] as [16, 4]: the warm start's clusters were the
     planted pairs on 3 of 6 seeds instead of 5); timm models have no width to scale.
