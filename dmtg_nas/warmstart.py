@@ -45,7 +45,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from .backbones import scale_backbone
+from .backbones import BACKBONES, scale_backbone
 from .config import SearchSpec
 from .data import TaskData, make_loader
 from .space import GroupingSpace
@@ -175,9 +175,10 @@ def spectral_clusters(affinity: np.ndarray, k: int, seed: int = 0) -> list[int]:
 
 def proxy_width(spec: SearchSpec) -> float:
     """The warm start's encoder width as a fraction of the spec's (``warmup.width``; ``auto``: 0.5
-    for ``convnet`` and ``celeba_resnet``, 1 for everything else).
+    for registered image encoders that have widths to scale, ``convnet`` and ``celeba_resnet``, 1
+    for everything else).
 
-    The N single-task networks of an image encoder train one after another and were most of the
+    The N single-task networks of an image encoder train one after another and were half of the
     search's time (``digits``: 24 of 48 s of ``dmtg-fast``); at half the channels the warm start
     takes 14 s instead of 24 and the final models are as good in loss (README, "The warm start").
     ``mlp`` networks train stacked and cost little (0.7 s on ``planted6``), and narrowing them loses
@@ -187,7 +188,10 @@ def proxy_width(spec: SearchSpec) -> float:
     width = spec.strategy.warmup.width
     if width != "auto":
         return float(width)
-    return 0.5 if spec.backbone.name in ("convnet", "celeba_resnet") else 1.0
+    if spec.backbone.name.startswith("timm:"):
+        return 1.0
+    kind = BACKBONES.lookup(spec.backbone.name)
+    return 0.5 if kind.inputs == "image" and kind.scale is not None else 1.0
 
 
 def attribution_warm_start(
@@ -201,7 +205,8 @@ def attribution_warm_start(
     t0 = time.perf_counter()
     pl.seed_everything(spec.strategy.seed + 17, workers=True, verbose=False)
     n = len(spec.tasks)
-    backbone = scale_backbone(spec.backbone, proxy_width(spec))
+    width = proxy_width(spec)
+    backbone = scale_backbone(spec.backbone, width)
     space = GroupingSpace(spec.tasks, n, backbone, spec.heads, data.input_shape, "independent")
     singles = space.freeze({t: i for i, t in enumerate(spec.task_names)})
     strategy = spec.strategy
@@ -217,5 +222,5 @@ def attribution_warm_start(
     k = cluster_count(a, spec.groups) if cfg.clusters == "auto" else spec.groups
     clusters = spectral_clusters(a, k, spec.strategy.seed)
     seconds = time.perf_counter() - t0
-    _logger.info("warm start: clusters %s in %.1f s", clusters, seconds)
+    _logger.info("warm start (encoder width x%g): clusters %s in %.1f s", width, clusters, seconds)
     return WarmStart(clusters, affinity.tolist(), seconds)
