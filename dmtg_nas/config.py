@@ -822,11 +822,10 @@ _TYPE_NAMES = {
 }
 
 
-def _to_spec_error(exc: pydantic.ValidationError, prefix: str) -> SpecError:
-    err = exc.errors(include_url=False)[0]
+def _error_location(err: Any) -> list[Any]:
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged-")))]
     # drop pydantic's union branch names such as 'int' / 'float' / 'list[...]'
-    loc = [
+    return [
         p
         for p in loc
         if not (
@@ -834,6 +833,12 @@ def _to_spec_error(exc: pydantic.ValidationError, prefix: str) -> SpecError:
             and ("[" in p or p in {"int", "float", "str", "none", "constrained-int", "constrained-float"})
         )
     ]
+
+
+def _to_spec_error(exc: pydantic.ValidationError, prefix: str) -> SpecError:
+    errors = exc.errors(include_url=False)
+    err = errors[0]
+    loc = _error_location(err)
     key = _join(prefix, loc) or None
     etype = err["type"]
     value = err.get("input")
@@ -845,7 +850,14 @@ def _to_spec_error(exc: pydantic.ValidationError, prefix: str) -> SpecError:
         choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",")]
         message = f"bad value {shown}{suggest(str(value), choices)}; allowed: {expected}"
     elif etype in _TYPE_NAMES:
-        message = f"expected {_TYPE_NAMES[etype]}, got {shown} ({type(value).__name__})"
+        # a union with named values (``int | Literal["auto"]``): each branch reports its own error
+        named = [
+            e["ctx"]["expected"]
+            for e in errors[1:]
+            if e["type"] == "literal_error" and "expected" in e.get("ctx", {}) and _error_location(e) == loc
+        ]
+        expected = " or ".join([_TYPE_NAMES[etype], *named])
+        message = f"expected {expected}, got {shown} ({type(value).__name__})"
     elif etype == "value_error":
         message = str(err["msg"]).removeprefix("Value error, ")
     else:

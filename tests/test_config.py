@@ -91,6 +91,10 @@ def test_relative_table_path_resolves_against_the_spec_folder(write_yaml, tmp_pa
         ({"grups": 3}, [], "grups", "unknown key 'grups' (did you mean 'groups'?)"),
         ({}, ["groups=0"], "groups", "greater than or equal to 1, got 0"),
         ({}, ["groups=three"], "groups", "expected an integer, got 'three'"),
+        # a number or a named value: the message gives both
+        ({}, ["strategy.num_workers=many"], "strategy.num_workers", "expected an integer or 'auto', got 'many'"),
+        ({}, ["strategy.warmup.width=wide"], "strategy.warmup.width", "expected a number or 'auto', got 'wide'"),
+        ({}, ["strategy.warmup.width=1.5"], "strategy.warmup.width", "less than or equal to 1, got 1.5"),
         ({}, ["strategy.temperature.schedule=cosin"], "strategy.temperature.schedule", "did you mean 'cosine'"),
         ({}, ["strategy.optimizer.nme=adam"], "strategy.optimizer.nme", "did you mean 'name'"),
         ({}, ["tasks.1.type=regresion"], "tasks[1].type", "did you mean 'regression'"),
