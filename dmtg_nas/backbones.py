@@ -452,11 +452,10 @@ def scale_backbone(config: BackboneConfig, factor: float) -> BackboneConfig:
     their architecture and are returned unchanged, as is everything with ``factor`` 1."""
     if factor == 1 or config.name.startswith("timm:"):
         return config
-    kind = BACKBONES.lookup(config.name)
-    if kind.scale is None:
+    scale = BACKBONES.lookup(config.name).scale
+    if scale is None:
         return config
-    options = validate_model(kind.Options, _options(config), "backbone")
-    return BackboneConfig.model_validate({**config.model_dump(), **kind.scale(options, factor)})
+    return BackboneConfig.model_validate({**config.model_dump(), **scale(check_backbone(config), factor)})
 
 
 def num_stages(config: BackboneConfig, options: BaseModel | None = None) -> int:

@@ -262,18 +262,22 @@ def _train_stacked(
     # one data order per distinct seed; a network reads the batches of its own order
     order_of = torch.tensor([orders.index(s) for s in seeds] if seeds is not None else [0] * len(nets))
     per_net = len(orders) > 1
-    batched_losses = vmap(losses, in_dims=(0, 0 if per_net else None, 0 if per_net else None), randomness="different")
-    batched_outputs = vmap(outputs, in_dims=(0, None), randomness="different")
+    batch_dim = 0 if per_net else None
     # mlp encoders with linear heads: the networks' forward as batched matrix products, vmap for the
-    # losses only (the same values; vmap's cost per operation is most of a small network's step)
+    # losses only (the same values; vmap's cost per operation is most of a small network's step);
+    # other networks: vmap of the whole network
     fast = stacked_forward(base) if isinstance(base, GroupedNetwork) else None
-    if fast is not None:
-        vmapped = vmap(part_losses, in_dims=(0, 0 if per_net else None))
+    batched_outputs: Callable[..., dict[str, torch.Tensor]]
+    if fast is None:
+        batched_losses = vmap(losses, in_dims=(0, batch_dim, batch_dim), randomness="different")
+        batched_outputs = vmap(outputs, in_dims=(0, None), randomness="different")
+    else:
+        batched_part_losses = vmap(part_losses, in_dims=(0, batch_dim))
 
         def batched_losses(p: dict[str, torch.Tensor], x: torch.Tensor, ys: dict[str, torch.Tensor]) -> torch.Tensor:
-            return vmapped(fast(p, x), ys)  # type: ignore[misc]
+            return batched_part_losses(fast(p, x), ys)  # type: ignore[no-any-return]
 
-        batched_outputs = fast  # type: ignore[assignment]
+        batched_outputs = fast
 
     holder = torch.nn.ParameterList([torch.nn.Parameter(v) for v in params.values()])
     module = MultiTaskModule(tasks, strat.optimizer, strat.lr_schedule, _budget(spec))
