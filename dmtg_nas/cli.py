@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 import warnings
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resume", action="store_true", help="skip (method, seed) runs already in --out")
     bench.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
     bench.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_report(bench, "docs/results/benchmark-planted6.md")
     _add_set(bench)
 
     suite = sub.add_parser(
@@ -168,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--out", "-o", type=Path, help="output folder (default: runs/suite-<time>)")
     suite.add_argument("--resume", action="store_true", help="skip runs already in --out")
     suite.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_report(suite, "docs/results/suite-short.md")
     _add_set(suite)
 
     tune = sub.add_parser(
@@ -237,6 +240,16 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a key of the merged spec (repeatable), e.g. groups=4 or strategy.epochs=20",
+    )
+
+
+def _add_report(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE.md",
+        help="also publish the report as a documentation page: the markdown with a line saying which command, "
+        f"version, date and machine produced it, and its figure beside it as FILE.png (e.g. {example})",
     )
 
 
@@ -438,12 +451,15 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark
     from .config import load_spec
+    from .reports import check_report_path, publish_report
 
     spec = load_spec(args.spec, args.overrides)
     _single_process(spec, "benchmark")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.seeds < 1:
         raise DmtgError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.report is not None:
+        check_report_path(args.report)
     out = args.out or Path("runs") / f"bench-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_benchmark(
         spec,
@@ -457,14 +473,22 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     )
     print((out / "results.md").read_text(encoding="utf-8"), end="")
     print(f"outputs in {out}")
+    if args.report is not None:
+        page = publish_report(
+            out / "results.md", args.report, title="Benchmark", command=args.command_line, figure=out / "results.png"
+        )
+        print(f"report in {page}")
     return 0
 
 
 def _cmd_suite(args: argparse.Namespace) -> int:
     from .errors import SpecError, suggest
+    from .reports import check_report_path, publish_report
     from .suite import GROUPING_METHODS, SHAPES, SHORT_SHAPES, parse_seeds, run_suite
 
     seeds = parse_seeds(args.seeds)
+    if args.report is not None:
+        check_report_path(args.report)
     if args.reference_trainings < 1:
         raise DmtgError(f"--reference-trainings must be >= 1, got {args.reference_trainings}")
     for method in args.method:  # checked before anything runs
@@ -499,6 +523,11 @@ def _cmd_suite(args: argparse.Namespace) -> int:
         args.resume = True  # later strategies and methods add to the same report
     print((out / "suite.md").read_text(encoding="utf-8"), end="")
     print(f"outputs in {out}")
+    if args.report is not None:
+        page = publish_report(
+            out / "suite.md", args.report, title="Planted suite", command=args.command_line, figure=out / "suite.png"
+        )
+        print(f"report in {page}")
     return 0
 
 
@@ -589,6 +618,7 @@ def _cmd_portal(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["dmtg", *(sys.argv[1:] if argv is None else argv)])  # for published reports
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
