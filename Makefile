@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo test test-slow lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/dmtg search digits --out runs/digits-demo --overwrite
 
-## test: lint, type-check and the default (fast, offline, CPU) test suite
-test: lint
+## test: lint, type-check, the documentation build and the default (fast, offline, CPU) test suite
+test: lint docs
 	$(BIN)/python -m pytest -m "not slow" -q
 
 ## test-slow: the longer end-to-end tests (CI runs these too)
@@ -31,5 +31,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check dmtg_nas tests examples benchmarks
 	$(BIN)/mypy
 
+## docs: the documentation site (mkdocs.yml, docs/) built into site/ with --strict: a broken link or a missing page fails
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 clean:
-	rm -rf runs .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
+	rm -rf runs site .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

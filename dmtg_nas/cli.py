@@ -264,7 +264,7 @@ def _add_trainer_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--devices", type=int, metavar="N", help="processes per node: GPUs, or CPU processes (default: 1)"
     )
-    group.add_argument("--num-nodes", type=int, metavar="N", help="machines (default: 1; see the README on DDP)")
+    group.add_argument("--num-nodes", type=int, metavar="N", help="machines (default: 1; see docs/devices.md on DDP)")
     group.add_argument(
         "--precision", choices=["32-true", "bf16-mixed", "16-mixed"], help="Lightning precision (default: 32-true)"
     )
