@@ -33,21 +33,20 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from .config import BackboneConfig, HeadsConfig, StrictModel, TaskConfig, Width, validate_model
-from .errors import SpecError, allowed, suggest
-from .registry import Registry
+from .catalog import ENCODERS, encoder_entry
+from .catalog.checks import ParsedEncoder, check_shared_stem
+from .catalog.encoders import CelebAResNetOptions, ConvNetOptions, MLPOptions, TimmOptions
+from .errors import SpecError, suggest
+from .schema import BackboneConfig, HeadsConfig, TaskConfig
 
 __all__ = [
-    "BACKBONES",
-    "BACKBONE_NAMES",
+    "STAGES",
     "BuiltEncoder",
     "ConvNetOptions",
     "CelebAResNetOptions",
@@ -66,32 +65,6 @@ __all__ = [
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 Features = Tensor | list[Tensor]  # what a branch returns: (B, D) or [(B, C_j, H_j, W_j), ...]
-
-
-# ----------------------------------------------------------------------------------------------
-# Options of the registered encoders
-# ----------------------------------------------------------------------------------------------
-
-
-class MLPOptions(StrictModel):
-    hidden: list[Width] = Field(default_factory=lambda: [64, 64], min_length=1)
-    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
-    dropout: float = Field(default=0.0, ge=0, lt=1)
-    norm: Literal["none", "batch", "layer"] = "none"
-
-
-class ConvNetOptions(StrictModel):
-    channels: list[Width] = Field(default_factory=lambda: [16, 32, 64], min_length=1, max_length=16)
-    dropout: float = Field(default=0.0, ge=0, lt=1)  # before the pooled vector
-
-
-class CelebAResNetOptions(StrictModel):
-    width: Width = 64  # channels of the conv stem and the residual block
-
-
-class TimmOptions(StrictModel):
-    pretrained: bool | str = False  # false, or a local .pth/.safetensors file (never a download)
-    kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to timm.create_model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,19 +189,6 @@ class Staged:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BackboneType:
-    """A registered encoder: its options model, the inputs it takes and how to build its stages."""
-
-    Options: type[BaseModel]
-    inputs: Literal["vector", "image"]
-    stages: Callable[[Any, tuple[int, ...]], Staged]
-    count: Callable[[Any], int]
-    description: str = ""
-    # the options with every layer's width multiplied by a factor (see scale_backbone)
-    scale: Callable[[Any, float], dict[str, Any]] | None = None
-
-
 def _mlp_stages(options: MLPOptions, input_shape: tuple[int, ...]) -> Staged:
     in_features = 1
     for s in input_shape:
@@ -266,47 +226,12 @@ def _celeba_resnet_stages(options: CelebAResNetOptions, input_shape: tuple[int, 
     return Staged([stem, body], nn.Sequential(nn.AvgPool2d(2), nn.Flatten()))
 
 
-BACKBONES: Registry[BackboneType] = Registry("backbone")
-
-
-def _scaled(width: int, factor: float) -> int:
-    return max(1, round(width * factor))
-
-
-BACKBONES.add(
-    "mlp",
-    BackboneType(
-        MLPOptions,
-        "vector",
-        _mlp_stages,
-        lambda o: len(o.hidden),
-        "multilayer perceptron",
-        lambda o, f: {"hidden": [_scaled(h, f) for h in o.hidden]},
-    ),
-)
-BACKBONES.add(
-    "convnet",
-    BackboneType(
-        ConvNetOptions,
-        "image",
-        _convnet_stages,
-        lambda o: len(o.channels),
-        "small CNN",
-        lambda o, f: {"channels": [_scaled(c, f) for c in o.channels]},
-    ),
-)
-BACKBONES.add(
-    "celeba_resnet",
-    BackboneType(
-        CelebAResNetOptions,
-        "image",
-        _celeba_resnet_stages,
-        lambda o: 2,
-        "TAG's tiny CelebA ResNet",
-        lambda o, f: {"width": _scaled(o.width, f)},
-    ),
-)
-BACKBONE_NAMES = [*BACKBONES.names(), "timm:<model name>"]
+# the stages of the registered encoders that are a chain of stages (timm models: _timm_stages)
+STAGES: dict[str, Callable[[Any, tuple[int, ...]], Staged]] = {
+    "mlp": _mlp_stages,
+    "convnet": _convnet_stages,
+    "celeba_resnet": _celeba_resnet_stages,
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,96 +311,63 @@ def _timm_stages(model_name: str, input_shape: tuple[int, ...], options: TimmOpt
     return Staged(stages, GlobalPool()) if ok else None
 
 
-def _timm_name(config: BackboneConfig) -> str:
-    return config.name.removeprefix("timm:")
-
-
 # ----------------------------------------------------------------------------------------------
 # Validation and building
 # ----------------------------------------------------------------------------------------------
 
 
-def _options(config: BackboneConfig) -> dict[str, Any]:
-    return {k: v for k, v in (config.model_extra or {}).items()}
-
-
-def check_backbone(config: BackboneConfig, input_rank: int | None = None) -> BaseModel:
-    """Validate the backbone section (name, options, ``shared_stem`` depth) without building it."""
-    if config.name.startswith("timm:"):
+def check_backbone(config: BackboneConfig, input_rank: int | None = None) -> ParsedEncoder:
+    """Validate the backbone section (name, options, ``shared_stem`` depth) without building it: the
+    catalog's checks (:func:`~dmtg_nas.catalog.encoder_entry`), and what needs timm itself (the model
+    exists; its stages); with ``input_rank``, that the encoder takes inputs of that rank."""
+    parsed = encoder_entry(config)
+    if parsed.family == "timm" and parsed.model is not None:
         import timm
 
-        model_name = _timm_name(config)
-        if not timm.is_model(model_name):
+        if not timm.is_model(parsed.model):
             raise SpecError(
-                f"unknown timm model {model_name!r}{suggest(model_name, timm.list_models())}",
+                f"unknown timm model {parsed.model!r}{suggest(parsed.model, timm.list_models())}",
                 key="backbone.name",
             )
-        parsed: BaseModel = validate_model(TimmOptions, _options(config), "backbone")
-        assert isinstance(parsed, TimmOptions)
-        if isinstance(parsed.pretrained, str) and not Path(parsed.pretrained).is_file():
-            raise SpecError(f"weights file not found: {parsed.pretrained}", key="backbone.pretrained")
-        if input_rank is not None and input_rank != 3:
-            raise SpecError(
-                f"timm encoders need image inputs (C, H, W); this data set gives {input_rank}-d inputs: use 'mlp'",
-                key="backbone.name",
-            )
-    else:
-        try:
-            kind = BACKBONES.lookup(config.name)
-        except SpecError:
-            names = [*BACKBONES.names(), "timm:"]
-            raise SpecError(
-                f"unknown backbone {config.name!r}{suggest(config.name, names)}; "
-                f"allowed: {allowed(BACKBONES.names())} or 'timm:<model name>'",
-                key="backbone.name",
-            ) from None
-        parsed = validate_model(kind.Options, _options(config), "backbone")
-        if input_rank is not None and kind.inputs == "image" and input_rank != 3:
-            raise SpecError(
-                f"{config.name!r} needs image inputs (C, H, W); this data set gives {input_rank}-d inputs: use 'mlp'",
-                key="backbone.name",
-            )
-    if config.shared_stem:
-        stages = num_stages(config, parsed)
-        if config.shared_stem >= stages:
-            raise SpecError(
-                f"shared_stem {config.shared_stem} leaves no stage to branch: {config.name} has {stages} stages "
-                f"(allowed: 0 to {stages - 1})",
-                key="backbone.shared_stem",
-            )
+    if input_rank is not None and parsed.entry.inputs == "image" and input_rank != 3:
+        what = f"{parsed.family} encoders need" if parsed.entry.model_name else f"{config.name!r} needs"
+        raise SpecError(
+            f"{what} image inputs (C, H, W); this data set gives {input_rank}-d inputs: use 'mlp'",
+            key="backbone.name",
+        )
+    if config.shared_stem and parsed.entry.stages is None:
+        check_shared_stem(config, num_stages(config))
     return parsed
 
 
 def scale_backbone(config: BackboneConfig, factor: float) -> BackboneConfig:
     """``config`` with every layer's width multiplied by ``factor`` (rounded, at least 1): ``mlp``
-    hidden widths, ``convnet`` channels, ``celeba_resnet`` width. timm models have the widths of
-    their architecture and are returned unchanged, as is everything with ``factor`` 1."""
-    if factor == 1 or config.name.startswith("timm:"):
+    hidden widths, ``convnet`` channels, ``celeba_resnet`` width. Encoders without widths to scale
+    (timm models have the widths of their architecture) are returned unchanged, as is everything
+    with ``factor`` 1."""
+    if factor == 1:
         return config
-    scale = BACKBONES.lookup(config.name).scale
-    if scale is None:
+    parsed = encoder_entry(config)
+    if parsed.entry.scale is None:
         return config
-    return BackboneConfig.model_validate({**config.model_dump(), **scale(check_backbone(config), factor)})
+    return BackboneConfig.model_validate({**config.model_dump(), **parsed.entry.scale(parsed.options, factor)})
 
 
-def num_stages(config: BackboneConfig, options: BaseModel | None = None) -> int:
+def num_stages(config: BackboneConfig) -> int:
     """How many stages ``shared_stem`` can count (timm: ``len(feature_info)``, built on the meta device)."""
-    if options is None:
-        options = check_backbone(config.model_copy(update={"shared_stem": 0}))
-    if config.name.startswith("timm:"):
-        import timm
+    parsed = encoder_entry(config.model_copy(update={"shared_stem": 0}))
+    if parsed.entry.stages is not None:
+        return parsed.entry.stages(parsed.options)
+    import timm
 
-        assert isinstance(options, TimmOptions)
-        kwargs = {k: v for k, v in options.kwargs.items()}
-        try:
-            with torch.device("meta"):
-                model = timm.create_model(_timm_name(config), pretrained=False, **kwargs)
-        except (TypeError, ValueError, RuntimeError, AssertionError, OverflowError) as exc:
-            raise SpecError(
-                f"timm cannot build {_timm_name(config)!r} with these kwargs: {exc}", key="backbone"
-            ) from None
-        return len(getattr(model, "feature_info", []) or [])
-    return BACKBONES.lookup(config.name).count(options)
+    assert parsed.model is not None
+    kwargs = {k: v for k, v in parsed.options.kwargs.items()}
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(parsed.model, pretrained=False, **kwargs)
+    except (TypeError, ValueError, RuntimeError, AssertionError, OverflowError) as exc:
+        raise SpecError(f"timm cannot build {parsed.model!r} with these kwargs: {exc}", key="backbone") from None
+    return len(getattr(model, "feature_info", []) or [])
 
 
 @dataclass
@@ -491,47 +383,49 @@ class BuiltEncoder:
 def build_encoder(config: BackboneConfig, input_shape: tuple[int, ...], *, maps: bool = False) -> BuiltEncoder:
     """Build one encoder for inputs of ``input_shape``: feature maps when ``maps`` (dense tasks),
     else pooled vectors; split after ``config.shared_stem`` stages."""
-    options = check_backbone(config, len(input_shape))
+    parsed = check_backbone(config, len(input_shape))
+    options = parsed.options
     k = config.shared_stem
     stem: nn.Module | None
     branch: nn.Module
-    if config.name.startswith("timm:"):
-        assert isinstance(options, TimmOptions)
-        name = _timm_name(config)
-        if not maps and k == 0:
-            stem, branch = None, TimmEncoder(name, input_shape[0], options)
-        else:
-            staged = _timm_stages(name, input_shape, options)
-            if staged is not None:
-                stem, branch = _split(staged, k, maps)
-            elif k == 0:
-                stem, branch = None, MapsEncoder(_create_timm(name, input_shape[0], options, features_only=True))
-            else:
-                raise SpecError(
-                    f"timm model {name!r} is not a chain of stages, so its stem cannot be shared: use shared_stem: 0",
-                    key="backbone.shared_stem",
-                )
+    if isinstance(options, TimmOptions):
+        assert parsed.model is not None
+        stem, branch = _timm_parts(parsed.model, options, input_shape, k, maps)
+    elif maps and ENCODERS.lookup(config.name).inputs == "vector":
+        raise SpecError(
+            f"dense tasks need feature maps; {config.name!r} gives vectors: use an image encoder "
+            "such as 'convnet' or 'timm:<model>'",
+            key="backbone.name",
+        )
+    elif isinstance(options, MLPOptions) and k == 0:
+        stem, branch = None, MLP(_numel(input_shape), options)
+    elif isinstance(options, MLPOptions):
+        first = MLP(_numel(input_shape), options.model_copy(update={"hidden": options.hidden[:k]}))
+        rest = MLP(first.out_features, options.model_copy(update={"hidden": options.hidden[k:]}))
+        stem, branch = first, rest
     else:
-        kind = BACKBONES.lookup(config.name)
-        if maps and kind.inputs == "vector":
-            raise SpecError(
-                f"dense tasks need feature maps; {config.name!r} gives vectors: use an image encoder "
-                "such as 'convnet' or 'timm:<model>'",
-                key="backbone.name",
-            )
-        if config.name == "mlp" and not maps and k == 0:
-            assert isinstance(options, MLPOptions)
-            stem, branch = None, MLP(_numel(input_shape), options)
-        elif config.name == "mlp":
-            assert isinstance(options, MLPOptions)
-            first = MLP(_numel(input_shape), options.model_copy(update={"hidden": options.hidden[:k]}))
-            rest = MLP(first.out_features, options.model_copy(update={"hidden": options.hidden[k:]}))
-            stem, branch = first, rest
-        else:
-            stem, branch = _split(kind.stages(options, input_shape), k, maps)
+        stem, branch = _split(STAGES[config.name](options, input_shape), k, maps)
     features = _probe(stem, branch, input_shape)
     branch.out_features = features.width  # type: ignore[assignment]
     return BuiltEncoder(stem, branch, features)
+
+
+def _timm_parts(
+    name: str, options: TimmOptions, input_shape: tuple[int, ...], k: int, maps: bool
+) -> tuple[nn.Module | None, nn.Module]:
+    """A timm model as (stem, branch): its own pooled features when nothing is shared and no maps
+    are needed, else split into its ``feature_info`` stages (or, unsplit, its feature maps)."""
+    if not maps and k == 0:
+        return None, TimmEncoder(name, input_shape[0], options)
+    staged = _timm_stages(name, input_shape, options)
+    if staged is not None:
+        return _split(staged, k, maps)
+    if k == 0:
+        return None, MapsEncoder(_create_timm(name, input_shape[0], options, features_only=True))
+    raise SpecError(
+        f"timm model {name!r} is not a chain of stages, so its stem cannot be shared: use shared_stem: 0",
+        key="backbone.shared_stem",
+    )
 
 
 def _numel(shape: Sequence[int]) -> int:

@@ -328,8 +328,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list() -> int:
+    from .catalog import DATASETS
     from .config import _read_yaml
-    from .data import DATASETS
     from .presets import find_preset, list_presets
     from .schedules import SCHEDULES
 
@@ -339,11 +339,13 @@ def _cmd_list() -> int:
             path = find_preset(kind, name)  # type: ignore[arg-type]
             desc = str(_read_yaml(path).get("description", "")) if path else ""
             print(f"  {name:<16} {desc}")
-    from .backbones import BACKBONES
+    from .catalog import ENCODERS
     from .config import TASK_LOSSES
 
     print(f"data sets: {', '.join(DATASETS.names())} (or package.module:function)")
-    print(f"encoders: {', '.join(BACKBONES.names())}, timm:<model name> (any timm model, e.g. timm:resnet10t)")
+    plain = [n for n in ENCODERS.names() if not ENCODERS.lookup(n).model_name]
+    named = [f"{n}:<model name>" for n in ENCODERS.names() if ENCODERS.lookup(n).model_name]
+    print(f"encoders: {', '.join([*plain, *named])} (any timm model, e.g. timm:resnet10t)")
     print("task types (losses, default first):")
     for kind, losses in TASK_LOSSES.items():
         print(f"  {kind:<13} {', '.join(losses)}")

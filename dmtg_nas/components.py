@@ -1,13 +1,20 @@
-"""Resolve a validated spec's named components: its data set and its encoder."""
+"""Resolve a validated spec's named components: its data set and its encoder.
+
+The spec layer (:mod:`dmtg_nas.catalog`) checks names, options and files without torch; this layer
+adds what needs the libraries themselves (a timm model's existence and stages) and loads the data.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .backbones import check_backbone
-from .config import SearchSpec, validate_model
+from .catalog import check_spec
+from .catalog.checks import os_message
+from .config import SearchSpec
 from .data import DATASETS, DatasetPlugin, TaskData, UserDataset
 from .errors import DataError, SpecError
+from .validation import validate_model
 
 __all__ = ["validate_components", "dataset_plugin", "load_data"]
 
@@ -28,29 +35,13 @@ def dataset_plugin(spec: SearchSpec) -> tuple[DatasetPlugin, Any]:
 
 
 def validate_components(spec: SearchSpec) -> None:
-    """Check names, options and files of the data set and the encoder (no heavy loading)."""
-    plugin, options = dataset_plugin(spec)
-    try:
-        plugin.check(options, spec.tasks)
-    except OSError as exc:  # a path the file system refuses (too long, not a folder, no permission)
-        raise SpecError(_os_message(exc), key="dataset") from None
+    """Check names, options and files of the data set and the encoder (no heavy loading): the spec
+    layer's checks (:func:`~dmtg_nas.catalog.check_spec`) and the encoder's own (timm models)."""
+    check_spec(spec)
     try:
         check_backbone(spec.backbone)
     except OSError as exc:
-        raise SpecError(_os_message(exc), key="backbone") from None
-    if spec.reference is not None:
-        from .metrics import load_reference
-
-        try:
-            load_reference([spec.reference] if isinstance(spec.reference, str) else spec.reference)
-        except DataError as exc:
-            raise SpecError(str(exc), key="reference") from None
-    if any(t.dense for t in spec.tasks) and spec.backbone.name == "mlp":
-        raise SpecError(
-            "dense tasks need feature maps; 'mlp' gives vectors: use an image encoder such as 'convnet' or "
-            "'timm:<model>'",
-            key="backbone.name",
-        )
+        raise SpecError(os_message(exc), key="backbone") from None
 
 
 def load_data(spec: SearchSpec) -> TaskData:
@@ -63,10 +54,4 @@ def load_data(spec: SearchSpec) -> TaskData:
     try:
         return plugin.load(options, spec.tasks)
     except OSError as exc:
-        raise DataError(_os_message(exc)) from None
-
-
-def _os_message(exc: OSError) -> str:
-    name = exc.filename if isinstance(exc.filename, str) else None
-    shown = name if name is None or len(name) <= 80 else name[:77] + "..."
-    return f"{shown}: {exc.strerror or exc}" if shown else str(exc.strerror or exc)
+        raise DataError(os_message(exc)) from None

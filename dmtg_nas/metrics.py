@@ -22,9 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import TaskConfig
 from .errors import DataError
-from .tasks import EVAL_METRICS, HIGHER_IS_BETTER, PRIMARY_METRIC
+from .schema import EVAL_METRICS, HIGHER_IS_BETTER, PRIMARY_METRIC, TaskConfig
 
 __all__ = ["load_reference", "relative_gain", "compare_to_reference"]
 

@@ -30,6 +30,7 @@ import torchmetrics
 from torch import Tensor
 
 from .config import TaskConfig
+from .schema import EVAL_METRICS, HIGHER_IS_BETTER, PRIMARY_METRIC
 
 __all__ = [
     "task_loss",
@@ -41,31 +42,6 @@ __all__ = [
     "summarize",
     "squeeze_output",
 ]
-
-HIGHER_IS_BETTER = {"accuracy", "miou", "pixel_accuracy", "within_11.25", "within_22.5", "within_30", "f1"}
-
-# The metrics each type is judged by (Delta_m averages over these; ``accuracy`` is left out where
-# ``error`` says the same) and the one metric used for the normalized gain.
-EVAL_METRICS: dict[str, tuple[str, ...]] = {
-    "regression": ("mse", "mae"),
-    "binary": ("error",),
-    "multiclass": ("error",),
-    "segmentation": ("miou", "pixel_accuracy"),
-    "depth": ("rmse", "abs_rel"),
-    "normals": ("angle_mean", "angle_median", "within_11.25", "within_22.5", "within_30"),
-    "keypoints": ("mae", "f1"),
-    "edges": ("mae", "f1"),
-}
-PRIMARY_METRIC = {
-    "regression": "mse",
-    "binary": "error",
-    "multiclass": "error",
-    "segmentation": "miou",
-    "depth": "abs_rel",
-    "normals": "angle_mean",
-    "keypoints": "mae",
-    "edges": "mae",
-}
 
 
 def _zero(pred: Tensor) -> Tensor:

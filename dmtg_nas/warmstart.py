@@ -45,7 +45,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from .backbones import BACKBONES, scale_backbone
+from .backbones import scale_backbone
+from .catalog import encoder_entry
 from .config import SearchSpec
 from .data import TaskData, make_loader
 from .space import GroupingSpace
@@ -188,10 +189,8 @@ def proxy_width(spec: SearchSpec) -> float:
     width = spec.strategy.warmup.width
     if width != "auto":
         return float(width)
-    if spec.backbone.name.startswith("timm:"):
-        return 1.0
-    kind = BACKBONES.lookup(spec.backbone.name)
-    return 0.5 if kind.inputs == "image" and kind.scale is not None else 1.0
+    entry = encoder_entry(spec.backbone).entry
+    return 0.5 if entry.inputs == "image" and entry.scale is not None else 1.0
 
 
 def attribution_warm_start(

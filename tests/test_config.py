@@ -100,7 +100,6 @@ def test_relative_table_path_resolves_against_the_spec_folder(write_yaml, tmp_pa
         ({}, ["tasks.1.type=regresion"], "tasks[1].type", "did you mean 'regression'"),
         ({}, ["tasks.1.name=t0"], "", "duplicate task name 't0'"),
         ({}, ["dataset.name=plantd"], "dataset.name", "unknown dataset 'plantd' (did you mean 'planted'?)"),
-        ({}, ["backbone.name=timm:resnet10x"], "backbone.name", "unknown timm model 'resnet10x'"),
         ({}, ["backbone.name=mpl"], "backbone.name", "did you mean 'mlp'"),
         ({}, ["backbone.hidden=[0]"], "backbone.hidden[0]", "greater than or equal to 1"),
         ({}, ["strategy=dmgt"], "strategy", "did you mean 'dmtg'"),
@@ -118,6 +117,35 @@ def test_bad_specs_name_file_key_value_and_choices(write_yaml, change, overrides
     assert (err.key or "") == key
     assert err.source == ("--set" if overrides and key else str(path))
     assert "\n" not in str(err)
+
+
+def test_unknown_timm_model_is_found_when_the_components_are_resolved(write_yaml) -> None:
+    """The spec layer checks the form ``timm:<model>`` and the options without torch; whether timm has
+    the model is checked one layer up (``dmtg validate``, and before a search loads anything)."""
+    from dmtg_nas.components import validate_components
+
+    path = write_yaml("bad.yaml", planted_doc(backbone={"name": "timm:resnet10x"}))
+    spec = load_spec(path)
+    with pytest.raises(SpecError, match="unknown timm model 'resnet10x'") as info:
+        validate_components(spec)
+    assert info.value.key == "backbone.name"
+
+
+def test_loading_a_spec_imports_neither_torch_nor_nni() -> None:
+    """``dmtg_nas.config`` is the spec layer: loading and validating a shipped spec (data set and
+    encoder names, options, files) in a fresh interpreter leaves torch, NNI and timm unimported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dmtg_nas.config as c\n"
+        "for name in ('planted', 'digits', 'planted6'):\n"
+        "    c.load_spec(name, ['strategy=dmtg-fast'])\n"
+        "c.load_spec('digits', ['backbone={name: timm:test_resnet}'])\n"
+        "heavy = sorted(m for m in ('torch', 'nni', 'timm', 'pytorch_lightning') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_missing_table_file_is_a_spec_error(write_yaml, tmp_path: Path) -> None:

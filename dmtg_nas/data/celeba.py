@@ -34,11 +34,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from torch.utils.data import Dataset
 
-from ..config import StrictModel, TaskConfig
-from ..errors import DataError, SpecError, allowed, suggest
+from ..catalog.images import (
+    CelebAOptions,
+    attr_file,
+    attribute_names,
+    check_celeba,
+    check_celeba_layout,
+    partition_file,
+)
+from ..errors import DataError, suggest
+from ..schema import TaskConfig
 from .base import TaskData
 
 __all__ = ["CelebADataset", "CelebAOptions", "CelebAImages", "read_celeba_index", "CELEBA_ATTRIBUTES"]
@@ -93,54 +101,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
-class CelebAOptions(StrictModel):
-    root: str = Field(min_length=1)
-    size: int = Field(default=64, ge=8, le=1024)  # images are resized to size x size
-    crop: int | None = Field(default=None, ge=8, le=65_536)  # centred square crop of this side before resizing
-    cache: str | None = None  # folder for a one-time resized uint8 cache (memory-mapped)
-    limit: int | None = Field(default=None, ge=1, le=1_000_000_000)  # use at most this many images per split
-
-
-def _attr_file(root: Path) -> Path:
-    return root / "list_attr_celeba.txt"
-
-
-def _partition_file(root: Path) -> Path:
-    return root / "list_eval_partition.txt"
-
-
-def _check_layout(root: Path) -> None:
-    if not root.is_dir():
-        raise DataError(f"{root}: CelebA root folder not found")
-    for path in (_attr_file(root), _partition_file(root)):
-        if not path.is_file():
-            raise DataError(f"{path}: missing CelebA file (expected under the root: {path.name})")
-    if not (root / "img_align_celeba").is_dir():
-        raise DataError(f"{root / 'img_align_celeba'}: missing CelebA image folder")
-
-
-def _attribute_names(path: Path) -> list[str]:
-    with path.open(encoding="utf-8") as handle:
-        first, second = handle.readline(), handle.readline()
-    try:
-        int(first.split()[0])
-    except (IndexError, ValueError):
-        raise DataError(f"{path}: line 1 must be the image count, got {first.strip()[:40]!r}") from None
-    names = second.split()
-    if not names:
-        raise DataError(f"{path}: line 2 must list the attribute names")
-    return names
-
-
 def read_celeba_index(root: Path, attributes: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parse the attribute and partition files.
 
     Returns ``files`` (n,) fixed-width bytes, ``labels`` (n, len(attributes)) int8 in {0, 1} and
     ``partition`` (n,) int8 in {0, 1, 2}. Errors name the file and line.
     """
-    _check_layout(root)
-    attr_path, part_path = _attr_file(root), _partition_file(root)
-    names = _attribute_names(attr_path)
+    check_celeba_layout(root)
+    attr_path, part_path = attr_file(root), partition_file(root)
+    names = attribute_names(attr_path)
     columns = []
     for a in attributes:
         if a not in names:
@@ -325,23 +294,7 @@ class CelebADataset:
     Options: ClassVar[type[BaseModel]] = CelebAOptions
 
     def check(self, options: CelebAOptions, tasks: Sequence[TaskConfig]) -> None:
-        for i, task in enumerate(tasks):
-            if task.type != "binary":
-                raise SpecError(f"CelebA attributes are binary tasks, not {task.type}", key=f"tasks[{i}].type")
-        root = Path(options.root)
-        if not root.is_dir():
-            raise SpecError(f"CelebA root folder not found: {root}", key="dataset.root")
-        try:
-            _check_layout(root)
-            names = _attribute_names(_attr_file(root))
-        except DataError as exc:
-            raise SpecError(str(exc), key="dataset.root") from None
-        for i, task in enumerate(tasks):
-            if task.name not in names:
-                raise SpecError(
-                    f"CelebA has no attribute {task.name!r}{suggest(task.name, names)}; allowed: {allowed(names)}",
-                    key=f"tasks[{i}].name",
-                )
+        check_celeba(options, tasks)
 
     def load(self, options: CelebAOptions, tasks: Sequence[TaskConfig]) -> TaskData:
         root = Path(options.root)
@@ -354,16 +307,16 @@ class CelebADataset:
             if options.limit is not None:
                 idx = idx[: options.limit]
             if len(idx) == 0:
-                raise DataError(f"{_partition_file(root)}: the {split} partition ({code}) has no images")
+                raise DataError(f"{partition_file(root)}: the {split} partition ({code}) has no images")
             chosen[split] = idx
         cache_file = None
         if options.cache is not None:
             cached, _ = _cache_path(Path(options.cache), files, options.size, options.crop)
             if not cached.is_file():
-                _check_images_present(image_dir, files, _attr_file(root))
+                _check_images_present(image_dir, files, attr_file(root))
             cache_file = build_cache(image_dir, files, options.size, options.crop, Path(options.cache))
         else:
-            _check_images_present(image_dir, files[np.concatenate(list(chosen.values()))], _attr_file(root))
+            _check_images_present(image_dir, files[np.concatenate(list(chosen.values()))], attr_file(root))
         parts: dict[str, CelebAImages] = {}
         for split, idx in chosen.items():
             parts[split] = CelebAImages(

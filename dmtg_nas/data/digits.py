@@ -30,37 +30,18 @@ seeded random split (``split``); ``samples`` keeps a seeded random subset (quick
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from ..config import SplitConfig, StrictModel, TaskConfig
-from ..errors import SpecError, allowed, suggest
+from ..catalog.tabular import DIGIT_ATTRIBUTES, DigitsOptions, check_digits
+from ..schema import TaskConfig
 from .base import TaskData, TensorTaskDataset, random_split
 
 __all__ = ["DigitsDataset", "DigitsOptions", "DIGIT_ATTRIBUTES"]
-
-DIGIT_ATTRIBUTES: dict[str, frozenset[int]] = {
-    "even": frozenset({0, 2, 4, 6, 8}),
-    "greater_than_4": frozenset({5, 6, 7, 8, 9}),
-    "prime": frozenset({2, 3, 5, 7}),
-    "multiple_of_3": frozenset({0, 3, 6, 9}),
-    "closed_loop": frozenset({0, 4, 6, 8, 9}),
-    "straight": frozenset({1, 4, 7}),
-    "symmetric": frozenset({0, 1, 8}),
-    "top_bar": frozenset({5, 7}),
-    "round_bottom": frozenset({0, 3, 5, 6, 8, 9}),
-}
-
-
-class DigitsOptions(StrictModel):
-    size: int = Field(default=16, ge=8, le=224)  # upsampled side length
-    channels: Literal[1, 3] = 1
-    samples: int | None = Field(default=None, ge=10, le=1_000_000_000)  # use a seeded random subset of this many images
-    split: SplitConfig = Field(default_factory=lambda: SplitConfig(val=0.15, test=0.25, seed=0))
 
 
 class DigitsDataset:
@@ -69,19 +50,7 @@ class DigitsDataset:
     Options: ClassVar[type[BaseModel]] = DigitsOptions
 
     def check(self, options: DigitsOptions, tasks: Sequence[TaskConfig]) -> None:
-        names = [*DIGIT_ATTRIBUTES, "digit"]
-        for i, task in enumerate(tasks):
-            if task.name == "digit":
-                if task.type != "multiclass" or task.num_classes != 10:
-                    raise SpecError("'digit' is a multiclass task with num_classes: 10", key=f"tasks[{i}]")
-                continue
-            if task.name not in DIGIT_ATTRIBUTES:
-                raise SpecError(
-                    f"digits has no attribute {task.name!r}{suggest(task.name, names)}; allowed: {allowed(names)}",
-                    key=f"tasks[{i}].name",
-                )
-            if task.type != "binary":
-                raise SpecError(f"digits attribute {task.name!r} is binary, not {task.type}", key=f"tasks[{i}].type")
+        check_digits(options, tasks)
 
     def load(self, options: DigitsOptions, tasks: Sequence[TaskConfig]) -> TaskData:
         from sklearn.datasets import load_digits

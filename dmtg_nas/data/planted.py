@@ -21,29 +21,17 @@ tasks in the spec says nothing about the groups. The partition is returned as ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from ..config import MAX_WIDTH, Seed, SplitConfig, StrictModel, TaskConfig, Width
-from ..errors import SpecError
+from ..catalog.tabular import PlantedOptions, check_planted
+from ..schema import TaskConfig
 from .base import TaskData, TensorTaskDataset, random_split
 
 __all__ = ["PlantedDataset", "PlantedOptions", "planted_partition"]
-
-
-class PlantedOptions(StrictModel):
-    group_sizes: list[Annotated[int, Field(ge=1, le=10_000)]] = Field(default_factory=lambda: [2, 3, 4], min_length=1)
-    input_dim: Width = 32
-    latent_dim: Width = 8
-    noise: float = Field(default=0.1, ge=0)
-    samples: int = Field(default=4000, ge=10, le=10_000_000)
-    seed: Seed = 0
-    split: SplitConfig = Field(default_factory=lambda: SplitConfig(val=0.2, test=0.2))
-    relation: Literal["random", "opposed"] = "random"  # opposed: every second task of a group ~ -previous
-    image_size: int | None = Field(default=None, ge=2, le=MAX_WIDTH)  # inputs as (1, s, s); input_dim = s*s
 
 
 def planted_partition(task_names: Sequence[str], group_sizes: Sequence[int], seed: int) -> list[list[str]]:
@@ -63,17 +51,7 @@ class PlantedDataset:
     Options: ClassVar[type[BaseModel]] = PlantedOptions
 
     def check(self, options: PlantedOptions, tasks: Sequence[TaskConfig]) -> None:
-        if options.image_size is not None and options.image_size**2 != options.input_dim:
-            raise SpecError(
-                f"image_size {options.image_size} needs input_dim {options.image_size**2}, got {options.input_dim}",
-                key="dataset.input_dim",
-            )
-        total = sum(options.group_sizes)
-        if total != len(tasks):
-            raise SpecError(
-                f"group sizes {options.group_sizes} add up to {total} tasks, but the spec lists {len(tasks)}",
-                key="dataset.group_sizes",
-            )
+        check_planted(options, tasks)
 
     def load(self, options: PlantedOptions, tasks: Sequence[TaskConfig]) -> TaskData:
         self.check(options, tasks)

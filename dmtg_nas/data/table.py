@@ -13,28 +13,20 @@ import logging
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from ..config import SplitConfig, StrictModel, TaskConfig
-from ..errors import DataError, SpecError, suggest
+from ..catalog.tabular import TableOptions, check_table, feature_names, first_line
+from ..errors import DataError
+from ..schema import TaskConfig
 from .base import TaskData, TensorTaskDataset, encode_targets, random_split
 
-__all__ = ["TableDataset", "read_table"]
+__all__ = ["TableDataset", "TableOptions", "read_table"]
 
 _logger = logging.getLogger(__name__)
-
-
-class TableOptions(StrictModel):
-    path: str = Field(min_length=1)  # .csv or .npz
-    features: list[str] | None = None  # default: every non-task column
-    split: SplitConfig = Field(default_factory=SplitConfig)
-    standardize: bool = True  # features and regression targets, with training-split statistics
-    delimiter: str = Field(default=",", min_length=1, max_length=1)  # csv only
-    nonfinite: Literal["error", "drop"] = "error"  # rows with missing/NaN/inf values in used columns
 
 
 def read_table(path: Path, delimiter: str = ",") -> dict[str, np.ndarray]:
@@ -49,7 +41,7 @@ def read_table(path: Path, delimiter: str = ",") -> dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as npz:
                 return {name: np.asarray(npz[name]) for name in npz.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise DataError(f"{path}: not a readable NPZ file ({_first_line(exc)})") from None
+            raise DataError(f"{path}: not a readable NPZ file ({first_line(exc)})") from None
     if suffix != ".csv":
         raise DataError(f"{path}: unsupported table format {suffix!r}; use .csv or .npz")
     try:
@@ -57,12 +49,7 @@ def read_table(path: Path, delimiter: str = ",") -> dict[str, np.ndarray]:
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
     except (OSError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot read the CSV file ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "strerror", None) or exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise DataError(f"{path}: cannot read the CSV file ({first_line(exc)})") from None
 
 
 def _read_csv(path: Path, delimiter: str) -> dict[str, np.ndarray]:
@@ -90,45 +77,6 @@ def _read_csv(path: Path, delimiter: str) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: no data rows")
     data = np.asarray(rows, dtype=np.float64)
     return {name: data[:, i] for i, name in enumerate(header)}
-
-
-def _columns(path: Path, delimiter: str) -> list[str]:
-    """The column names of a table file, reading only its header (CSV) or index (NPZ)."""
-    try:
-        if path.suffix.lower() == ".csv":
-            with path.open(newline="", encoding="utf-8") as handle:
-                return [h.strip() for h in next(csv.reader(handle, delimiter=delimiter), [])]
-        if not zipfile.is_zipfile(path):
-            raise SpecError(f"{path}: not an NPZ file (not a zip archive)", key="dataset.path")
-        return _npz_columns(path)
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{path}: not a UTF-8 text file (byte {exc.start})", key="dataset.path") from None
-    except (OSError, ValueError, EOFError, csv.Error, zipfile.BadZipFile) as exc:
-        kind = "CSV" if path.suffix.lower() == ".csv" else "NPZ"
-        raise SpecError(f"{path}: not a readable {kind} file ({_first_line(exc)})", key="dataset.path") from None
-
-
-def _npz_columns(path: Path) -> list[str]:
-    """Array names of an NPZ, reading only each array's header; an array of Python objects (which
-    only pickle could read) is refused here, before anything is loaded."""
-    names = []
-    with zipfile.ZipFile(path) as archive:
-        for member in archive.namelist():
-            if not member.endswith(".npy"):
-                continue
-            name = member[: -len(".npy")]
-            with archive.open(member) as handle:
-                version = np.lib.format.read_magic(handle)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                _, _, dtype = read(handle)
-            if dtype.hasobject:
-                raise SpecError(
-                    f"{path}: array {name!r} holds Python objects (pickled data), which are never loaded; "
-                    "store numeric arrays",
-                    key="dataset.path",
-                )
-            names.append(name)
-    return names
 
 
 def _row_name(path: Path, row: int) -> str:
@@ -164,53 +112,18 @@ def _is_float(cell: str) -> bool:
     return True
 
 
-def _feature_names(columns: Sequence[str], tasks: Sequence[TaskConfig], options: TableOptions) -> list[str]:
-    task_names = {t.name for t in tasks}
-    for i, task in enumerate(tasks):
-        if task.name not in columns:
-            raise SpecError(
-                f"task {task.name!r} has no column in {options.path}{suggest(task.name, columns)}; "
-                f"columns: {', '.join(columns)}",
-                key=f"tasks[{i}].name",
-            )
-    if options.features is None:
-        names = [c for c in columns if c not in task_names]
-    else:
-        names = list(options.features)
-        for name in names:
-            if name not in columns:
-                raise SpecError(
-                    f"feature {name!r} is not a column of {options.path}{suggest(name, columns)}",
-                    key="dataset.features",
-                )
-            if name in task_names:
-                raise SpecError(f"feature {name!r} is also a task", key="dataset.features")
-    if not names:
-        raise SpecError(f"{options.path} has no feature columns besides the tasks", key="dataset.features")
-    return names
-
-
 class TableDataset:
     """Tabular multi-task data from a CSV or NPZ file (see :class:`TableOptions`)."""
 
     Options: ClassVar[type[BaseModel]] = TableOptions
 
     def check(self, options: TableOptions, tasks: Sequence[TaskConfig]) -> None:
-        path = Path(options.path)
-        if not path.is_file():
-            what = "is a folder, not a file" if path.is_dir() else "file not found"
-            raise SpecError(f"{what}: {path}", key="dataset.path")
-        if path.suffix.lower() not in (".csv", ".npz"):
-            raise SpecError(f"unsupported table format {path.suffix!r}; use .csv or .npz", key="dataset.path")
-        columns = _columns(path, options.delimiter)
-        if not columns:
-            raise SpecError(f"{path}: empty file (no header row)", key="dataset.path")
-        _feature_names(columns, tasks, options)
+        check_table(options, tasks)
 
     def load(self, options: TableOptions, tasks: Sequence[TaskConfig]) -> TaskData:
         path = Path(options.path)
         columns = read_table(path, options.delimiter)
-        features = _feature_names(list(columns), tasks, options)
+        features = feature_names(list(columns), tasks, options)
         for name in features:
             if columns[name].dtype.kind not in "biuf" or columns[name].ndim == 0:
                 raise DataError(f"{path}: feature {name!r} must be numeric with one row per sample")

@@ -38,126 +38,30 @@ tiny`` (shipped: 25 train, 5 val, 5 test buildings), or a CSV in Taskonomy's spl
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from torch.utils.data import Dataset
 
-from ..config import StrictModel, TaskConfig
-from ..errors import DataError, SpecError, allowed, suggest
+from ..catalog.images import DOMAIN_TYPES, TINY_SPLIT, TaskonomyOptions, building_lists, check_taskonomy, read_split_csv
+from ..errors import DataError
+from ..schema import TaskConfig
 from .base import TaskData
 from .celeba import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["TaskonomyDataset", "TaskonomyOptions", "TaskonomyImages", "TINY_SPLIT", "DOMAIN_TYPES"]
+__all__ = ["TaskonomyDataset", "TaskonomyOptions", "TaskonomyImages", "TINY_SPLIT", "DOMAIN_TYPES", "read_split_csv"]
 
 _logger = logging.getLogger(__name__)
 
-DOMAIN_TYPES = {
-    "depth_zbuffer": "depth",
-    "depth_euclidean": "depth",
-    "normal": "normals",
-    "segment_semantic": "segmentation",
-    "keypoints2d": "keypoints",
-    "keypoints3d": "keypoints",
-    "edge_texture": "edges",
-    "edge_occlusion": "edges",
-}
-
-# The "tiny" split of Taskonomy (Zamir et al. 2018), as used by Standley et al. 2020, TAG and DMTG.
-TINY_SPLIT: dict[str, tuple[str, ...]] = {
-    "train": (
-        "allensville",
-        "beechwood",
-        "benevolence",
-        "coffeen",
-        "cosmos",
-        "forkland",
-        "hanson",
-        "hiteman",
-        "klickitat",
-        "lakeville",
-        "leonardo",
-        "lindenwood",
-        "marstons",
-        "merom",
-        "mifflinburg",
-        "newfields",
-        "onaga",
-        "pinesdale",
-        "pomaria",
-        "ranchester",
-        "shelbyville",
-        "stockman",
-        "tolstoy",
-        "wainscott",
-        "woodbine",
-    ),
-    "val": ("collierville", "corozal", "darden", "markleeville", "wiconisco"),
-    "test": ("ihlen", "mcdade", "muleshoe", "noxapater", "uvalda"),
-}
-
 _SAMPLE = re.compile(r"^(point_\d+_view_\d+)_domain_rgb\.png$")
-
-
-class BuildingLists(StrictModel):
-    train: list[str] = Field(min_length=1)
-    val: list[str] = Field(min_length=1)
-    test: list[str] = Field(min_length=1)
-
-
-class TaskonomyOptions(StrictModel):
-    root: str = Field(min_length=1)
-    split: str = "tiny"  # 'tiny' (shipped lists) or a split CSV (name,is_train,is_val,is_test)
-    buildings: BuildingLists | None = None  # explicit lists (override split)
-    size: int = Field(default=256, ge=16, le=2048)
-    depth_scale: float = Field(default=512.0, gt=0)  # file units per metre
-    depth_missing: int = Field(default=65535, ge=0, le=65535)  # depth file value meaning "no data"
-    normal_mask: Literal["depth", "none"] = "depth"
-    segment_ignore: list[Annotated[int, Field(ge=0, le=65535)]] = Field(default_factory=lambda: [0, 255])
-    limit: int | None = Field(default=None, ge=1, le=1_000_000_000)  # at most this many samples per split
-
-
-def read_split_csv(path: Path) -> dict[str, list[str]]:
-    """Taskonomy's split CSV: ``name,is_train,is_val,is_test`` (a header line is skipped)."""
-    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            for line_no, row in enumerate(csv.reader(handle), start=1):
-                if not row or row[0].strip().lower() in ("", "id", "name", "building"):
-                    continue
-                if len(row) < 4:
-                    raise DataError(f"{path}: line {line_no} must be 'name,is_train,is_val,is_test'")
-                for split, flag in zip(("train", "val", "test"), row[1:4]):
-                    if flag.strip() in ("1", "True", "true"):
-                        out[split].append(row[0].strip())
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the split file ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: the split file is not UTF-8 text") from None
-    return out
-
-
-def _building_lists(options: TaskonomyOptions) -> dict[str, list[str]]:
-    if options.buildings is not None:
-        return options.buildings.model_dump()
-    if options.split == "tiny":
-        return {k: list(v) for k, v in TINY_SPLIT.items()}
-    try:
-        path = Path(options.split).expanduser()
-    except RuntimeError:  # ~user without a home folder
-        path = Path(options.split)
-    if not path.is_file():
-        raise SpecError(f"split must be 'tiny' or a split CSV file; not found: {path}", key="dataset.split")
-    return read_split_csv(path)
 
 
 def _read_png(path: str) -> np.ndarray:
@@ -280,31 +184,7 @@ class TaskonomyDataset:
     Options: ClassVar[type[BaseModel]] = TaskonomyOptions
 
     def check(self, options: TaskonomyOptions, tasks: Sequence[TaskConfig]) -> None:
-        names = list(DOMAIN_TYPES)
-        for i, task in enumerate(tasks):
-            if task.name not in DOMAIN_TYPES:
-                raise SpecError(
-                    f"Taskonomy has no domain {task.name!r}{suggest(task.name, names)}; allowed: {allowed(names)}",
-                    key=f"tasks[{i}].name",
-                )
-            expected = DOMAIN_TYPES[task.name]
-            if task.type != expected:
-                raise SpecError(
-                    f"Taskonomy's {task.name!r} is a {expected} task, not {task.type}", key=f"tasks[{i}].type"
-                )
-        root = Path(options.root)
-        if not root.is_dir():
-            raise SpecError(f"Taskonomy root folder not found: {root}", key="dataset.root")
-        for split, buildings in _building_lists(options).items():
-            if not buildings:
-                raise SpecError(f"the {split} split lists no buildings", key="dataset.buildings")
-            for building in buildings:
-                folder = root / building
-                if not folder.is_dir():
-                    raise DataError(f"{folder}: building folder not found ({split} split)")
-                for domain in ("rgb", *(t.name for t in tasks)):
-                    if not (folder / domain).is_dir():
-                        raise DataError(f"{folder / domain}: building {building!r} has no {domain} folder")
+        check_taskonomy(options, tasks)
 
     def _index(
         self, root: Path, buildings: Sequence[str], domains: Sequence[str], mask_domain: str | None
@@ -347,7 +227,7 @@ class TaskonomyDataset:
     def load(self, options: TaskonomyOptions, tasks: Sequence[TaskConfig]) -> TaskData:
         self.check(options, tasks)
         root = Path(options.root)
-        lists = _building_lists(options)
+        lists = building_lists(options)
         domains = [t.name for t in tasks]
         needs_mask = "normal" in domains and options.normal_mask == "depth" and "depth_zbuffer" not in domains
         parts: dict[str, TaskonomyImages] = {}

@@ -18,21 +18,19 @@ Splits that read files (anything but an in-memory ``TensorTaskDataset``) are wra
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from torch.utils.data import Dataset
 
-from ..config import TaskConfig, validate_model
+from ..catalog.user import UserOptions, call_user_dataset, check_user, forget_user_dataset, user_tasks
 from ..errors import DataError, SpecError
-from ..registry import import_object
+from ..schema import TaskConfig
+from ..validation import validate_model
 from .base import TaskData, TensorTaskDataset
 
-__all__ = ["UserDataset", "user_tasks"]
-
-_LAST: dict[str, TaskData] = {}  # the last call's result, so a spec without tasks loads once
+__all__ = ["UserDataset", "UserOptions", "user_tasks"]
 
 
 class NamedItemErrors(Dataset[Any]):
@@ -55,29 +53,8 @@ class NamedItemErrors(Dataset[Any]):
             raise DataError(f"dataset {self.source!r}, {self.split} item {index}: {exc}") from None
 
 
-class UserOptions(BaseModel):
-    """Any keys: passed to the function as keyword arguments."""
-
-    model_config = ConfigDict(extra="allow")
-
-
 def _call(path: str, options: Mapping[str, Any]) -> TaskData:
-    key = f"{path}|{json.dumps(dict(options), sort_keys=True, default=str)}"
-    if key in _LAST:
-        return _LAST[key]
-    fn = import_object(path, "dataset")
-    if not callable(fn):
-        raise SpecError(f"dataset {path!r} is not callable", key="dataset.name")
-    try:
-        result = fn(**options)
-    except TypeError as exc:
-        raise SpecError(f"dataset {path!r} does not accept these options: {exc}", key="dataset") from None
-    except OSError as exc:
-        raise DataError(f"dataset {path!r} cannot read its data: {exc}") from None
-    data = _to_task_data(result, path)
-    _LAST.clear()
-    _LAST[key] = data
-    return data
+    return _to_task_data(call_user_dataset(path, options), path)
 
 
 def _to_task_data(result: Any, path: str) -> TaskData:
@@ -108,14 +85,6 @@ def _to_task_data(result: Any, path: str) -> TaskData:
     return data
 
 
-def user_tasks(path: str, options: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The task definitions a user data set returns (for a spec that lists none)."""
-    data = _call(path, options)
-    if not data.tasks:
-        raise SpecError(f"the spec lists no tasks and dataset {path!r} returns none", key="tasks")
-    return [t.model_dump(mode="json", exclude_defaults=True) | {"type": t.type} for t in data.tasks]
-
-
 class UserDataset:
     """A data set given as ``package.module:function`` (see the module docstring)."""
 
@@ -125,9 +94,7 @@ class UserDataset:
         self.path = path
 
     def check(self, options: UserOptions, tasks: Sequence[TaskConfig]) -> None:
-        fn = import_object(self.path, "dataset")
-        if not callable(fn):
-            raise SpecError(f"dataset {self.path!r} is not callable", key="dataset.name")
+        check_user(self.path)
 
     def load(self, options: UserOptions, tasks: Sequence[TaskConfig]) -> TaskData:
         data = _call(self.path, dict(options.model_extra or {}))
@@ -155,5 +122,5 @@ class UserDataset:
         if absent:
             raise DataError(f"dataset {self.path!r}: samples carry no target for {', '.join(absent)}")
         data.tasks = list(tasks)
-        _LAST.clear()  # the search holds the data from here on
+        forget_user_dataset()  # the search holds the data from here on
         return data
