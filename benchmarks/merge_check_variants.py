@@ -30,8 +30,8 @@ from typing import Any
 
 warnings.filterwarnings("ignore")
 
-from dmtg_nas.baselines import subset_losses_seeded
 from dmtg_nas.components import load_data
+from dmtg_nas.engine.batched import subset_losses_seeded
 from dmtg_nas.localsearch import SubsetScorer, local_search, masks_of
 from dmtg_nas.partitions import best_partition, members
 from dmtg_nas.suite import SHAPES, reference_table, shape_spec

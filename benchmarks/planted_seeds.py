@@ -22,7 +22,7 @@ import torch
 
 import dmtg_nas
 from dmtg_nas.components import load_data
-from dmtg_nas.runner import train_partition
+from dmtg_nas.engine.train import train_partition
 
 
 def main() -> None:

@@ -73,9 +73,10 @@ class Stepper:
 
     def __init__(self, encoder: str, n_tasks: int, k: int, *, supernet: bool, grouped: bool = False) -> None:
         from dmtg_nas.config import BackboneConfig, HeadsConfig, OptimizerConfig, TemperatureConfig
-        from dmtg_nas.space import GroupingSpace
-        from dmtg_nas.strategy import DMTG, DMTGRouter, gumbel_noise
-        from dmtg_nas.training import make_optimizer
+        from dmtg_nas.engine.module import make_optimizer
+        from dmtg_nas.nni.router import gumbel_noise
+        from dmtg_nas.nni.space import GroupingSpace
+        from dmtg_nas.nni.strategy import DMTG
 
         backbone, shape, batch = ENCODERS[encoder]
         self.tasks = _tasks(n_tasks)
@@ -83,12 +84,11 @@ class Stepper:
         self.x = torch.randn((batch, *shape), generator=gen)
         self.y = {t.name: torch.randint(0, 2, (batch,), generator=gen).float() for t in self.tasks}
         space = GroupingSpace(self.tasks, k, BackboneConfig(**backbone), HeadsConfig(), shape)
-        self.routers: list[Any] = []
         self.noise = torch.zeros(0)
+        self.supernet = supernet
         if supernet:
             self.model: torch.nn.Module = DMTG(TemperatureConfig()).mutate_model(space)
-            self.routers = [m for m in self.model.modules() if isinstance(m, DMTGRouter)]
-            self.noise = gumbel_noise(0, 0, (len(self.routers), k))
+            self.noise = gumbel_noise(0, 0, (n_tasks, k))
         elif grouped:  # the saved grouped network with one branch: one head module per task
             self.model = space.freeze({t.name: 0 for t in self.tasks})
         else:  # one branch and its N heads in the space's layout (one head bank), unmutated
@@ -98,12 +98,14 @@ class Stepper:
         self.step_index = 0
 
     def loss(self) -> torch.Tensor:
-        from dmtg_nas.training import multitask_loss
+        from dmtg_nas.engine.losses import head_losses, multitask_loss
 
-        for router, g in zip(self.routers, self.noise):  # as DMTGLightningModule sets them
-            router.__dict__.update(noise=g, tau=2.5)
-        total, _ = multitask_loss(self.tasks, self.model(self.x), self.y)
-        return total
+        out = self.model(self.x)
+        if not self.supernet:
+            return multitask_loss(self.tasks, out, self.y)[0]
+        bank = self.model.routers  # as DMTGLightningModule computes a step's loss
+        z = bank.sample(self.noise, torch.tensor(2.5))
+        return bank.loss(z, head_losses(self.tasks, out, self.y), self.tasks)[0]  # type: ignore[no-any-return]
 
     def step(self) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -247,8 +249,9 @@ def _planted_spec(n: int, k: int, epochs: int, samples: int, **extra: Any) -> An
 
 def bench_search(short: bool) -> dict[str, Any]:
     from dmtg_nas.components import load_data
-    from dmtg_nas.runner import run_search, train_network
-    from dmtg_nas.space import GroupingSpace
+    from dmtg_nas.engine.train import train_network
+    from dmtg_nas.nni.space import GroupingSpace
+    from dmtg_nas.pipeline.run import run_search
 
     settings = [(9, 3)] if short else [(9, 3), (40, 8)]
     epochs, samples, repeats = (2, 4000, 2) if short else (5, 8000, 3)
@@ -353,7 +356,7 @@ class DataWait(pl.Callback):
 def bench_data(short: bool) -> dict[str, Any]:
     import dmtg_nas
     from dmtg_nas.data.base import default_workers
-    from dmtg_nas.runner import run_search
+    from dmtg_nas.pipeline.run import run_search
 
     sys.path.insert(0, str(ROOT))
     from tests.fixtures import write_celeba

@@ -41,7 +41,8 @@ def measure(spec_name: str, only: list[str]) -> dict[str, float]:
     from dmtg_nas.baselines import run_method
     from dmtg_nas.components import load_data
     from dmtg_nas.config import load_spec
-    from dmtg_nas.runner import run_search, train_partition
+    from dmtg_nas.engine.train import train_partition
+    from dmtg_nas.pipeline.run import run_search
     from dmtg_nas.warmstart import attribution_warm_start
 
     spec = load_spec(spec_name)

@@ -6,7 +6,8 @@ Quick start::
     spec = dmtg_nas.load_spec("planted", overrides=["strategy.epochs=20"])
     result = dmtg_nas.search(spec, out_dir="runs/planted")
     result.groups                      # [['t2', 't4'], ['t7', 't8', 't9'], ...]
-    result.metrics["totals"]["test"]   # {'total_loss': ..., ...}
+    result.test_loss                   # the final network's total test loss
+    result.metrics["totals"]["test"]   # {'total_loss': ..., ...}, as in metrics.json
 
 Names are imported lazily, so ``import dmtg_nas`` (and the ``dmtg`` command's start) stays cheap
 until torch/NNI are actually needed.
@@ -27,13 +28,14 @@ _EXPORTS = {
     "StrategyConfig": "config",
     "load_spec": "config",
     "load_strategy": "config",
-    "SearchResult": "runner",
-    "evaluate": "runner",
-    "run_search": "runner",
-    "GroupedNetwork": "space",
-    "GroupingSpace": "space",
-    "load_model": "space",
-    "DMTG": "strategy",
+    "SearchResult": "pipeline.records",
+    "evaluate": "engine.train",
+    "run_search": "pipeline.run",
+    "search": "pipeline.run",
+    "GroupedNetwork": "network",
+    "GroupingSpace": "nni.space",
+    "load_model": "network",
+    "DMTG": "nni.strategy",
 }
 
 __all__ = [
@@ -57,17 +59,18 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .config import SearchSpec, StrategyConfig, load_spec, load_strategy
+    from .engine.train import evaluate
     from .errors import DataError, DmtgError, SpecError
-    from .runner import SearchResult, evaluate, run_search
-    from .runner import run_search as search
-    from .space import GroupedNetwork, GroupingSpace, load_model
-    from .strategy import DMTG
+    from .network import GroupedNetwork, load_model
+    from .nni.space import GroupingSpace
+    from .nni.strategy import DMTG
+    from .pipeline.records import SearchResult
+    from .pipeline.run import run_search
+    from .pipeline.run import run_search as search
 
 
 def __getattr__(name: str) -> Any:
-    if name == "search":
-        name_ = "run_search"
-        return getattr(importlib.import_module(".runner", __name__), name_)
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        attr = "run_search" if name == "search" else name
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), attr)
     raise AttributeError(f"module 'dmtg_nas' has no attribute {name!r}")

@@ -14,7 +14,7 @@
   affinity ``Z[i -> j] = 1 - L_j(theta - lr * grad L_i) / L_j(theta)`` measured every
   ``affinity_every``-th step and averaged; the partition into at most K groups maximising the total
   affinity (each task's mean affinity from its group mates) is chosen exactly; then trained.
-- ``dmtg``: the one-shot search (:func:`dmtg_nas.runner.run_search`); its final model is the search's
+- ``dmtg``: the one-shot search (:func:`dmtg_nas.pipeline.run.run_search`); its final model is the search's
   own pruned network (plus the strategy's fine-tuning), no retraining.
 - ``dmtg-retrain``: the search's groups trained from scratch with the same budget as every other
   method's groups (the fair comparison of the grouping itself).
@@ -35,25 +35,24 @@ import pytorch_lightning as pl
 import torch
 from torch.func import functional_call
 
-from .config import SearchSpec, TaskConfig
 from .data import TaskData
+from .engine.batched import subset_losses_one_by_one
+from .engine.networks import plain_network
+from .engine.train import train_network, train_partition
 from .metrics import relative_gain
 from .partitions import best_cover, best_partition, members, random_partition
+from .pipeline.run import run_search
 from .registry import Registry
-from .runner import run_search, train_network, train_partition
-from .space import GroupedNetwork, GroupingSpace
+from .schema import SearchSpec, TaskConfig
 from .tasks import PRIMARY_METRIC, squeeze_output, summarize, task_loss
 
 __all__ = [
-    "trains_batched",
     "METHODS",
     "MethodResult",
     "AffinityRecorder",
     "tag_group_score",
     "run_method",
     "delta_m",
-    "subset_losses_joint",
-    "subset_losses_seeded",
 ]
 
 
@@ -129,209 +128,6 @@ def random_groups(spec: SearchSpec, data: TaskData, *, seed: int = 0, **_: Any) 
     return _trained("random", spec, data, _names(spec, blocks), t0)
 
 
-def _subset_losses(
-    spec: SearchSpec, data: TaskData, subsets: Sequence[int], progress: Callable[[str], None] | None
-) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
-    """Train one network per subset mask; ``{mask: {"val": per-task, "test": per-task}}``."""
-    out: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
-    for i, mask in enumerate(subsets):
-        tasks = [spec.tasks[j] for j in members(mask)]
-        sub = spec.model_copy(update={"tasks": tasks, "groups": 1})
-        _, metrics = train_partition(sub, data, [[t.name for t in tasks]])
-        out[mask] = {"val": metrics["val"], "test": metrics["test"]}
-        if progress is not None:
-            progress(f"hoa: network {i + 1}/{len(subsets)} ({', '.join(t.name for t in tasks)})")
-    return out
-
-
-_VECTOR_TYPES = {"regression", "binary", "multiclass"}
-
-
-def subset_losses_joint(
-    spec: SearchSpec,
-    data: TaskData,
-    subsets: Sequence[int],
-    networks: dict[int, torch.nn.Module] | None = None,
-) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
-    """HOA's per-subset networks, trained side by side as one batched computation.
-
-    Every subset gets its own network (the spec's encoder with a head for every task; only its
-    members' heads are trained, the others get no gradient and stay untouched). The parameters are
-    stacked and the networks run under ``torch.func.vmap``, so a step costs about as many kernel
-    launches as one network's instead of one per network. Each network's update uses only its own
-    gradient (Adam, AdamW and SGD are per-parameter; gradient clipping is applied per network), so
-    it trains exactly as it would alone on the same batch order. Needs in-memory tensor data,
-    vector tasks and encoders without running statistics (batch norm); otherwise the subsets are
-    trained one by one. Returns ``{mask: {"val": per-task, "test": per-task}}``; with ``networks``
-    (batched training only), the trained networks are put there by mask (one-branch grouped networks
-    with a head for every task; only the mask's heads are trained).
-    """
-    return subset_losses_seeded(spec, data, [(spec.strategy.seed, subsets)], [networks])[0]
-
-
-def _seeded(spec: SearchSpec, seed: int) -> SearchSpec:
-    return spec.model_copy(update={"strategy": spec.strategy.model_copy(update={"seed": seed})})
-
-
-def subset_losses_seeded(
-    spec: SearchSpec,
-    data: TaskData,
-    runs: Sequence[tuple[int, Sequence[int]]],
-    networks: Sequence[dict[int, torch.nn.Module] | None] = (),
-) -> list[dict[int, dict[str, dict[str, dict[str, float]]]]]:
-    """Independent trainings of subset networks, all in one batched computation: ``runs[i] = (seed,
-    subsets)`` trains those subsets' networks as :func:`subset_losses_joint` would with
-    ``strategy.seed = seed`` (that seed's initialisations and data order; each run's networks see
-    their own batches). One batched computation costs far less than one per run where a step is
-    dominated by per-call overhead (small networks). ``networks[i]``, where given and not None,
-    receives run i's trained networks by mask. Returns one table per run."""
-    runs = [(seed, list(subsets)) for seed, subsets in runs]
-    keep = list(networks) + [None] * (len(runs) - len(networks))
-    if not trains_batched(spec, data):
-        return [_subset_losses(_seeded(spec, seed), data, subsets, None) for seed, subsets in runs]
-    nets, masks, seeds = [], [], []
-    for seed, subsets in runs:
-        pl.seed_everything(seed, workers=True, verbose=False)
-        for mask in subsets:
-            space = GroupingSpace(spec.tasks, 1, spec.backbone, spec.heads, data.input_shape, "independent")
-            nets.append(space.freeze({t: 0 for t in spec.task_names}, reuse=True))
-            masks.append(mask)
-            seeds.append(seed)
-    if not nets:
-        return [{} for _ in runs]
-    result = _train_stacked(spec, data, nets, masks, seeds)
-    out, at = [], 0
-    for (_, subsets), kept in zip(runs, keep):
-        mine = range(at, at + len(subsets))
-        out.append({masks[s]: result[s] for s in mine})
-        if kept is not None:
-            kept.update({masks[s]: nets[s] for s in mine})
-        at += len(subsets)
-    return out
-
-
-def trains_batched(spec: SearchSpec, data: TaskData) -> bool:
-    """Whether :func:`subset_losses_joint` trains its networks batched (in-memory tensor data, vector
-    tasks, an encoder without buffers such as batch-norm statistics) rather than one by one."""
-    from .data import TensorTaskDataset
-
-    tensor_data = all(isinstance(getattr(data, s), TensorTaskDataset) for s in ("train", "val", "test"))
-    if not tensor_data or any(t.type not in _VECTOR_TYPES for t in spec.tasks):
-        return False
-    space = GroupingSpace(spec.tasks[:1], 1, spec.backbone, spec.heads, data.input_shape, "independent")
-    return not any(True for _ in space.freeze({spec.tasks[0].name: 0}).buffers())
-
-
-def _train_stacked(
-    spec: SearchSpec,
-    data: TaskData,
-    nets: Sequence[torch.nn.Module],
-    subsets: Sequence[int],
-    seeds: Sequence[int] | None = None,
-) -> list[dict[str, dict[str, dict[str, float]]]]:
-    """Train ``nets[s]`` on the tasks of ``subsets[s]``, all at once (see :func:`subset_losses_joint`);
-    ``seeds[s]`` sets network s's data order (default: the strategy's seed for all). Returns network
-    s's ``{"val": per-task, "test": per-task}`` at position s."""
-    import copy
-
-    from torch.func import stack_module_state, vmap
-
-    from .data import make_loader
-    from .stacked import stacked_forward
-    from .tasks import TaskMetrics
-    from .training import MultiTaskModule, multitask_loss
-
-    strat, tasks = spec.strategy, list(spec.tasks)
-    params, _ = stack_module_state(list(nets))  # type: ignore[arg-type]
-    base = copy.deepcopy(nets[0]).to("meta")
-    member = torch.tensor([[float(mask >> i & 1) * t.weight for i, t in enumerate(tasks)] for mask in subsets])
-
-    def outputs(p: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return functional_call(base, p, (x,))  # type: ignore[no-any-return]
-
-    def part_losses(out: dict[str, torch.Tensor], ys: dict[str, torch.Tensor]) -> torch.Tensor:
-        # the training loss's per-task parts: tasks sharing an elementwise loss take one call for all
-        # (under vmap every call is costly, so fewer calls make a cheaper step)
-        _, parts = multitask_loss(tasks, out, ys)
-        return torch.stack([parts[t.name] for t in tasks])
-
-    def losses(p: dict[str, torch.Tensor], x: torch.Tensor, ys: dict[str, torch.Tensor]) -> torch.Tensor:
-        return part_losses(outputs(p, x), ys)
-
-    orders = sorted(set(seeds)) if seeds is not None else [strat.seed]
-    # one data order per distinct seed; a network reads the batches of its own order
-    order_of = torch.tensor([orders.index(s) for s in seeds] if seeds is not None else [0] * len(nets))
-    per_net = len(orders) > 1
-    batch_dim = 0 if per_net else None
-    # mlp encoders with linear heads: the networks' forward as batched matrix products, vmap for the
-    # losses only (the same values; vmap's cost per operation is most of a small network's step);
-    # other networks: vmap of the whole network
-    fast = stacked_forward(base) if isinstance(base, GroupedNetwork) else None
-    batched_outputs: Callable[..., dict[str, torch.Tensor]]
-    if fast is None:
-        batched_losses = vmap(losses, in_dims=(0, batch_dim, batch_dim), randomness="different")
-        batched_outputs = vmap(outputs, in_dims=(0, None), randomness="different")
-    else:
-        batched_part_losses = vmap(part_losses, in_dims=(0, batch_dim))
-
-        def batched_losses(p: dict[str, torch.Tensor], x: torch.Tensor, ys: dict[str, torch.Tensor]) -> torch.Tensor:
-            return batched_part_losses(fast(p, x), ys)  # type: ignore[no-any-return]
-
-        batched_outputs = fast
-
-    holder = torch.nn.ParameterList([torch.nn.Parameter(v) for v in params.values()])
-    module = MultiTaskModule(tasks, strat.optimizer, strat.lr_schedule, _budget(spec))
-    module.set_model(holder)
-    configured = module.configure_optimizers()
-    optimizer = configured if isinstance(configured, torch.optim.Optimizer) else configured["optimizer"]
-    scheduler = None if isinstance(configured, torch.optim.Optimizer) else configured["lr_scheduler"]
-    stacked = dict(zip(params, holder))
-    loaders = [
-        make_loader(data.train, strat.batch_size, shuffle=True, seed=o + 1, traced=False, shard=False) for o in orders
-    ]
-
-    metrics = [TaskMetrics([tasks[i] for i in members(mask)], sync=False) for mask in subsets]  # reset per pass
-
-    def evaluate_all(split: str) -> list[dict[str, dict[str, float]]]:
-        for m in metrics:
-            m.reset()
-        base.eval()
-        with torch.no_grad():
-            for x, ys in make_loader(getattr(data, split), 1024, shuffle=False, traced=False, shard=False):
-                out = batched_outputs(stacked, x)
-                for s, m in enumerate(metrics):
-                    m.update({t.name: out[t.name][s] for t in m.tasks}, ys)
-        base.train()
-        return [m.compute() for m in metrics]
-
-    for _ in range(_budget(spec)):
-        for batches in zip(*loaders):
-            x, ys = batches[0]
-            if per_net:  # every network's batch from its own order: (networks, batch, ...)
-                x = torch.stack([b[0] for b in batches])[order_of]
-                ys = {k: torch.stack([b[1][k] for b in batches])[order_of] for k in ys}
-            optimizer.zero_grad(set_to_none=True)
-            total = (batched_losses(stacked, x, ys) * member).sum()
-            total.backward()
-            if strat.gradient_clip:
-                norms = torch.sqrt(sum(p.grad.flatten(1).pow(2).sum(1) for p in holder if p.grad is not None))
-                scale = (strat.gradient_clip / (norms + 1e-6)).clamp(max=1.0)
-                for p in holder:
-                    if p.grad is not None:
-                        p.grad.mul_(scale.view(-1, *([1] * (p.grad.dim() - 1))))
-            optimizer.step()
-        if isinstance(scheduler, dict):  # plateau: the summed validation loss of all networks
-            val = evaluate_all("val")
-            scheduler["scheduler"].step(sum(r["loss"] for per in val for r in per.values()))
-        elif scheduler is not None:
-            scheduler.step()
-    result = {split: evaluate_all(split) for split in ("val", "test")}
-    with torch.no_grad():  # the trained weights back into the networks
-        for s, net in enumerate(nets):
-            net.load_state_dict({name: value[s] for name, value in stacked.items()})
-    return [{split: result[split][s] for split in ("val", "test")} for s in range(len(nets))]
-
-
 def _partition_metrics(
     spec: SearchSpec, trained: dict[int, dict[str, dict[str, dict[str, float]]]], blocks: Sequence[Sequence[int]]
 ) -> dict[str, Any]:
@@ -352,7 +148,7 @@ def hoa(spec: SearchSpec, data: TaskData, *, progress: Callable[[str], None] | N
     """Exhaustive HOA with the partition rule (best partition into at most K groups, exact)."""
     n = len(spec.tasks)
     t0 = time.perf_counter()
-    trained = _subset_losses(spec, data, list(range(1, 1 << n)), progress)
+    trained = subset_losses_one_by_one(spec, data, list(range(1, 1 << n)), progress)
 
     def cost(mask: int) -> float:
         return sum(trained[mask]["val"][spec.task_names[i]]["loss"] for i in members(mask))
@@ -374,7 +170,7 @@ def hoa_cover(
     its best chosen network."""
     n = len(spec.tasks)
     t0 = time.perf_counter()
-    trained = _subset_losses(spec, data, list(range(1, 1 << n)), progress)
+    trained = subset_losses_one_by_one(spec, data, list(range(1, 1 << n)), progress)
     loss = {m: {i: trained[m]["val"][spec.task_names[i]]["loss"] for i in members(m)} for m in trained}
     chosen, value, exact = best_cover(n, loss, spec.groups)
     decided = time.perf_counter() - t0
@@ -396,7 +192,7 @@ def hoa_pairs(
     n = len(spec.tasks)
     t0 = time.perf_counter()
     subsets = [1 << i for i in range(n)] + [(1 << i) | (1 << j) for i in range(n) for j in range(i + 1, n)]
-    trained = _subset_losses(spec, data, subsets, progress)
+    trained = subset_losses_one_by_one(spec, data, subsets, progress)
 
     def task_loss_in(i: int, mask: int) -> float:
         others = [j for j in members(mask) if j != i]
@@ -496,8 +292,7 @@ def tag(
     n = len(spec.tasks)
     t0 = time.perf_counter()
     pl.seed_everything(spec.strategy.seed, workers=True, verbose=False)
-    space = GroupingSpace(spec.tasks, 1, spec.backbone, spec.heads, data.input_shape, "independent")
-    model = space.freeze(dict.fromkeys(spec.task_names, 0))
+    model = plain_network(spec.tasks, spec.backbone, spec.heads, data.input_shape, dict.fromkeys(spec.task_names, 0))
     recorder = AffinityRecorder(spec.tasks, affinity_every)
     train_network(model, data, spec.tasks, spec.strategy, _budget(spec), callbacks=[recorder])
     affinity = recorder.affinity
@@ -524,12 +319,12 @@ def dmtg(spec: SearchSpec, data: TaskData, **_: Any) -> MethodResult:
     details: dict[str, Any] = {"probabilities": result.probabilities}
     if "ground_truth" in result.metrics:
         details["ground_truth"] = result.metrics["ground_truth"]
-    decision, trainings = result.metrics["search"]["search_seconds"], 1
-    local = result.metrics.get("local_search") or {}
+    # decided after the warm start, the search and the check's local search
+    decision, trainings = result.timings.decision, 1
+    local = result.local_search or {}
     if "rounds" in local:
         keys = ("start", "groups", "changed", "final_model", "networks_trained", "seconds")
         details["local_search"] = {k: local[k] for k in keys}
-        decision += local["seconds"]
         trainings += local["networks_trained"]
     return MethodResult("dmtg", result.groups, "partition", trainings, decision, total, metrics, details)
 

@@ -14,7 +14,7 @@ import json
 import logging
 import statistics
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from .baselines import METHODS, delta_m, run_method
 from .components import load_data
 from .config import SearchSpec
 from .errors import DmtgError, SpecError
+from .progress import Progress
 
 __all__ = ["DEFAULT_METHODS", "preload_method_imports", "run_benchmark", "summarize_runs", "write_report"]
 
@@ -84,7 +85,7 @@ def run_benchmark(
     resume: bool = False,
     overwrite: bool = False,
     affinity_every: int = 1,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Run the methods over the seeds; returns one record per (method, seed), in the order run: seed
     by seed, with the methods' order rotated by one at each seed."""
@@ -110,17 +111,17 @@ def run_benchmark(
         for m in methods[i % len(methods) :] + methods[: i % len(methods)]
         if (m, s) not in done
     ]
-    from tqdm.auto import tqdm
-
-    bar = tqdm(todo, desc="benchmark", unit="run", disable=progress is None)
-    for method, seed in bar:
-        bar.set_postfix_str(f"{method} seed {seed}")
+    for n, (method, seed) in enumerate(todo):
+        if progress is not None:
+            progress("benchmark", n, len(todo), f"{method} seed {seed}")
         seeded = spec.model_copy(update={"strategy": spec.strategy.model_copy(update={"seed": seed})})
         result = run_method(method, seeded, data, seed=seed, affinity_every=affinity_every)
         record = {"seed": seed, **asdict(result)}
         records.append(record)
         if out is not None:
             (out / "results.json").write_text(json.dumps(records, indent=1))
+    if progress is not None:
+        progress("benchmark", len(todo), len(todo))
     if out is not None:
         write_report(records, spec, out)
     return records

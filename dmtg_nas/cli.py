@@ -293,6 +293,29 @@ def _single_process(spec: Any, command: str) -> None:
         )
 
 
+class _Bars:
+    """Progress bars (tqdm, on stderr) for the library's progress reports, one per label."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, label: str, done: int, total: int, note: str = "") -> None:
+        from tqdm.auto import tqdm
+
+        bar = self.bars.get(label)
+        if bar is None:
+            unit = "trial" if label == "trials" else "run"
+            bar = self.bars[label] = tqdm(total=total, initial=done, desc=label, unit=unit, file=sys.stderr)
+        bar.total = total
+        bar.n = done
+        if note:
+            bar.set_postfix_str(note, refresh=False)
+        bar.refresh()
+        if done >= total:
+            bar.close()
+            del self.bars[label]
+
+
 def _quiet_libraries(training: bool) -> None:
     """Keep the terminal to our own output: silence NNI's import warnings and Lightning's banners.
 
@@ -368,11 +391,10 @@ def _format_table(result: Any) -> str:
         summary += f"; vs reference: Delta_m {ref['delta_m']:+.2f}%"
         if ref.get("normalized_gain") is not None:
             summary += f", normalized gain {ref['normalized_gain']:+.2f}%"
-    truth = result.metrics.get("ground_truth")
-    if truth:
-        summary += f"; adjusted Rand index vs planted groups {truth['adjusted_rand_index']:.3f}"
+    if result.adjusted_rand_index is not None:
+        summary += f"; adjusted Rand index vs planted groups {result.adjusted_rand_index:.3f}"
     lines.append(summary)
-    local = result.metrics.get("local_search")
+    local = result.local_search
     if local and local.get("rounds"):
         start = " | ".join(", ".join(g) for g in local["start"])
         first = local["rounds"][0]
@@ -407,7 +429,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if launcher_rank_zero():
         RunLock(out).check()  # before the slow imports: a folder in use is refused at once
     from .hardware import is_global_zero
-    from .runner import run_search
+    from .pipeline.run import run_search
 
     quiet = args.quiet or not is_global_zero()  # the other processes of a DDP run print nothing
     if not quiet:
@@ -429,7 +451,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
     from .hardware import is_global_zero
-    from .runner import retrain
+    from .pipeline.retrain import retrain
 
     metrics = retrain(
         args.run,
@@ -471,7 +493,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         affinity_every=args.affinity_every,
-        progress=None if args.quiet else (lambda msg: None),
+        progress=None if args.quiet else _Bars(),
     )
     print((out / "results.md").read_text(encoding="utf-8"), end="")
     print(f"outputs in {out}")
@@ -518,7 +540,7 @@ def _cmd_suite(args: argparse.Namespace) -> int:
             out,
             overrides=args.overrides,
             resume=args.resume,
-            progress=None if args.quiet else (lambda msg: None),
+            progress=None if args.quiet else _Bars(),
             method=method,
             reference_trainings=args.reference_trainings,
         )
@@ -566,7 +588,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         )
         trials = spec.tuning.trials if spec.tuning else 20
         print(f"tuning {spec.name}: study {study!r}, {trials} trials over {space} -> {out}", file=sys.stderr)
-    result = tune(spec, out, study_name=study, jobs=args.jobs, progress=not quiet, report=not args.worker)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial would bury the bar
+    bars = None if quiet else _Bars()
+    result = tune(spec, out, study_name=study, jobs=args.jobs, progress=bars, report=not args.worker)
     if args.worker:
         return 0
     best = result.best
@@ -589,7 +615,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_portal(args: argparse.Namespace) -> int:
     from .config import load_spec
-    from .portal import run_portal, stop_portal
+    from .nni.portal import run_portal, stop_portal
 
     if args.stop is not None:
         stop_portal(args.stop)

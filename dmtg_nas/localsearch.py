@@ -29,7 +29,7 @@ mean over that many independent trainings). A grouped network with one branch pe
 trains exactly like these separate networks (its loss is a sum over branches, and the optimizers
 are per-parameter), so the score is that of the partition trained as one model. Group networks are
 trained on demand, the missing ones of a round (every replicate's) side by side as one batched
-computation (:func:`~dmtg_nas.baselines.subset_losses_seeded`), and cached: a neighbour shares all
+computation (:func:`~dmtg_nas.engine.batched.subset_losses_seeded`), and cached: a neighbour shares all
 but one or two groups with the current partition.
 
 Round by round, at most ``max_candidates`` neighbours are tried (merges first, then merge-splits,
@@ -391,7 +391,7 @@ def masks_of(groups: Sequence[Sequence[str]], task_names: Sequence[str]) -> Part
 def scorer_for(spec: SearchSpec, data: TaskData, replicates: int = 1) -> SubsetScorer:
     """A scorer whose group networks are HOA's subset networks for ``spec`` on ``data``; the
     missing networks of every replicate train side by side in one batched computation."""
-    from .baselines import subset_losses_seeded
+    from .engine.batched import subset_losses_seeded
 
     def seed(replicate: int) -> int:  # replicate 0: the strategy's seed; others: independent trainings
         return spec.strategy.seed + 7919 * replicate

@@ -45,6 +45,7 @@ __all__ = [
     "Interrupts",
     "InterruptCallback",
     "RunStateCallback",
+    "interrupt_message",
     "previous_path",
     "select_checkpoint",
 ]
@@ -125,20 +126,22 @@ def _read_checkpoint(path: Path) -> tuple[str | None, dict[str, Any]]:
     return None, ckpt
 
 
-_OLD_LOGITS = re.compile(r"(^|\.)routers\.\d+\.logits$")
+# the grouping logits of earlier supernet layouts: one parameter per task, then one table on the space
+_OLD_LOGITS = re.compile(r"(^|\.)(routers\.\d+\.logits|grouping_logits)$")
 
 
 def _same_layout(path: Path, ckpt: Mapping[str, Any]) -> Path:
     """``path`` if its (sound) checkpoint has this version's supernet layout; else :class:`DmtgError`.
 
-    The supernet holds the grouping logits as one (N, K) table (``grouping_logits``); checkpoints with
-    one logit parameter per task (``routers.<i>.logits``) come from an earlier layout and cannot be
-    resumed by this one (the file is left as it is).
+    The supernet holds the grouping logits as one (N, K) table in its router bank (``routers.logits``);
+    checkpoints with one logit parameter per task (``routers.<i>.logits``) or the table on the space
+    (``grouping_logits``) come from earlier layouts and cannot be resumed by this one (the file is
+    left as it is).
     """
     if any(_OLD_LOGITS.search(key) for key in ckpt["state_dict"]):
         raise DmtgError(
-            f"cannot resume: {path} was written by an earlier version of dmtg-nas (one logit parameter per "
-            "task) and cannot be resumed by this one; start the search again with --overwrite"
+            f"cannot resume: {path} was written by an earlier version of dmtg-nas (another layout of the "
+            "supernet) and cannot be resumed by this one; start the search again with --overwrite"
         )
     return path
 
@@ -350,3 +353,29 @@ class InterruptCallback(pl.Callback):
         if self.interrupts.signum is not None and self.checkpoint is not None:
             trainer.save_checkpoint(str(self.checkpoint))
             self._stop(trainer, f"the end of epoch {trainer.current_epoch}, step {trainer.global_step}")
+
+
+def interrupt_message(out_dir: Path | None, phase: str) -> Any:
+    """``describe(signal_name, saved)`` for :class:`SearchInterrupted` in a phase of the run
+    (``search``, ``warm start``, ``fine-tune``, ``evaluation``): what was saved and how to go on."""
+
+    def describe(sig: str, saved: str | None) -> str:
+        if out_dir is None:
+            return f"interrupted by {sig} during the {phase} (no output folder: nothing saved)"
+        resume = f"dmtg search --resume {out_dir}"
+        if phase == "search":
+            ckpt = out_dir / "checkpoints" / "last.ckpt"
+            return f"interrupted by {sig}: checkpoint saved at {saved} in {ckpt}; continue with: {resume}"
+        if phase == "warm start":
+            return (
+                f"interrupted by {sig} during the warm start, before the first checkpoint; start again with "
+                f"--out {out_dir} --overwrite"
+            )
+        ckpt = out_dir / "checkpoints" / "last.ckpt"
+        again = "the fine-tune and evaluation run" if phase == "fine-tune" else "the evaluation runs"
+        return (
+            f"interrupted by {sig} during the {phase}: the finished search is in {ckpt}; "
+            f"continue with: {resume} ({again} again)"
+        )
+
+    return describe

@@ -27,16 +27,19 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .baselines import subset_losses_joint, subset_losses_seeded
 from .components import load_data
 from .config import SearchSpec, load_spec
+from .engine.batched import subset_losses_joint, subset_losses_seeded
+from .engine.train import train_partition
 from .partitions import best_partition, members
-from .runner import adjusted_rand_index, run_search, train_partition
+from .pipeline.outputs import adjusted_rand_index
+from .pipeline.run import run_search
+from .progress import Progress
 
 __all__ = [
     "Shape",
@@ -243,8 +246,8 @@ def run_one(
     else:
         result = run_search(spec, None, progress=False, data=data)
         found, seconds = result.groups, time.perf_counter() - t0
-        model_test_loss = result.metrics["totals"]["test"]["total_loss"]
-        local = result.metrics.get("local_search")
+        model_test_loss = result.test_loss
+        local = result.local_search
     record: dict[str, Any] = {
         "shape": shape.name,
         "seed": seed,
@@ -330,7 +333,7 @@ def run_suite(
     *,
     exhaustive_max: int = 6,
     overrides: Sequence[str] = (),
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     resume: bool = False,
     method: str | None = None,
     reference_trainings: int = 1,
@@ -361,7 +364,6 @@ def run_suite(
     if out is not None and (out / "references.json").is_file():
         raw = json.loads((out / "references.json").read_text())
         references = {key: {int(m): v for m, v in nets.items()} for key, nets in raw.items()}
-    from tqdm.auto import tqdm
 
     def save() -> None:  # after every run: an interrupted suite resumes where it stopped
         assert out is not None
@@ -376,15 +378,21 @@ def run_suite(
         spec = shape_spec(shape, r.get("budget_of", r["strategy"]), r["seed"], overrides)
         if r.get("reference_key") != reference_key(shape, r["seed"], spec, reference_trainings):
             stale.append((i, shape, spec))
-    for i, shape, spec in tqdm(stale, desc=f"rescore {method or strategy}", unit="run", disable=progress is None):
+    for n, (i, shape, spec) in enumerate(stale):
+        if progress is not None:
+            progress(f"rescore {method or strategy}", n, len(stale), f"{shape.name} seed {records[i]['seed']}")
         records[i] = score(records[i], shape, spec, load_data(spec), references, exhaustive_max, reference_trainings)
         if out is not None:
             save()
+    if progress is not None and stale:
+        progress(f"rescore {method or strategy}", len(stale), len(stale))
     done = {(r["shape"], r["seed"], r["strategy"]) for r in records}
 
     label = method or strategy
     todo = [(s, seed) for s in shapes for seed in seed_list if (s, seed, label) not in done]
-    for shape_name, seed in tqdm(todo, desc=f"suite {label}", unit="run", disable=progress is None):
+    for n, (shape_name, seed) in enumerate(todo):
+        if progress is not None:
+            progress(f"suite {label}", n, len(todo), f"{shape_name} seed {seed}")
         records.append(
             run_one(
                 SHAPES[shape_name],
@@ -399,6 +407,8 @@ def run_suite(
         )
         if out is not None:
             save()
+    if progress is not None:
+        progress(f"suite {label}", len(todo), len(todo))
     if out is not None:
         save()
         write_suite_report(records, out)

@@ -4,7 +4,7 @@ K (the number of branches) changes the network, so it cannot be learnt inside th
 it is tuned in an outer loop together with the Gumbel-softmax temperature schedule and the learning
 rates, as declared in the spec's ``tuning:`` section (:class:`~dmtg_nas.config.TuningConfig`).
 
-Each trial runs :func:`~dmtg_nas.runner.run_search` with the sampled values into
+Each trial runs :func:`~dmtg_nas.pipeline.run.run_search` with the sampled values into
 ``OUT/trials/trial-NNNN`` (a normal search output: ``dmtg retrain`` accepts it) and is scored on
 validation data of the pruned grouped network: ``metrics.totals.val.total_loss`` (plus
 ``branch_cost`` per branch used). The search's per-epoch ``val_loss`` (the network as it would be
@@ -39,6 +39,7 @@ import yaml
 
 from .config import SearchSpec, TuningConfig, load_spec
 from .errors import DmtgError
+from .progress import Progress
 
 __all__ = [
     "Param",
@@ -179,19 +180,13 @@ def run_trial(
     stop: Callable[[], BaseException] = optuna.TrialPruned,
     progress: bool = False,
 ) -> tuple[float, Any]:
-    """Run one DMTG search with ``params`` into ``out_dir``; returns (score, SearchResult)."""
-    from .runner import run_search
+    """Run one DMTG search with ``params`` into ``out_dir``; returns (score, SearchResult). (NNI logs
+    a stopped (pruned) search as a failed model; the command line keeps NNI's log quiet.)"""
+    from .pipeline.run import run_search
 
     trial_spec = apply_params(spec, params)
     callbacks = [ReportCallback(report, stop)] if report is not None else []
-    # NNI logs a stopped (pruned) search as a failed model; the exception itself reaches the caller
-    nni_logger = logging.getLogger("nni.nas")
-    level = nni_logger.level
-    nni_logger.setLevel(logging.CRITICAL)
-    try:
-        result = run_search(trial_spec, out_dir, progress=progress, overwrite=True, callbacks=callbacks)
-    finally:
-        nni_logger.setLevel(level)
+    result = run_search(trial_spec, out_dir, progress=progress, overwrite=True, callbacks=callbacks)
     return score_of(trial_spec, result.metrics), result
 
 
@@ -354,23 +349,20 @@ def _objective(spec: SearchSpec, out_dir: Path, space: Sequence[Param]) -> Calla
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             return math.nan
         trial.set_user_attr("groups", result.groups)
-        trial.set_user_attr("val_total_loss", result.metrics["totals"]["val"]["total_loss"])
-        trial.set_user_attr("test_total_loss", result.metrics["totals"]["test"]["total_loss"])
+        trial.set_user_attr("val_total_loss", result.val_loss)
+        trial.set_user_attr("test_total_loss", result.test_loss)
         trial.set_user_attr("branches_used", len(result.groups))
-        truth = result.metrics.get("ground_truth")
-        if truth:
-            trial.set_user_attr("adjusted_rand_index", truth["adjusted_rand_index"])
+        if result.adjusted_rand_index is not None:
+            trial.set_user_attr("adjusted_rand_index", result.adjusted_rand_index)
         return score
 
     return objective
 
 
-def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=min(initial, total), desc="trials", unit="trial", file=sys.stderr)
+def _report(progress: Progress | None, study: optuna.Study, total: int) -> None:
+    if progress is not None:
+        best = _best_value(study)
+        progress("trials", min(_finished(study), total), total, f"best {best:.4f}" if best is not None else "")
 
 
 def tune(
@@ -382,7 +374,7 @@ def tune(
     trials: int | None = None,
     jobs: int | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
     report: bool = True,
 ) -> TuneResult:
     """Tune ``spec``'s K, temperature schedule and learning rates with Optuna.
@@ -396,7 +388,8 @@ def tune(
         jobs: parallel worker processes on this machine (default: one per GPU, at least 1); each
             worker sees one GPU (``CUDA_VISIBLE_DEVICES``).
         pruner: an Optuna pruner instance (overrides ``tuning.pruner``).
-        progress: a progress bar over the trials.
+        progress: told the trials done (and the best value) after every trial; the command line
+            draws it as a bar.
         report: write ``best.json`` and the plots at the end.
     """
     out = Path(out_dir)
@@ -409,7 +402,6 @@ def tune(
     if updates:
         spec = spec.model_copy(update={"tuning": cfg.model_copy(update=updates)})
         cfg = tuning_of(spec)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = make_storage(cfg.storage, out, heartbeat=cfg.heartbeat, retries=cfg.retries)
     # a study in an explicit storage may have other workers (other machines, or --jobs children)
     study = create_study(spec, store, study_name, pruner=pruner, shared=cfg.storage is not None)
@@ -417,6 +409,7 @@ def tune(
     (out / "tuning.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
     if jobs is None:
         jobs = _gpu_count()
+    progress = progress or None  # False: none
     if jobs > 1:
         _run_workers(spec, out, study, cfg, jobs, progress)
     else:
@@ -427,28 +420,19 @@ def tune(
     return result
 
 
-def _work(spec: SearchSpec, out: Path, study: optuna.Study, total: int, progress: bool) -> None:
+def _work(spec: SearchSpec, out: Path, study: optuna.Study, total: int, progress: Progress | None) -> None:
     """One worker: run trials until the study has ``total`` of them."""
     space = search_space(spec)
     objective = _objective(spec, out, space)
-    bar = _progress_bar(total, _finished(study), progress)
-    try:
-        while True:
-            counted, waiting = _scheduled(study)
-            if counted >= total and not waiting:
-                break
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.optimize(objective, n_trials=1, gc_after_trial=True)
-            if bar is not None:
-                bar.n = min(_finished(study), total)
-                best = _best_value(study)
-                if best is not None:
-                    bar.set_postfix(best=f"{best:.4f}")
-                bar.refresh()
-    finally:
-        if bar is not None:
-            bar.close()
+    _report(progress, study, total)
+    while True:
+        counted, waiting = _scheduled(study)
+        if counted >= total and not waiting:
+            break
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, n_trials=1, gc_after_trial=True)
+        _report(progress, study, total)
 
 
 def _best_value(study: optuna.Study) -> float | None:
@@ -472,7 +456,7 @@ def _storage_url(study: optuna.Study, cfg: TuningConfig, out: Path) -> str:
 
 
 def _run_workers(
-    spec: SearchSpec, out: Path, study: optuna.Study, cfg: TuningConfig, jobs: int, progress: bool
+    spec: SearchSpec, out: Path, study: optuna.Study, cfg: TuningConfig, jobs: int, progress: Progress | None
 ) -> None:
     """``jobs`` worker processes on this machine sharing the study, one GPU each (round robin)."""
     spec_file = out / "tuning.yaml"
@@ -507,13 +491,11 @@ def _run_workers(
         ]
         log = open(out / f"worker-{i}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
         procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    bar = _progress_bar(cfg.trials, _finished(study), progress)
+    _report(progress, study, cfg.trials)
     try:
         while any(p.poll() is None for p, _ in procs):
             time.sleep(2)
-            if bar is not None:
-                bar.n = min(_finished(study), cfg.trials)
-                bar.refresh()
+            _report(progress, study, cfg.trials)
     except KeyboardInterrupt:
         for p, _ in procs:
             p.terminate()
@@ -522,8 +504,6 @@ def _run_workers(
         for p, log in procs:
             p.wait()
             log.close()
-        if bar is not None:
-            bar.close()
     bad = [i for i, (p, _) in enumerate(procs) if p.returncode != 0]
     if bad:
         raise DmtgError(f"tuning worker(s) {bad} failed; see {out}/worker-{bad[0]}.log")

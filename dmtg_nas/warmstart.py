@@ -26,7 +26,7 @@ The warm start gives the relaxation an informed starting point instead of a unif
 
 The cost is N single-task networks for a few epochs (N * epochs branch-epochs, against
 K * epochs for the supernet). With ``mlp`` encoders (no norm, or layer norm) and plain linear heads,
-the N networks are one module (:class:`~dmtg_nas.stacked.StackedSingles`): each layer's N weight
+the N networks are one module (:class:`~dmtg_nas.engine.stacked.StackedSingles`): each layer's N weight
 matrices in one tensor, applied with one batched matrix product; the same networks, initialisation
 and updates (up to float rounding), in a fraction of the time of N networks one after the other.
 """
@@ -47,10 +47,11 @@ from torch import nn
 
 from .backbones import scale_backbone
 from .catalog import encoder_entry
-from .config import SearchSpec
 from .data import TaskData, make_loader
-from .space import GroupingSpace
-from .stacked import StackedSingles
+from .engine.networks import plain_network
+from .engine.stacked import StackedSingles
+from .engine.train import train_network
+from .schema import SearchSpec
 
 __all__ = [
     "WarmStart",
@@ -91,7 +92,7 @@ class WarmStart:
 def _inputs(data: TaskData, samples: int) -> torch.Tensor:
     """Up to ``samples`` training inputs, first rows of the training split (deterministic)."""
     chunks, count = [], 0
-    for x, _ in make_loader(data.train, min(samples, 512), shuffle=False, traced=False, shard=False):
+    for x, _ in make_loader(data.train, min(samples, 512), shuffle=False, shard=False):
         chunks.append(x)
         count += x.shape[0]
         if count >= samples:
@@ -198,16 +199,14 @@ def attribution_warm_start(
 ) -> WarmStart:
     """Single-task networks, attribution affinity and clusters for the spec (see the module docs);
     ``callbacks`` go to the single-task training."""
-    from .runner import train_network
-
     cfg = spec.strategy.warmup
     t0 = time.perf_counter()
     pl.seed_everything(spec.strategy.seed + 17, workers=True, verbose=False)
-    n = len(spec.tasks)
     width = proxy_width(spec)
     backbone = scale_backbone(spec.backbone, width)
-    space = GroupingSpace(spec.tasks, n, backbone, spec.heads, data.input_shape, "independent")
-    singles = space.freeze({t: i for i, t in enumerate(spec.task_names)})
+    singles = plain_network(
+        spec.tasks, backbone, spec.heads, data.input_shape, {t: i for i, t in enumerate(spec.task_names)}
+    )
     strategy = spec.strategy
     if cfg.batch_size is not None:
         strategy = strategy.model_copy(update={"batch_size": cfg.batch_size})

@@ -55,7 +55,7 @@ def spec_doc(devices: int, batch_size: int) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     from dmtg_nas import load_spec
-    from dmtg_nas.runner import run_search
+    from dmtg_nas.pipeline.run import run_search
 
     out, devices, batch = Path(argv[0]), int(argv[1]), int(argv[2])
     out.mkdir(parents=True, exist_ok=True)

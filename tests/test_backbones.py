@@ -8,7 +8,7 @@ import torch
 from dmtg_nas import SpecError, load_spec
 from dmtg_nas.backbones import DenseHead, build_encoder, build_head, scale_backbone
 from dmtg_nas.config import BackboneConfig, HeadsConfig, TaskConfig
-from dmtg_nas.space import GroupingSpace
+from dmtg_nas.nni.space import GroupingSpace
 
 from .conftest import planted_doc
 

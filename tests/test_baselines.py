@@ -106,7 +106,7 @@ def test_hoa_exhaustive_picks_the_best_partition_of_its_own_networks() -> None:
 def test_seeded_runs_in_one_batch_train_as_separate_runs(tiny) -> None:
     """Several independent trainings in one batched computation: each run's networks get their own
     seed's initialisation and data order, exactly as a separate call with that seed."""
-    from dmtg_nas.baselines import subset_losses_joint, subset_losses_seeded
+    from dmtg_nas.engine.batched import subset_losses_joint, subset_losses_seeded
 
     spec, data = tiny
 
@@ -141,10 +141,11 @@ def test_delta_m_sign_and_scale() -> None:
 def test_stacked_subset_networks_train_as_they_would_alone(tiny, heads: dict) -> None:
     import copy
 
-    from dmtg_nas.baselines import _train_stacked, subset_losses_joint
-    from dmtg_nas.runner import evaluate, train_network
-    from dmtg_nas.space import GroupingSpace
-    from dmtg_nas.stacked import stacked_forward
+    from dmtg_nas.engine.batched import subset_losses_joint
+    from dmtg_nas.engine.batched import train_stacked as _train_stacked
+    from dmtg_nas.engine.stacked import stacked_forward
+    from dmtg_nas.engine.train import evaluate, train_network
+    from dmtg_nas.nni.space import GroupingSpace
 
     spec, data = tiny
     spec = spec.model_copy(update={"heads": spec.heads.model_copy(update=heads)})
@@ -176,8 +177,8 @@ def test_stacked_subset_networks_train_as_they_would_alone(tiny, heads: dict) ->
 def test_stacked_forward_computes_what_vmap_of_the_network_computes(norm: str) -> None:
     from torch.func import functional_call, stack_module_state, vmap
 
-    from dmtg_nas.space import GroupingSpace
-    from dmtg_nas.stacked import stacked_forward
+    from dmtg_nas.engine.stacked import stacked_forward
+    from dmtg_nas.nni.space import GroupingSpace
 
     doc = planted_doc()
     doc["backbone"] = {"name": "mlp", "hidden": [8, 5], "norm": norm, "activation": "tanh", "dropout": 0.1}

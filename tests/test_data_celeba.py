@@ -53,7 +53,7 @@ def test_reads_partition_attributes_and_images(tmp_path: Path) -> None:
 def test_loader_with_workers_batches_dicts(tmp_path: Path) -> None:
     root = write_celeba(tmp_path / "celeba", n=40)
     data = load_data(load_spec(_spec(root)))
-    x, y = next(iter(make_loader(data.train, 8, shuffle=True, num_workers=2, traced=False)))
+    x, y = next(iter(make_loader(data.train, 8, shuffle=True, num_workers=2)))
     assert x.shape == (8, 3, 32, 32) and y["Black_Hair"].shape == (8,)
 
 
@@ -139,7 +139,7 @@ spec = load_spec({"name": "m", "tasks": [{"name": "Smiling", "type": "binary"}],
                   "dataset": {"name": "celeba", "root": sys.argv[1], "size": 64}, "groups": 1,
                   "backbone": {"name": "celeba_resnet"}})
 data = load_data(spec)
-loader = make_loader(data.train, 64, shuffle=False, traced=False)
+loader = make_loader(data.train, 64, shuffle=False)
 it = iter(loader)
 for _ in range(3):
     next(it)

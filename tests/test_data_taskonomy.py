@@ -59,7 +59,7 @@ def test_targets_decode_with_masks(root: Path) -> None:
     # labels: 1 and 3 are classes, the unlabelled 0 becomes the ignore index
     assert set(torch.unique(seg).tolist()) <= {1, 3, 255} and (seg[-1] == 255).all()
     assert float(y["keypoints2d"].min()) >= 0 and float(y["edge_texture"].max()) <= 1
-    xb, yb = next(iter(make_loader(data.train, 2, shuffle=False, traced=False, num_workers=2)))
+    xb, yb = next(iter(make_loader(data.train, 2, shuffle=False, num_workers=2)))
     assert xb.shape == (2, 3, 16, 16) and yb["segment_semantic"].dtype == torch.int64
 
 

@@ -10,12 +10,18 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import dmtg_nas.space as space_module
+import dmtg_nas.network as network_module
+import dmtg_nas.nni.router as router_module
+import dmtg_nas.nni.space as space_module
 from dmtg_nas.config import BackboneConfig, HeadsConfig, OptimizerConfig, TaskConfig
-from dmtg_nas.space import GroupingSpace, _plain_linear, apply_heads, load_model
-from dmtg_nas.strategy import DMTG, DMTGRouter, gumbel_noise
+from dmtg_nas.engine.losses import HeadOutputs, head_losses, multitask_loss
+from dmtg_nas.engine.module import make_optimizer
+from dmtg_nas.network import apply_heads, load_model
+from dmtg_nas.network import plain_linear as _plain_linear
+from dmtg_nas.nni.router import RouterBank, gumbel_noise
+from dmtg_nas.nni.space import GroupingSpace
+from dmtg_nas.nni.strategy import DMTG
 from dmtg_nas.tasks import squeeze_output, task_loss
-from dmtg_nas.training import RoutedOutput, make_optimizer, multitask_loss
 
 TASKS = [
     TaskConfig(name="bin", type="binary"),
@@ -29,18 +35,42 @@ def _per_head(heads: Any, x: Any) -> list[Tensor]:
     return [head(x) for head in heads]
 
 
-def _loop_loss(task: TaskConfig, out: RoutedOutput, y: Tensor) -> Tensor:
+Routed = tuple[list[Tensor], Tensor]  # a task's K predictions and its K sample weights
+
+
+def _loop_loss(task: TaskConfig, out: Routed, y: Tensor) -> Tensor:
     """The loss as K separate task_loss calls (the reference)."""
-    terms = [out.weights[k] * task_loss(task, squeeze_output(task, p), y) for k, p in enumerate(out.preds)]
+    preds, weights = out
+    terms = [weights[k] * task_loss(task, squeeze_output(task, p), y) for k, p in enumerate(preds)]
     return torch.stack(terms).sum()
 
 
 def _reference_loss(
-    tasks: list[TaskConfig], outputs: dict[str, RoutedOutput], targets: dict[str, Tensor]
+    tasks: list[TaskConfig], outputs: dict[str, Routed], targets: dict[str, Tensor]
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """multitask_loss with one task_loss call per head and task (the reference)."""
+    """The method's loss with one task_loss call per head and task (the reference)."""
     parts = {t.name: _loop_loss(t, outputs[t.name], targets[t.name]) for t in tasks}
     return torch.stack([t.weight * parts[t.name] for t in tasks]).sum(), parts
+
+
+def _method_loss(
+    tasks: list[TaskConfig], outputs: dict[str, Routed], targets: dict[str, Tensor]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The router bank's loss from per-task predictions and sample weights (its batched calls)."""
+    heads = HeadOutputs(
+        [t.name for t in tasks], torch.zeros(len(tasks), dtype=torch.long), per_task=[outputs[t.name][0] for t in tasks]
+    )
+    z = torch.stack([outputs[t.name][1] for t in tasks])
+    return RouterBank.loss(z, head_losses(tasks, heads, targets), tasks)
+
+
+def _supernet_loss(model: nn.Module, out: Any, targets: dict[str, Tensor]) -> Tensor:
+    """One step's loss: the method's for a supernet (this step's noise, tau 2), else multitask_loss."""
+    if not isinstance(out, HeadOutputs):
+        return multitask_loss(TASKS, out, targets)[0]
+    bank = model.routers
+    z = bank.sample(gumbel_noise(0, 3, tuple(bank.logits.shape)), torch.tensor(2.0))
+    return bank.loss(z, head_losses(TASKS, out, targets), TASKS)[0]
 
 
 def _reference_plain_loss(
@@ -93,11 +123,12 @@ def _space(k: int, heads: HeadsConfig | None = None, fuse: bool = True) -> Group
 
 
 def _supernet(k: int, heads: HeadsConfig | None = None, fuse: bool = True) -> nn.Module:
-    model = DMTG(2.0).mutate_model(_space(k, heads, fuse))
-    routers = [m for m in model.modules() if isinstance(m, DMTGRouter)]
-    for router, g in zip(routers, gumbel_noise(0, 3, (len(routers), k))):
-        router.noise = g
-    return model.train()
+    return DMTG(2.0).mutate_model(_space(k, heads, fuse)).train()
+
+
+def _per_head_everywhere(patch: pytest.MonkeyPatch) -> None:
+    for module in (space_module, router_module, network_module):
+        patch.setattr(module, "apply_heads", _per_head)
 
 
 def _run(model: nn.Module, monkeypatch: pytest.MonkeyPatch, fused: bool) -> tuple[Any, Tensor, dict[str, Tensor]]:
@@ -105,36 +136,45 @@ def _run(model: nn.Module, monkeypatch: pytest.MonkeyPatch, fused: bool) -> tupl
     bank's rows under the names of the per-head parameters they stand for)."""
     with monkeypatch.context() as patch:
         if not fused:
-            patch.setattr(space_module, "apply_heads", _per_head)
+            _per_head_everywhere(patch)
         model.zero_grad(set_to_none=True)
         x = torch.randn(6, 8, generator=torch.Generator().manual_seed(2))
         out = model(x)
-        total, _ = multitask_loss(TASKS, out, _targets(6))
+        total = _supernet_loss(model, out, _targets(6))
         total.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     banks = getattr(model, "head_banks", None)
     for k, bank in enumerate(banks if banks is not None else []):
         for kind in ("weight", "bias"):
-            if f"head_banks.{k}.{kind}" not in grads:  # a branch no task used
+            if f"routers.banks.{k}.{kind}" not in grads:  # a branch no task used
                 continue
-            rows = grads.pop(f"head_banks.{k}.{kind}").split(bank.sizes)
+            rows = grads.pop(f"routers.banks.{k}.{kind}").split(bank.sizes)
             for i, part in enumerate(rows):
-                grads[f"routers.{i}.heads.{k}{'.0' if bank.wrapped[i] else ''}.{kind}"] = part
+                grads[f"routers.heads.{i}.{k}{'.0' if bank.wrapped[i] else ''}.{kind}"] = part
     return out, total.detach(), grads
+
+
+def _outputs(out: Any) -> dict[str, Any]:
+    """``{task: prediction}``, or ``{task: its K predictions}`` of a supernet's outputs."""
+    if isinstance(out, HeadOutputs):
+        return {name: out.preds(i) for i, name in enumerate(out.task_names)}
+    return dict(out)
 
 
 def _assert_same(a: tuple[Any, Tensor, dict[str, Tensor]], b: tuple[Any, Tensor, dict[str, Tensor]]) -> None:
     out_a, loss_a, grads_a = a
     out_b, loss_b, grads_b = b
+    if isinstance(out_a, HeadOutputs):
+        assert torch.equal(out_a.choice, out_b.choice)
+    out_a, out_b = _outputs(out_a), _outputs(out_b)
     assert out_a.keys() == out_b.keys()
     for name in out_a:
         ya, yb = out_a[name], out_b[name]
-        if isinstance(ya, RoutedOutput):
-            assert len(ya.preds) == len(yb.preds)
-            for pa, pb in zip(ya.preds, yb.preds):
+        if isinstance(ya, list):
+            assert len(ya) == len(yb)
+            for pa, pb in zip(ya, yb):
                 assert pa.shape == pb.shape
                 assert torch.allclose(pa, pb, atol=1e-6, rtol=1e-6)
-            assert torch.allclose(ya.weights, yb.weights, atol=1e-6)
         else:
             assert ya.shape == yb.shape
             assert torch.allclose(ya, yb, atol=1e-6, rtol=1e-6)
@@ -148,15 +188,18 @@ def test_fused_supernet_heads_match_per_head(monkeypatch: pytest.MonkeyPatch) ->
     model, unfused = _supernet(3), _supernet(3, fuse=False)  # the same initial values
     fused, plain = _run(model, monkeypatch, True), _run(unfused, monkeypatch, False)
     _assert_same(fused, plain)
-    assert all(len(out.preds) == 3 for out in fused[0].values())
-    assert fused[0]["cls"].preds[0].shape == (6, 3) and fused[0]["bin"].preds[0].shape == (6, 1)
+    outs = _outputs(fused[0])
+    assert all(len(preds) == 3 for preds in outs.values())
+    assert outs["cls"][0].shape == (6, 3) and outs["bin"][0].shape == (6, 1)
     # every head row and every logit got a gradient; the heads of a branch are one bank in the supernet
     names = sorted(name for name, _ in unfused.named_parameters())
     assert set(fused[2]) == set(plain[2]) == set(names)
-    assert "routers.2.heads.1.0.weight" in names
-    banked = {name: tuple(p.shape) for name, p in model.named_parameters() if "head" in name}
+    assert "routers.heads.2.1.0.weight" in names and "routers.logits" in names
+    banked = {name: tuple(p.shape) for name, p in model.named_parameters() if "banks" in name}
     assert banked == {
-        f"head_banks.{k}.{kind}": (6, 16) if kind == "weight" else (6,) for k in range(3) for kind in ("weight", "bias")
+        f"routers.banks.{k}.{kind}": (6, 16) if kind == "weight" else (6,)
+        for k in range(3)
+        for kind in ("weight", "bias")
     }
     # the unfused heads applied per head on the same space: the concatenating path gives the same numbers
     _assert_same(_run(unfused, monkeypatch, True), plain)
@@ -167,7 +210,7 @@ def test_fused_plain_space_matches_per_head(monkeypatch: pytest.MonkeyPatch) -> 
     fused, plain = _run(model, monkeypatch, True), _run(unfused, monkeypatch, False)
     _assert_same(fused, plain)
     assert fused[0]["cls"].shape == (6, 3)
-    assert not any(".heads.1." in name for name in fused[2])  # only the default branch was used
+    assert not any(name.startswith("routers.banks.1.") for name in fused[2])  # only the default branch was used
     assert model.head_banks[1].weight.grad is None
 
 
@@ -179,7 +222,7 @@ def test_frozen_heads_copy_the_bank_rows() -> None:
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), want.state_dict().values()))
     with torch.no_grad():
         net.heads[2][0].weight.add_(1.0)  # the grouped network owns its heads
-    assert torch.equal(space.head_banks[2].weight[2:5], unfused.routers[2].heads[2][0].weight)
+    assert torch.equal(space.head_banks[2].weight[2:5], unfused.routers.heads[2][2][0].weight)
 
 
 def test_fused_grouped_network_matches_per_head(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
@@ -200,17 +243,18 @@ def test_fused_supernet_in_eval_mode_matches(monkeypatch: pytest.MonkeyPatch) ->
     with torch.no_grad():
         x = torch.randn(4, 8)
         fused = model(x)
-        monkeypatch.setattr(space_module, "apply_heads", _per_head)
+        _per_head_everywhere(monkeypatch)
         plain = unfused(x)
-    for name in fused:
-        assert torch.equal(fused[name].weights, plain[name].weights)
-        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fused[name].preds, plain[name].preds))
+    assert torch.equal(fused.choice, plain.choice)
+    for i in range(len(TASKS)):
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fused.preds(i), plain.preds(i)))
+    selected = fused.selected()  # what validation scores: each task's argmax branch
+    assert all(torch.equal(selected[t.name], fused.preds(i)[int(fused.choice[i])]) for i, t in enumerate(TASKS))
 
 
 def test_heads_with_hidden_layers_run_as_themselves(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _supernet(2, HeadsConfig(hidden=[5], dropout=0.0))
-    router = next(m for m in model.modules() if isinstance(m, DMTGRouter))
-    assert _plain_linear(router.head(0)) is None and model.head_banks is None
+    assert _plain_linear(model.routers.head(0, 0)) is None and model.head_banks is None
     _assert_same(_run(model, monkeypatch, True), _run(model, monkeypatch, False))
 
 
@@ -259,8 +303,8 @@ def test_routed_loss_matches_k_loss_calls(task: TaskConfig) -> None:
     gen = torch.Generator().manual_seed(0)
     preds, logits = _routed_inputs(task, 3, gen)
     y = _target(task, gen)
-    outputs = {task.name: RoutedOutput(preds, torch.softmax(logits, -1))}
-    got = _loss_and_grads(multitask_loss, [task], outputs, {task.name: y}, [*preds, logits])
+    outputs = {task.name: (preds, torch.softmax(logits, -1))}
+    got = _loss_and_grads(_method_loss, [task], outputs, {task.name: y}, [*preds, logits])
     want = _loss_and_grads(_reference_loss, [task], outputs, {task.name: y}, [*preds, logits])
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-6)
@@ -279,14 +323,14 @@ def test_multitask_loss_batches_tasks_with_the_same_values() -> None:
     ]
     gen = torch.Generator().manual_seed(0)
     inputs = {t.name: _routed_inputs(t, 3, gen) for t in tasks}
-    outputs = {name: RoutedOutput(preds, torch.softmax(logits, -1)) for name, (preds, logits) in inputs.items()}
+    outputs = {name: (preds, torch.softmax(logits, -1)) for name, (preds, logits) in inputs.items()}
     targets = {t.name: _target(t, gen) for t in tasks}
     leaves = [x for preds, logits in inputs.values() for x in [*preds, logits]]
-    got = _loss_and_grads(multitask_loss, tasks, outputs, targets, leaves)
+    got = _loss_and_grads(_method_loss, tasks, outputs, targets, leaves)
     want = _loss_and_grads(_reference_loss, tasks, outputs, targets, leaves)
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-6)
-    _, parts = multitask_loss(tasks, outputs, targets)
+    _, parts = _method_loss(tasks, outputs, targets)
     assert list(parts) == [t.name for t in tasks]
     # a plain network's outputs (one tensor per task) go through the same batched call
     plain = {name: preds[0] for name, (preds, _) in inputs.items()}

@@ -17,7 +17,7 @@ from dmtg_nas.data import ShardedBatchSampler, TensorTaskDataset, make_loader
 from dmtg_nas.data.base import default_workers
 from dmtg_nas.errors import SpecError
 from dmtg_nas.hardware import is_global_zero, trainer_kwargs
-from dmtg_nas.strategy import gumbel_noise
+from dmtg_nas.nni.router import gumbel_noise
 
 from .conftest import planted_doc
 
@@ -57,10 +57,10 @@ def test_sharded_batches_partition_the_one_process_batches(monkeypatch: pytest.M
 
 def test_loader_uses_sharded_batches_for_tensor_and_file_datasets() -> None:
     data = TensorTaskDataset(torch.arange(20.0).unsqueeze(1), {"a": torch.arange(20.0)})
-    x, y = next(iter(make_loader(data, 8, shuffle=False, traced=False)))
+    x, y = next(iter(make_loader(data, 8, shuffle=False)))
     assert x.shape == (8, 1) and torch.equal(y["a"], torch.arange(8.0))
     seq = torch.utils.data.TensorDataset(torch.arange(20.0))  # a per-sample data set
-    batches = [b[0] for b in make_loader(seq, 8, shuffle=True, seed=1, traced=False)]
+    batches = [b[0] for b in make_loader(seq, 8, shuffle=True, seed=1)]
     assert [len(b) for b in batches] == [8, 8, 4]
     assert sorted(torch.cat(batches).tolist()) == list(range(20))
     assert default_workers(data) == 0
@@ -195,7 +195,7 @@ def test_cli_device_flags(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_channels_last_during_training_only() -> None:
     from dmtg_nas.config import LRScheduleConfig, OptimizerConfig, TaskConfig
-    from dmtg_nas.training import MultiTaskModule
+    from dmtg_nas.engine.module import MultiTaskModule
 
     tasks = [TaskConfig(name="a", type="binary")]
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())

@@ -20,8 +20,8 @@ import yaml
 
 import dmtg_nas
 from dmtg_nas.cli import main
-from dmtg_nas.nni_tuner import OptunaTuner
-from dmtg_nas.portal import grouping_space, groups_of, nni_search_space
+from dmtg_nas.nni.portal import grouping_space, groups_of, nni_search_space
+from dmtg_nas.nni.tuner import OptunaTuner
 from dmtg_nas.tuning import search_space
 
 from .conftest import planted_doc
@@ -49,6 +49,27 @@ def test_grouping_space() -> None:
     for label in grid:
         groups = groups_of({"partition": label}, spec.task_names)
         assert 1 <= len(groups) <= 2 and sorted(t for g in groups for t in g) == spec.task_names
+
+
+def test_nni_home_is_restored_after_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While NNI starts, HOME, the Node preload and NNI's default experiment folder point into the run;
+    afterwards (also after an error) every one of them is what it was."""
+    import nni.tools.nnictl.config_utils as nni_config_utils
+
+    from dmtg_nas.nni.portal import nni_home
+
+    monkeypatch.setenv("NODE_OPTIONS", "--max-old-space-size=64")
+    monkeypatch.delenv("DMTG_PORTAL_HOST", raising=False)
+    before = (dict(os.environ), nni_config_utils.Experiments.__init__.__defaults__)
+    with pytest.raises(RuntimeError, match="boom"), nni_home(tmp_path / "nni") as home:
+        assert os.environ["HOME"] == str(home) and home.parent == tmp_path / "nni"
+        assert "--require" in os.environ["NODE_OPTIONS"] and os.environ["DMTG_PORTAL_HOST"] == "127.0.0.1"
+        assert nni_config_utils.Experiments.__init__.__defaults__ == (str(home / "nni-experiments"),)
+        raise RuntimeError("boom")
+    assert (dict(os.environ), nni_config_utils.Experiments.__init__.__defaults__) == before
+    with nni_home(tmp_path / "nni", loopback=False):  # every interface: no preload
+        assert os.environ["NODE_OPTIONS"] == "--max-old-space-size=64" and "DMTG_PORTAL_HOST" not in os.environ
+    assert (dict(os.environ), nni_config_utils.Experiments.__init__.__defaults__) == before
 
 
 def test_optuna_tuner_ask_tell(tmp_path: Path) -> None:

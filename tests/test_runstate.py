@@ -119,11 +119,11 @@ def test_a_checkpoint_of_the_earlier_supernet_layout_is_refused_in_one_line(
     dmtg_nas.search(spec, out, progress=False)
     last = out / "checkpoints/last.ckpt"
     ckpt = torch.load(last, weights_only=False)
-    keys = [k for k in ckpt["state_dict"] if k.endswith("grouping_logits")]
-    assert len(keys) == 1 and not any(".logits" in k for k in ckpt["state_dict"])  # this layout: one table
-    # the earlier layout: one logit row per task router
+    keys = [k for k in ckpt["state_dict"] if k.endswith("logits")]
+    assert len(keys) == 1 and keys[0].endswith("routers.logits")  # this layout: one table in the router bank
+    # an earlier layout: one logit row per task router
     table = ckpt["state_dict"].pop(keys[0])
-    prefix = keys[0][: -len("grouping_logits")]
+    prefix = keys[0][: -len("routers.logits")]
     ckpt["state_dict"].update({f"{prefix}routers.{i}.logits": row for i, row in enumerate(table)})
     torch.save(ckpt, last)
     before = last.read_bytes()
@@ -265,21 +265,30 @@ def test_deterministic_switch_gives_the_same_numbers_on_cpu_and_restores_the_fla
 
 
 def poison(monkeypatch: pytest.MonkeyPatch, task: str, calls: set[int]) -> None:
-    """Make ``task``'s loss NaN on the given training calls (0-based, in call order)."""
-    import dmtg_nas.training as training
+    """Make ``task``'s loss NaN on the given training calls (0-based, in call order): the loss of
+    plain networks and the search's loss alike."""
+    import dmtg_nas.engine.module as module
+    from dmtg_nas.nni.router import RouterBank
 
-    original = training.multitask_loss
     seen = [0]
 
-    def loss(tasks: Any, outputs: Any, targets: Any) -> Any:
-        total, parts = original(tasks, outputs, targets)
+    def poisoned(tasks: Any, total: Any, parts: Any) -> Any:
         seen[0] += 1
         if seen[0] - 1 in calls:
             parts = {**parts, task: parts[task] * float("nan")}
             total = sum(t.weight * parts[t.name] for t in tasks)
         return total, parts
 
-    monkeypatch.setattr(training, "multitask_loss", loss)
+    plain, method = module.multitask_loss, RouterBank.loss
+
+    def plain_loss(tasks: Any, outputs: Any, targets: Any) -> Any:
+        return poisoned(tasks, *plain(tasks, outputs, targets))
+
+    def method_loss(z: Any, blocks: Any, tasks: Any) -> Any:
+        return poisoned(tasks, *method(z, blocks, tasks))
+
+    monkeypatch.setattr(module, "multitask_loss", plain_loss)
+    monkeypatch.setattr(RouterBank, "loss", staticmethod(method_loss))
 
 
 def test_nonfinite_loss_stops_naming_task_and_step_and_keeps_the_last_checkpoint(

@@ -19,7 +19,7 @@ from dmtg_nas import DataError, DmtgError, SpecError
 from dmtg_nas.cli import main
 from dmtg_nas.config import BackboneConfig
 from dmtg_nas.data.table import read_table
-from dmtg_nas.space import load_model
+from dmtg_nas.network import load_model
 
 from .conftest import planted_doc
 

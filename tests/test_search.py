@@ -12,7 +12,7 @@ import yaml
 
 import dmtg_nas
 from dmtg_nas import DmtgError, load_model
-from dmtg_nas.runner import adjusted_rand_index
+from dmtg_nas.pipeline.outputs import adjusted_rand_index
 
 from .conftest import planted_doc
 
@@ -86,7 +86,7 @@ def test_search_writes_every_output(tmp_path: Path) -> None:
 
 def test_found_test_loss_matches_an_independent_evaluation(tmp_path: Path) -> None:
     from dmtg_nas.components import load_data
-    from dmtg_nas.runner import evaluate
+    from dmtg_nas.engine.train import evaluate
 
     spec = dmtg_nas.load_spec(planted_doc())
     result = dmtg_nas.search(spec, None, progress=False)

@@ -9,7 +9,7 @@ import torch
 from nni.mutable import Categorical
 
 from dmtg_nas import DmtgError, GroupedNetwork, GroupingSpace, load_model
-from dmtg_nas.strategy import DMTG
+from dmtg_nas.nni.strategy import DMTG
 
 
 def _space(tiny_spec, k: int = 3, init: str = "independent") -> GroupingSpace:

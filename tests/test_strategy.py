@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from dmtg_nas.config import TemperatureConfig
+from dmtg_nas.engine.losses import head_losses
+from dmtg_nas.engine.module import ARCH_PARAM_FLAG, MultiTaskModule
+from dmtg_nas.nni.router import RouterBank, gumbel_noise
+from dmtg_nas.nni.space import GroupingSpace
+from dmtg_nas.nni.strategy import DMTG
 from dmtg_nas.schedules import TemperatureSchedule
-from dmtg_nas.space import GroupingSpace
-from dmtg_nas.strategy import DMTG, DMTGRouter, gumbel_noise
-from dmtg_nas.training import ARCH_PARAM_FLAG, MultiTaskModule, multitask_loss
 
 from .conftest import planted_doc
 
@@ -23,25 +25,24 @@ def _supernet(spec, k: int = 3, **strategy_kwargs):
     space = GroupingSpace(spec.tasks, k, spec.backbone, spec.heads, (8,), "independent")
     strategy = DMTG(**strategy_kwargs)
     strategy.mutate_model(space)
-    routers = [m for m in space.modules() if isinstance(m, DMTGRouter)]
-    return space, routers
+    return space, space.routers
 
 
-def test_mutation_replaces_every_router_with_logits(tiny_spec) -> None:
-    space, routers = _supernet(tiny_spec, logits_init=0.5, initial_logits={"t2": [0.0, 3.0, 1.0]})
-    assert [r.label for r in routers] == ["t0", "t1", "t2", "t3"]
-    table = space.grouping_logits
+def test_mutation_replaces_the_routers_with_one_bank_of_logits(tiny_spec) -> None:
+    space, bank = _supernet(tiny_spec, logits_init=0.5, initial_logits={"t2": [0.0, 3.0, 1.0]})
+    assert isinstance(bank, RouterBank) and bank.task_names == ["t0", "t1", "t2", "t3"]
+    table = bank.logits
     assert getattr(table, ARCH_PARAM_FLAG) and table.shape == (4, 3)
-    for i, r in enumerate(routers):
-        assert r.logits.shape == (3,) and r.table is table and r.row == i
-        assert r.arch_parameters() == [table]
-        want = [0.0, 3.0, 1.0] if r.label == "t2" else [0.5] * 3
-        assert torch.equal(r.logits.detach(), torch.tensor(want))
-    # one table for all tasks, registered once (on the space), and in the checkpointed state
-    assert [name for name, p in space.named_parameters() if p is table] == ["grouping_logits"]
-    assert "grouping_logits" in space.state_dict() and not any(
-        "logits" in k for k in space.state_dict() if "routers" in k
-    )
+    assert bank.arch_parameters() == [table]
+    want = [[0.5] * 3, [0.5] * 3, [0.0, 3.0, 1.0], [0.5] * 3]
+    assert torch.equal(table.detach(), torch.tensor(want))
+    # one table for all tasks, registered once (in the bank), and in the checkpointed state
+    assert [name for name, p in space.named_parameters() if p is table] == ["routers.logits"]
+    assert [k for k in space.state_dict() if "logits" in k] == ["routers.logits"]
+    # the bank holds the space's heads: the same parameters under the same names
+    assert [k for k in space.state_dict() if "banks" in k] == [
+        f"routers.banks.{k}.{w}" for k in range(3) for w in ("weight", "bias")
+    ]
     with pytest.raises(ValueError, match="initial logits of 't1' have 2 values for 3 branches"):
         _supernet(tiny_spec, initial_logits={"t1": [0.0, 1.0]})
 
@@ -59,13 +60,11 @@ def test_one_step_loss_is_the_sample_weighted_sum_of_all_head_losses() -> None:
             ]
         )
     )
-    space, routers = _supernet(spec, k=3)
+    space, bank = _supernet(spec, k=3)
     with torch.no_grad():
-        for i, r in enumerate(routers):
-            r.logits.copy_(torch.tensor([0.3 * i, -0.2, 0.5]))
+        for i in range(4):
+            bank.logits[i] = torch.tensor([0.3 * i, -0.2, 0.5])
     tau, noise = 1.7, gumbel_noise(seed=3, step=11, shape=(4, 3))
-    for r, g in zip(routers, noise):
-        r.noise, r.tau = g, tau
     x = torch.randn(10, 8)
     y = {
         "t0": torch.randn(10),
@@ -74,63 +73,62 @@ def test_one_step_loss_is_the_sample_weighted_sum_of_all_head_losses() -> None:
         "t3": torch.randn(10),
     }
     space.train()
-    total, _ = multitask_loss(spec.tasks, space(x), y)
+    z = bank.sample(noise, torch.tensor(tau))
+    total, _ = bank.loss(z, head_losses(spec.tasks, space(x), y), spec.tasks)
 
     # by hand: z = softmax((S + g) / tau); sum_i w_i sum_k z_ik L_i(head_ki(branch_k(x)), y_i)
     with torch.no_grad():
         feats = [b(x) for b in space.branches]
         expected = 0.0
-        for i, (task, r) in enumerate(zip(spec.tasks, routers)):
-            z = torch.exp((r.logits + noise[i]) / tau)
-            z = z / z.sum()
+        for i, task in enumerate(spec.tasks):
+            zi = torch.exp((bank.logits[i] + noise[i]) / tau)
+            zi = zi / zi.sum()
             for k in range(3):
-                out = r.head(k)(feats[k])
+                out = bank.head(i, k)(feats[k])
                 if task.type == "regression":
                     loss = F.mse_loss(out.squeeze(1), y[task.name])
                 elif task.type == "binary":
                     loss = F.binary_cross_entropy_with_logits(out.squeeze(1), y[task.name])
                 else:
                     loss = F.cross_entropy(out, y[task.name])
-                expected += task.weight * float(z[k]) * float(loss)
+                expected += task.weight * float(zi[k]) * float(loss)
     assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
 
     total.backward()
-    assert space.grouping_logits.grad is not None and torch.all(space.grouping_logits.grad.abs() > 0)
+    assert bank.logits.grad is not None and torch.all(bank.logits.grad.abs() > 0)
     for b in space.branches:
         assert all(p.grad is not None for p in b.parameters())
 
 
 def test_eval_mode_uses_the_argmax_head_only(tiny_spec) -> None:
-    space, routers = _supernet(tiny_spec, k=3)
+    space, bank = _supernet(tiny_spec, k=3)
     with torch.no_grad():
-        routers[0].logits.copy_(torch.tensor([0.0, 2.0, 1.0]))
+        bank.logits[0] = torch.tensor([0.0, 2.0, 1.0])
     space.eval()
-    out = space(torch.randn(3, 8))["t0"]
-    assert out.weights.tolist() == [0.0, 1.0, 0.0]
-    assert torch.equal(out.selected(), out.preds[1])
+    out = space(torch.randn(3, 8))
+    assert int(out.choice[0]) == 1
+    assert torch.equal(out.selected()["t0"], out.preds(0)[1])
 
 
 def test_hard_samples_are_one_hot_with_soft_gradients(tiny_spec) -> None:
-    _space, routers = _supernet(tiny_spec, k=3, sample="hard")
-    r = routers[0]
-    r.hard, r.tau, r.noise = True, 1.0, torch.tensor([0.0, 0.5, 0.0])
-    z = r.sample_weights()
-    assert sorted(z.tolist()) == [0.0, 0.0, 1.0]
-    (z * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
-    assert r.table.grad is not None and r.table.grad[0].abs().sum() > 0 and r.table.grad[1:].abs().sum() == 0
+    _space, bank = _supernet(tiny_spec, k=3, sample="hard")
+    noise = torch.zeros(4, 3)
+    noise[0] = torch.tensor([0.0, 0.5, 0.0])
+    z = bank.sample(noise, torch.tensor(1.0), hard=True)
+    assert sorted(z[0].tolist()) == [0.0, 0.0, 1.0] and all(sorted(row) == [0.0, 0.0, 1.0] for row in z.tolist())
+    (z[0] * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    grad = bank.logits.grad
+    assert grad is not None and grad[0].abs().sum() > 0 and grad[1:].abs().sum() == 0
 
 
 def test_export_is_argmax_and_probs_are_softmax(tiny_spec) -> None:
-    _space, routers = _supernet(tiny_spec, k=3)
+    _space, bank = _supernet(tiny_spec, k=3)
     logits = [[0, 1, 2], [3, 1, 0], [0, 5, 0], [1, 1, 1.5]]
     with torch.no_grad():
-        for r, row in zip(routers, logits):
-            r.logits.copy_(torch.tensor(row, dtype=torch.float))
-    memo: dict = {}
-    for r in routers:
-        memo.update(r.export(memo))
-    assert memo == {"t0": 2, "t1": 0, "t2": 1, "t3": 2}
-    probs = routers[1].export_probs({})["t1"]
+        bank.logits.copy_(torch.tensor(logits, dtype=torch.float))
+    assert bank.export({}) == {"t0": 2, "t1": 0, "t2": 1, "t3": 2}
+    assert bank.export({"t1": 1}) == {"t0": 2, "t2": 1, "t3": 2}  # labels already decided are left alone
+    probs = bank.export_probs({})["t1"]
     expected = torch.softmax(torch.tensor([3.0, 1.0, 0.0]), 0)
     assert [probs[k] for k in range(3)] == pytest.approx(expected.tolist())
 
@@ -159,14 +157,14 @@ def test_temperature_schedules(schedule: str, mid: float) -> None:
 
 
 def test_logits_share_the_optimizer_with_their_own_group(tiny_spec) -> None:
-    space, routers = _supernet(tiny_spec, k=2)
+    space, bank = _supernet(tiny_spec, k=2)
     opt_cfg = tiny_spec.strategy.optimizer.model_copy(update={"lr": 0.01, "logits_lr": 0.1, "weight_decay": 0.001})
     module = MultiTaskModule(tiny_spec.tasks, opt_cfg, tiny_spec.strategy.lr_schedule, 3)
     module.set_model(space)
     optimizer = module.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam)
     weights, arch = optimizer.param_groups
-    assert [id(p) for p in arch["params"]] == [id(space.grouping_logits)] == [id(r.table) for r in routers[:1]]
+    assert [id(p) for p in arch["params"]] == [id(bank.logits)]
     assert (arch["lr"], arch["weight_decay"]) == (0.1, 0.0)
     assert (weights["lr"], weights["weight_decay"]) == (0.01, 0.001)
     n_params = sum(1 for _ in space.parameters())

@@ -106,8 +106,8 @@ def test_reference_is_trained_apart_and_averages_its_trainings() -> None:
     """The reference's networks use seeds no method uses (an exhaustive HOA run from the strategy's
     seed is another training), and R trainings are averaged per subset and task."""
     import dmtg_nas.suite as suite
-    from dmtg_nas.baselines import subset_losses_joint
     from dmtg_nas.components import load_data
+    from dmtg_nas.engine.batched import subset_losses_joint
 
     shape = Shape("tiny", (2, 1), 2, samples=300)
     spec = shape_spec(shape, "dmtg", 0, FAST)

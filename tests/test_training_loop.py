@@ -11,8 +11,8 @@ import torch
 
 import dmtg_nas
 from dmtg_nas.components import load_data
-from dmtg_nas.runner import train_network
-from dmtg_nas.space import GroupingSpace
+from dmtg_nas.engine.train import train_network
+from dmtg_nas.nni.space import GroupingSpace
 
 from .conftest import planted_doc
 

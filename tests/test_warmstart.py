@@ -145,7 +145,7 @@ def test_proxy_width_is_half_for_image_encoders_with_widths_only() -> None:
 def _singles(doc: dict[str, Any]) -> tuple[Any, Any, Any]:
     import dmtg_nas
     from dmtg_nas.components import load_data
-    from dmtg_nas.space import GroupingSpace
+    from dmtg_nas.nni.space import GroupingSpace
 
     spec = dmtg_nas.load_spec(doc)
     data = load_data(spec)
@@ -156,8 +156,8 @@ def _singles(doc: dict[str, Any]) -> tuple[Any, Any, Any]:
 
 @pytest.mark.parametrize("norm", ["none", "layer"])
 def test_stacked_singles_compute_and_train_as_the_separate_networks(norm: str) -> None:
-    from dmtg_nas.runner import train_network
-    from dmtg_nas.stacked import StackedSingles
+    from dmtg_nas.engine.stacked import StackedSingles
+    from dmtg_nas.engine.train import train_network
 
     from .conftest import planted_doc
 
@@ -183,7 +183,7 @@ def test_stacked_singles_compute_and_train_as_the_separate_networks(norm: str) -
 
 
 def test_stacked_singles_pad_heads_of_different_widths_and_refuse_other_encoders() -> None:
-    from dmtg_nas.stacked import StackedSingles
+    from dmtg_nas.engine.stacked import StackedSingles
 
     from .conftest import planted_doc
 

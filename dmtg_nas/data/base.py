@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -13,8 +13,8 @@ import torch.distributed as dist
 from pydantic import BaseModel
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
-from ..config import SplitConfig, TaskConfig
 from ..errors import DataError
+from ..schema import SplitConfig, TaskConfig
 
 __all__ = [
     "TaskData",
@@ -201,7 +201,7 @@ def make_loader(
     seed: int = 0,
     num_workers: int | str = 0,
     drop_last: bool = False,
-    traced: bool = True,
+    loader_cls: Callable[..., DataLoader[Any]] = DataLoader,
     pin_memory: bool = False,
     world_size: int = 1,
     shard: bool = True,
@@ -211,16 +211,12 @@ def make_loader(
     :func:`default_workers`).
 
     Batches come from a :class:`ShardedBatchSampler`: in a distributed run each process loads its
-    share of every global batch of ``batch_size``. ``traced`` returns NNI's traced ``DataLoader``
-    (needed by NNI's Lightning evaluator); ``pin_memory`` lets host-to-GPU copies run asynchronously.
+    share of every global batch of ``batch_size``. ``loader_cls`` makes the loader (NNI's evaluator
+    passes its traced ``DataLoader``); ``pin_memory`` lets host-to-GPU copies run asynchronously.
     ``world_size`` is the number of training processes (only used for the ``"auto"`` worker count).
     ``shard=False`` gives every process all the batches (work a process does alone, outside the
     distributed training: evaluation, the merge check's group networks, the warm start's inputs).
     """
-    if traced:
-        from nni.nas.evaluator.pytorch import DataLoader as loader_cls
-    else:
-        loader_cls = DataLoader
     workers = default_workers(dataset, world_size) if num_workers == "auto" else int(num_workers)
     size = len(dataset)  # type: ignore[arg-type]
     sampler = ShardedBatchSampler(size, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, shard=shard)

@@ -10,7 +10,7 @@ this; both give the values of the separate networks (up to float rounding).
 
 Encoders that qualify: ``mlp`` (linear layers, activations, dropout, layer norm; not batch norm,
 whose running statistics are per network); heads that qualify: one linear layer on the encoder's
-vector (:func:`~dmtg_nas.space._plain_linear`). Anything else returns None and runs as before.
+vector (:func:`~dmtg_nas.space.plain_linear`). Anything else returns None and runs as before.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import MLP
-from .space import GroupedNetwork, _plain_linear
+from ..backbones import MLP
+from ..network import GroupedNetwork, plain_linear
 
 __all__ = ["StackedSingles", "mlp_steps", "run_mlp", "stacked_forward"]
 
@@ -85,7 +85,7 @@ def run_mlp(steps: Sequence[Step], params: Callable[[int], tuple[Tensor, Tensor]
 
 class StackedSingles(nn.Module):
     """N single-task networks (network i: an ``mlp`` encoder and task i's linear head) as one module:
-    ``forward(x)`` gives ``{task: (B, C_task)}`` like the :class:`~dmtg_nas.space.GroupedNetwork` it
+    ``forward(x)`` gives ``{task: (B, C_task)}`` like the :class:`~dmtg_nas.network.GroupedNetwork` it
     is built from (:meth:`build`).
 
     Each layer's N weights are one parameter ((N, out, in), biases (N, out)); the heads are one
@@ -128,7 +128,7 @@ class StackedSingles(nn.Module):
         first = _signature(branches[0])
         if first is None or any(_signature(b) != first for b in branches[1:]):
             return None
-        heads = [_plain_linear(h) for h in singles.heads]
+        heads = [plain_linear(h) for h in singles.heads]
         width = cast(MLP, branches[0]).out_features
         if any(h is None or h.in_features != width or h.weight.dtype != heads[0].weight.dtype for h in heads):  # type: ignore[union-attr]
             return None
@@ -152,7 +152,7 @@ def stacked_forward(net: GroupedNetwork) -> Callable[[Mapping[str, Tensor], Tens
     steps = mlp_steps(net.branches[0])
     if steps is None:
         return None
-    linear = [_plain_linear(h) for h in net.heads]
+    linear = [plain_linear(h) for h in net.heads]
     if any(lin is None for lin in linear):
         return None
     keys = [f"heads.{i}.0" if type(h) is nn.Sequential else f"heads.{i}" for i, h in enumerate(net.heads)]

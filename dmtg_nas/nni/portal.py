@@ -20,8 +20,10 @@ NNI's REST server binds every interface without authentication. The portal here 
 ``listen(port)`` calls without a host the loopback address. ``host="0.0.0.0"`` is an explicit opt-in.
 
 Everything NNI writes (experiment database, logs, trial folders, its experiment list, which NNI
-keeps in ``~/nni-experiments``) goes under the run directory. Everything touching NNI's experiment
-API is in this module.
+keeps in ``~/nni-experiments``) goes under the run directory. What that takes (``HOME``, the Node
+preload, the default folder of NNI's experiment list) is set only while NNI starts, by context
+managers that put everything back (:func:`nni_home`). Everything touching NNI's experiment API is in
+this module.
 """
 
 from __future__ import annotations
@@ -37,16 +39,16 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import SearchSpec, load_spec
-from .errors import DmtgError
-from .nni_tuner import OptunaTuner
-from .tuning import Param, search_space, tuning_of
+from ..config import SearchSpec, load_spec
+from ..errors import DmtgError, suggest
+from ..tuning import Param, search_space, tuning_of
+from .tuner import OptunaTuner
 
-__all__ = ["OptunaTuner", "grouping_space", "nni_search_space", "run_portal", "stop_portal", "TUNERS"]
+__all__ = ["OptunaTuner", "grouping_space", "nni_home", "nni_search_space", "run_portal", "stop_portal", "TUNERS"]
 
 _logger = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ def grouping_space(spec: SearchSpec, grid: bool = False) -> dict[str, Any]:
     ``partition`` choice over every partition into at most K groups (no relabelled duplicates)."""
     if not grid:
         return {t: {"_type": "choice", "_value": list(range(spec.groups))} for t in spec.task_names}
-    from .partitions import set_partitions
+    from ..partitions import set_partitions
 
     names = spec.task_names
     labels = [
@@ -170,8 +172,6 @@ def run_portal(
     from nni.experiment.config import AlgorithmConfig, CustomAlgorithmConfig
 
     if tuner not in TUNERS:
-        from .errors import suggest
-
         raise DmtgError(f"--tuner: unknown tuner {tuner!r}{suggest(tuner, TUNERS)}; allowed: {', '.join(TUNERS)}")
     if tuner == "grid" and space == "hparams":
         raise DmtgError("--tuner grid needs --space grouping (grid over partitions); use tpe, random or evolution")
@@ -206,7 +206,7 @@ def run_portal(
     trial_cmd = [
         sys.executable,
         "-m",
-        "dmtg_nas.portal",
+        "dmtg_nas.nni.portal",
         "trial",
         "--spec",
         str(spec_file),
@@ -231,8 +231,8 @@ def run_portal(
     c.experiment_working_directory = str(nni_dir)
     if tuner == "optuna":
         c.tuner = CustomAlgorithmConfig(
-            class_name="dmtg_nas.nni_tuner.OptunaTuner",
-            code_directory=str(Path(__file__).resolve().parent.parent),
+            class_name="dmtg_nas.nni.tuner.OptunaTuner",
+            code_directory=str(Path(__file__).resolve().parent.parent.parent),
             class_args={"storage": optuna_storage, "study_name": study, "optimize_mode": "minimize", "seed": cfg.seed},
         )
     else:
@@ -247,39 +247,18 @@ def run_portal(
         c.tuner = AlgorithmConfig(name=TUNERS[tuner], class_args=args)
     _gpu_config(c)
 
-    # NNI keeps its list of experiments in ~/nni-experiments/.experiment (Python side and Node side):
-    # point HOME at the run directory while NNI starts, so nothing is written to the user's home.
-    nni_home = nni_dir / "home"
-    nni_home.mkdir(exist_ok=True)
-    preload = nni_dir / "loopback.js"
-    preload.write_text(_LOOPBACK_JS, encoding="utf-8")
-    saved = {k: os.environ.get(k) for k in ("HOME", "NODE_OPTIONS", "DMTG_PORTAL_HOST")}
-    os.environ["HOME"] = str(nni_home)
-    if host in LOOPBACK_HOSTS:
-        os.environ["NODE_OPTIONS"] = f"{saved['NODE_OPTIONS'] or ''} --require {json.dumps(str(preload))}".strip()
-        os.environ["DMTG_PORTAL_HOST"] = "127.0.0.1"
-    else:
+    if host not in LOOPBACK_HOSTS:
         _logger.warning(
             "the NNI portal listens on every interface (--host %s) with no authentication: anyone who can reach "
             "port %d can stop the experiment or read trial logs",
             host,
             port,
         )
-    _quiet_nni()
     try:
-        import nni.tools.nnictl.config_utils as nni_config_utils
-
-        home_dir = str(nni_home / "nni-experiments")
-        nni_config_utils.Experiments.__init__.__defaults__ = (home_dir,)
-        exp.start(port, run_mode=RunMode.Background if wait else RunMode.Detach)
+        with nni_home(nni_dir, loopback=host in LOOPBACK_HOSTS):
+            exp.start(port, run_mode=RunMode.Background if wait else RunMode.Detach)
     except Exception as exc:
         raise DmtgError(f"NNI could not start the experiment: {str(exc).splitlines()[0]} (logs in {nni_dir})") from None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
     url = f"http://{'127.0.0.1' if host in LOOPBACK_HOSTS else socket.gethostname()}:{port}/"
     proc = exp._proc
@@ -296,6 +275,41 @@ def run_portal(
     return _serve(exp, trials, stop_when_done, say)
 
 
+@contextlib.contextmanager
+def nni_home(nni_dir: Path, *, loopback: bool = True) -> Iterator[Path]:
+    """While NNI starts an experiment: its files under ``nni_dir``, its portal on the loopback address.
+
+    NNI keeps its list of experiments in ``~/nni-experiments/.experiment`` (Python side and Node
+    side): ``HOME`` points at ``nni_dir/home`` and the default folder of NNI's experiment list
+    (``nnictl``'s ``Experiments``) at ``nni_dir/home/nni-experiments``, so nothing is written to the
+    user's home; with ``loopback``, the Node process preloads a script that makes ``listen(port)``
+    bind 127.0.0.1 (``NODE_OPTIONS``). On exit the environment and NNI's default are restored.
+    """
+    import nni.tools.nnictl.config_utils as nni_config_utils
+
+    home = nni_dir / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    preload = nni_dir / "loopback.js"
+    preload.write_text(_LOOPBACK_JS, encoding="utf-8")
+    saved = {k: os.environ.get(k) for k in ("HOME", "NODE_OPTIONS", "DMTG_PORTAL_HOST")}
+    init = nni_config_utils.Experiments.__init__
+    defaults = init.__defaults__
+    os.environ["HOME"] = str(home)
+    if loopback:
+        os.environ["NODE_OPTIONS"] = f"{saved['NODE_OPTIONS'] or ''} --require {json.dumps(str(preload))}".strip()
+        os.environ["DMTG_PORTAL_HOST"] = "127.0.0.1"
+    init.__defaults__ = (str(home / "nni-experiments"),)
+    try:
+        yield home
+    finally:
+        init.__defaults__ = defaults
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _gpu_config(config: Any) -> None:
     """With GPUs, one per trial (NNI gives concurrent trials different GPUs)."""
     try:
@@ -306,11 +320,6 @@ def _gpu_config(config: Any) -> None:
             config.training_service.use_active_gpu = True
     except Exception:  # pragma: no cover
         pass
-
-
-def _quiet_nni() -> None:
-    for name in ("nni", "nni.experiment", "nni.runtime"):  # its start-up retries are not the user's business
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _log_say(message: str, main: bool) -> None:
@@ -423,7 +432,7 @@ def stop_portal(out_dir: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The trial entry point: python -m dmtg_nas.portal trial --spec SPEC --out DIR --space S
+# The trial entry point: python -m dmtg_nas.nni.portal trial --spec SPEC --out DIR --space S
 # ----------------------------------------------------------------------------------------------
 
 
@@ -446,7 +455,7 @@ def trial_main(argv: Sequence[str] | None = None) -> int:
     import nni
     import torch
 
-    parser = argparse.ArgumentParser(prog="python -m dmtg_nas.portal trial")
+    parser = argparse.ArgumentParser(prog="python -m dmtg_nas.nni.portal trial")
     parser.add_argument("--spec", required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--space", choices=["hparams", "grouping"], default="hparams")
@@ -489,17 +498,16 @@ def trial_main(argv: Sequence[str] | None = None) -> int:
     if args.space == "grouping":
         score, extra = _grouping_trial(spec, params, run_dir, report)
     else:
-        from .tuning import run_trial
+        from ..tuning import run_trial
 
         score, result = run_trial(spec, params, run_dir, report=report)
         extra = {
-            "val_total_loss": result.metrics["totals"]["val"]["total_loss"],
-            "test_total_loss": result.metrics["totals"]["test"]["total_loss"],
+            "val_total_loss": result.val_loss,
+            "test_total_loss": result.test_loss,
             "branches_used": len(result.groups),
         }
-        truth = result.metrics.get("ground_truth")
-        if truth:
-            extra["adjusted_rand_index"] = truth["adjusted_rand_index"]
+        if result.adjusted_rand_index is not None:
+            extra["adjusted_rand_index"] = result.adjusted_rand_index
         groups = result.groups
         extra_groups = " | ".join(", ".join(g) for g in groups)
         (run_dir / "nni_trial.json").write_text(
@@ -530,26 +538,17 @@ def _grouping_trial(
     spec: SearchSpec, params: Mapping[str, Any], run_dir: Path, report: Any
 ) -> tuple[float, dict[str, Any]]:
     """Train one grouping (fresh branches, the search's epoch budget) and score it on validation."""
-    import pytorch_lightning as pl
-
-    from .components import load_data
-    from .runner import _write_json, evaluate, train_network
-    from .space import GroupingSpace
-    from .tasks import summarize
-    from .tuning import ReportCallback
+    from ..components import load_data
+    from ..engine.train import train_partition
+    from ..pipeline.outputs import write_json
+    from ..tuning import ReportCallback
 
     groups = groups_of(params, spec.task_names)
-    strat = spec.strategy
-    pl.seed_everything(strat.seed, workers=True, verbose=False)
     data = load_data(spec)
-    space = GroupingSpace(spec.tasks, len(groups), spec.backbone, spec.heads, data.input_shape, "independent")
-    model = space.freeze({t: i for i, g in enumerate(groups) for t in g})
-    epochs = strat.epochs + strat.finetune.epochs
-    train_network(model, data, spec.tasks, strat, epochs, callbacks=[ReportCallback(report, RuntimeError)])
-    per_split = {split: evaluate(model, getattr(data, split), spec.tasks) for split in ("val", "test")}
-    totals = {split: summarize(per_split[split], spec.tasks) for split in per_split}
+    _, metrics = train_partition(spec, data, groups, callbacks=[ReportCallback(report, RuntimeError)])
+    totals = metrics["totals"]
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "metrics.json", {**per_split, "totals": totals, "groups": groups})
+    write_json(run_dir / "metrics.json", {**metrics, "groups": groups})
     score = float(totals["val"]["total_loss"])
     return score, {"test_total_loss": float(totals["test"]["total_loss"]), "groups_count": len(groups)}
 
@@ -557,4 +556,4 @@ def _grouping_trial(
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "trial":
         raise SystemExit(trial_main(sys.argv[2:]))
-    raise SystemExit("usage: python -m dmtg_nas.portal trial --spec SPEC --out DIR [--space hparams|grouping]")
+    raise SystemExit("usage: python -m dmtg_nas.nni.portal trial --spec SPEC --out DIR [--space hparams|grouping]")

@@ -2,13 +2,16 @@
 samplers and storages, so the same trials show in NNI's portal and in optuna-dashboard.
 
 Neither NNI nor Optuna ships this bridge. NNI's dispatcher imports this module and must connect
-to the NNI manager within 10 seconds, so it imports only NNI's tuner base class and Optuna.
+to the NNI manager within 10 seconds, so it imports only NNI's tuner base class and Optuna (the
+packages ``dmtg_nas`` and ``dmtg_nas.nni`` import their names on first use).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from nni.tuner import Tuner
 
 __all__ = ["OptunaTuner", "to_distribution"]
 
@@ -37,13 +40,7 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-try:  # the tuner is loaded by NNI's dispatcher process, where NNI is installed
-    from nni.tuner import Tuner as _Tuner
-except ImportError:  # pragma: no cover
-    _Tuner = object  # type: ignore[assignment,misc]
-
-
-class OptunaTuner(_Tuner):  # type: ignore[misc,valid-type]
+class OptunaTuner(Tuner):
     """An NNI tuner backed by an Optuna study (ask/tell), stored in any Optuna storage.
 
     NNI asks for parameters -> ``study.ask(distributions)``; a final result ->
@@ -69,7 +66,6 @@ class OptunaTuner(_Tuner):  # type: ignore[misc,valid-type]
     ) -> None:
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         smp = optuna.samplers.RandomSampler(seed=seed) if sampler == "random" else optuna.samplers.TPESampler(seed=seed)
         self.study = optuna.create_study(
             storage=storage,

@@ -1,0 +1,125 @@
+"""Stage 4: the merge check, a local search over groupings next to the search's (see
+:mod:`dmtg_nas.localsearch`), and the final network it leads to."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..data import TaskData
+from ..engine.batched import trains_batched
+from ..localsearch import local_search, masks_of, scorer_for
+from ..network import GroupedNetwork, groups_from_sample
+from ..schema import SearchSpec
+from ..tasks import summarize
+from ..warmstart import WarmStart
+from .context import RunContext
+from .finetune import finetune, network_of
+from .records import CheckRecord, FinetuneRecord, SearchRecord
+
+__all__ = ["check_stage"]
+
+
+def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, warm: WarmStart | None) -> CheckRecord:
+    """Run the merge check where the strategy asks for it (``local_search.enabled``) and pick the
+    final network: the check's group networks where they form the final grouping and beat the
+    fine-tuned network on validation (or the grouping changed), else the fine-tuned network."""
+    t0 = time.perf_counter()
+    spec, strat = ctx.spec, ctx.strategy
+    sample, model = dict(search.sample), tuned.model
+    ls = strat.local_search
+    wanted = ls.enabled is True or (ls.enabled == "auto" and len(spec.tasks) > 1)
+    record: dict[str, Any] | None = _skipped(spec, ctx.data, sample) if wanted else None
+    if not wanted or record is not None or len(spec.tasks) < 2:
+        return CheckRecord(sample, model, record, seconds=time.perf_counter() - t0)
+    names = spec.task_names
+    scorer = scorer_for(spec, ctx.data, ls.replicates)
+    outcome = local_search(
+        masks_of(groups_from_sample(names, sample, spec.groups), names),
+        scorer,
+        spec.groups,
+        margin=ls.margin,
+        max_candidates=ls.max_candidates,
+        rounds=ls.rounds,
+        moves=ls.moves,
+        merge_splits=ls.merge_splits,
+        splits=ls.splits,
+        confirm=ls.confirm,
+        affinity=warm.affinity if warm is not None else None,
+    )
+    record = outcome.to_dict(names)
+    if outcome.changed:
+        sample = _branches_kept(record["groups"], sample, spec.groups)
+    # the final model: the group networks the check trained (each from scratch with the search's
+    # budget; per group the training with the lowest validation loss) where they form the final
+    # grouping, when they beat the search's network on validation or the grouping changed; else
+    # the search's network
+    networks, networks_val = scorer.best_networks(outcome.partition) or ({}, math.inf)
+    assembled = _assemble(search.space.architecture, sample, networks, names)  # None where a group has none
+    search_val = ctx.evaluate(model, "val") if not outcome.changed and assembled is not None else None
+    skipped: list[dict[str, Any]] = []
+    if outcome.changed or (
+        search_val is not None and networks_val < summarize(search_val, spec.tasks)["weighted_loss"]
+    ):
+        record["final_model"] = "group networks"
+        if assembled is None:  # e.g. a shared stem: the chosen grouping trained from scratch
+            ctx.seed()
+            assembled = network_of(ctx, search.space, sample, "scratch")
+            skipped = finetune(ctx, assembled, strat.epochs + strat.finetune.epochs, lr=None)
+            record["final_model"] = "retrained"
+        model, search_val = assembled, None
+    else:
+        record["final_model"] = "search"
+    return CheckRecord(sample, model, record, search_val, outcome.seconds, time.perf_counter() - t0, skipped)
+
+
+def _skipped(spec: SearchSpec, data: TaskData, sample: Mapping[str, int]) -> dict[str, str] | None:
+    """Why the merge check does not run on this search (its record in metrics.json), or None."""
+    ls = spec.strategy.local_search
+    if ls.enabled == "auto" and not trains_batched(spec, data):
+        return {"skipped": "auto: the group networks of this encoder and data would train one by one"}
+    if len(set(sample.values())) == 1 and not (ls.moves and spec.groups > 1):
+        return {"skipped": "one group: nothing to merge"}
+    return None
+
+
+def _assemble(
+    architecture: Mapping[str, Any],
+    sample: Mapping[str, int],
+    networks: Mapping[int, torch.nn.Module],
+    task_names: Sequence[str],
+) -> GroupedNetwork | None:
+    """The grouped network of ``sample`` made of trained one-group networks (``{task mask: network}``,
+    each a one-branch grouped network), or None when a group has none or they have their own stems."""
+    used = sorted({int(b) for b in sample.values()})
+    branches: list[torch.nn.Module] = []
+    heads: dict[str, torch.nn.Module] = {}
+    for b in used:
+        group = [t for t in task_names if int(sample[t]) == b]
+        net = networks.get(sum(1 << task_names.index(t) for t in group))
+        if not isinstance(net, GroupedNetwork) or net.stem is not None:
+            return None
+        branches.append(copy.deepcopy(net.branches[0]))
+        heads.update({t: copy.deepcopy(net.heads[net.task_names.index(t)]) for t in group})
+    assignment = {t: used.index(int(sample[t])) for t in task_names}
+    return GroupedNetwork(architecture, branches, heads, assignment, branch_ids=used)
+
+
+def _branches_kept(groups: Sequence[Sequence[str]], found: Mapping[str, int], num_branches: int) -> dict[str, int]:
+    """A sample for ``groups`` that keeps the search's branch indices where it can: each group (the
+    largest first) takes the branch most of its tasks had, if still free, else the lowest free one."""
+    taken: set[int] = set()
+    sample: dict[str, int] = {}
+    for group in sorted(groups, key=len, reverse=True):
+        votes = Counter(int(found[t]) for t in group)
+        free = [b for b, _ in sorted(votes.items(), key=lambda v: (-v[1], v[0])) if b not in taken]
+        branch = free[0] if free else min(set(range(num_branches)) - taken)
+        taken.add(branch)
+        sample.update({t: branch for t in group})
+    return sample

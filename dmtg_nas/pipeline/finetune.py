@@ -1,0 +1,63 @@
+"""Stage 3: the pruned network of the search's grouping, fine-tuned (``strategy.finetune``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..engine.networks import plain_network
+from ..engine.train import train_network
+from ..errors import NonFiniteLossError, SearchInterrupted
+from ..network import GroupedNetwork
+from ..runstate import InterruptCallback, interrupt_message
+from .context import RunContext
+from .records import FinetuneRecord, SearchRecord, Supernet
+
+__all__ = ["finetune", "finetune_stage", "network_of"]
+
+
+def network_of(ctx: RunContext, space: Supernet, sample: Mapping[str, int], init: str) -> GroupedNetwork:
+    """The grouped network of ``sample``: the search's weights (``search``) or fresh ones (``scratch``)."""
+    if init == "scratch":
+        spec = ctx.spec
+        return plain_network(spec.tasks, spec.backbone, spec.heads, ctx.data.input_shape, sample, spec.groups)
+    return space.freeze(sample)
+
+
+def finetune(ctx: RunContext, net: GroupedNetwork, epochs: int, lr: float | None) -> list[dict[str, Any]]:
+    """Train ``net`` for ``epochs`` (stopping at a signal); the skipped non-finite batches."""
+    if epochs <= 0:
+        return []
+    stop = InterruptCallback(ctx.interrupts, interrupt_message(ctx.out, "fine-tune"))
+    skips: list[dict[str, Any]] = []
+    try:
+        train_network(
+            net,
+            ctx.data,
+            ctx.spec.tasks,
+            ctx.strategy,
+            epochs,
+            lr=lr,
+            progress=ctx.progress,
+            callbacks=[stop],
+            skipped=skips,
+        )
+    except NonFiniteLossError as exc:
+        detail = "the fine-tune stopped (the search before it is complete in its checkpoint)"
+        raise NonFiniteLossError(exc.tasks, exc.step, exc.epoch, exc.values, detail) from None
+    if ctx.interrupts.signum is not None:  # stop before the evaluation
+        raise SearchInterrupted(
+            interrupt_message(ctx.out, "evaluation")(ctx.interrupts.name, None), ctx.interrupts.signum
+        )
+    return [{"phase": "fine-tune", **r} for r in skips]
+
+
+def finetune_stage(ctx: RunContext, search: SearchRecord) -> FinetuneRecord:
+    """Prune the supernet to the search's grouping (``finetune.init``: keep its weights or start
+    fresh) and fine-tune it."""
+    t0 = time.perf_counter()
+    cfg = ctx.strategy.finetune
+    model = network_of(ctx, search.space, search.sample, cfg.init)
+    skipped = finetune(ctx, model, cfg.epochs, cfg.lr)
+    return FinetuneRecord(model, skipped, time.perf_counter() - t0)

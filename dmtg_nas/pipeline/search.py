@@ -1,0 +1,109 @@
+"""Stage 2: the one-shot search of the grouping (the supernet's training).
+
+The search itself runs in NNI (:func:`dmtg_nas.nni.search.one_shot_search`, or, inside an NNI
+experiment, the :class:`~dmtg_nas.nni.strategy.DMTG` strategy's own supernet); this stage gives it
+the warm start's logits, records the probabilities over the epochs and times it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytorch_lightning as pl
+import torch
+
+from ..errors import NonFiniteLossError, SearchInterrupted
+from ..runstate import interrupt_message
+from ..warmstart import WarmStart
+from .context import RunContext
+from .records import SearchRecord
+
+__all__ = ["ProbabilityHistory", "Searcher", "search_stage"]
+
+
+class ProbabilityHistory(pl.Callback):
+    """Records every task's branch probabilities (and tau, val loss) at the start and each epoch end.
+
+    With ``validated`` (the search validates each epoch) a record is taken after the epoch's
+    validation, with its ``val_loss``; else at the end of the epoch's training, ``val_loss`` None.
+    """
+
+    def __init__(self, validated: bool = True) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.validated = validated
+
+    def _record(self, trainer: pl.Trainer, module: Any, epoch: int) -> None:
+        val = trainer.callback_metrics.get("val_loss")
+        self.records.append(
+            {
+                "epoch": epoch,
+                "tau": float(getattr(module, "current_tau", float("nan"))),
+                "val_loss": float(val) if val is not None else None,
+                "probabilities": module.probabilities(),
+            }
+        )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if not self.records:
+            self._record(trainer, pl_module, 0)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        # after the module's epoch-end logging: callback_metrics hold this epoch's val_loss
+        # (and the record is in the epoch's checkpoint, which ModelCheckpoint writes after this)
+        if self.validated and not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._record(trainer, pl_module, trainer.current_epoch + 1)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if not self.validated:
+            self._record(trainer, pl_module, trainer.current_epoch + 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": self.records}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.records = list(state_dict.get("records", []))
+
+
+class Searcher(Protocol):
+    """Runs the one-shot search: ``initial_logits`` (``{task: K values}``, None: uniform) start the
+    logits, ``history`` goes to the search's Lightning callbacks."""
+
+    def __call__(
+        self, ctx: RunContext, initial_logits: dict[str, list[float]] | None, history: ProbabilityHistory
+    ) -> SearchRecord: ...
+
+
+def search_stage(
+    ctx: RunContext, warm: WarmStart | None, searcher: Searcher
+) -> tuple[SearchRecord, ProbabilityHistory]:
+    """Run the search from the warm start's logits (a resumed run has its own in the checkpoint)."""
+    spec = ctx.spec
+    ctx.seed()  # the supernet starts from the same weights whatever ran before it
+    initial = None
+    if warm is not None and ctx.resume_from is None:
+        rows = warm.logits(spec.groups, spec.strategy.init.logits, spec.strategy.warmup.strength)
+        initial = dict(zip(spec.task_names, rows))
+    history = ProbabilityHistory(validated=ctx.validate)
+    t0 = time.perf_counter()
+    try:
+        record = searcher(ctx, initial, history)
+    except NonFiniteLossError as exc:
+        hint = "strategy.nonfinite: skip skips such batches; strategy.gradient_clip may help"
+        detail = f"the search stopped: {_last_good(ctx.out)} ({hint})"
+        raise NonFiniteLossError(exc.tasks, exc.step, exc.epoch, exc.values, detail) from None
+    record.seconds = time.perf_counter() - t0
+    if ctx.interrupts.signum is not None:  # the signal came after the search's last step
+        phase = "fine-tune" if spec.strategy.finetune.epochs > 0 else "evaluation"
+        message = interrupt_message(ctx.out, phase)(ctx.interrupts.name, None)
+        raise SearchInterrupted(message, ctx.interrupts.signum)
+    return record, history
+
+
+def _last_good(out: Path | None) -> str:
+    ckpt = out / "checkpoints" / "last.ckpt" if out is not None else None
+    if ckpt is None or not ckpt.is_file():
+        return "no checkpoint was written yet"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    return f"the last good checkpoint is kept: {ckpt} (epoch {saved['epoch']}, step {saved['global_step']})"

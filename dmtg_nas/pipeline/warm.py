@@ -1,0 +1,33 @@
+"""Stage 1: the warm start of the grouping logits (:mod:`dmtg_nas.warmstart`)."""
+
+from __future__ import annotations
+
+import json
+
+from ..hardware import is_global_zero
+from ..runstate import InterruptCallback, interrupt_message
+from ..warmstart import WarmStart, attribution_warm_start
+from .context import RunContext
+from .outputs import write_json
+
+__all__ = ["warm_start_stage"]
+
+
+def warm_start_stage(ctx: RunContext) -> WarmStart | None:
+    """The warm start's clusters and affinity, or None when the strategy has none.
+
+    It clusters the tasks into K groups: nothing to decide with K = 1 or K >= N. A resumed run
+    has its logits in the checkpoint and reads the warm start's record back from ``warmstart.json``.
+    """
+    spec, out = ctx.spec, ctx.out
+    if spec.strategy.warmup.method != "attribution" or not 1 < spec.groups < len(spec.tasks):
+        return None
+    if ctx.resume_from is not None:
+        if out is not None and (out / "warmstart.json").is_file():
+            return WarmStart.from_dict(json.loads((out / "warmstart.json").read_text(encoding="utf-8")))
+        return None
+    stop = InterruptCallback(ctx.interrupts, interrupt_message(out, "warm start"))
+    warm = attribution_warm_start(spec, ctx.data, progress=ctx.progress, callbacks=[stop])
+    if out is not None and is_global_zero():
+        write_json(out / "warmstart.json", warm.to_dict())
+    return warm
