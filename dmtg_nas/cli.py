@@ -391,10 +391,11 @@ def _format_table(result: Any) -> str:
         summary += f"; vs reference: Delta_m {ref['delta_m']:+.2f}%"
         if ref.get("normalized_gain") is not None:
             summary += f", normalized gain {ref['normalized_gain']:+.2f}%"
-    if result.adjusted_rand_index is not None:
-        summary += f"; adjusted Rand index vs planted groups {result.adjusted_rand_index:.3f}"
+    truth = result.metrics.get("ground_truth")
+    if truth:
+        summary += f"; adjusted Rand index vs planted groups {truth['adjusted_rand_index']:.3f}"
     lines.append(summary)
-    local = result.local_search
+    local = result.metrics.get("local_search")
     if local and local.get("rounds"):
         start = " | ".join(", ".join(g) for g in local["start"])
         first = local["rounds"][0]

@@ -49,7 +49,7 @@ def test_space_with_shared_stem_has_one_stem_and_k_branches() -> None:
     net = space.freeze({"t0": 0, "t1": 1, "t2": 1, "t3": 0})
     assert net.stem is not None
     assert torch.allclose(
-        net(torch.ones(2, 8))["t1"], space.routers[1].head(1)(space.branches[1](space.stem(torch.ones(2, 8))))
+        net(torch.ones(2, 8))["t1"], space.routers.head(1, 1)(space.branches[1](space.stem(torch.ones(2, 8))))
     )
 
 

@@ -26,7 +26,7 @@ def test_simplify_lists_one_categorical_per_task(tiny_spec) -> None:
         assert list(choice.values) == [0, 1, 2]
         assert choice.label == label
     assert len(space.branches) == 3
-    assert sum(r.num_branches for r in space.routers) == 12  # K*N heads
+    assert len(space.routers.task_names) * space.routers.num_branches == 12  # K*N heads
     assert (
         space.head_banks is not None
         and [tuple(b.weight.shape) for b in space.head_banks] == [(4, space.features.width)] * 3
@@ -55,8 +55,7 @@ def test_freeze_keeps_used_branches_and_weights(tiny_spec) -> None:
     with torch.no_grad():
         for name in ["t0", "t1", "t2", "t3"]:
             k = sample[name]
-            router = space.routers[int(name[1])]
-            expected = router.head(k)(space.branches[k](x))
+            expected = space.routers.head(int(name[1]), k)(space.branches[k](x))
             assert torch.allclose(out[name], expected)
     # the frozen network is independent of the space
     with torch.no_grad():

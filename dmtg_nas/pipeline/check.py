@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
+from .. import localsearch
 from ..data import TaskData
 from ..engine.batched import trains_batched
-from ..localsearch import local_search, masks_of, scorer_for
+from ..localsearch import masks_of, scorer_for
 from ..network import GroupedNetwork, groups_from_sample
 from ..schema import SearchSpec
 from ..tasks import summarize
@@ -40,7 +41,7 @@ def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, wa
         return CheckRecord(sample, model, record, seconds=time.perf_counter() - t0)
     names = spec.task_names
     scorer = scorer_for(spec, ctx.data, ls.replicates)
-    outcome = local_search(
+    outcome = localsearch.local_search(
         masks_of(groups_from_sample(names, sample, spec.groups), names),
         scorer,
         spec.groups,
