@@ -134,13 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(bench, "docs/results/benchmark-planted6.md")
     _add_set(bench)
 
+    from .shapes import SHAPE_GROUPS, SHAPES
+
     suite = sub.add_parser(
         "suite",
-        help="score a strategy on the planted benchmark suite (ARI, merges, gap to the exhaustive optimum)",
+        help="score a strategy on the benchmark suite (ARI, merges, gap to the exhaustive optimum)",
         description="Runs the strategy on planted shapes (group sizes, K, noise, task types, opposed tasks, "
-        "images) over seeds and writes suite.md, suite.json and suite.png. Vector shapes with at most 6 tasks "
-        "are compared with the exhaustive optimum (one network per task subset, trained batched); the others "
-        "with the planted partition trained from scratch.",
+        "images) and real-data shapes (scikit-learn's digits as images or a pixel table, no planted "
+        "partition) over seeds and writes suite.md, suite.json and suite.png. Shapes with at most 6 tasks "
+        "are compared with the exhaustive optimum (one network per task subset) and the median random "
+        "partition; the larger planted ones with the planted partition trained from scratch. "
+        f"Shapes: {', '.join(SHAPES)}.",
     )
     suite.add_argument("--strategy", action="append", help="strategy preset or file (repeatable; default: dmtg)")
     suite.add_argument(
@@ -161,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     suite.add_argument(
         "--shapes",
-        help="comma-separated shape names, 'all', or 'exhaustive' (the shapes compared with the exhaustive "
-        "optimum) (default: the short set)",
+        help="comma-separated shape names or a set: 'exhaustive' (the planted shapes compared with the "
+        f"exhaustive optimum: {', '.join(SHAPE_GROUPS['exhaustive'])}), 'real' (the real-data shapes: "
+        f"{', '.join(SHAPE_GROUPS['real'])}), 'all' (default: the short set {','.join(SHAPE_GROUPS['short'])})",
     )
     suite.add_argument(
         "--seeds", default="3", help="a count (3: seeds 0-2), a range (3-5) or a list (0,4,7) (default: %(default)s)"
@@ -509,7 +514,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 def _cmd_suite(args: argparse.Namespace) -> int:
     from .errors import SpecError, suggest
     from .reports import check_report_path, publish_report
-    from .suite import GROUPING_METHODS, SHAPES, SHORT_SHAPES, parse_seeds, run_suite
+    from .shapes import SHAPE_GROUPS, SHAPES
+    from .suite import GROUPING_METHODS, parse_seeds, run_suite
 
     seeds = parse_seeds(args.seeds)
     if args.report is not None:
@@ -523,11 +529,9 @@ def _cmd_suite(args: argparse.Namespace) -> int:
                 f"methods: {', '.join(GROUPING_METHODS)}"
             )
     if args.shapes in (None, ""):
-        shapes: list[str] = list(SHORT_SHAPES)
-    elif args.shapes == "all":
-        shapes = list(SHAPES)
-    elif args.shapes == "exhaustive":
-        shapes = [name for name, shape in SHAPES.items() if shape.exhaustive and shape.n_tasks <= 6]
+        shapes: list[str] = list(SHAPE_GROUPS["short"])
+    elif args.shapes in SHAPE_GROUPS:
+        shapes = list(SHAPE_GROUPS[args.shapes])
     else:
         shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     out = args.out or Path("runs") / f"suite-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -549,8 +553,9 @@ def _cmd_suite(args: argparse.Namespace) -> int:
     print((out / "suite.md").read_text(encoding="utf-8"), end="")
     print(f"outputs in {out}")
     if args.report is not None:
+        title = "Planted suite" if all(SHAPES[s].planted for s in shapes) else "Suite"
         page = publish_report(
-            out / "suite.md", args.report, title="Planted suite", command=args.command_line, figure=out / "suite.png"
+            out / "suite.md", args.report, title=title, command=args.command_line, figure=out / "suite.png"
         )
         print(f"report in {page}")
     return 0

@@ -1,10 +1,13 @@
-"""The planted benchmark suite: does a strategy find the groups that are there?
+"""The benchmark suite: does a strategy find the groups that are there?
 
-Each *shape* is a planted data set (group sizes, K, noise, task types, relation, encoder). For every
-shape and seed the suite runs one search with the strategy under test and scores its grouping:
+Each *shape* is a data set, its tasks, an encoder and K. Planted shapes (:class:`Shape`: group
+sizes, noise, task types, relation) have a known partition; real-data shapes (:class:`DigitsShape`:
+attributes of scikit-learn's digits as images or as a pixel table) have none and are scored against
+the exhaustive reference only. For every shape and seed the suite runs one search with the strategy
+under test and scores its grouping:
 
-- the adjusted Rand index (ARI) against the planted partition, and whether a found group merges
-  tasks of different planted groups;
+- on planted shapes, the adjusted Rand index (ARI) against the planted partition, and whether a
+  found group merges tasks of different planted groups (on real-data shapes these fields are None);
 - for shapes small enough (N <= ``exhaustive_max``), the exhaustive reference: one network per task
   subset (HOA's exhaustive training; batched in one process, each network trained exactly as it
   would be alone: :func:`~dmtg_nas.baselines.subset_losses_joint`), the best partition into at
@@ -12,6 +15,15 @@ shape and seed the suite runs one search with the strategy under test and scores
   planted and optimal partitions, so the found grouping is compared with the optimum under
   identical training;
 - otherwise the found and planted partitions are each trained from scratch with the same budget.
+
+Two yardsticks come with every exhaustive run. The *median random partition*: the test-loss gap of
+the median partition into exactly K groups (what the ``random`` method draws) and into at most K
+groups, from the same reference; a found grouping above the first is flagged
+(``worse_than_random``). The *reliability* of the reference, when it averages R >= 2 trainings: the
+mean pairwise Pearson correlation between the trainings' costs of every partition into at most K
+groups, and the split-half correlation (the mean of the first half of the trainings against the mean
+of the second half), on validation and on test loss. A reliability near 0 means the reference
+cannot rank groupings: its optimum, and the gaps, then measure training noise.
 
 Baseline grouping methods of the side-by-side benchmark (``tag``, ``hoa-pairs``, ``random``, ...)
 run on the same shapes, seeds and training budget as the ``dmtg`` preset (``run_suite(method=...)``,
@@ -24,29 +36,40 @@ of the quality criteria) and ``suite.png``.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .components import load_data
-from .config import SearchSpec, load_spec
+from .config import SearchSpec
 from .engine.batched import subset_losses_joint, subset_losses_seeded
 from .engine.train import train_partition
-from .partitions import best_partition, members
+from .partitions import best_partition, members, set_partitions
 from .pipeline.outputs import adjusted_rand_index
 from .pipeline.run import run_search
 from .progress import Progress
+from .shapes import SHAPE_GROUPS, SHAPES, SHORT_SHAPES, DigitsShape, Shape, SuiteShape, shape_spec
 
 __all__ = [
+    "DigitsShape",
     "Shape",
     "SHAPES",
+    "SHAPE_GROUPS",
     "SHORT_SHAPES",
+    "SuiteShape",
     "best_grouping",
     "exhaustive_reference",
+    "partition_costs",
+    "random_yardstick",
+    "exhaustive_trainings",
+    "mean_reference",
+    "reference_reliability",
+    "reference_tables",
     "parse_seeds",
     "reference_table",
     "run_suite",
@@ -55,76 +78,6 @@ __all__ = [
 ]
 
 GROUPING_METHODS = ("tag", "hoa", "hoa-pairs", "random", "naive", "stl")  # baselines that decide a grouping
-
-
-@dataclass(frozen=True)
-class Shape:
-    """One planted problem of the suite."""
-
-    name: str
-    group_sizes: tuple[int, ...]
-    groups: int  # K
-    noise: float = 0.1
-    types: str = "regression"  # regression | binary | mixed
-    relation: str = "random"
-    image: bool = False  # 8x8 images and a small timm CNN instead of vectors and an mlp
-    samples: int = 3000
-    overrides: tuple[str, ...] = field(default_factory=tuple)
-    exhaustive: bool = True  # False: too costly to train every subset (conv encoders train one by one)
-
-    @property
-    def n_tasks(self) -> int:
-        return sum(self.group_sizes)
-
-
-SHAPES: dict[str, Shape] = {
-    s.name: s
-    for s in [
-        Shape("pairs-k3", (2, 2, 2), 3),
-        Shape("triples-k2", (3, 3), 2),
-        Shape("pairs-k4", (2, 2, 2), 4),  # more branches than planted groups: must not merge
-        Shape("uneven-k2", (4, 2), 2),
-        Shape("opposed-k3", (2, 2, 2), 3, relation="opposed"),
-        Shape("binary-k3", (2, 2, 2), 3, types="binary"),
-        Shape("mixed-k3", (2, 2, 2), 3, types="mixed"),
-        Shape("noisy-k3", (2, 2, 2), 3, noise=0.5),
-        Shape("five-k5", (2, 2, 2, 2, 2), 5),
-        Shape("default-k3", (2, 3, 4), 3),
-        Shape("image-k3", (2, 2, 2), 3, image=True, samples=2000, exhaustive=False),
-    ]
-}
-SHORT_SHAPES = ("pairs-k3", "pairs-k4", "opposed-k3", "mixed-k3")
-
-
-def shape_spec(shape: Shape, strategy: str, seed: int, overrides: Sequence[str] = ()) -> SearchSpec:
-    """The search spec of one shape and seed (data seed = training seed = ``seed``)."""
-    n = shape.n_tasks
-    if shape.types == "mixed":
-        types = ["regression" if i % 2 == 0 else "binary" for i in range(n)]
-    else:
-        types = [shape.types] * n
-    doc: dict[str, Any] = {
-        "name": f"suite-{shape.name}",
-        "tasks": [{"name": f"t{i + 1}", "type": types[i]} for i in range(n)],
-        "dataset": {
-            "name": "planted",
-            "group_sizes": list(shape.group_sizes),
-            "input_dim": 32,
-            "latent_dim": 8,
-            "noise": shape.noise,
-            "samples": shape.samples,
-            "seed": seed,
-            "relation": shape.relation,
-            "split": {"val": 0.2, "test": 0.2, "seed": seed},
-        },
-        "backbone": {"name": "mlp", "hidden": [32, 8]},
-        "groups": shape.groups,
-        "strategy": strategy,
-    }
-    if shape.image:
-        doc["dataset"].update({"input_dim": 64, "image_size": 8})
-        doc["backbone"] = {"name": "timm:test_resnet", "kwargs": {}}
-    return load_spec(doc, [*shape.overrides, *overrides, f"strategy.seed={seed}"])
 
 
 def _merged(found: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> bool:
@@ -142,7 +95,7 @@ Reference = dict[int, dict[str, dict[str, dict[str, float]]]]
 REFERENCE_SEED_OFFSET = 100_003  # the reference's trainings use seeds no method under test uses
 
 
-def _budget_key(shape: Shape, seed: int, spec: SearchSpec) -> str:
+def _budget_key(shape: SuiteShape, seed: int, spec: SearchSpec) -> str:
     """Shape, seed and training budget (epochs, batch size, optimizer, schedule; not the grouping method)."""
     st = spec.strategy
     budget = (
@@ -154,17 +107,35 @@ def _budget_key(shape: Shape, seed: int, spec: SearchSpec) -> str:
     return f"{shape.name}/{seed}/" + "/".join(map(str, budget))
 
 
-def reference_key(shape: Shape, seed: int, spec: SearchSpec, trainings: int) -> str:
+def reference_key(shape: SuiteShape, seed: int, spec: SearchSpec, trainings: int) -> str:
     """The key of one exhaustive reference in a record: budget and the number of trainings averaged."""
     return f"{_budget_key(shape, seed, spec)}/reference-x{trainings}"
 
 
 def reference_table(
-    shape: Shape, seed: int, spec: SearchSpec, data: Any, trainings: int, cache: dict[str, Reference] | None = None
+    shape: SuiteShape,
+    seed: int,
+    spec: SearchSpec,
+    data: Any,
+    trainings: int,
+    cache: dict[str, Reference] | None = None,
 ) -> Reference:
     """The exhaustive reference of a shape and seed at ``spec``'s budget (see :func:`exhaustive_reference`),
     its trainings cached in ``cache`` under ``<budget>/reference/training-r``."""
-    return exhaustive_reference(spec, data, trainings, cache, f"{_budget_key(shape, seed, spec)}/reference")
+    return mean_reference(reference_tables(shape, seed, spec, data, trainings, cache))
+
+
+def reference_tables(
+    shape: SuiteShape,
+    seed: int,
+    spec: SearchSpec,
+    data: Any,
+    trainings: int,
+    cache: dict[str, Reference] | None = None,
+) -> list[Reference]:
+    """Each training of the exhaustive reference of a shape and seed (see :func:`exhaustive_trainings`),
+    cached in ``cache`` under ``<budget>/reference/training-r``."""
+    return exhaustive_trainings(spec, data, trainings, cache, f"{_budget_key(shape, seed, spec)}/reference")
 
 
 def best_grouping(trained: Reference, names: Sequence[str], groups: int) -> list[list[str]]:
@@ -175,13 +146,13 @@ def best_grouping(trained: Reference, names: Sequence[str], groups: int) -> list
     return [[names[i] for i in b] for b in blocks]
 
 
-def exhaustive_reference(
+def exhaustive_trainings(
     spec: SearchSpec, data: Any, trainings: int = 1, cache: dict[str, Reference] | None = None, key: str = ""
-) -> Reference:
+) -> list[Reference]:
     """Every task subset's network, trained ``trainings`` times independently (seeds offset by
-    ``REFERENCE_SEED_OFFSET``, so no search or baseline shares an initialisation with them); the
-    per-task metrics are averaged over the trainings. With ``cache``, each training is kept under
-    ``key/training-r`` and reused (a reference of 3 trainings after one of 1 trains 2 more)."""
+    ``REFERENCE_SEED_OFFSET``, so no search or baseline shares an initialisation with them); one
+    table per training. With ``cache``, each training is kept under ``key/training-r`` and reused
+    (a reference of 3 trainings after one of 1 trains 2 more)."""
     masks = list(range(1, 1 << len(spec.tasks)))
     names = [f"{key}/training-{r}" for r in range(trainings)]
     missing = [r for r in range(trainings) if cache is None or names[r] not in cache]
@@ -190,16 +161,91 @@ def exhaustive_reference(
     fresh = dict(zip(missing, subset_losses_seeded(spec, data, seeds) if missing else []))
     if cache is not None:
         cache.update({names[r]: t for r, t in fresh.items()})
-    tables = [fresh[r] if r in fresh else cache[names[r]] for r in range(trainings)]  # type: ignore[index]
+    return [fresh[r] if r in fresh else cache[names[r]] for r in range(trainings)]  # type: ignore[index]
+
+
+def mean_reference(tables: Sequence[Reference]) -> Reference:
+    """The per-subset, per-task metrics averaged over independent trainings."""
+    first = tables[0]
     return {
         m: {
             split: {
                 task: {k: statistics.fmean(t[m][split][task][k] for t in tables) for k in rows}
-                for task, rows in tables[0][m][split].items()
+                for task, rows in first[m][split].items()
             }
-            for split in tables[0][m]
+            for split in first[m]
         }
-        for m in masks
+        for m in first
+    }
+
+
+def exhaustive_reference(
+    spec: SearchSpec, data: Any, trainings: int = 1, cache: dict[str, Reference] | None = None, key: str = ""
+) -> Reference:
+    """Every task subset's network, trained ``trainings`` times independently (see
+    :func:`exhaustive_trainings`); the per-task metrics averaged over the trainings."""
+    return mean_reference(exhaustive_trainings(spec, data, trainings, cache, key))
+
+
+Partition = tuple[int, ...]  # a partition of the tasks as its groups' bit masks
+
+
+def partition_costs(table: Reference, names: Sequence[str], groups: int, split: str) -> dict[Partition, float]:
+    """Every partition of the tasks into at most ``groups`` groups (in a fixed order) and its cost on
+    ``split``: the summed per-task losses of each group's subset network."""
+    block = {m: sum(table[m][split][names[i]]["loss"] for i in members(m)) for m in table}
+    costs = {}
+    for p in set_partitions(len(names), groups):
+        masks = tuple(sum(1 << i for i in b) for b in p)
+        costs[masks] = sum(block[m] for m in masks)
+    return costs
+
+
+def _pearson(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Pearson's r; None where either side is constant (no ranking to compare)."""
+    ma, mb = statistics.fmean(a), statistics.fmean(b)
+    da, db = [x - ma for x in a], [y - mb for y in b]
+    sa, sb = math.sqrt(sum(x * x for x in da)), math.sqrt(sum(y * y for y in db))
+    if sa <= 1e-12 * max(1.0, abs(ma)) or sb <= 1e-12 * max(1.0, abs(mb)):
+        return None
+    return max(-1.0, min(1.0, sum(x * y for x, y in zip(da, db)) / (sa * sb)))
+
+
+def reference_reliability(tables: Sequence[Reference], names: Sequence[str], groups: int) -> dict[str, Any] | None:
+    """How far independent trainings of the reference agree on the partitions' costs (None for one
+    training).
+
+    Per split (``val``, ``test``): ``pairwise``, the mean Pearson correlation over every pair of
+    trainings between their costs of every partition into at most ``groups`` groups; ``split_half``,
+    the correlation between the mean of the first half of the trainings (``R // 2``) and the mean of
+    the rest. Near 1: the trainings rank the groupings alike; near 0: the ranking is training noise.
+    A correlation with a constant side is None (left out of the mean)."""
+    if len(tables) < 2:
+        return None
+    out: dict[str, Any] = {"trainings": len(tables)}
+    half = len(tables) // 2
+    for split in ("val", "test"):
+        costs = [list(partition_costs(t, names, groups, split).values()) for t in tables]
+        pairs = [_pearson(a, b) for a, b in itertools.combinations(costs, 2)]
+        valid = [r for r in pairs if r is not None]
+        first = [statistics.fmean(c) for c in zip(*costs[:half])]
+        second = [statistics.fmean(c) for c in zip(*costs[half:])]
+        out[split] = {
+            "pairwise": statistics.fmean(valid) if valid else None,
+            "split_half": _pearson(first, second),
+        }
+    out["partitions"] = len(costs[0])
+    return out
+
+
+def random_yardstick(trained: Reference, names: Sequence[str], groups: int) -> dict[str, float]:
+    """The test loss of the median partition into exactly ``groups`` groups (the ``random`` method
+    draws these uniformly) and into at most ``groups`` groups, from the reference ``trained``."""
+    costs = partition_costs(trained, names, groups, "test")
+    k = max(1, min(groups, len(names)))
+    return {
+        "random_median_test_loss": statistics.median(c for p, c in costs.items() if len(p) == k),
+        "any_median_test_loss": statistics.median(costs.values()),
     }
 
 
@@ -211,7 +257,7 @@ def _exhaustive_hoa(spec: SearchSpec, data: Any) -> list[list[str]]:
 
 
 def run_one(
-    shape: Shape,
+    shape: SuiteShape,
     strategy: str,
     seed: int,
     *,
@@ -231,7 +277,7 @@ def run_one(
     optimum and the gaps)."""
     spec = shape_spec(shape, strategy, seed, overrides)
     data = load_data(spec)
-    truth = data.ground_truth or []
+    truth = data.ground_truth if shape.planted else None
     t0 = time.perf_counter()
     local = None
     if method == "hoa":
@@ -255,10 +301,10 @@ def run_one(
         "kind": "method" if method is not None else "strategy",
         "budget_of": strategy,
         "found": found,
-        "planted": truth,
-        "ari": adjusted_rand_index(found, truth),
-        "exact": _same(found, truth),
-        "merged": _merged(found, truth),
+        "planted": truth,  # None on real data: no partition to recover, the exhaustive reference only
+        "ari": adjusted_rand_index(found, truth) if truth else None,
+        "exact": _same(found, truth) if truth else None,
+        "merged": _merged(found, truth) if truth else None,
         "search_seconds": seconds,
         "model_test_loss": model_test_loss,
     }
@@ -281,7 +327,7 @@ def run_one(
 
 def score(
     record: dict[str, Any],
-    shape: Shape,
+    shape: SuiteShape,
     spec: SearchSpec,
     data: Any,
     references: dict[str, Reference] | None = None,
@@ -289,10 +335,15 @@ def score(
     reference_trainings: int = 1,
 ) -> dict[str, Any]:
     """Score a record's found grouping against the exhaustive reference (or, for larger or image
-    shapes, the planted partition trained from scratch); fills the reference fields and the gap."""
-    names, truth, found = spec.task_names, record["planted"], record["found"]
+    planted shapes, the planted partition trained from scratch); fills the reference fields, the
+    gap, the median random partitions' gaps and, for ``reference_trainings`` >= 2, the reference's
+    reliability (see the module docstring)."""
+    from .errors import SpecError
+
+    names, truth, found = spec.task_names, record.get("planted"), record["found"]
     if shape.exhaustive and len(names) <= exhaustive_max:
-        trained = reference_table(shape, record["seed"], spec, data, reference_trainings, references)
+        tables = reference_tables(shape, record["seed"], spec, data, reference_trainings, references)
+        trained = mean_reference(tables)
 
         def loss(split: str, groups: Sequence[Sequence[str]]) -> float:
             total = 0.0
@@ -306,12 +357,21 @@ def score(
             reference="exhaustive",
             reference_key=reference_key(shape, record["seed"], spec, reference_trainings),
             optimum=optimum,
-            planted_is_optimum=_same(optimum, truth),
+            planted_is_optimum=_same(optimum, truth) if truth else None,
             found_test_loss=loss("test", found),
-            planted_test_loss=loss("test", truth),
+            planted_test_loss=loss("test", truth) if truth else None,
             optimum_test_loss=loss("test", optimum),
+            reliability=reference_reliability(tables, names, spec.groups),
         )
-    else:
+        best = record["optimum_test_loss"]
+        yardstick = random_yardstick(trained, names, spec.groups)
+        record.update(
+            yardstick,
+            random_median_gap_percent=100.0 * (yardstick["random_median_test_loss"] - best) / best,
+            any_median_gap_percent=100.0 * (yardstick["any_median_test_loss"] - best) / best,
+            worse_than_random=record["found_test_loss"] > yardstick["random_median_test_loss"],
+        )
+    elif truth:
         _, planted_m = train_partition(spec, data, truth)
         # the same partition is the same network (training it twice would only measure training noise)
         found_m = planted_m if record["exact"] else train_partition(spec, data, found)[1]
@@ -320,7 +380,12 @@ def score(
             found_test_loss=found_m["totals"]["test"]["total_loss"],
             planted_test_loss=planted_m["totals"]["test"]["total_loss"],
         )
-    best = record.get("optimum_test_loss", record["planted_test_loss"])
+        best = record["planted_test_loss"]
+    else:
+        raise SpecError(
+            f"suite shape {shape.name!r} has no planted partition and {len(names)} tasks: it is scored against "
+            f"the exhaustive reference only, which needs exhaustive_max >= {len(names)} (got {exhaustive_max})"
+        )
     record["gap_percent"] = 100.0 * (record["found_test_loss"] - best) / best
     return record
 
@@ -353,6 +418,13 @@ def run_suite(
             f"unknown suite method {method!r}{suggest(method, GROUPING_METHODS)}; "
             f"methods: {', '.join(GROUPING_METHODS)}"
         )
+    for name in shapes:  # a shape without a planted partition has only the exhaustive reference
+        real = SHAPES[name]
+        if not real.planted and not (real.exhaustive and real.n_tasks <= exhaustive_max):
+            raise SpecError(
+                f"suite shape {name!r} has no planted partition: it needs the exhaustive reference "
+                f"(exhaustive_max >= {real.n_tasks}, got {exhaustive_max})"
+            )
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     out = Path(out_dir) if out_dir is not None else None
     records: list[dict[str, Any]] = []
@@ -376,7 +448,10 @@ def run_suite(
         if shape is None or r.get("reference") != "exhaustive" or r["strategy"] != (method or strategy):
             continue
         spec = shape_spec(shape, r.get("budget_of", r["strategy"]), r["seed"], overrides)
-        if r.get("reference_key") != reference_key(shape, r["seed"], spec, reference_trainings):
+        if (
+            r.get("reference_key") != reference_key(shape, r["seed"], spec, reference_trainings)
+            or "random_median_test_loss" not in r  # scored before the random yardstick: from the cached reference
+        ):
             stale.append((i, shape, spec))
     for n, (i, shape, spec) in enumerate(stale):
         if progress is not None:
@@ -435,8 +510,26 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def _mean(values: Iterable[Any]) -> float | None:
+    """The mean of the values that are not None (None when none is)."""
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _share(flags: Iterable[Any]) -> float | None:
+    """The share of true values among those that are not None (None when none is)."""
+    present = [bool(v) for v in flags if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def summarize_suite(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (strategy, shape): mean ARI, exact-recovery rate, merge rate, mean and worst gap."""
+    """Per (strategy, shape): mean ARI, exact-recovery rate, merge rate (None on real-data shapes,
+    which have no planted partition), mean and worst gap, the share of runs worse than the median
+    random partition and that partition's mean gap (None without an exhaustive reference)."""
     rows = []
     for key in dict.fromkeys((r["strategy"], r["shape"]) for r in records):
         runs = [r for r in records if (r["strategy"], r["shape"]) == key]
@@ -445,15 +538,17 @@ def summarize_suite(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "strategy": key[0],
                 "shape": key[1],
                 "runs": len(runs),
-                "ari": statistics.fmean(r["ari"] for r in runs),
-                "exact": sum(r["exact"] for r in runs) / len(runs),
-                "merged": sum(r["merged"] for r in runs) / len(runs),
+                "ari": _mean(r.get("ari") for r in runs),
+                "exact": _share(r.get("exact") for r in runs),
+                "merged": _share(r.get("merged") for r in runs),
                 "gap_mean": statistics.fmean(r["gap_percent"] for r in runs),
                 "gap_max": max(r["gap_percent"] for r in runs),
                 "within_2pct": sum(r["gap_percent"] <= 2.0 for r in runs) / len(runs),
                 "reference": runs[0]["reference"],
-                "planted_is_optimum": sum(r.get("planted_is_optimum", False) for r in runs),
+                "planted_is_optimum": sum(bool(r.get("planted_is_optimum")) for r in runs),
                 "seconds": statistics.fmean(r["search_seconds"] for r in runs),
+                "worse_than_random": _share(r.get("worse_than_random") for r in runs),
+                "random_gap": _mean(r.get("random_median_gap_percent") for r in runs),
             }
         )
     return rows
@@ -461,21 +556,27 @@ def summarize_suite(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def criteria(records: Sequence[dict[str, Any]], strategy: str) -> dict[str, float]:
     """The quality bar: share of exhaustive runs within 2% of the optimum; share of runs where the
-    planted partition is the optimum that recover it exactly; share of K > groups runs with no merge."""
+    planted partition is the optimum that recover it exactly; share of K > groups runs with no merge
+    (planted shapes only); share of exhaustive runs worse than the median random partition."""
     mine = [r for r in records if r["strategy"] == strategy]
     exhaustive = [r for r in mine if r["reference"] == "exhaustive"]
     confirmed = [r for r in exhaustive if r.get("planted_is_optimum")]
-    wide = [r for r in mine if len(r["planted"]) < _k_of(r)]
+    wide = [r for r in mine if r.get("planted") and r["shape"] in SHAPES and len(r["planted"]) < _k_of(r)]
     within = sum(r["gap_percent"] <= 2.0 for r in exhaustive)
+    judged = [r for r in exhaustive if r.get("worse_than_random") is not None]
+    worse = sum(r["worse_than_random"] for r in judged)
     return {
         "within_2pct_of_optimum": within / max(len(exhaustive), 1),
         "exact_when_planted_is_optimum": sum(r["exact"] for r in confirmed) / max(len(confirmed), 1),
         "no_merge_when_k_exceeds_groups": sum(not r["merged"] for r in wide) / max(len(wide), 1),
+        "worse_than_random": worse / max(len(judged), 1),
         "runs": len(mine),
         "exhaustive_runs": len(exhaustive),
         "within_2pct_runs": within,
         "confirmed_runs": len(confirmed),
         "wide_runs": len(wide),
+        "yardstick_runs": len(judged),
+        "worse_than_random_runs": worse,
     }
 
 
@@ -492,8 +593,9 @@ def write_suite_report(records: Sequence[dict[str, Any]], out: Path) -> None:
     ]
     for r in rows:
         lines.append(
-            f"| {r['strategy']} | {r['shape']} | {r['runs']} | {r['ari']:.2f} | {r['exact']:.0%} | {r['merged']:.0%} "
-            f"| {r['gap_mean']:.1f} | {r['gap_max']:.1f} | {r['within_2pct']:.0%} | {r['reference']} |"
+            f"| {r['strategy']} | {r['shape']} | {r['runs']} | {_cell(r['ari'], '.2f')} | {_cell(r['exact'], '.0%')} "
+            f"| {_cell(r['merged'], '.0%')} | {r['gap_mean']:.1f} | {r['gap_max']:.1f} | {r['within_2pct']:.0%} "
+            f"| {r['reference']} |"
         )
     lines.append("")
     lines.extend(_bar_table(records))
@@ -508,6 +610,10 @@ def write_suite_report(records: Sequence[dict[str, Any]], out: Path) -> None:
             if c["exhaustive_runs"]
             else "no exhaustive runs",
         ]
+        if c["yardstick_runs"]:
+            parts.append(
+                f"worse than the median random partition in {c['worse_than_random']:.0%} of {c['yardstick_runs']}"
+            )
         if c["confirmed_runs"]:
             parts.append(
                 f"planted partition recovered exactly in {c['exact_when_planted_is_optimum']:.0%} of "
@@ -523,16 +629,21 @@ def write_suite_report(records: Sequence[dict[str, Any]], out: Path) -> None:
     lines.extend(_time_ratios(records))
     lines.append("")
     lines.append("gap %: found grouping's test loss above the optimum's (exhaustive) or the planted partition's.")
+    reference = _reference_table(records)
+    if reference:
+        lines.append("")
+        lines.extend(reference)
     (out / "suite.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(rows, out / "suite.png")
 
 
 def _bar_table(records: Sequence[dict[str, Any]]) -> list[str]:
-    """One row per strategy or method over its exhaustive runs: the quality bar side by side."""
+    """One row per strategy or method over its exhaustive runs: the quality bar side by side, and
+    the share of runs whose grouping is worse than the median random partition."""
     lines = [
         "| strategy or method | exhaustive runs | within 2% of optimum | exact where planted is optimum "
-        "| no merge, K > groups | mean gap % | mean ARI | median seconds to groups |",
-        "|---|---|---|---|---|---|---|---|",
+        "| no merge, K > groups | worse than median random | mean gap % | mean ARI | median seconds to groups |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label in dict.fromkeys(r["strategy"] for r in records):
         runs = [r for r in records if r["strategy"] == label and r["reference"] == "exhaustive"]
@@ -541,11 +652,59 @@ def _bar_table(records: Sequence[dict[str, Any]]) -> list[str]:
         c = criteria(runs, label)
         exact = f"{c['exact_when_planted_is_optimum']:.0%} ({c['confirmed_runs']})" if c["confirmed_runs"] else "-"
         wide = f"{c['no_merge_when_k_exceeds_groups']:.0%} ({c['wide_runs']})" if c["wide_runs"] else "-"
+        worse = f"{c['worse_than_random']:.0%} ({c['worse_than_random_runs']})" if c["yardstick_runs"] else "-"
         lines.append(
             f"| {label} | {len(runs)} | {c['within_2pct_of_optimum']:.0%} ({c['within_2pct_runs']}) | {exact} | {wide} "
-            f"| {statistics.fmean(r['gap_percent'] for r in runs):.1f} "
-            f"| {statistics.fmean(r['ari'] for r in runs):.2f} "
+            f"| {worse} | {statistics.fmean(r['gap_percent'] for r in runs):.1f} "
+            f"| {_cell(_mean(r.get('ari') for r in runs), '.2f')} "
             f"| {statistics.median(r['search_seconds'] for r in runs):.1f} |"
+        )
+    return lines
+
+
+def _reference_table(records: Sequence[dict[str, Any]]) -> list[str]:
+    """One row per shape (and training budget) over its exhaustive references, one per seed: the
+    gaps of the median random partitions and, where the reference averages R >= 2 trainings, its
+    reliability (means over seeds; see :func:`reference_reliability`)."""
+    references: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in records:
+        key = r.get("reference_key")
+        if r["reference"] != "exhaustive" or key is None or "random_median_gap_percent" not in r:
+            continue
+        _, seed, *budget = key.split("/")  # shape/seed/budget.../reference-xR
+        references.setdefault((r["shape"], "/".join(budget)), {})[seed] = r
+    if not references:
+        return []
+    shapes = [shape for shape, _ in references]
+    lines = [
+        "The exhaustive reference per shape (means over seeds). Median random partition: the gap of the median "
+        "partition into exactly K groups (what `random` draws) and into at most K groups. Reliability, where "
+        "the reference averages R >= 2 trainings: the mean Pearson correlation between two trainings' costs of "
+        "every partition into at most K groups (pairwise) and between the means of the first and the second "
+        "half of the trainings (split-half), on validation and test loss. A reliability near 1 means the "
+        "trainings rank the groupings alike; near 0, the reference cannot rank groupings, and the gaps "
+        "above then measure training noise, not grouping quality.",
+        "",
+        "| shape | seeds | trainings | median random gap %, exactly K | at most K | pairwise r, val "
+        "| pairwise r, test | split-half r, val | split-half r, test |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (shape, budget), by_seed in references.items():
+        runs = list(by_seed.values())
+        rel = [r.get("reliability") for r in runs]
+        rel = [x for x in rel if x]
+
+        def mean_of(split: str, kind: str, rel: list[Any] = rel) -> str:
+            return _cell(_mean(x[split][kind] for x in rel), ".2f")
+
+        label = shape if shapes.count(shape) == 1 else f"{shape} (budget of {runs[0].get('budget_of', '?')})"
+        trainings = budget.rsplit("reference-x", 1)[-1]
+        lines.append(
+            f"| {label} | {len(runs)} | {trainings} "
+            f"| {statistics.fmean(r['random_median_gap_percent'] for r in runs):.1f} "
+            f"| {statistics.fmean(r['any_median_gap_percent'] for r in runs):.1f} "
+            f"| {mean_of('val', 'pairwise')} | {mean_of('test', 'pairwise')} "
+            f"| {mean_of('val', 'split_half')} | {mean_of('test', 'split_half')} |"
         )
     return lines
 
@@ -622,6 +781,8 @@ def _time_ratios(records: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Left: mean ARI per shape with a planted partition; right: mean gap per shape, with the median
+    random partition's gap (exactly K groups) as a black tick where there is an exhaustive reference."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -629,19 +790,35 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    planted = [s for s in shapes if any(r["shape"] == s and r["ari"] is not None for r in rows)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     width = 0.8 / max(len(strategies), 1)
     for i, strategy in enumerate(strategies):
         by_shape = {r["shape"]: r for r in rows if r["strategy"] == strategy}
-        xs = [j + i * width for j in range(len(shapes))]
-        ax1.bar(xs, [by_shape[s]["ari"] if s in by_shape else 0 for s in shapes], width, label=strategy)
-        ax2.bar(xs, [by_shape[s]["gap_mean"] if s in by_shape else 0 for s in shapes], width, label=strategy)
-    for ax, label in ((ax1, "mean adjusted Rand index"), (ax2, "test-loss gap to the best partition, %")):
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], shapes, rotation=30, ha="right")
+        aris = [by_shape[s]["ari"] if s in by_shape and by_shape[s]["ari"] is not None else 0 for s in planted]
+        ax1.bar([j + i * width for j in range(len(planted))], aris, width, label=strategy)
+        gaps = [by_shape[s]["gap_mean"] if s in by_shape else 0 for s in shapes]
+        ax2.bar([j + i * width for j in range(len(shapes))], gaps, width, label=strategy)
+    random_gaps = [(j, _mean(r["random_gap"] for r in rows if r["shape"] == s)) for j, s in enumerate(shapes)]
+    marks = [(j, g) for j, g in random_gaps if g is not None]
+    if marks:
+        ax2.hlines(
+            [g for _, g in marks], [j - width / 2 for j, _ in marks], [j + 0.8 - width / 2 for j, _ in marks],
+            colors="black", linewidth=1.5, label="median random partition",
+        )  # fmt: skip
+        ax2.legend(fontsize=8)
+    for ax, names, label in (
+        (ax1, planted, "mean adjusted Rand index"),
+        (ax2, shapes, "test-loss gap to the best partition, %"),
+    ):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=30, ha="right")
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     ax1.set_ylim(-0.3, 1.05)
-    ax1.legend(fontsize=8)
+    if planted:
+        ax1.legend(fontsize=8)
+    else:
+        ax1.text(0.5, 0.5, "no planted partition (real data)", ha="center", va="center", transform=ax1.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -39,3 +39,42 @@ def test_unknown_attribute_suggests() -> None:
     with pytest.raises(SpecError, match="did you mean 'closed_loop'") as info:
         load_spec("digits", ["tasks.4.name=closed_lop"])
     assert info.value.key == "tasks[4].name"
+
+
+def test_table_layout_gives_standardised_pixel_vectors() -> None:
+    from sklearn.datasets import load_digits
+
+    overrides = ["dataset.layout=table", "backbone={name: mlp, hidden: [32, 8]}"]
+    data = load_data(load_spec("digits", overrides))
+    n = len(load_digits().target)
+    assert data.input_shape == (64,) and data.info["layout"] == "table"
+    assert data.sizes() == {
+        "train": n - round(0.15 * n) - round(0.25 * n),
+        "val": round(0.15 * n),
+        "test": round(0.25 * n),
+    }
+    train = data.train.x  # type: ignore[attr-defined]
+    assert train.shape == (data.sizes()["train"], 64) and data.test.x.shape == (data.sizes()["test"], 64)  # type: ignore[attr-defined]
+    std = train.std(dim=0, unbiased=False)
+    varying = std > 0  # pixels blank in every training image stay 0
+    assert torch.allclose(train.mean(dim=0), torch.zeros(64), atol=1e-5)
+    assert torch.allclose(std[varying], torch.ones(int(varying.sum())), atol=1e-4) and 0 < (~varying).sum() < 10
+    assert torch.equal(train[:, ~varying], torch.zeros_like(train[:, ~varying]))
+    # the same images and split as the image layout: pixel by pixel, an affine map of the 8x8 images
+    image = load_data(load_spec("digits", ["dataset.size=8"]))
+    flat = image.train.x.reshape(len(image.train), 64)  # type: ignore[attr-defined]
+    for j in torch.nonzero(varying).flatten()[:5].tolist():
+        assert torch.corrcoef(torch.stack([flat[:, j], train[:, j]]))[0, 1] > 0.9999
+    # size and channels belong to the image layout: the shipped space's own values are left unused
+    assert load_data(load_spec("digits", [*overrides, "dataset.size=32", "dataset.channels=3"])).input_shape == (64,)
+
+
+def test_table_layout_is_checked() -> None:
+    from dmtg_nas.backbones import build_encoder
+
+    with pytest.raises(SpecError, match="did you mean 'table'") as info:
+        load_spec("digits", ["dataset.layout=tabel"])
+    assert info.value.key == "dataset.layout"
+    spec = load_spec("digits", ["dataset.layout=table"])  # the space's conv encoder cannot read pixel vectors
+    with pytest.raises(SpecError, match="'convnet' needs image inputs"):
+        build_encoder(spec.backbone, load_data(spec).input_shape)

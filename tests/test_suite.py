@@ -1,4 +1,5 @@
-"""The planted suite: one scored run against the exhaustive reference, the report and criteria."""
+"""The suite: its planted and real-data shapes, one scored run against the exhaustive reference, the
+reference's reliability, the median random partition, the report and criteria."""
 
 from __future__ import annotations
 
@@ -171,8 +172,8 @@ def test_report_puts_the_bar_side_by_side_and_compares_with_tag(tmp_path: Path) 
     records.append(other)  # another budget, another reference: not compared with tag's
     write_suite_report(records, tmp_path)
     text = (tmp_path / "suite.md").read_text()
-    assert "| dmtg | 3 | 67% (2) | 67% (3) | 67% (3) | 1.3 | 1.00 | 3.0 |" in text
-    assert "| tag | 3 | 33% (1) | 33% (3) | 33% (3) | 2.7 | 1.00 | 3.0 |" in text
+    assert "| dmtg | 3 | 67% (2) | 67% (3) | 67% (3) | - | 1.3 | 1.00 | 3.0 |" in text  # no yardstick recorded
+    assert "| tag | 3 | 33% (1) | 33% (3) | 33% (3) | - | 2.7 | 1.00 | 3.0 |" in text
     assert "| within 2% of optimum | dmtg | tag |" in text and "| pairs-k4 | 67% | 33% |" in text
     assert "`dmtg` against `tag`'s grouping on the same shape and seed: mean gap 1.3% against 2.7%; lower test " \
         "loss in 1, the same grouping's in 1, higher in 1 of 3 runs." in text  # fmt: skip
@@ -184,3 +185,195 @@ def test_report_puts_the_bar_side_by_side_and_compares_with_tag(tmp_path: Path) 
     write_suite_report(trained, tmp_path)
     text = (tmp_path / "suite.md").read_text()
     assert "- `dmtg`: no exhaustive runs; no merge in 50% of 2 runs with K > planted groups (2 runs)." in text
+
+
+# ----------------------------------------------------------------------------------------------
+# real-data shapes, the reference's reliability, the median random partition
+# ----------------------------------------------------------------------------------------------
+
+
+def test_real_shapes_build_valid_specs() -> None:
+    from dmtg_nas.components import validate_components
+    from dmtg_nas.suite import SHAPE_GROUPS
+
+    a = ["even", "prime", "multiple_of_3", "closed_loop", "straight", "round_bottom"]
+    b = ["greater_than_4", "prime", "closed_loop", "symmetric", "top_bar", "round_bottom"]
+    expected = {  # tasks, encoder, layout, input side, channels
+        "digits-conv-a": (a, "convnet", "image", 8, 1),
+        "digits-conv-b": (b, "convnet", "image", 8, 1),
+        "digits-table": (a, "mlp", "table", None, None),
+        "digits-timm": (b, "timm:test_resnet", "image", 16, 3),
+    }
+    assert SHAPE_GROUPS["real"] == tuple(expected)
+    assert set(SHAPE_GROUPS["real"]).isdisjoint(SHAPE_GROUPS["exhaustive"])  # the planted set is unchanged
+    assert len(SHAPE_GROUPS["exhaustive"]) == 8 and SHAPE_GROUPS["all"] == tuple(SHAPES)
+    for name, (tasks, encoder, layout, size, channels) in expected.items():
+        shape = SHAPES[name]
+        assert not shape.planted and shape.exhaustive and shape.n_tasks == 6
+        spec = shape_spec(shape, "dmtg", seed=5)
+        assert spec.task_names == tasks and {t.type for t in spec.tasks} == {"binary"}
+        assert spec.groups == 3 and spec.strategy.name == "dmtg" and spec.strategy.seed == 5
+        assert spec.backbone.name == encoder
+        options = spec.dataset.model_extra or {}
+        assert spec.dataset.name == "digits" and options["layout"] == layout
+        assert options["split"]["seed"] == 5  # split seed = run seed
+        assert options.get("size") == size and options.get("channels") == channels
+        validate_components(spec)  # the encoder exists and takes these inputs
+    conv = shape_spec(SHAPES["digits-conv-a"], "dmtg", 0)
+    assert conv.backbone.model_extra == {"channels": [16, 32, 32]}
+    table = shape_spec(SHAPES["digits-table"], "dmtg", 0)
+    assert table.backbone.model_extra == {"hidden": [32, 8]}
+
+
+def _synthetic_tables(names: list[str], trainings: int, seed: int, signal: float = 0.0) -> list[dict]:
+    """Reference tables of every subset of ``names``: per-task losses drawn independently per
+    training (plus a per-subset signal shared by the trainings, weighted by ``signal``)."""
+    import random
+
+    rng = random.Random(seed)
+    shared = {m: {t: rng.random() for t in names} for m in range(1, 1 << len(names))}
+    tables = []
+    for _ in range(trainings):
+        table = {}
+        for m in range(1, 1 << len(names)):
+            row = {t: {"loss": 1.0 + signal * shared[m][t] + rng.random()} for i, t in enumerate(names) if m >> i & 1}
+            table[m] = {"val": row, "test": {t: {"loss": v["loss"] + 0.1 * rng.random()} for t, v in row.items()}}
+        tables.append(table)
+    return tables
+
+
+def _brute_costs(table: dict, names: list[str], groups: int, split: str) -> list[float]:
+    """Every partition's cost, enumerated independently of the suite's code (labels, deduplicated)."""
+    import itertools
+
+    seen, costs = set(), []
+    for labels in itertools.product(range(groups), repeat=len(names)):
+        blocks = frozenset(
+            frozenset(i for i in range(len(names)) if labels[i] == b) for b in set(labels)
+        )  # the partition, whatever its labels
+        if blocks in seen:
+            continue
+        seen.add(blocks)
+        masks = [sum(1 << i for i in b) for b in blocks]
+        costs.append(sum(table[m][split][names[i]]["loss"] for m, b in zip(masks, blocks) for i in b))
+    return costs
+
+
+def test_reliability_of_identical_and_independent_trainings() -> None:
+    import numpy as np
+
+    from dmtg_nas.suite import partition_costs, reference_reliability
+
+    names = [f"t{i}" for i in range(6)]
+    (one,) = _synthetic_tables(names, 1, seed=0)
+    assert reference_reliability([one], names, 3) is None  # one training: nothing to compare
+    same = reference_reliability([one, one, one], names, 3)
+    assert same is not None and same["trainings"] == 3 and same["partitions"] == 122  # S(6,1)+S(6,2)+S(6,3)
+    for split in ("val", "test"):
+        assert same[split]["pairwise"] == pytest.approx(1.0) and same[split]["split_half"] == pytest.approx(1.0)
+    independent = reference_reliability(_synthetic_tables(names, 6, seed=1), names, 3)
+    assert independent is not None
+    for split in ("val", "test"):
+        assert abs(independent[split]["pairwise"]) < 0.15 and abs(independent[split]["split_half"]) < 0.35
+    # with a shared signal, r is what numpy computes from every partition's cost, enumerated apart
+    a, b = _synthetic_tables(names, 2, seed=2, signal=1.0)
+    both = reference_reliability([a, b], names, 3)
+    assert both is not None
+    ca, cb = (sorted(partition_costs(t, names, 3, "val").items()) for t in (a, b))
+    assert sorted(c for _, c in ca) == pytest.approx(sorted(_brute_costs(a, names, 3, "val")))
+    r = float(np.corrcoef([c for _, c in ca], [c for _, c in cb])[0, 1])
+    assert (
+        0.2 < r < 0.95 and both["val"]["pairwise"] == pytest.approx(r) and both["val"]["split_half"] == pytest.approx(r)
+    )
+
+
+def test_median_random_partition_and_reliability_are_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record scored against a small synthetic reference (its trainings put in the cache, so
+    nothing trains): the median random partitions' losses and gaps, the flag, the reliability."""
+    import dmtg_nas.suite as suite
+
+    monkeypatch.setattr(suite, "subset_losses_seeded", lambda *a: pytest.fail("the reference is cached"))
+    shape = Shape("tiny", (2, 1), 2, samples=300)
+    spec = shape_spec(shape, "dmtg", 0, FAST)
+    names = spec.task_names  # t1, t2, t3
+    tables = _synthetic_tables(names, 2, seed=3, signal=0.5)
+    cache = {f"{suite._budget_key(shape, 0, spec)}/reference/training-{r}": t for r, t in enumerate(tables)}
+    mean = suite.mean_reference(tables)
+
+    def test_loss(groups: list[list[str]]) -> float:
+        return sum(mean[sum(1 << names.index(t) for t in g)]["test"][t]["loss"] for g in groups for t in g)
+
+    exactly_two = [[["t1"], ["t2", "t3"]], [["t2"], ["t1", "t3"]], [["t3"], ["t1", "t2"]]]
+    median_two = sorted(map(test_loss, exactly_two))[1]
+    median_any = sorted(map(test_loss, [*exactly_two, [["t1", "t2", "t3"]]]))
+    worst = max(exactly_two, key=test_loss)
+    record = {"shape": "tiny", "seed": 0, "found": worst, "planted": [["t1", "t2"], ["t3"]], "exact": False}
+    scored = suite.score(record, shape, spec, None, cache, reference_trainings=2)
+    best = scored["optimum_test_loss"]
+    assert scored["random_median_test_loss"] == pytest.approx(median_two)
+    assert scored["any_median_test_loss"] == pytest.approx((median_any[1] + median_any[2]) / 2)
+    assert scored["random_median_gap_percent"] == pytest.approx(100 * (median_two - best) / best)
+    assert scored["any_median_gap_percent"] == pytest.approx(100 * ((median_any[1] + median_any[2]) / 2 - best) / best)
+    assert scored["worse_than_random"] == (test_loss(worst) > median_two)
+    assert scored["reliability"]["trainings"] == 2 and scored["reliability"]["partitions"] == 4
+    best_found = suite.score({**record, "found": scored["optimum"]}, shape, spec, None, cache, reference_trainings=2)
+    assert best_found["gap_percent"] == 0.0 and best_found["worse_than_random"] is False
+    single = suite.score(dict(record), shape, spec, None, cache, reference_trainings=1)
+    assert single["reliability"] is None  # one training: no reliability
+
+
+def _real_record(strategy: str, shape: str, seed: int, gap: float, worse: bool) -> dict:
+    return {"shape": shape, "seed": seed, "strategy": strategy, "kind": "strategy", "budget_of": "dmtg",
+            "found": [["even"], ["prime"]], "planted": None, "ari": None, "exact": None, "merged": None,
+            "search_seconds": 3.0, "model_test_loss": 1.0, "reference": "exhaustive",
+            "reference_key": f"{shape}/{seed}/50/128/adam/none/reference-x2", "optimum": [["even", "prime"]],
+            "planted_is_optimum": None, "found_test_loss": 1.0 + gap / 100, "planted_test_loss": None,
+            "optimum_test_loss": 1.0, "gap_percent": gap, "random_median_test_loss": 1.1,
+            "any_median_test_loss": 1.2, "random_median_gap_percent": 10.0, "any_median_gap_percent": 20.0,
+            "worse_than_random": worse,
+            "reliability": {"trainings": 2, "partitions": 122, "val": {"pairwise": 0.1 * (seed + 1), "split_half": 0.2},
+                            "test": {"pairwise": 0.3, "split_half": None}}}  # fmt: skip
+
+
+def test_real_data_records_go_through_the_summary_report_and_plot(tmp_path: Path) -> None:
+    from dmtg_nas.suite import summarize_suite
+
+    records = [_real_record("dmtg", "digits-table", 0, 25.0, True), _real_record("dmtg", "digits-table", 1, 1.0, False)]
+    records += [_real_record("tag", "digits-table", 0, 5.0, False), _real_record("tag", "digits-table", 1, 3.0, False)]
+    (row, _) = summarize_suite(records)
+    assert row["ari"] is None and row["exact"] is None and row["merged"] is None
+    assert row["worse_than_random"] == 0.5 and row["random_gap"] == 10.0 and row["planted_is_optimum"] == 0
+    c = criteria(records, "dmtg")
+    assert c["wide_runs"] == 0 and c["confirmed_runs"] == 0 and c["worse_than_random"] == 0.5
+    write_suite_report(records, tmp_path)
+    text = (tmp_path / "suite.md").read_text()
+    assert "| dmtg | digits-table | 2 | - | - | - | 13.0 | 25.0 | 50% | exhaustive |" in text
+    assert "| dmtg | 2 | 50% (1) | - | - | 50% (1) | 13.0 | - | 3.0 |" in text
+    assert "| tag | 2 | 0% (0) | - | - | 0% (0) | 4.0 | - | 3.0 |" in text
+    assert "worse than the median random partition in 50% of 2" in text
+    # the reference per shape: one row over both seeds (dmtg and tag share it), means over seeds
+    assert "| digits-table | 2 | 2 | 10.0 | 20.0 | 0.15 | 0.30 | 0.20 | - |" in text
+    assert "cannot rank groupings" in text
+    assert (tmp_path / "suite.png").is_file()
+    # planted and real records in one report
+    planted = {**_real_record("dmtg", "pairs-k3", 0, 0.0, False), "planted": [["t1", "t2"], ["t3"]], "ari": 1.0,
+               "exact": True, "merged": False, "planted_is_optimum": True, "found": [["t1", "t2"], ["t3"]]}  # fmt: skip
+    write_suite_report([*records, planted], tmp_path)
+    text = (tmp_path / "suite.md").read_text()
+    assert "| dmtg | pairs-k3 | 1 | 1.00 | 100% | 0% |" in text and "| dmtg | 3 | 67% (2) | 100% (1) |" in text
+
+
+def test_real_shape_needs_the_exhaustive_reference(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="'digits-table' has no planted partition"):
+        run_suite("dmtg", ["digits-table"], 1, tmp_path, exhaustive_max=4)
+
+
+@pytest.mark.slow
+def test_real_shape_run_end_to_end(tmp_path: Path) -> None:
+    """digits-table with a short budget: the search, the reference of two trainings (batched MLPs),
+    its reliability and the report, without a planted partition."""
+    (record,) = run_suite("dmtg", ["digits-table"], [0], tmp_path, overrides=FAST, reference_trainings=2)
+    assert record["planted"] is None and record["ari"] is None and record["reference"] == "exhaustive"
+    assert record["reliability"]["trainings"] == 2 and record["reliability"]["partitions"] == 122
+    assert record["random_median_gap_percent"] >= 0.0 and isinstance(record["worse_than_random"], bool)
+    assert "| digits-table | 1 | 2 |" in (tmp_path / "suite.md").read_text()

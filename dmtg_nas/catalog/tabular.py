@@ -175,6 +175,9 @@ DIGIT_ATTRIBUTES: dict[str, frozenset[int]] = {
 
 
 class DigitsOptions(StrictModel):
+    # image: (channels, size, size) images; table: the 64 raw pixels as a (64,) vector, no upsampling
+    # (size and channels apply to the image layout only, so a space's image options may stay in place)
+    layout: Literal["image", "table"] = "image"
     size: int = Field(default=16, ge=8, le=224)  # upsampled side length
     channels: Literal[1, 3] = 1
     samples: int | None = Field(default=None, ge=10, le=1_000_000_000)  # use a seeded random subset of this many images

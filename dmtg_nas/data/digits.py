@@ -23,8 +23,11 @@ narrow encoder serving all nine at once is pulled in conflicting directions, whi
 grouping search can exploit. ``digit`` (multiclass, 10 classes) is available as a task too.
 
 Images (pixel values 0-16) are scaled to [0, 1], standardised with the training mean and std,
-bilinearly upsampled to ``size`` x ``size`` and repeated to ``channels`` channels. The split is a
-seeded random split (``split``); ``samples`` keeps a seeded random subset (quick experiments).
+bilinearly upsampled to ``size`` x ``size`` and repeated to ``channels`` channels. With ``layout:
+table`` the 64 raw pixels are a vector instead (shape (64,), for an ``mlp``), scaled to [0, 1] and
+each pixel standardised with its training mean and std (pixels blank in every training image stay
+0); ``size`` and ``channels`` are not used. The split is a seeded random split (``split``);
+``samples`` keeps a seeded random subset (quick experiments).
 """
 
 from __future__ import annotations
@@ -63,11 +66,21 @@ class DigitsDataset:
             keep = np.sort(np.random.default_rng([options.split.seed, 7]).permutation(len(labels))[: options.samples])
             images, labels = images[keep], labels[keep]
         train_idx, val_idx, test_idx = random_split(len(labels), options.split)
-        mean, std = float(images[train_idx].mean()), float(images[train_idx].std())
-        x = torch.as_tensor((images - mean) / std).unsqueeze(1)  # (n, 1, 8, 8)
-        if options.size != 8:
-            x = F.interpolate(x, size=(options.size, options.size), mode="bilinear", align_corners=False)
-        x = x.repeat(1, options.channels, 1, 1).contiguous()
+        if options.layout == "table":
+            pixels = images.reshape(len(labels), 64)  # (n, 64)
+            mean_p, std_p = pixels[train_idx].mean(axis=0), pixels[train_idx].std(axis=0)
+            std_p = np.where(std_p > 0, std_p, 1.0)  # pixels blank in every training image stay 0
+            x = torch.as_tensor(((pixels - mean_p) / std_p).astype(np.float32))
+            normalisation: list[float] | str = "per pixel"
+            shape: tuple[int, ...] = (64,)
+        else:
+            mean, std = float(images[train_idx].mean()), float(images[train_idx].std())
+            x = torch.as_tensor((images - mean) / std).unsqueeze(1)  # (n, 1, 8, 8)
+            if options.size != 8:
+                x = F.interpolate(x, size=(options.size, options.size), mode="bilinear", align_corners=False)
+            x = x.repeat(1, options.channels, 1, 1).contiguous()
+            normalisation = [mean, std]
+            shape = (options.channels, options.size, options.size)
         targets: dict[str, torch.Tensor] = {}
         for task in tasks:
             if task.name == "digit":
@@ -80,6 +93,7 @@ class DigitsDataset:
             index = torch.as_tensor(idx)
             return TensorTaskDataset(x[index], {k: v[index] for k, v in targets.items()})
 
-        info = {"samples": len(labels), "normalisation": [mean, std], "size": options.size}
-        shape = (options.channels, options.size, options.size)
+        info = {"samples": len(labels), "normalisation": normalisation, "layout": options.layout}
+        if options.layout == "image":
+            info["size"] = options.size
         return TaskData(part(train_idx), part(val_idx), part(test_idx), shape, info=info)
