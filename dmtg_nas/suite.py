@@ -57,21 +57,21 @@ from .shapes import SHAPE_GROUPS, SHAPES, SHORT_SHAPES, DigitsShape, Shape, Suit
 
 __all__ = [
     "DigitsShape",
-    "Shape",
     "SHAPES",
     "SHAPE_GROUPS",
     "SHORT_SHAPES",
+    "Shape",
     "SuiteShape",
     "best_grouping",
     "exhaustive_reference",
-    "partition_costs",
-    "random_yardstick",
     "exhaustive_trainings",
     "mean_reference",
-    "reference_reliability",
-    "reference_tables",
     "parse_seeds",
+    "partition_costs",
+    "random_yardstick",
+    "reference_reliability",
     "reference_table",
+    "reference_tables",
     "run_suite",
     "score",
     "shape_spec",
@@ -612,7 +612,8 @@ def write_suite_report(records: Sequence[dict[str, Any]], out: Path) -> None:
         ]
         if c["yardstick_runs"]:
             parts.append(
-                f"worse than the median random partition in {c['worse_than_random']:.0%} of {c['yardstick_runs']}"
+                f"worse than the median random partition in {c['worse_than_random']:.0%} "
+                f"({c['worse_than_random_runs']} of {c['yardstick_runs']})"
             )
         if c["confirmed_runs"]:
             parts.append(

@@ -199,8 +199,8 @@ def test_real_shapes_build_valid_specs() -> None:
     a = ["even", "prime", "multiple_of_3", "closed_loop", "straight", "round_bottom"]
     b = ["greater_than_4", "prime", "closed_loop", "symmetric", "top_bar", "round_bottom"]
     expected = {  # tasks, encoder, layout, input side, channels
-        "digits-conv-a": (a, "convnet", "image", 8, 1),
-        "digits-conv-b": (b, "convnet", "image", 8, 1),
+        "digits-conv-a": (a, "convnet", "image", 16, 1),
+        "digits-conv-b": (b, "convnet", "image", 16, 1),
         "digits-table": (a, "mlp", "table", None, None),
         "digits-timm": (b, "timm:test_resnet", "image", 16, 3),
     }
@@ -350,7 +350,7 @@ def test_real_data_records_go_through_the_summary_report_and_plot(tmp_path: Path
     assert "| dmtg | digits-table | 2 | - | - | - | 13.0 | 25.0 | 50% | exhaustive |" in text
     assert "| dmtg | 2 | 50% (1) | - | - | 50% (1) | 13.0 | - | 3.0 |" in text
     assert "| tag | 2 | 0% (0) | - | - | 0% (0) | 4.0 | - | 3.0 |" in text
-    assert "worse than the median random partition in 50% of 2" in text
+    assert "worse than the median random partition in 50% (1 of 2)" in text
     # the reference per shape: one row over both seeds (dmtg and tag share it), means over seeds
     assert "| digits-table | 2 | 2 | 10.0 | 20.0 | 0.15 | 0.30 | 0.20 | - |" in text
     assert "cannot rank groupings" in text
