@@ -28,7 +28,8 @@ class DumpLogits(pl.Callback):
         self.folder = folder
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        rows = {r.label: r.logits.detach().cpu().tolist() for r in pl_module.routers()}
+        bank = pl_module.bank
+        rows = dict(zip(bank.task_names, bank.logits.detach().cpu().tolist()))
         path = self.folder / f"logits-rank{trainer.global_rank}.json"
         path.write_text(json.dumps({"world_size": trainer.world_size, "step": trainer.global_step, "logits": rows}))
 

@@ -42,7 +42,7 @@ def stage_records(
         return groups_from_sample(spec.task_names, sample, spec.groups)
 
     stages = []
-    if warm is not None and ctx.resume_from is None:
+    if warm is not None:  # (a resumed run reads it back: no time spent on it here)
         stages.append(StageRecord("warm_start", groups(dict(zip(spec.task_names, warm.clusters))), timings.warm_start))
     stages.append(StageRecord("search", groups(search.sample), timings.search))
     stages.append(StageRecord("finetune", groups(search.sample), timings.finetune))

@@ -88,7 +88,8 @@ class CheckRecord:
 
 @dataclass
 class StageRecord:
-    """One stage in ``metrics.json``'s ``stages``: its name, the grouping after it, its wall time."""
+    """One stage in ``metrics.json``'s ``stages``: its name, the grouping after it, its wall time in
+    this run (0 for a warm start a resumed run read back)."""
 
     stage: str
     groups: list[list[str]]
