@@ -46,6 +46,7 @@ __all__ = [
     "LRScheduleConfig",
     "FinetuneConfig",
     "LocalSearchConfig",
+    "AffinityConfig",
     "InitConfig",
     "WarmupConfig",
     "TrainerConfig",
@@ -288,11 +289,28 @@ class WarmupConfig(StrictModel):
     width: typing.Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = "auto"
 
 
+class AffinityConfig(StrictModel):
+    """The affinity scout: the supernet's first epochs with the logits held, then the attribution
+    affinity of its tasks and the logits restarted from its clusters (:mod:`dmtg_nas.engine.scout`)."""
+
+    enabled: bool = False
+    epochs: Epochs = 5  # the supernet's first epochs, logits held, every task on every branch
+    rank: int = Field(default=4, ge=1, le=MAX_WIDTH)  # input-gradient subspace dimension
+    samples: int = Field(default=2048, ge=8, le=MAX_COUNT)  # training inputs used for the attribution
+    strength: float = Field(default=3.0, ge=0)  # added to each task's cluster logit after the scout
+    # "auto": as many clusters as the affinity supports, in 2..K; "k": always K
+    clusters: Literal["auto", "k"] = "auto"
+
+
 class InitConfig(StrictModel):
     """How the supernet starts."""
 
     branches: Literal["copy", "independent"] = "copy"  # copy: all K branches identical
     logits: float = 1.0  # initial value of every grouping logit (uniform distribution)
+    # a starting grouping (at most K groups of task names; group g starts on branch g, unlisted tasks
+    # uniform): its logits get + strength; it replaces the warm start's clusters as the start
+    groups: list[list[str]] | None = None
+    strength: float = Field(default=3.0, ge=0)
 
 
 class TrainerConfig(StrictModel):
@@ -327,6 +345,10 @@ class StrategyConfig(StrictModel):
     lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
     init: InitConfig = Field(default_factory=InitConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    affinity: AffinityConfig = Field(default_factory=AffinityConfig)
+    # after the search: discrete moves of tasks (and merges of groups) from the relaxation's argmax
+    # that raise the grouping's within-group affinity (the warm start's or the scout's)
+    polish: bool = False
     entropy_weight: float = Field(default=0.0, ge=0)  # + w * mean entropy of softmax(logits)
     epochs: Epochs = 100
     batch_size: int = Field(default=256, ge=1, le=MAX_BATCH)
@@ -392,6 +414,20 @@ class SearchSpec(StrictModel):
             if task.name in seen:
                 raise ValueError(f"duplicate task name {task.name!r}")
             seen.add(task.name)
+        start = self.strategy.init.groups
+        if start is not None:
+            if len(start) > self.groups:
+                raise ValueError(f"strategy.init.groups has {len(start)} groups for {self.groups} branches (groups)")
+            listed: set[str] = set()
+            for group in start:
+                for name in group:
+                    if name not in seen:
+                        raise ValueError(
+                            f"strategy.init.groups names {name!r}, which is not a task{suggest(name, seen)}"
+                        )
+                    if name in listed:
+                        raise ValueError(f"strategy.init.groups lists task {name!r} twice")
+                    listed.add(name)
         return self
 
     @property

@@ -40,7 +40,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -49,6 +48,7 @@ from .backbones import scale_backbone
 from .catalog import encoder_entry
 from .data import TaskData, make_loader
 from .engine.networks import plain_network
+from .engine.scout import cluster_count, spectral_clusters
 from .engine.stacked import StackedSingles
 from .engine.train import train_network
 from .schema import SearchSpec
@@ -131,48 +131,6 @@ def attribution_affinity(model: torch.nn.Module, tasks: Any, x: torch.Tensor, ra
     affinity = torch.einsum("iar,jas->ijrs", u, u).pow(2).sum((-1, -2)) / u.shape[-1]
     model.train()
     return affinity.float()
-
-
-def _similarity(affinity: np.ndarray) -> np.ndarray:
-    """The clustering's similarity graph: exp of the z-scored symmetric affinities, no self-loops."""
-    n = affinity.shape[0]
-    a = (affinity + affinity.T) / 2
-    off = a[~np.eye(n, dtype=bool)]
-    w = np.exp(np.clip((a - off.mean()) / (off.std() + 1e-12), -50.0, 50.0))  # equal affinities: std 0
-    np.fill_diagonal(w, 0.0)
-    return w
-
-
-def cluster_count(affinity: np.ndarray, k_max: int) -> int:
-    """How many clusters the affinity supports, in ``2..k_max``: the number of eigenvalues of the
-    similarity graph's normalized Laplacian below 1.
-
-    The eigenvalues sum to N, so 1 is their mean; a graph without structure (all similarities
-    equal) has one eigenvalue 0 and all others above 1, while each well-separated cluster adds an
-    eigenvalue near 0. Counting those below the mean keeps weakly separated but real clusters
-    (a largest-eigengap rule merges them) and does not invent clusters to fill spare branches.
-    """
-    n = affinity.shape[0]
-    if k_max <= 2 or n <= 2:
-        return max(1, min(k_max, n))
-    w = _similarity(affinity)
-    d = 1.0 / np.sqrt(w.sum(1) + 1e-12)
-    lam = np.linalg.eigvalsh(np.eye(n) - d[:, None] * w * d[None, :])
-    return int(np.clip(int(np.sum(lam < 1.0)), 2, min(k_max, n)))
-
-
-def spectral_clusters(affinity: np.ndarray, k: int, seed: int = 0) -> list[int]:
-    """Spectral clustering of tasks into ``k`` clusters from a symmetric affinity matrix."""
-    n = affinity.shape[0]
-    if k <= 1 or n <= 1:
-        return [0] * n
-    if k >= n:
-        return list(range(n))
-    w = _similarity(affinity)
-    from sklearn.cluster import SpectralClustering
-
-    labels = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed).fit_predict(w)
-    return [int(v) for v in labels]
 
 
 def proxy_width(spec: SearchSpec) -> float:

@@ -13,6 +13,7 @@ to NNI, :class:`~dmtg_nas.nni.strategy.DMTG`, runs the whole pipeline of its pre
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,8 +23,10 @@ from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
 from torch import Tensor, nn
 
 from ..engine.losses import head_losses
+from ..engine.scout import cluster_count, spectral_clusters
 from ..schedules import TemperatureSchedule
-from ..schema import StrategyConfig, TemperatureConfig
+from ..schema import AffinityConfig, StrategyConfig, TemperatureConfig
+from ..warmstart import attribution_affinity
 from .router import RouterBank, gumbel_noise
 
 __all__ = ["DMTGLightningModule", "OneShotDMTG"]
@@ -31,8 +34,29 @@ __all__ = ["DMTGLightningModule", "OneShotDMTG"]
 _logger = logging.getLogger(__name__)
 
 
+class _ExpectedPredictions(nn.Module):
+    """``{task: mean over the K branches of its heads' predictions}`` of a supernet (with the
+    logits held uniform, each task's expected prediction)."""
+
+    def __init__(self, supernet: nn.Module, task_names: Sequence[str]) -> None:
+        super().__init__()
+        self.supernet = supernet
+        self.task_names = list(task_names)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        outputs = self.supernet(x)
+        return {name: torch.stack(outputs.preds(i)).mean(0) for i, name in enumerate(self.task_names)}
+
+
 class DMTGLightningModule(BaseOneShotLightningModule):
-    """The search loop: tau and the Gumbel noise of each step, then the method's loss."""
+    """The search loop: tau and the Gumbel noise of each step, then the method's loss.
+
+    With the affinity scout (``affinity.enabled``, :mod:`dmtg_nas.engine.scout`) the first
+    ``affinity.epochs`` epochs hold the logits and measure the tasks' gradient affinity; the logits
+    then restart from its clusters (``logits_init`` plus ``affinity.strength`` on each task's
+    cluster).
+    :attr:`scout_record` holds what it measured and did (``metrics.json``'s ``affinity``).
+    """
 
     def __init__(
         self,
@@ -42,6 +66,8 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         hard: bool = False,
         seed: int = 0,
         entropy_weight: float = 0.0,
+        affinity: AffinityConfig | None = None,
+        logits_init: float = 1.0,
     ) -> None:
         super().__init__(training_module)
         self.temperature = temperature
@@ -49,6 +75,11 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         self.seed = seed
         self.entropy_weight = entropy_weight
         self.current_tau = temperature(0, 1)
+        self.affinity = affinity if affinity is not None and affinity.enabled else None
+        self.logits_init = logits_init
+        self.scout_record: dict[str, Any] | None = None
+        self._inputs: list[Tensor] = []  # training inputs of the scout's last epoch, for the attribution
+        self._scout_started: float | None = None
 
     @property  # type: ignore[override]
     def automatic_optimization(self) -> bool:
@@ -82,9 +113,95 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         tau = torch.tensor(self.current_tau, dtype=bank.logits.dtype, device=bank.logits.device)
         return noise, tau
 
+    # ------------------------------------------------------------------------------------------
+    # the affinity scout
+    # ------------------------------------------------------------------------------------------
+
+    @property
+    def scouting(self) -> bool:
+        """Whether this step belongs to the affinity scout (logits held, affinity measured)."""
+        return (
+            self.affinity is not None
+            and self.scout_record is None
+            and self.trainer.current_epoch < self.affinity.epochs
+        )
+
+    def finish_scout(self) -> None:
+        """Measure the attribution affinity of the tasks in the supernet, cluster it and restart
+        the logits from the clusters."""
+        assert self.affinity is not None
+        bank = self.bank
+        x = torch.cat(self._inputs)[: self.affinity.samples].to(bank.logits.device)
+        self._inputs = []
+        affinity = attribution_affinity(
+            _ExpectedPredictions(self.training_module, bank.task_names),
+            self.training_module.tasks,
+            x,
+            self.affinity.rank,
+        )
+        if self._trainer is not None:  # a distributed run: every process clusters the same matrix
+            affinity = self.trainer.strategy.reduce(affinity.to(bank.logits.device), reduce_op="mean")
+        a = affinity.detach().cpu().numpy().astype(float)
+        k_max = bank.num_branches
+        k = cluster_count(a, k_max) if self.affinity.clusters == "auto" else min(k_max, a.shape[0])
+        clusters = spectral_clusters(a, k, self.seed)
+        rows = torch.full_like(bank.logits, self.logits_init)
+        rows[torch.arange(len(clusters)), torch.tensor(clusters)] += self.affinity.strength
+        with torch.no_grad():
+            bank.logits.copy_(rows)
+        if self._trainer is not None:  # the logits' optimizer state belonged to the held logits
+            for opt in self.trainer.optimizers:
+                opt.state.pop(bank.logits, None)
+        seconds = time.perf_counter() - self._scout_started if self._scout_started is not None else 0.0
+        self.scout_record = {
+            "affinity": [[round(float(v), 6) for v in row] for row in a],
+            "clusters": clusters,
+            "samples": int(x.shape[0]),
+            "epochs": int(self.trainer.current_epoch) + 1 if self._trainer is not None else 0,
+            "seconds": round(seconds, 3),
+        }
+        _logger.info("affinity scout: clusters %s", clusters)
+
+    def _keep_inputs(self, x: Tensor) -> None:
+        """Keep the scout's last-epoch inputs (up to ``affinity.samples``) for the attribution."""
+        have = sum(t.shape[0] for t in self._inputs)
+        if have < self.affinity.samples:  # type: ignore[union-attr]
+            self._inputs.append(x.detach()[: self.affinity.samples - have].cpu())  # type: ignore[union-attr]
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._scout_started = time.perf_counter()
+
+    def on_after_backward(self) -> None:
+        super().on_after_backward()
+        if self.scouting:  # the logits stay where they started while the affinity is measured
+            self.bank.logits.grad = None
+
+    def on_train_end(self) -> None:
+        if self.affinity is not None and self.scout_record is None and self._inputs:
+            self.finish_scout()  # fewer epochs than the scout's
+        super().on_train_end()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.affinity is not None:
+            checkpoint["dmtg_scout"] = {"record": self.scout_record}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("dmtg_scout")
+        if saved is not None:
+            self.scout_record = saved["record"]
+
+    # ------------------------------------------------------------------------------------------
+    # the method
+    # ------------------------------------------------------------------------------------------
+
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         noise, tau = self.step_state(int(self.trainer.global_step))
         bank, tasks = self.bank, self.training_module.tasks
+        if self.scouting and self.trainer.current_epoch + 1 >= self.affinity.epochs:  # type: ignore[union-attr]
+            self._keep_inputs(batch[0])
 
         def method_loss(outputs: Any, targets: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
             return bank.loss(bank.sample(noise, tau, self.hard), head_losses(tasks, outputs, targets), tasks)
@@ -99,6 +216,8 @@ class DMTGLightningModule(BaseOneShotLightningModule):
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()  # the training module's epoch mean of the loss
         self.log("tau", self.current_tau)
+        if self.scouting and self.trainer.current_epoch + 1 >= self.affinity.epochs:  # type: ignore[union-attr]
+            self.finish_scout()
 
     def validation_step(self, batch: Any, batch_idx: int) -> Any:
         return self.training_module.validation_step(batch, batch_idx)
@@ -121,6 +240,7 @@ class OneShotDMTG(OneShotStrategy):
         initial_logits: per-task initial logit rows ``{task: [K values]}`` (a warm start); tasks
             not listed start at ``logits_init``.
         entropy_weight: weight of the mean entropy of softmax(S) added to the loss (0: off).
+        affinity: the affinity scout and polish (:class:`~dmtg_nas.schema.AffinityConfig`; None: off).
         seed: seed of the Gumbel noise sequence.
     """
 
@@ -132,10 +252,12 @@ class OneShotDMTG(OneShotStrategy):
         logits_init: float = 1.0,
         initial_logits: dict[str, list[float]] | None = None,
         entropy_weight: float = 0.0,
+        affinity: AffinityConfig | None = None,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.affinity = affinity
         if not isinstance(temperature, TemperatureConfig):
             temperature = TemperatureConfig(schedule="constant", init=float(temperature))
         self.temperature = TemperatureSchedule(temperature)
@@ -154,6 +276,7 @@ class OneShotDMTG(OneShotStrategy):
             logits_init=config.init.logits,
             initial_logits=initial_logits,
             entropy_weight=config.entropy_weight,
+            affinity=config.affinity,
             seed=config.seed,
         )
 
@@ -170,6 +293,8 @@ class OneShotDMTG(OneShotStrategy):
             hard=self.hard,
             seed=self.seed,
             entropy_weight=self.entropy_weight,
+            affinity=self.affinity,
+            logits_init=self.logits_init,
         )
 
     @property

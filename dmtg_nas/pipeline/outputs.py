@@ -4,7 +4,9 @@
 epochs, each stage's wall time (``warm_start_seconds``, ``search_seconds`` (the supernet alone),
 ``finetune_seconds``, ``check_seconds``, ``total_seconds``), K, the branches used, the data sizes;
 ``stages``: each stage's grouping and time; ``nonfinite``; ``local_search`` (the merge check);
-``warmup``; ``reference`` (normalized gain and Delta_m, with a ``reference`` in the spec);
+``warmup``; ``affinity`` (the affinity scout: the measured affinity and its clusters); ``polish``
+(the relaxation's grouping before the polish and the polish's moves); ``reference`` (normalized
+gain and Delta_m, with a ``reference`` in the spec);
 ``ground_truth`` (the adjusted Rand index, for data sets with a known partition).
 """
 
@@ -44,7 +46,15 @@ def stage_records(
     stages = []
     if warm is not None:  # (a resumed run reads it back: no time spent on it here)
         stages.append(StageRecord("warm_start", groups(dict(zip(spec.task_names, warm.clusters))), timings.warm_start))
-    stages.append(StageRecord("search", groups(search.sample), timings.search))
+    names = spec.task_names
+    if search.affinity is not None:  # inside the supernet's training: its seconds are part of the search's
+        clusters = dict(zip(names, search.affinity["clusters"]))
+        stages.append(StageRecord("affinity", groups(clusters), search.affinity["seconds"]))
+    if search.polish is not None:  # the relaxation's argmax, then its polish
+        stages.append(StageRecord("search", groups(dict(zip(names, search.polish["relaxed"]))), timings.search))
+        stages.append(StageRecord("polish", groups(search.sample), 0.0))
+    else:
+        stages.append(StageRecord("search", groups(search.sample), timings.search))
     stages.append(StageRecord("finetune", groups(search.sample), timings.finetune))
     if check.record is not None and "rounds" in check.record:
         stages.append(StageRecord("check", groups(check.sample), timings.check))
@@ -95,6 +105,18 @@ def search_result(
             "clusters": groups_from_sample(spec.task_names, dict(zip(spec.task_names, warm.clusters)), spec.groups),
             "affinity": warm.affinity,
             "seconds": round(warm.seconds, 3),
+        }
+    if search.affinity is not None:
+        scout = search.affinity
+        metrics["affinity"] = {
+            **scout,
+            "clusters": groups_from_sample(spec.task_names, dict(zip(spec.task_names, scout["clusters"])), spec.groups),
+        }
+    if search.polish is not None:
+        relaxed = dict(zip(spec.task_names, search.polish["relaxed"]))
+        metrics["polish"] = {
+            "relaxed": groups_from_sample(spec.task_names, relaxed, spec.groups),
+            "moves": search.polish["moves"],
         }
     if spec.reference is not None:
         refs = [spec.reference] if isinstance(spec.reference, str) else list(spec.reference)

@@ -45,6 +45,9 @@ class SearchRecord:
         probabilities: each task's softmax(S[i]) at the end.
         skipped: batches skipped for a non-finite loss (``{step, epoch, tasks}``).
         seconds: the search's wall time (the supernet's training; not the warm start).
+        affinity: the affinity scout's record (affinity, clusters, samples, seconds; None: no scout).
+        polish: the polish of the relaxation's argmax (``relaxed``: each task's branch before it,
+            ``moves``; None: not polished).
     """
 
     space: Supernet
@@ -52,6 +55,8 @@ class SearchRecord:
     probabilities: dict[str, list[float]]
     skipped: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    affinity: dict[str, Any] | None = None
+    polish: dict[str, Any] | None = None
 
 
 @dataclass

@@ -2,25 +2,30 @@
 
 The search itself runs in NNI (:func:`dmtg_nas.nni.search.one_shot_search`, or, inside an NNI
 experiment, the :class:`~dmtg_nas.nni.strategy.DMTG` strategy's own supernet); this stage gives it
-the warm start's logits, records the probabilities over the epochs and times it.
+the warm start's logits, records the probabilities over the epochs and times it, and with
+``strategy.polish`` polishes the relaxation's argmax on the run's affinity (the warm start's, or the
+affinity scout's).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from ..engine.scout import polish_assignment
 from ..errors import NonFiniteLossError, SearchInterrupted
 from ..runstate import interrupt_message
 from ..warmstart import WarmStart
 from .context import RunContext
 from .records import SearchRecord
 
-__all__ = ["ProbabilityHistory", "Searcher", "search_stage"]
+__all__ = ["ProbabilityHistory", "Searcher", "polish", "search_stage"]
 
 
 class ProbabilityHistory(pl.Callback):
@@ -78,12 +83,21 @@ class Searcher(Protocol):
 def search_stage(
     ctx: RunContext, warm: WarmStart | None, searcher: Searcher
 ) -> tuple[SearchRecord, ProbabilityHistory]:
-    """Run the search from the warm start's logits (a resumed run has its own in the checkpoint)."""
+    """Run the search from ``strategy.init.groups`` where given, else from the warm start's logits
+    (a resumed run has its own in the checkpoint)."""
     spec = ctx.spec
     ctx.seed()  # the supernet starts from the same weights whatever ran before it
     initial = None
-    if warm is not None and ctx.resume_from is None:
-        rows = warm.logits(spec.groups, spec.strategy.init.logits, spec.strategy.warmup.strength)
+    init = spec.strategy.init
+    if init.groups is not None and ctx.resume_from is None:  # a given start, before the warm start's
+        k = spec.groups
+        initial = {
+            name: [init.logits + (init.strength if b == g else 0.0) for b in range(k)]
+            for g, group in enumerate(init.groups)
+            for name in group
+        }
+    elif warm is not None and ctx.resume_from is None:
+        rows = warm.logits(spec.groups, init.logits, spec.strategy.warmup.strength)
         initial = dict(zip(spec.task_names, rows))
     history = ProbabilityHistory(validated=ctx.validate)
     t0 = time.perf_counter()
@@ -93,12 +107,31 @@ def search_stage(
         hint = "strategy.nonfinite: skip skips such batches; strategy.gradient_clip may help"
         detail = f"the search stopped: {_last_good(ctx.out)} ({hint})"
         raise NonFiniteLossError(exc.tasks, exc.step, exc.epoch, exc.values, detail) from None
+    affinity = (
+        record.affinity["affinity"] if record.affinity is not None else warm.affinity if warm is not None else None
+    )
+    if spec.strategy.polish and affinity is not None:
+        polish(record, spec.task_names, affinity, spec.groups)
     record.seconds = time.perf_counter() - t0
     if ctx.interrupts.signum is not None:  # the signal came after the search's last step
         phase = "fine-tune" if spec.strategy.finetune.epochs > 0 else "evaluation"
         message = interrupt_message(ctx.out, phase)(ctx.interrupts.name, None)
         raise SearchInterrupted(message, ctx.interrupts.signum)
     return record, history
+
+
+def polish(record: SearchRecord, names: Sequence[str], affinity: Sequence[Sequence[float]], branches: int) -> None:
+    """Polish the record's grouping on ``affinity`` (:func:`~dmtg_nas.engine.scout.polish_assignment`):
+    its sample moves, and each moved task's probabilities of its old and new branch are swapped."""
+    old = [int(record.sample[name]) for name in names]
+    new, moves = polish_assignment(old, np.asarray(affinity, dtype=float), branches)
+    for name, a, b in zip(names, old, new):
+        if a != b:
+            row = list(record.probabilities[name])
+            row[a], row[b] = row[b], row[a]
+            record.probabilities[name] = row
+    record.sample = dict(zip(names, new))
+    record.polish = {"relaxed": old, "moves": [{**m, "tasks": [names[i] for i in m["tasks"]]} for m in moves]}
 
 
 def _last_good(out: Path | None) -> str:

@@ -1,0 +1,138 @@
+"""The affinity scout's grouping: clusters of a task affinity, and the polish of a grouping on it.
+
+The scout (:class:`~dmtg_nas.nni.oneshot.DMTGLightningModule`) trains the supernet's first
+``affinity.epochs`` epochs with the grouping logits held where they start (uniform by default), so
+that every branch is trained by every task, and then measures the attribution affinity of the tasks'
+predictions in that supernet (:func:`dmtg_nas.warmstart.attribution_affinity`: how much the input
+directions each task's prediction depends on overlap). It is the warm start's affinity, measured
+on one network (the supernet itself) instead of N single-task networks. The tasks are cut into
+clusters by spectral clustering of the affinity (:func:`cluster_count`, :func:`spectral_clusters`),
+the logits restart from them and the relaxation trains on. After the supernet,
+:func:`polish_assignment` takes the relaxation's argmax and applies the discrete moves (one task to
+another branch, two tasks of a group together to another, or two groups merged) that raise the
+grouping's within-group affinity (:func:`clustering_score`), until none does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "cluster_count",
+    "clustering_score",
+    "polish_assignment",
+    "spectral_clusters",
+]
+
+
+def _similarity(affinity: np.ndarray) -> np.ndarray:
+    """The clustering's similarity graph: exp of the z-scored symmetric affinities, no self-loops."""
+    n = affinity.shape[0]
+    a = (affinity + affinity.T) / 2
+    off = a[~np.eye(n, dtype=bool)]
+    w = np.exp(np.clip((a - off.mean()) / (off.std() + 1e-12), -50.0, 50.0))  # equal affinities: std 0
+    np.fill_diagonal(w, 0.0)
+    return w
+
+
+def cluster_count(affinity: np.ndarray, k_max: int) -> int:
+    """How many clusters the affinity supports, in ``2..k_max``: the number of eigenvalues of the
+    similarity graph's normalized Laplacian below 1.
+
+    The eigenvalues sum to N, so 1 is their mean; a graph without structure (all similarities
+    equal) has one eigenvalue 0 and all others above 1, while each well-separated cluster adds an
+    eigenvalue near 0. Counting those below the mean keeps weakly separated but real clusters
+    (a largest-eigengap rule merges them) and does not invent clusters to fill spare branches.
+    """
+    n = affinity.shape[0]
+    if k_max <= 2 or n <= 2:
+        return max(1, min(k_max, n))
+    w = _similarity(affinity)
+    d = 1.0 / np.sqrt(w.sum(1) + 1e-12)
+    lam = np.linalg.eigvalsh(np.eye(n) - d[:, None] * w * d[None, :])
+    return int(np.clip(int(np.sum(lam < 1.0)), 2, min(k_max, n)))
+
+
+def spectral_clusters(affinity: np.ndarray, k: int, seed: int = 0) -> list[int]:
+    """Spectral clustering of tasks into ``k`` clusters from a symmetric affinity matrix."""
+    n = affinity.shape[0]
+    if k <= 1 or n <= 1:
+        return [0] * n
+    if k >= n:
+        return list(range(n))
+    w = _similarity(affinity)
+    from sklearn.cluster import SpectralClustering
+
+    labels = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed).fit_predict(w)
+    return [int(v) for v in labels]
+
+
+def _standardized(affinity: np.ndarray) -> np.ndarray:
+    """The symmetric affinity z-scored over its off-diagonal entries, diagonal zero."""
+    n = affinity.shape[0]
+    a = (affinity + affinity.T) / 2
+    off = a[~np.eye(n, dtype=bool)]
+    w = (a - off.mean()) / (off.std() + 1e-12) if n > 1 else np.zeros_like(a)
+    np.fill_diagonal(w, 0.0)
+    return w
+
+
+def clustering_score(assignment: Sequence[int], affinity: np.ndarray) -> float:
+    """A grouping's within-group affinity: the sum over groups of the z-scored affinities of its
+    pairs divided by its size (the ratio association that spectral clustering relaxes). A task
+    alone scores 0; a pair of tasks above the mean affinity raises the score when grouped."""
+    w = _standardized(np.asarray(affinity, dtype=float))
+    labels = np.asarray(assignment)
+    score = 0.0
+    for group in np.unique(labels):
+        members = np.flatnonzero(labels == group)
+        score += float(w[np.ix_(members, members)].sum()) / len(members)
+    return score
+
+
+def polish_assignment(
+    assignment: Sequence[int], affinity: np.ndarray, branches: int, max_moves: int | None = None
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """Best-improvement discrete moves on :func:`clustering_score` from ``assignment`` (each task's
+    branch, in ``range(branches)``): one task, or two tasks of one group, to another branch (empty
+    branches included), or one group merged into another. Returns the new assignment and the moves taken, in order
+    (``{"tasks": [...], "from": k, "to": k', "gain": g}``); stops when no move raises the score."""
+    current = [int(b) for b in assignment]
+    n = len(current)
+    limit = max_moves if max_moves is not None else 2 * n * max(branches, 1)
+    moves: list[dict[str, Any]] = []
+    score = clustering_score(current, affinity)
+    for _ in range(limit):
+        best: tuple[float, list[int], list[int], int, int] | None = None
+        candidates: list[tuple[list[int], int, int]] = []
+        for i in range(n):  # one task elsewhere
+            for b in range(branches):
+                if b != current[i]:
+                    candidates.append(([i], current[i], b))
+        for i in range(n):  # two tasks of one group together elsewhere (a split of a merged group)
+            for j in range(i + 1, n):
+                if current[i] == current[j]:
+                    for b in range(branches):
+                        if b != current[i]:
+                            candidates.append(([i, j], current[i], b))
+        used = sorted(set(current))
+        for a in used:  # a whole group into another
+            for b in used:
+                if a != b:
+                    candidates.append(([i for i in range(n) if current[i] == a], a, b))
+        for tasks, src, dst in candidates:
+            trial = list(current)
+            for i in tasks:
+                trial[i] = dst
+            gain = clustering_score(trial, affinity) - score
+            if gain > 1e-9 and (best is None or gain > best[0]):
+                best = (gain, trial, tasks, src, dst)
+        if best is None:
+            break
+        gain, current, tasks, src, dst = best
+        score += gain
+        moves.append({"tasks": tasks, "from": src, "to": dst, "gain": round(gain, 6)})
+    return current, moves
