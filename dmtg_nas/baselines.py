@@ -33,18 +33,18 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.func import functional_call
 
 from .data import TaskData
 from .engine.batched import subset_losses_one_by_one
 from .engine.networks import plain_network
+from .engine.scout import lookahead_affinity
 from .engine.train import train_network, train_partition
 from .metrics import relative_gain
 from .partitions import best_cover, best_partition, members, random_partition
 from .pipeline.run import run_search
 from .registry import Registry
 from .schema import SearchSpec, TaskConfig
-from .tasks import PRIMARY_METRIC, squeeze_output, summarize, task_loss
+from .tasks import PRIMARY_METRIC, summarize
 
 __all__ = [
     "METHODS",
@@ -238,37 +238,6 @@ class AffinityRecorder(pl.Callback):
         lr = float(trainer.optimizers[0].param_groups[0]["lr"])
         self.total += lookahead_affinity(encoder, heads, self.tasks, x, targets, lr).double().cpu()
         self.count += 1
-
-
-def lookahead_affinity(
-    encoder: torch.nn.Module,
-    heads: Sequence[torch.nn.Module],
-    tasks: Sequence[TaskConfig],
-    x: torch.Tensor,
-    targets: dict[str, torch.Tensor],
-    lr: float,
-) -> torch.Tensor:
-    """One measurement of ``Z[i, j] = 1 - L_j(theta - lr * grad_theta L_i) / L_j(theta)`` (N, N)."""
-    params = dict(encoder.named_parameters())
-    buffers = {k: v.clone() for k, v in encoder.named_buffers()}
-    with torch.enable_grad():
-        feats = functional_call(encoder, {**params, **buffers}, (x,))
-        losses = [task_loss(t, squeeze_output(t, h(feats)), targets[t.name]) for t, h in zip(tasks, heads)]
-        grads = [
-            torch.autograd.grad(loss, list(params.values()), retain_graph=True, allow_unused=True) for loss in losses
-        ]
-    n = len(tasks)
-    z = torch.zeros(n, n)
-    with torch.no_grad():
-        before = torch.stack([loss.detach() for loss in losses])
-        for i in range(n):
-            moved = {name: p - lr * g if g is not None else p for (name, p), g in zip(params.items(), grads[i])}
-            feats_i = functional_call(encoder, {**moved, **{k: v.clone() for k, v in buffers.items()}}, (x,))
-            after = torch.stack(
-                [task_loss(t, squeeze_output(t, h(feats_i)), targets[t.name]) for t, h in zip(tasks, heads)]
-            )
-            z[i] = 1 - after / before.clamp_min(1e-12)
-    return z
 
 
 def tag_group_score(affinity: torch.Tensor, block: Sequence[int]) -> float:

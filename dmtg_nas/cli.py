@@ -172,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument(
         "--seeds", default="3", help="a count (3: seeds 0-2), a range (3-5) or a list (0,4,7) (default: %(default)s)"
     )
+    suite.add_argument(
+        "--start",
+        choices=("swapped", "random"),
+        help="start each strategy's search from a wrong grouping (strategy.init.groups): the optimum (or "
+        "the planted partition) with two tasks of different groups swapped, or a random partition into K "
+        "groups; the report says whether the search left it for a better one (default: the strategy's own start)",
+    )
     suite.add_argument("--out", "-o", type=Path, help="output folder (default: runs/suite-<time>)")
     suite.add_argument("--resume", action="store_true", help="skip runs already in --out")
     suite.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -548,6 +555,7 @@ def _cmd_suite(args: argparse.Namespace) -> int:
             progress=None if args.quiet else _Bars(),
             method=method,
             reference_trainings=args.reference_trainings,
+            start=args.start if method is None else None,
         )
         args.resume = True  # later strategies and methods add to the same report
     print((out / "suite.md").read_text(encoding="utf-8"), end="")

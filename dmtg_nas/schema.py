@@ -294,6 +294,10 @@ class AffinityConfig(StrictModel):
     affinity of its tasks and the logits restarted from its clusters (:mod:`dmtg_nas.engine.scout`)."""
 
     enabled: bool = False
+    # attribution: the warm start's input-subspace affinity of the supernet's expected predictions;
+    # lookahead: TAG's lookahead affinity on the first branch, averaged over the scout's steps
+    method: Literal["attribution", "lookahead"] = "attribution"
+    every: int = Field(default=1, ge=1, le=MAX_COUNT)  # lookahead: measured every this many steps
     epochs: Epochs = 5  # the supernet's first epochs, logits held, every task on every branch
     rank: int = Field(default=4, ge=1, le=MAX_WIDTH)  # input-gradient subspace dimension
     samples: int = Field(default=2048, ge=8, le=MAX_COUNT)  # training inputs used for the attribution

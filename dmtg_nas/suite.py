@@ -30,6 +30,13 @@ run on the same shapes, seeds and training budget as the ``dmtg`` preset (``run_
 ``dmtg suite --method tag``): their grouping is scored exactly like a strategy's, and
 ``search_seconds`` is the time until their groups were decided.
 
+Every strategy run also records the grouping after each stage of the pipeline (warm start, affinity
+scout, relaxation, polish, fine-tune, merge check), scored on the same reference: the report's
+ablation table. With ``start`` (``dmtg suite --start swapped|random``) the search starts from a
+deliberately wrong grouping (``strategy.init.groups``): the optimum (or the planted partition)
+with two tasks of different groups swapped, or a random partition into K groups; the record keeps
+the start, scored like the stages, so the report says whether the search left it for a better one.
+
 ``run_suite`` writes ``suite.json`` (every run), ``suite.md`` (per-shape summary and the pass rates
 of the quality criteria) and ``suite.png``.
 """
@@ -39,6 +46,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import random
 import statistics
 import time
 from collections.abc import Iterable, Sequence
@@ -49,7 +57,7 @@ from .components import load_data
 from .config import SearchSpec
 from .engine.batched import subset_losses_joint, subset_losses_seeded
 from .engine.train import train_partition
-from .partitions import best_partition, members, set_partitions
+from .partitions import best_partition, members, random_partition, set_partitions
 from .pipeline.outputs import adjusted_rand_index
 from .pipeline.run import run_search
 from .progress import Progress
@@ -75,8 +83,12 @@ __all__ = [
     "run_suite",
     "score",
     "shape_spec",
+    "stage_rows",
+    "start_rows",
+    "wrong_start",
 ]
 
+STARTS = ("swapped", "random")  # wrong starts of the search (run_suite(start=...))
 GROUPING_METHODS = ("tag", "hoa", "hoa-pairs", "random", "naive", "stl")  # baselines that decide a grouping
 
 
@@ -266,6 +278,7 @@ def run_one(
     references: dict[str, Reference] | None = None,
     method: str | None = None,
     reference_trainings: int = 1,
+    start: str | None = None,
 ) -> dict[str, Any]:
     """One (shape, seed) run: the search and its scores (see the module docstring).
 
@@ -274,10 +287,19 @@ def run_one(
     ``references`` caches the exhaustive references (see :func:`reference_key`), so a second
     strategy with the same budget on the same shapes and seeds reuses them; ``reference_trainings``
     averages each subset's losses over that many independent trainings (less training noise in the
-    optimum and the gaps)."""
+    optimum and the gaps). ``start`` (one of ``STARTS``): the search starts from that wrong grouping
+    (:func:`wrong_start`); the record's ``strategy`` is ``"<strategy> from <start>"``."""
     spec = shape_spec(shape, strategy, seed, overrides)
     data = load_data(spec)
     truth = data.ground_truth if shape.planted else None
+    start_groups = None
+    if start is not None:
+        best = truth
+        if shape.exhaustive and len(spec.task_names) <= exhaustive_max:
+            trained = mean_reference(reference_tables(shape, seed, spec, data, reference_trainings, references))
+            best = best_grouping(trained, spec.task_names, spec.groups)
+        start_groups = wrong_start(start, spec.task_names, spec.groups, seed, best)
+        spec = shape_spec(shape, strategy, seed, [*overrides, f"strategy.init.groups={json.dumps(start_groups)}"])
     t0 = time.perf_counter()
     local = None
     if method == "hoa":
@@ -297,7 +319,7 @@ def run_one(
     record: dict[str, Any] = {
         "shape": shape.name,
         "seed": seed,
-        "strategy": method or strategy,
+        "strategy": method or (f"{strategy} from {start}" if start else strategy),
         "kind": "method" if method is not None else "strategy",
         "budget_of": strategy,
         "found": found,
@@ -308,6 +330,10 @@ def run_one(
         "search_seconds": seconds,
         "model_test_loss": model_test_loss,
     }
+    if method is None:  # each stage's grouping, scored below: the ablation of the pipeline's stages
+        record["stages"] = [{"stage": st.stage, "groups": st.groups, "seconds": st.seconds} for st in result.stages]
+        if start_groups is not None:  # the wrong start, scored as a stage before all others
+            record["stages"].insert(0, {"stage": f"start ({start})", "groups": start_groups, "seconds": 0.0})
     if local is not None and "rounds" in local:  # where the search's own grouping went: each round's best neighbour
         record["local_search"] = {
             "start": local["start"],
@@ -323,6 +349,31 @@ def run_one(
             ],
         }
     return score(record, shape, spec, data, references, exhaustive_max, reference_trainings)
+
+
+def wrong_start(
+    kind: str, names: Sequence[str], groups: int, seed: int, best: Sequence[Sequence[str]] | None
+) -> list[list[str]]:
+    """A deliberately wrong starting grouping: ``swapped``, ``best`` (the optimum or the planted
+    partition) with one task of each of two groups exchanged (or, with one group, one task moved to
+    a group of its own); ``random``, a random partition into exactly K groups. Drawn from ``seed``."""
+    from .errors import SpecError
+
+    rng = random.Random(f"wrong-start/{kind}/{seed}")
+    if kind == "random":
+        return [[names[i] for i in block] for block in random_partition(len(names), groups, rng)]
+    if kind != "swapped":
+        raise SpecError(f"unknown start {kind!r}; starts: {', '.join(STARTS)}")
+    if best is None:
+        raise SpecError("a swapped start needs the optimum or a planted partition")
+    blocks = [list(g) for g in best if g]
+    if len(blocks) >= 2:
+        a, b = rng.sample(range(len(blocks)), 2)
+        i, j = rng.randrange(len(blocks[a])), rng.randrange(len(blocks[b]))
+        blocks[a][i], blocks[b][j] = blocks[b][j], blocks[a][i]
+    elif groups >= 2 and len(blocks[0]) >= 2:
+        blocks.append([blocks[0].pop(rng.randrange(len(blocks[0])))])
+    return blocks
 
 
 def score(
@@ -371,6 +422,14 @@ def score(
             any_median_gap_percent=100.0 * (yardstick["any_median_test_loss"] - best) / best,
             worse_than_random=record["found_test_loss"] > yardstick["random_median_test_loss"],
         )
+        for stage in record.get("stages", []):  # the grouping after each stage, on the same reference
+            stage_loss = loss("test", stage["groups"])
+            stage.update(
+                val_loss=loss("val", stage["groups"]),
+                test_loss=stage_loss,
+                gap_percent=100.0 * (stage_loss - best) / best,
+                worse_than_random=stage_loss > yardstick["random_median_test_loss"],
+            )
     elif truth:
         _, planted_m = train_partition(spec, data, truth)
         # the same partition is the same network (training it twice would only measure training noise)
@@ -387,6 +446,8 @@ def score(
             f"the exhaustive reference only, which needs exhaustive_max >= {len(names)} (got {exhaustive_max})"
         )
     record["gap_percent"] = 100.0 * (record["found_test_loss"] - best) / best
+    for stage in record.get("stages", []):
+        stage["ari"] = adjusted_rand_index(stage["groups"], truth) if truth else None
     return record
 
 
@@ -402,6 +463,7 @@ def run_suite(
     resume: bool = False,
     method: str | None = None,
     reference_trainings: int = 1,
+    start: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run the suite; returns every run's record (and writes the report when ``out_dir`` is set).
 
@@ -413,6 +475,8 @@ def run_suite(
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
         raise SpecError(f"unknown suite shape {unknown[0]!r}{suggest(unknown[0], SHAPES)}; shapes: {', '.join(SHAPES)}")
+    if start is not None and (method is not None or start not in STARTS):
+        raise SpecError(f"start {start!r}: one of {', '.join(STARTS)}, for strategies (not methods)")
     if method is not None and method not in GROUPING_METHODS:
         raise SpecError(
             f"unknown suite method {method!r}{suggest(method, GROUPING_METHODS)}; "
@@ -442,10 +506,11 @@ def run_suite(
         (out / "suite.json").write_text(json.dumps(records, indent=1))
         (out / "references.json").write_text(json.dumps(references))
 
+    label = method or (f"{strategy} from {start}" if start else strategy)
     stale = []  # resumed runs scored against another reference: scored again (their groupings kept)
     for i, r in enumerate(records):
         shape = SHAPES.get(r["shape"])
-        if shape is None or r.get("reference") != "exhaustive" or r["strategy"] != (method or strategy):
+        if shape is None or r.get("reference") != "exhaustive" or r["strategy"] != label:
             continue
         spec = shape_spec(shape, r.get("budget_of", r["strategy"]), r["seed"], overrides)
         if (
@@ -455,15 +520,13 @@ def run_suite(
             stale.append((i, shape, spec))
     for n, (i, shape, spec) in enumerate(stale):
         if progress is not None:
-            progress(f"rescore {method or strategy}", n, len(stale), f"{shape.name} seed {records[i]['seed']}")
+            progress(f"rescore {label}", n, len(stale), f"{shape.name} seed {records[i]['seed']}")
         records[i] = score(records[i], shape, spec, load_data(spec), references, exhaustive_max, reference_trainings)
         if out is not None:
             save()
     if progress is not None and stale:
-        progress(f"rescore {method or strategy}", len(stale), len(stale))
+        progress(f"rescore {label}", len(stale), len(stale))
     done = {(r["shape"], r["seed"], r["strategy"]) for r in records}
-
-    label = method or strategy
     todo = [(s, seed) for s in shapes for seed in seed_list if (s, seed, label) not in done]
     for n, (shape_name, seed) in enumerate(todo):
         if progress is not None:
@@ -478,6 +541,7 @@ def run_suite(
                 references=references,
                 method=method,
                 reference_trainings=reference_trainings,
+                start=start,
             )
         )
         if out is not None:
@@ -628,6 +692,10 @@ def write_suite_report(records: Sequence[dict[str, Any]], out: Path) -> None:
         lines.append(f"- `{strategy}`: " + "; ".join(parts) + f" ({c['runs']} runs).")
     lines.extend(_against(records, "tag"))
     lines.extend(_time_ratios(records))
+    for table in (_stage_table(records), _start_table(records)):
+        if table:
+            lines.append("")
+            lines.extend(table)
     lines.append("")
     lines.append("gap %: found grouping's test loss above the optimum's (exhaustive) or the planted partition's.")
     reference = _reference_table(records)
@@ -636,6 +704,115 @@ def write_suite_report(records: Sequence[dict[str, Any]], out: Path) -> None:
         lines.extend(reference)
     (out / "suite.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(rows, out / "suite.png")
+
+
+def stage_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (strategy, stage), over the strategy's exhaustive runs: the grouping after that stage
+    scored on the same reference (share within 2% of the optimum, mean gap, share worse than the
+    median random partition, mean ARI where planted) and the mean seconds up to the end of that
+    stage (the stages' own seconds summed; the affinity scout's are part of the search's)."""
+    rows = []
+    for label in dict.fromkeys(r["strategy"] for r in records):
+        runs = [r for r in records if r["strategy"] == label and r.get("stages") and r["reference"] == "exhaustive"]
+        order = list(dict.fromkeys(st["stage"] for r in runs for st in r["stages"]))
+        for name in order:
+            scored, spent = [], []
+            for r in runs:
+                stages = r["stages"]
+                at = next((i for i, st in enumerate(stages) if st["stage"] == name), None)
+                if at is None or "gap_percent" not in stages[at]:
+                    continue
+                scored.append(stages[at])
+                spent.append(sum(st["seconds"] for st in stages[: at + 1] if st["stage"] != "affinity"))
+            if not scored:
+                continue
+            rows.append(
+                {
+                    "strategy": label,
+                    "stage": name,
+                    "runs": len(scored),
+                    "within_2pct": sum(st["gap_percent"] <= 2.0 for st in scored) / len(scored),
+                    "gap_mean": statistics.fmean(st["gap_percent"] for st in scored),
+                    "worse_than_random": _share(st.get("worse_than_random") for st in scored),
+                    "ari": _mean(st.get("ari") for st in scored),
+                    "seconds": statistics.fmean(spent),
+                }
+            )
+    return rows
+
+
+def _stage_table(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The ablation of the pipeline's stages (:func:`stage_rows`) as a markdown table."""
+    rows = stage_rows(records)
+    if not rows:
+        return []
+    lines = [
+        "Each stage's grouping (exhaustive runs; seconds: mean time up to the end of the stage):",
+        "",
+        "| strategy | after stage | runs | within 2% of optimum | mean gap % | worse than median random "
+        "| mean ARI | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['strategy']} | {r['stage']} | {r['runs']} | {r['within_2pct']:.0%} | {r['gap_mean']:.1f} "
+            f"| {_cell(r['worse_than_random'], '.0%')} | {_cell(r['ari'], '.2f')} | {r['seconds']:.1f} |"
+        )
+    return lines
+
+
+def start_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per strategy run from a wrong start (``dmtg suite --start``), over its exhaustive runs: the
+    share whose final grouping is at least as good as the start on the reference's validation loss,
+    the share within 2% of the optimum, the share where the relaxation's grouping (stage ``search``)
+    differs from the start, and the start's and the final grouping's mean gaps."""
+    rows = []
+    for label in dict.fromkeys(r["strategy"] for r in records):
+        runs = [
+            r
+            for r in records
+            if r["strategy"] == label
+            and r["reference"] == "exhaustive"
+            and r.get("stages")
+            and r["stages"][0]["stage"].startswith("start")
+        ]
+        if not runs:
+            continue
+        starts = [r["stages"][0] for r in runs]
+        finals = [r["stages"][-1] for r in runs]
+        searched = [next((st for st in r["stages"] if st["stage"] == "search"), r["stages"][-1]) for r in runs]
+        rows.append(
+            {
+                "strategy": label,
+                "runs": len(runs),
+                "as_good_as_start": sum(f["val_loss"] <= st["val_loss"] + 1e-12 for f, st in zip(finals, starts))
+                / len(runs),
+                "within_2pct": sum(f["gap_percent"] <= 2.0 for f in finals) / len(runs),
+                "moved": sum(not _same(se["groups"], st["groups"]) for se, st in zip(searched, starts)) / len(runs),
+                "start_gap": statistics.fmean(st["gap_percent"] for st in starts),
+                "final_gap": statistics.fmean(f["gap_percent"] for f in finals),
+            }
+        )
+    return rows
+
+
+def _start_table(records: Sequence[dict[str, Any]]) -> list[str]:
+    rows = start_rows(records)
+    if not rows:
+        return []
+    lines = [
+        "From a wrong start (exhaustive runs; validation loss of the reference's networks):",
+        "",
+        "| strategy | runs | final at least as good as the start | final within 2% of optimum "
+        "| relaxation left the start | start gap % | final gap % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['strategy']} | {r['runs']} | {r['as_good_as_start']:.0%} | {r['within_2pct']:.0%} "
+            f"| {r['moved']:.0%} | {r['start_gap']:.1f} | {r['final_gap']:.1f} |"
+        )
+    return lines
 
 
 def _bar_table(records: Sequence[dict[str, Any]]) -> list[str]:

@@ -172,3 +172,26 @@ def test_without_polish_no_polish_record(tmp_path: Path) -> None:
     result = run_search(dmtg_nas.load_spec(doc), tmp_path / "run")
     assert "polish" not in result.metrics and "affinity" not in result.metrics
     assert [s.stage for s in result.stages] == ["search", "finetune"]
+
+
+def test_the_lookahead_scout_averages_one_measurement_per_step(tmp_path: Path) -> None:
+    counts = []
+    for every in (1, 2):
+        doc = planted_doc()
+        doc["strategy"].update(
+            {
+                "warmup": {"method": "none"},
+                "local_search": {"enabled": False},
+                "affinity": {"enabled": True, "method": "lookahead", "epochs": 1, "every": every},
+            }
+        )
+        spec = dmtg_nas.load_spec(doc, ["strategy.epochs=2"])
+        result = run_search(spec, tmp_path / f"run{every}")
+        scout = result.metrics["affinity"]
+        assert scout["method"] == "lookahead" and scout["epochs"] == 1
+        a = np.asarray(scout["affinity"])
+        assert a.shape == (4, 4) and np.isfinite(a).all()
+        # a task's own step lowers its own loss: the diagonal is positive
+        assert (np.diag(a) > 0).all()
+        counts.append(scout["samples"])
+    assert counts[0] >= 2 and counts[1] == (counts[0] + 1) // 2

@@ -8,7 +8,18 @@ from pathlib import Path
 import pytest
 
 from dmtg_nas import SpecError
-from dmtg_nas.suite import SHAPES, Shape, criteria, run_one, run_suite, shape_spec, write_suite_report
+from dmtg_nas.suite import (
+    SHAPES,
+    Shape,
+    criteria,
+    run_one,
+    run_suite,
+    shape_spec,
+    stage_rows,
+    start_rows,
+    write_suite_report,
+    wrong_start,
+)
 
 FAST = ("strategy.epochs=1", "strategy.finetune.epochs=0", "strategy.warmup.epochs=2", "strategy.warmup.min_steps=0")
 
@@ -35,6 +46,63 @@ def test_one_run_is_scored_against_the_exhaustive_optimum() -> None:
     )
     assert record["exact"] == (sorted(map(sorted, record["found"])) == sorted(map(sorted, record["planted"])))
     assert -1.0 <= record["ari"] <= 1.0
+
+
+def test_every_stage_grouping_is_scored_on_the_same_reference() -> None:
+    shape = Shape("tiny", (2, 1), 2, samples=300)
+    record = run_one(shape, "dmtg", 0, overrides=(*FAST, "strategy.polish=true"))
+    stages = record["stages"]
+    assert [st["stage"] for st in stages][:3] == ["warm_start", "search", "polish"]
+    assert stages[-1]["groups"] == record["found"]
+    assert stages[-1]["test_loss"] == pytest.approx(record["found_test_loss"])
+    for st in stages:  # the gap of each stage's grouping, from the same optimum
+        assert st["gap_percent"] == pytest.approx(
+            100 * (st["test_loss"] - record["optimum_test_loss"]) / record["optimum_test_loss"]
+        )
+        assert st["worse_than_random"] == (st["test_loss"] > record["random_median_test_loss"])
+        assert -1.0 <= st["ari"] <= 1.0
+    # the ablation rows: one per stage, the seconds summed up to each stage's end
+    rows = stage_rows([record, {**record, "seed": 1}])
+    assert [r["stage"] for r in rows] == [st["stage"] for st in stages]
+    assert all(r["runs"] == 2 for r in rows)
+    seconds = [r["seconds"] for r in rows]
+    assert seconds == sorted(seconds)
+    assert seconds[-1] == pytest.approx(sum(st["seconds"] for st in stages))
+    assert rows[0]["gap_mean"] == pytest.approx(stages[0]["gap_percent"])
+
+
+def test_wrong_starts() -> None:
+    names = ["t1", "t2", "t3", "t4", "t5", "t6"]
+    best = [["t1", "t2"], ["t3", "t4"], ["t5", "t6"]]
+    for seed in range(5):
+        swapped = wrong_start("swapped", names, 3, seed, best)
+        # two tasks of two different groups exchanged: every group keeps its size, two groups change
+        assert sorted(map(len, swapped)) == [2, 2, 2]
+        changed = [g for g in swapped if sorted(g) not in [sorted(b) for b in best]]
+        assert len(changed) == 2 and sorted(t for g in swapped for t in g) == names
+        shuffled = wrong_start("random", names, 3, seed, None)
+        assert len(shuffled) == 3 and sorted(t for g in shuffled for t in g) == names
+    assert wrong_start("swapped", names, 3, 1, best) == wrong_start("swapped", names, 3, 1, best)
+    assert wrong_start("swapped", ["a", "b"], 2, 0, [["a", "b"]]) in ([["a"], ["b"]], [["b"], ["a"]])
+    with pytest.raises(SpecError, match="needs the optimum"):
+        wrong_start("swapped", names, 3, 0, None)
+
+
+def test_a_run_from_a_wrong_start_records_and_scores_it() -> None:
+    shape = Shape("tiny", (2, 1), 2, samples=300)
+    record = run_one(shape, "dmtg-plain", 0, overrides=FAST, start="swapped")
+    assert record["strategy"] == "dmtg-plain from swapped"
+    start = record["stages"][0]
+    assert start["stage"] == "start (swapped)" and start["seconds"] == 0.0
+    assert sorted(map(sorted, start["groups"])) != sorted(map(sorted, record["optimum"]))
+    assert start["gap_percent"] >= 0 and start["val_loss"] > 0
+    (row,) = start_rows([record])
+    final = record["stages"][-1]
+    assert row["as_good_as_start"] == float(final["val_loss"] <= start["val_loss"])
+    assert row["within_2pct"] == float(final["gap_percent"] <= 2.0)
+    assert row["start_gap"] == pytest.approx(start["gap_percent"])
+    with pytest.raises(SpecError, match="start 'sideways'"):
+        run_suite("dmtg", ["pairs-k3"], 1, None, start="sideways")
 
 
 def test_exhaustive_reference_is_reused_across_strategies(monkeypatch: pytest.MonkeyPatch) -> None:

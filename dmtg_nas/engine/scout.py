@@ -19,10 +19,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..schema import TaskConfig
+from ..tasks import squeeze_output, task_loss
 
 __all__ = [
     "cluster_count",
     "clustering_score",
+    "lookahead_affinity",
     "polish_assignment",
     "spectral_clusters",
 ]
@@ -136,3 +143,34 @@ def polish_assignment(
         score += gain
         moves.append({"tasks": tasks, "from": src, "to": dst, "gain": round(gain, 6)})
     return current, moves
+
+
+def lookahead_affinity(
+    encoder: nn.Module,
+    heads: Sequence[nn.Module],
+    tasks: Sequence[TaskConfig],
+    x: torch.Tensor,
+    targets: dict[str, torch.Tensor],
+    lr: float,
+) -> torch.Tensor:
+    """One measurement of ``Z[i, j] = 1 - L_j(theta - lr * grad_theta L_i) / L_j(theta)`` (N, N)."""
+    params = dict(encoder.named_parameters())
+    buffers = {k: v.clone() for k, v in encoder.named_buffers()}
+    with torch.enable_grad():
+        feats = functional_call(encoder, {**params, **buffers}, (x,))
+        losses = [task_loss(t, squeeze_output(t, h(feats)), targets[t.name]) for t, h in zip(tasks, heads)]
+        grads = [
+            torch.autograd.grad(loss, list(params.values()), retain_graph=True, allow_unused=True) for loss in losses
+        ]
+    n = len(tasks)
+    z = torch.zeros(n, n)
+    with torch.no_grad():
+        before = torch.stack([loss.detach() for loss in losses])
+        for i in range(n):
+            moved = {name: p - lr * g if g is not None else p for (name, p), g in zip(params.items(), grads[i])}
+            feats_i = functional_call(encoder, {**moved, **{k: v.clone() for k, v in buffers.items()}}, (x,))
+            after = torch.stack(
+                [task_loss(t, squeeze_output(t, h(feats_i)), targets[t.name]) for t, h in zip(tasks, heads)]
+            )
+            z[i] = 1 - after / before.clamp_min(1e-12)
+    return z

@@ -23,7 +23,7 @@ from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
 from torch import Tensor, nn
 
 from ..engine.losses import head_losses
-from ..engine.scout import cluster_count, spectral_clusters
+from ..engine.scout import cluster_count, lookahead_affinity, spectral_clusters
 from ..schedules import TemperatureSchedule
 from ..schema import AffinityConfig, StrategyConfig, TemperatureConfig
 from ..warmstart import attribution_affinity
@@ -79,6 +79,8 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         self.logits_init = logits_init
         self.scout_record: dict[str, Any] | None = None
         self._inputs: list[Tensor] = []  # training inputs of the scout's last epoch, for the attribution
+        self._lookahead: Tensor | None = None  # lookahead: the sum of the measurements, and their count
+        self._measured = 0
         self._scout_started: float | None = None
 
     @property  # type: ignore[override]
@@ -126,19 +128,44 @@ class DMTGLightningModule(BaseOneShotLightningModule):
             and self.trainer.current_epoch < self.affinity.epochs
         )
 
+    def measure_lookahead(self, batch: Any) -> None:
+        """One TAG lookahead measurement on the first branch (the stem and branch 0, and its K heads'
+        first: :func:`~dmtg_nas.engine.scout.lookahead_affinity`) at the optimizer's learning rate."""
+        from .space import GroupingSpace
+
+        space = next(m for m in self.training_module.modules() if isinstance(m, GroupingSpace))
+        bank = self.bank
+        encoder = space.branches[0] if space.stem is None else nn.Sequential(space.stem, space.branches[0])
+        heads = [bank.head(i, 0) for i in range(len(bank.task_names))]
+        lr = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self._trainer is not None else 1e-3
+        x, targets = batch[0], batch[1]
+        z = lookahead_affinity(encoder, heads, self.training_module.tasks, x, targets, lr).double()
+        if torch.isfinite(z).all():
+            self._lookahead = z if self._lookahead is None else self._lookahead + z
+            self._measured += 1
+
     def finish_scout(self) -> None:
-        """Measure the attribution affinity of the tasks in the supernet, cluster it and restart
-        the logits from the clusters."""
+        """Measure (attribution) or average (lookahead) the tasks' affinity in the supernet, cluster it
+        and restart the logits from the clusters."""
         assert self.affinity is not None
         bank = self.bank
-        x = torch.cat(self._inputs)[: self.affinity.samples].to(bank.logits.device)
-        self._inputs = []
-        affinity = attribution_affinity(
-            _ExpectedPredictions(self.training_module, bank.task_names),
-            self.training_module.tasks,
-            x,
-            self.affinity.rank,
-        )
+        samples = 0
+        if self.affinity.method == "lookahead":
+            n = len(bank.task_names)
+            total = self._lookahead if self._lookahead is not None else torch.zeros(n, n, dtype=torch.float64)
+            affinity = (total / max(self._measured, 1)).to(bank.logits.device)
+            samples = self._measured
+            self._lookahead, self._measured = None, 0
+        else:
+            x = torch.cat(self._inputs)[: self.affinity.samples].to(bank.logits.device)
+            self._inputs = []
+            samples = int(x.shape[0])
+            affinity = attribution_affinity(
+                _ExpectedPredictions(self.training_module, bank.task_names),
+                self.training_module.tasks,
+                x,
+                self.affinity.rank,
+            )
         if self._trainer is not None:  # a distributed run: every process clusters the same matrix
             affinity = self.trainer.strategy.reduce(affinity.to(bank.logits.device), reduce_op="mean")
         a = affinity.detach().cpu().numpy().astype(float)
@@ -154,9 +181,10 @@ class DMTGLightningModule(BaseOneShotLightningModule):
                 opt.state.pop(bank.logits, None)
         seconds = time.perf_counter() - self._scout_started if self._scout_started is not None else 0.0
         self.scout_record = {
-            "affinity": [[round(float(v), 6) for v in row] for row in a],
+            "affinity": [[float(f"{float(v):.6g}") for v in row] for row in a],
             "clusters": clusters,
-            "samples": int(x.shape[0]),
+            "method": self.affinity.method,
+            "samples": samples,  # attribution: inputs used; lookahead: measurements averaged
             "epochs": int(self.trainer.current_epoch) + 1 if self._trainer is not None else 0,
             "seconds": round(seconds, 3),
         }
@@ -178,7 +206,7 @@ class DMTGLightningModule(BaseOneShotLightningModule):
             self.bank.logits.grad = None
 
     def on_train_end(self) -> None:
-        if self.affinity is not None and self.scout_record is None and self._inputs:
+        if self.affinity is not None and self.scout_record is None and (self._inputs or self._measured):
             self.finish_scout()  # fewer epochs than the scout's
         super().on_train_end()
 
@@ -200,8 +228,14 @@ class DMTGLightningModule(BaseOneShotLightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         noise, tau = self.step_state(int(self.trainer.global_step))
         bank, tasks = self.bank, self.training_module.tasks
-        if self.scouting and self.trainer.current_epoch + 1 >= self.affinity.epochs:  # type: ignore[union-attr]
-            self._keep_inputs(batch[0])
+        if self.scouting:
+            scout = self.affinity
+            assert scout is not None
+            if scout.method == "lookahead":
+                if self.trainer.global_step % scout.every == 0:
+                    self.measure_lookahead(batch)
+            elif self.trainer.current_epoch + 1 >= scout.epochs:
+                self._keep_inputs(batch[0])
 
         def method_loss(outputs: Any, targets: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
             return bank.loss(bank.sample(noise, tau, self.hard), head_losses(tasks, outputs, targets), tasks)
