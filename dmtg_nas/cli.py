@@ -438,6 +438,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
             raise DmtgError("give a SPEC (a shipped search-space name or a YAML file), or --resume DIR")
         spec = load_spec(args.spec, [*args.overrides, *_trainer_overrides(args)])
         out = args.out or Path("runs") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.resume is not None:
+        from .runstate import run_finished
+
+        # nothing to continue: its result as it stands, every file (the lock's too) left untouched
+        if run_finished(out):
+            print(f"{out}: this run has finished; nothing to resume, nothing changed", file=sys.stderr)
+            _print_result(args, _saved_result(out), out)
+            return 0
     if launcher_rank_zero():
         RunLock(out).check()  # before the slow imports: a folder in use is refused at once
     from .hardware import is_global_zero
@@ -464,6 +472,16 @@ def _print_result(args: argparse.Namespace, result: Any, out: Path) -> None:
     else:
         print(_format_table(result))
         print(f"outputs in {out}")
+
+
+def _saved_result(out: Path) -> Any:
+    """What :func:`_format_table` reads of a result, from a finished run's ``grouping.json`` and
+    ``metrics.json``."""
+    from types import SimpleNamespace
+
+    grouping = json.loads((out / "grouping.json").read_text(encoding="utf-8"))
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    return SimpleNamespace(groups=grouping["groups"], assignment=grouping["assignment"], metrics=metrics)
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:

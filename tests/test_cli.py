@@ -152,3 +152,30 @@ def test_stdout_holds_only_the_result_progress_named_on_stderr(tmp_path: Path) -
     assert proc.stdout.startswith("group  branch  tasks\n") and len(proc.stdout) < 1000
     assert not any(bar in proc.stdout for bar in ("\r", "█", "it/s", "epoch"))
     assert "GPU available" in proc.stderr  # --verbose shows the libraries' notices
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dmtg_nas
+    from dmtg_nas.runstate import run_finished
+
+    run = tmp_path / "run"
+    result = dmtg_nas.search(dmtg_nas.load_spec(planted_doc()), run)
+    assert run_finished(run)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(run.rglob("*")) if p.is_file()}
+    assert main(["search", "--resume", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"{run}: this run has finished; nothing to resume, nothing changed"
+    assert captured.out.startswith("group  branch  tasks\n") and f"outputs in {run}" in captured.out
+    assert main(["search", "--resume", str(run), "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"] == result.groups
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(run.rglob("*")) if p.is_file()}
+    assert after == before
+
+    # outputs older than the run's start are an earlier run's (--overwrite, then interrupted): resumable
+    config = run / "config.yaml"
+    os.utime(config, ns=(config.stat().st_atime_ns, (run / "grouping.json").stat().st_mtime_ns + 10**9))
+    assert not run_finished(run)
+    (run / "model.pt").unlink()
+    assert not run_finished(run)
