@@ -342,9 +342,9 @@ def _configure_output(verbose: bool) -> None:
     from .quiet import set_verbose
 
     set_verbose(verbose)
-    level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(level)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("nni").setLevel(logging.NOTSET if verbose else logging.CRITICAL)
 
 
