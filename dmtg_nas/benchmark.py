@@ -2,9 +2,10 @@
 
 ``run_benchmark(spec, methods, seeds, out_dir)`` runs every (method, seed) pair, appending each
 result to ``results.json`` as it finishes (a rerun with ``resume=True`` skips finished pairs), then
-writes ``results.md`` (per-method means and spreads), ``results.csv`` (one row per run) and
-``results.png``. Seeds change the training seed (weights, batch order, Gumbel noise, random
-groups); the data and its splits stay fixed.
+writes ``results.md`` (per-method means and spreads; no spread for a single run), ``results.csv``
+(one row per run: validation and test losses, and the adjusted Rand index against the planted
+partition where the data set knows it) and ``results.png``. Seeds change the training seed
+(weights, batch order, Gumbel noise, random groups); the data and its splits stay fixed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .baselines import METHODS, delta_m, run_method
 from .components import load_data
 from .config import SearchSpec
 from .errors import DmtgError, SpecError
+from .pipeline.outputs import adjusted_rand_index
 from .progress import Progress
 
 __all__ = ["DEFAULT_METHODS", "preload_method_imports", "run_benchmark", "summarize_runs", "write_report"]
@@ -123,19 +125,34 @@ def run_benchmark(
     if progress is not None:
         progress("benchmark", len(todo), len(todo))
     if out is not None:
-        write_report(records, spec, out)
+        write_report(records, spec, out, data.ground_truth)
     return records
 
 
-def _stats(values: Sequence[float]) -> tuple[float, float]:
+Stat = tuple[float, float | None]  # mean and standard deviation (None: a single value, no spread)
+
+
+def _stats(values: Sequence[float]) -> Stat:
     if not values:
         return float("nan"), float("nan")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def summarize_runs(records: Sequence[dict[str, Any]], spec: SearchSpec) -> list[dict[str, Any]]:
+def _ari(record: dict[str, Any], ground_truth: Sequence[Sequence[str]] | None) -> float | None:
+    """The run's adjusted Rand index against the planted partition (None: none known, or HOA's
+    overlapping groups, which are no partition)."""
+    if ground_truth is None or record["rule"] != "partition":
+        return None
+    return adjusted_rand_index(record["groups"], ground_truth)
+
+
+def summarize_runs(
+    records: Sequence[dict[str, Any]], spec: SearchSpec, ground_truth: Sequence[Sequence[str]] | None = None
+) -> list[dict[str, Any]]:
     """Per-method aggregates: mean and spread of test total loss/error, Delta_m % vs STL (same
-    seed), trainings, decision time and time to the final model, the most frequent groups."""
+    seed), trainings, decision time and time to the final model, the most frequent groups; with the
+    data set's planted partition (``ground_truth``), the adjusted Rand index of the groups
+    (``adjusted_rand_index``, None for overlapping groups)."""
     stl = {r["seed"]: r["metrics"]["test"] for r in records if r["method"] == "stl"}
     methods = list(dict.fromkeys(r["method"] for r in records))
     rows = []
@@ -159,24 +176,34 @@ def summarize_runs(records: Sequence[dict[str, Any]], spec: SearchSpec) -> list[
         }
         if all(e is not None for e in errors):
             row["test_total_error"] = _stats([float(e) for e in errors if e is not None])
+        if ground_truth is not None:
+            aris = [_ari(r, ground_truth) for r in runs]
+            row["adjusted_rand_index"] = _stats([a for a in aris if a is not None]) if None not in aris else None
         rows.append(row)
     return rows
 
 
-def _fmt(stat: tuple[float, float] | None, digits: int = 3) -> str:
+def _fmt(stat: Stat | None, digits: int = 3) -> str:
     if stat is None:
         return "-"
     mean, spread = stat
-    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+    return f"{mean:.{digits}f}" if spread is None else f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
-def write_report(records: Sequence[dict[str, Any]], spec: SearchSpec, out: Path) -> None:
-    """``results.md``, ``results.csv`` and ``results.png`` from the run records."""
-    rows = summarize_runs(records, spec)
+def write_report(
+    records: Sequence[dict[str, Any]],
+    spec: SearchSpec,
+    out: Path,
+    ground_truth: Sequence[Sequence[str]] | None = None,
+) -> None:
+    """``results.md``, ``results.csv`` and ``results.png`` from the run records; with the data set's
+    planted partition (``ground_truth``), an adjusted Rand index column in both tables."""
+    rows = summarize_runs(records, spec, ground_truth)
     ref = next((r for r in rows if r["method"] == "dmtg"), None)
     has_error = all("test_total_error" in r for r in rows)
     header = ["method", "rule", "runs", "test total loss"]
     header += ["test total error %"] if has_error else []
+    header += ["ARI vs planted"] if ground_truth is not None else []
     header += ["Δm % vs STL", "trainings", "decision s", "to final model s", "time / dmtg", "groups (most frequent)"]
     lines = [
         f"# Benchmark: {spec.name} (N={len(spec.tasks)}, K={spec.groups}, {spec.backbone.name}, "
@@ -189,6 +216,7 @@ def write_report(records: Sequence[dict[str, Any]], spec: SearchSpec, out: Path)
         ratio = r["total_seconds"][0] / ref["total_seconds"][0] if ref else float("nan")
         cells = [r["method"], r["rule"], str(r["runs"]), _fmt(r["test_total_loss"])]
         cells += [_fmt(r["test_total_error"], 2)] if has_error else []
+        cells += [_fmt(r["adjusted_rand_index"])] if ground_truth is not None else []
         cells += [
             _fmt(r["delta_m_vs_stl"], 2),
             f"{r['trainings']:g}",
@@ -198,21 +226,29 @@ def write_report(records: Sequence[dict[str, Any]], spec: SearchSpec, out: Path)
             " / ".join(", ".join(g) for g in r["groups"]) + f" ({r['groups_frequency']:.0%})",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Means ± standard deviations over seeds. Δm: positive = better than single-task learning."]
+    spread = "Means ± standard deviations over seeds" if any(r["runs"] > 1 for r in rows) else "One seed: no spread"
+    lines += ["", f"{spread}. Δm: positive = better than single-task learning."]
+    if ground_truth is not None:
+        lines[-1] += " ARI: adjusted Rand index of the groups against the planted partition (1 = identical)."
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     with (out / "results.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         tasks = spec.task_names
+        ari = ["adjusted_rand_index"] if ground_truth is not None else []
         writer.writerow(
-            ["method", "seed", "rule", "groups", "trainings", "decision_seconds", "total_seconds", "test_total_loss"]
+            ["method", "seed", "rule", "groups", "trainings", "decision_seconds", "total_seconds",
+             "val_total_loss", "test_total_loss", *ari]
             + [f"test_loss_{t}" for t in tasks]
-        )
+        )  # fmt: skip
         for r in records:
+            totals = r["metrics"]["totals"]
+            score = _ari(r, ground_truth)
             writer.writerow(
                 [r["method"], r["seed"], r["rule"], json.dumps(r["groups"]), r["trainings"],
                  round(r["decision_seconds"], 3), round(r["total_seconds"], 3),
-                 r["metrics"]["totals"]["test"]["total_loss"]]
+                 totals["val"]["total_loss"], totals["test"]["total_loss"]]
+                + ([] if ground_truth is None else ["" if score is None else round(score, 4)])
                 + [r["metrics"]["test"][t]["loss"] for t in tasks]
             )  # fmt: skip
     _plot(rows, out / "results.png")
@@ -227,10 +263,10 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     names = [r["method"] for r in rows]
     loss = [r["test_total_loss"] for r in rows]
-    ax1.bar(names, [m for m, _ in loss], yerr=[s for _, s in loss], color="tab:blue", capsize=3)
+    ax1.bar(names, [m for m, _ in loss], yerr=[s or 0.0 for _, s in loss], color="tab:blue", capsize=3)
     ax1.set_ylabel("test total loss (lower is better)")
     secs = [r["total_seconds"] for r in rows]
-    ax2.bar(names, [m for m, _ in secs], yerr=[s for _, s in secs], color="tab:orange", capsize=3)
+    ax2.bar(names, [m for m, _ in secs], yerr=[s or 0.0 for _, s in secs], color="tab:orange", capsize=3)
     ax2.set_yscale("log")
     ax2.set_ylabel("seconds to the final model (log)")
     for ax in (ax1, ax2):

@@ -20,15 +20,11 @@ import logging
 import shlex
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import DmtgError, SearchInterrupted
-
-# NNI warns about torch classes at import; keep the command's output clean (set before NNI loads).
-warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
 
 __all__ = ["main", "build_parser"]
 
@@ -89,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
     search.add_argument("--quiet", "-q", action="store_true", help="no progress bar, only the result")
     search.add_argument("--json", action="store_true", help="print the grouping as JSON instead of a table")
+    _add_verbose(search)
     _add_trainer_flags(search)
 
     validate = sub.add_parser(
@@ -111,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--epochs", type=int, help="training epochs (default: the search's budget)")
     retrain.add_argument("--out", "-o", type=Path, help="output folder (default: RUN/retrain)")
     retrain.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_verbose(retrain)
     _add_trainer_flags(retrain)
 
     bench = sub.add_parser(
@@ -131,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resume", action="store_true", help="skip (method, seed) runs already in --out")
     bench.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
     bench.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_verbose(bench)
     _add_report(bench, "docs/results/benchmark-planted6.md")
     _add_set(bench)
 
@@ -182,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--out", "-o", type=Path, help="output folder (default: runs/suite-<time>)")
     suite.add_argument("--resume", action="store_true", help="skip runs already in --out")
     suite.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_verbose(suite)
     _add_report(suite, "docs/results/suite-short.md")
     _add_set(suite)
 
@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--jobs", type=int, help="parallel workers here, one GPU each (default: number of GPUs)")
     tune.add_argument("--pruner", choices=["median", "hyperband", "none"], help="default: tuning.pruner")
     tune.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_verbose(tune)
     tune.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --jobs N
     _add_set(tune)
 
@@ -252,6 +253,15 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a key of the merged spec (repeatable), e.g. groups=4 or strategy.epochs=20",
+    )
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show everything: Lightning's and NNI's notices and warnings (silenced otherwise) and INFO logs",
     )
 
 
@@ -328,25 +338,21 @@ class _Bars:
             del self.bars[label]
 
 
-def _quiet_libraries(training: bool) -> None:
-    """Keep the terminal to our own output: silence NNI's import warnings and Lightning's banners.
+def _configure_output(verbose: bool) -> None:
+    """What a command shows besides its result and its progress.
 
-    Lightning sets its own log level when it is imported, so commands that train import it first.
+    The package silences the libraries' known-harmless notices around its own calls
+    (:mod:`dmtg_nas.quiet`); ``--verbose`` turns that off and shows INFO logs too. Otherwise NNI's log
+    is kept to critical messages: NNI logs every failed training with its traceback before re-raising,
+    and the error itself reaches main() (one line for user errors, a full traceback for bugs).
     """
-    if training:
-        import pytorch_lightning  # noqa: F401
-    warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    # DDP: validation metrics come from torchmetrics (already combined over processes), tau is the same everywhere
-    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # NNI logs every failed training with its traceback before re-raising; the error itself reaches
-    # main() (one line for user errors, a full traceback for bugs), so its log would only repeat it.
-    logging.getLogger("nni").setLevel(logging.CRITICAL)
+    from .quiet import set_verbose
+
+    set_verbose(verbose)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("nni").setLevel(logging.NOTSET if verbose else logging.CRITICAL)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -439,6 +445,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
             raise DmtgError("give a SPEC (a shipped search-space name or a YAML file), or --resume DIR")
         spec = load_spec(args.spec, [*args.overrides, *_trainer_overrides(args)])
         out = args.out or Path("runs") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.resume is not None:
+        from .runstate import run_finished
+
+        # nothing to continue: its result as it stands, every file (the lock's too) left untouched
+        if run_finished(out):
+            print(f"{out}: this run has finished; nothing to resume, nothing changed", file=sys.stderr)
+            _print_result(args, _saved_result(out), out)
+            return 0
     if launcher_rank_zero():
         RunLock(out).check()  # before the slow imports: a folder in use is refused at once
     from .hardware import is_global_zero
@@ -454,12 +468,27 @@ def _cmd_search(args: argparse.Namespace) -> int:
     result = run_search(spec, out, progress=not quiet, resume=args.resume is not None, overwrite=args.overwrite)
     if not is_global_zero():
         return 0
+    _print_result(args, result, out)
+    return 0
+
+
+def _print_result(args: argparse.Namespace, result: Any, out: Path) -> None:
+    """The search's result on stdout: the table, or with ``--json`` the grouping as JSON alone."""
     if args.json:
         print(json.dumps({"groups": result.groups, "assignment": result.assignment}, indent=2))
     else:
         print(_format_table(result))
         print(f"outputs in {out}")
-    return 0
+
+
+def _saved_result(out: Path) -> Any:
+    """What :func:`_format_table` reads of a result, from a finished run's ``grouping.json`` and
+    ``metrics.json``."""
+    from types import SimpleNamespace
+
+    grouping = json.loads((out / "grouping.json").read_text(encoding="utf-8"))
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    return SimpleNamespace(groups=grouping["groups"], assignment=grouping["assignment"], metrics=metrics)
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
@@ -584,7 +613,6 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from .config import load_spec
     from .tuning import search_space, tune
 
-    _quiet_libraries(training=True)  # again: importing Lightning resets its loggers
     overrides = list(args.overrides)
     for flag, key in ((args.trials, "trials"), (args.storage, "storage"), (args.pruner, "pruner")):
         if flag is not None:
@@ -604,7 +632,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         print(f"tuning {spec.name}: study {study!r}, {trials} trials over {space} -> {out}", file=sys.stderr)
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial would bury the bar
+    if not args.verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial would bury the bar
     bars = None if quiet else _Bars()
     result = tune(spec, out, study_name=study, jobs=args.jobs, progress=bars, report=not args.worker)
     if args.worker:
@@ -664,8 +693,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _quiet_libraries(training=args.command not in ("validate", "list"))
+    from .quiet import is_verbose, set_verbose
+
+    verbose = is_verbose()
+    _configure_output(getattr(args, "verbose", False))
     try:
         out = getattr(args, "out", None)
         if out is not None and out.exists() and not out.is_dir():
@@ -694,6 +725,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dmtg: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_verbose(verbose)  # main() called in a process (tests, scripts) leaves the package as it was
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 - :class:`Interrupts` turns SIGINT (Ctrl-C) and SIGTERM into a request to stop at the next step
   boundary; :class:`InterruptCallback` then saves a checkpoint and raises :class:`SearchInterrupted`.
 - :func:`select_checkpoint` checks ``last.ckpt`` before resuming and falls back to the previous one.
+- :func:`run_finished` tells a finished run from an interrupted one (nothing left to resume).
 - :class:`~dmtg_nas.runlock.RunLock` keeps two runs out of one output folder (``fcntl.flock``:
   released when the holding process ends, however it ends).
 """
@@ -47,6 +48,7 @@ __all__ = [
     "RunStateCallback",
     "interrupt_message",
     "previous_path",
+    "run_finished",
     "select_checkpoint",
 ]
 
@@ -56,6 +58,21 @@ STATE_KEY = "dmtg_run_state"
 
 
 # ---------------------------------------------------------------------------- checkpoints
+
+# what a search writes when it has finished (pipeline.outputs.write_outputs), model.pt after the JSON files
+FINAL_OUTPUTS = ("grouping.json", "metrics.json", "history.json", "model.pt")
+
+
+def run_finished(out_dir: str | Path) -> bool:
+    """Whether the run in ``out_dir`` has finished: its final outputs are all there and written after
+    its start (``config.yaml``) and its last search checkpoint. Outputs older than either belong to
+    an earlier run that ``overwrite`` left in the folder, not to the (interrupted) run there now."""
+    out = Path(out_dir)
+    if not all((out / name).is_file() for name in FINAL_OUTPUTS):
+        return False
+    written = min((out / name).stat().st_mtime_ns for name in FINAL_OUTPUTS)
+    started = [out / "config.yaml", out / "checkpoints" / "last.ckpt"]
+    return all(written >= path.stat().st_mtime_ns for path in started if path.is_file())
 
 
 def _umask() -> int:

@@ -171,7 +171,7 @@ def attribution_warm_start(
     steps_per_epoch = max(1, math.ceil(len(data.train) / strategy.batch_size))  # type: ignore[arg-type]
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
     model: nn.Module = StackedSingles.build(singles) or singles
-    train_network(model, data, spec.tasks, strategy, epochs, progress=progress, callbacks=callbacks)
+    train_network(model, data, spec.tasks, strategy, epochs, progress=progress, callbacks=callbacks, stage="warm start")
     model.cpu()
     affinity = attribution_affinity(model, spec.tasks, _inputs(data, cfg.samples), cfg.rank)
     a = affinity.numpy().astype(float)

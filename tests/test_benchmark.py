@@ -107,3 +107,19 @@ print("NEW", new)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "NEW []" in done.stdout, done.stdout[-2000:]
+
+
+def test_benchmark_one_seed_no_spread_validation_loss_and_ari(tmp_path: Path) -> None:
+    spec = dmtg_nas.load_spec(planted_doc(), ["strategy.epochs=1"])
+    out = tmp_path / "bench"
+    records = run_benchmark(spec, ["naive", "stl"], 1, out)
+    table = (out / "results.md").read_text()
+    assert "±" not in table and "One seed: no spread" in table
+    assert "| ARI vs planted |" in table
+    rows = {r["method"]: r for r in csv.DictReader((out / "results.csv").open())}
+    for r in records:
+        assert float(rows[r["method"]]["val_total_loss"]) == pytest.approx(r["metrics"]["totals"]["val"]["total_loss"])
+    # naive: one group for the planted pairs {t0, t1}, {t2, t3}; STL: singletons; neither agrees beyond chance
+    assert float(rows["naive"]["adjusted_rand_index"]) == pytest.approx(0.0)
+    summary = {r["method"]: r for r in summarize_runs(records, spec, [["t0", "t1"], ["t2", "t3"]])}
+    assert summary["naive"]["adjusted_rand_index"] == (pytest.approx(0.0), None)

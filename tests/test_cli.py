@@ -120,3 +120,62 @@ def test_worker_errors_print_the_original_message_only(tmp_path: Path, capsys: p
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"dmtg: error: {root}") and "000002.jpg: cannot read image" in err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+_NOISE = ("GPU available", "TPU available", "litlogger", "is found to be not a nn.Module", "LeafSpec")
+
+
+def test_stdout_holds_only_the_result_progress_named_on_stderr(tmp_path: Path) -> None:
+    """Without --quiet: --json is JSON alone on stdout, the table is short and bar-free; the bars go to
+    stderr, each named after its stage, and the libraries' banners are silenced unless --verbose."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(planted_doc()))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+
+    def dmtg(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "dmtg_nas.cli", "search", str(spec), *args, "--set", "strategy.finetune.epochs=1"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+    proc = dmtg("--out", str(tmp_path / "a"), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    grouping = json.loads(proc.stdout)
+    assert sorted(t for g in grouping["groups"] for t in g) == ["t0", "t1", "t2", "t3"]
+    for stage in ("warm start: epoch 1/", "search: epoch 2/2", "fine-tune: epoch 1/1"):
+        assert stage in proc.stderr
+    bars = [line for line in proc.stderr.replace("\r", "\n").splitlines() if "it/s]" in line or "%|" in line]
+    assert bars and all(line.lstrip().split(":")[0] in ("warm start", "search", "fine-tune") for line in bars)
+    for noise in _NOISE:
+        assert noise not in proc.stderr
+
+    proc = dmtg("--out", str(tmp_path / "b"), "--verbose")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("group  branch  tasks\n") and len(proc.stdout) < 1000
+    assert not any(bar in proc.stdout for bar in ("\r", "█", "it/s", "epoch"))
+    assert "GPU available" in proc.stderr  # --verbose shows the libraries' notices
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dmtg_nas
+    from dmtg_nas.runstate import run_finished
+
+    run = tmp_path / "run"
+    result = dmtg_nas.search(dmtg_nas.load_spec(planted_doc()), run)
+    assert run_finished(run)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(run.rglob("*")) if p.is_file()}
+    assert main(["search", "--resume", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"{run}: this run has finished; nothing to resume, nothing changed"
+    assert captured.out.startswith("group  branch  tasks\n") and f"outputs in {run}" in captured.out
+    assert main(["search", "--resume", str(run), "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"] == result.groups
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(run.rglob("*")) if p.is_file()}
+    assert after == before
+
+    # outputs older than the run's start are an earlier run's (--overwrite, then interrupted): resumable
+    config = run / "config.yaml"
+    os.utime(config, ns=(config.stat().st_atime_ns, (run / "grouping.json").stat().st_mtime_ns + 10**9))
+    assert not run_finished(run)
+    (run / "model.pt").unlink()
+    assert not run_finished(run)

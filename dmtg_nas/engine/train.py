@@ -17,8 +17,10 @@ from ..data import TaskData, make_loader
 from ..errors import DmtgError
 from ..hardware import eval_device, trainer_kwargs, use_pinned_memory
 from ..network import GroupedNetwork
+from ..quiet import quiet_libraries
 from ..schema import SearchSpec, StrategyConfig, TaskConfig
 from ..tasks import TaskMetrics, summarize
+from .bars import stage_bars
 from .module import MultiTaskModule
 from .networks import partition_network
 
@@ -74,10 +76,13 @@ def train_network(
     progress: bool = False,
     callbacks: Sequence[pl.Callback] = (),
     skipped: list[dict[str, Any]] | None = None,
+    stage: str = "training",
 ) -> torch.nn.Module:
     """Train a plain multi-task network (e.g. the pruned grouped network) with the strategy's
     optimizer, learning-rate schedule, batch size, gradient clipping, non-finite policy and
-    determinism. Batches skipped for a non-finite loss are appended to ``skipped``."""
+    determinism. Batches skipped for a non-finite loss are appended to ``skipped``. ``progress``:
+    a bar on stderr named ``stage``; the libraries' harmless notices are silenced
+    (:func:`~dmtg_nas.quiet.quiet_libraries`)."""
     optimizer = strategy.optimizer.model_copy(update={"lr": lr or strategy.optimizer.lr, "logits_lr": None})
     hw = strategy.trainer
     module = MultiTaskModule(
@@ -93,6 +98,24 @@ def train_network(
     # the validation loss is read only by the plateau schedule; else no validation between epochs
     # (nothing here keeps per-epoch curves, and the caller evaluates the trained network itself)
     validate = strategy.lr_schedule.name == "plateau"
+    with quiet_libraries():
+        _fit(module, data, strategy, epochs, validate, progress, [*callbacks, *stage_bars(progress, stage)])
+    if skipped is not None:
+        skipped.extend(module.nonfinite_skips)
+    return model
+
+
+def _fit(
+    module: MultiTaskModule,
+    data: TaskData,
+    strategy: StrategyConfig,
+    epochs: int,
+    validate: bool,
+    progress: bool,
+    callbacks: Sequence[pl.Callback],
+) -> None:
+    """Build the Trainer of :func:`train_network` and fit ``module`` on the data's training split."""
+    hw = strategy.trainer
     trainer = pl.Trainer(
         max_epochs=epochs,
         **trainer_kwargs(hw),
@@ -117,9 +140,6 @@ def train_network(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
         trainer.fit(module, train_loader, val_loader)
-    if skipped is not None:
-        skipped.extend(module.nonfinite_skips)
-    return model
 
 
 def train_partition(
@@ -130,6 +150,7 @@ def train_partition(
     epochs: int | None = None,
     progress: bool = False,
     callbacks: Sequence[pl.Callback] = (),
+    stage: str = "training",
 ) -> tuple[GroupedNetwork, SplitMetrics]:
     """Train a given partition of the tasks from scratch (one fresh branch per group).
 
@@ -144,5 +165,5 @@ def train_partition(
     pl.seed_everything(strat.seed, workers=True, verbose=False)
     model = partition_network(spec, groups, data.input_shape)
     budget = epochs or strat.epochs + strat.finetune.epochs
-    train_network(model, data, spec.tasks, strat, budget, progress=progress, callbacks=callbacks)
+    train_network(model, data, spec.tasks, strat, budget, progress=progress, callbacks=callbacks, stage=stage)
     return model, evaluate_splits(model, data, spec.tasks, eval_device(strat.trainer))

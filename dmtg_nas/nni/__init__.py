@@ -24,6 +24,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ..quiet import quiet_libraries
+
+# every module here imports NNI, and NNI warns at import about torch classes it does not know:
+# imported here first (this package loads before any of its modules), with that warning ignored
+with quiet_libraries():
+    import nni.nas.nn.pytorch  # noqa: F401
+
 __all__ = [
     "DMTG",
     "GroupingSpace",

@@ -20,8 +20,10 @@ from pytorch_lightning.loggers import CSVLogger
 
 from ..components import load_data
 from ..data import TaskData, make_loader
+from ..engine.bars import stage_bars
 from ..engine.module import MultiTaskModule
 from ..hardware import trainer_kwargs, use_pinned_memory
+from ..quiet import quiet_libraries
 from ..runstate import AtomicCheckpointIO, InterruptCallback, Interrupts, RunStateCallback, interrupt_message
 from ..schema import SearchSpec
 from .space import GroupingSpace
@@ -131,24 +133,26 @@ def build_evaluator(
     if interrupts is not None:
         ckpt = out_dir / "checkpoints" / "last.ckpt" if saving and out_dir is not None else None
         cbs.append(InterruptCallback(interrupts, interrupt_message(out_dir if saving else None, "search"), ckpt))
-    trainer = Trainer(
-        max_epochs=strat.epochs,
-        **trainer_kwargs(hw),
-        callbacks=cbs,
-        logger=CSVLogger(save_dir=str(out_dir), name="", version=_log_version(out_dir, resume_from))
-        if out_dir is not None
-        else False,
-        enable_checkpointing=checkpoint and out_dir is not None,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=None if validate else 0,
-        log_every_n_steps=1,
-        gradient_clip_val=strat.gradient_clip,
-        deterministic=True if strat.deterministic else None,
-        plugins=[AtomicCheckpointIO()] if saving else None,
-        default_root_dir=str(out_dir) if out_dir is not None else None,
-    )
+    cbs += stage_bars(progress, "search")
+    with quiet_libraries():  # Lightning's banners as it builds the Trainer
+        trainer = Trainer(
+            max_epochs=strat.epochs,
+            **trainer_kwargs(hw),
+            callbacks=cbs,
+            logger=CSVLogger(save_dir=str(out_dir), name="", version=_log_version(out_dir, resume_from))
+            if out_dir is not None
+            else False,
+            enable_checkpointing=checkpoint and out_dir is not None,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=None if validate else 0,
+            log_every_n_steps=1,
+            gradient_clip_val=strat.gradient_clip,
+            deterministic=True if strat.deterministic else None,
+            plugins=[AtomicCheckpointIO()] if saving else None,
+            default_root_dir=str(out_dir) if out_dir is not None else None,
+        )
     fit_kwargs = {"ckpt_path": str(resume_from)} if resume_from is not None else None
     module.inputs = RunInputs(spec, data, out_dir)
     return Lightning(module, trainer, train_dataloaders=train_loader, val_dataloaders=val_loader, fit_kwargs=fit_kwargs)

@@ -9,6 +9,7 @@ from nni.nas.execution import SequentialExecutionEngine
 from nni.nas.space import RawFormatModelSpace
 
 from ..pipeline.records import SearchRecord
+from ..quiet import quiet_libraries
 from .evaluator import build_evaluator
 from .oneshot import OneShotDMTG
 from .space import GroupingSpace
@@ -38,7 +39,7 @@ def one_shot_search(
         validate=ctx.validate,
     )
     strategy = OneShotDMTG.from_config(spec.strategy, initial_logits)
-    with warnings.catch_warnings():
+    with quiet_libraries(), warnings.catch_warnings():
         # the training data order is resumed by RunStateCallback, not by the loader itself
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch")
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")

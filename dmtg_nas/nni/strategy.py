@@ -25,6 +25,7 @@ from ..pipeline.context import RunContext
 from ..pipeline.records import SearchRecord, SearchResult
 from ..pipeline.run import run_search
 from ..pipeline.search import ProbabilityHistory
+from ..quiet import quiet_libraries
 from ..schema import StrategyConfig
 from .evaluator import run_inputs
 from .oneshot import OneShotDMTG
@@ -63,7 +64,8 @@ class DMTG(OneShotDMTG):
     def _run(self) -> None:
         if self.config is None:
             _logger.info("DMTG without a preset: the one-shot relaxation alone (use DMTG.from_preset for the pipeline)")
-            super()._run()
+            with quiet_libraries():
+                super()._run()
             return
         evaluator = self.model_space.evaluator  # the caller's evaluator (its Lightning module carries the inputs)
         inputs = run_inputs(evaluator)

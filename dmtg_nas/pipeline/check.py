@@ -72,7 +72,7 @@ def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, wa
         if assembled is None:  # e.g. a shared stem: the chosen grouping trained from scratch
             ctx.seed()
             assembled = network_of(ctx, search.space, sample, "scratch")
-            skipped = finetune(ctx, assembled, strat.epochs + strat.finetune.epochs, lr=None)
+            skipped = finetune(ctx, assembled, strat.epochs + strat.finetune.epochs, lr=None, stage="check")
             record["final_model"] = "retrained"
         model, search_val = assembled, None
     else:

@@ -25,8 +25,11 @@ def network_of(ctx: RunContext, space: Supernet, sample: Mapping[str, int], init
     return space.freeze(sample)
 
 
-def finetune(ctx: RunContext, net: GroupedNetwork, epochs: int, lr: float | None) -> list[dict[str, Any]]:
-    """Train ``net`` for ``epochs`` (stopping at a signal); the skipped non-finite batches."""
+def finetune(
+    ctx: RunContext, net: GroupedNetwork, epochs: int, lr: float | None, stage: str = "fine-tune"
+) -> list[dict[str, Any]]:
+    """Train ``net`` for ``epochs`` (stopping at a signal); the skipped non-finite batches. ``stage``
+    names its progress bar."""
     if epochs <= 0:
         return []
     stop = InterruptCallback(ctx.interrupts, interrupt_message(ctx.out, "fine-tune"))
@@ -42,6 +45,7 @@ def finetune(ctx: RunContext, net: GroupedNetwork, epochs: int, lr: float | None
             progress=ctx.progress,
             callbacks=[stop],
             skipped=skips,
+            stage=stage,
         )
     except NonFiniteLossError as exc:
         detail = "the fine-tune stopped (the search before it is complete in its checkpoint)"

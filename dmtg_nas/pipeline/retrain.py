@@ -56,11 +56,11 @@ def retrain(
     budget = epochs or spec.strategy.epochs + spec.strategy.finetune.epochs
     t0 = time.perf_counter()
     if init == "scratch":
-        model, metrics = train_partition(spec, data, groups, epochs=budget, progress=progress)
+        model, metrics = train_partition(spec, data, groups, epochs=budget, progress=progress, stage="retrain")
     else:
         model = load_model(run / "model.pt")
         pl.seed_everything(spec.strategy.seed, workers=True, verbose=False)
-        train_network(model, data, spec.tasks, spec.strategy, budget, progress=progress)
+        train_network(model, data, spec.tasks, spec.strategy, budget, progress=progress, stage="retrain")
         metrics = evaluate_splits(model, data, spec.tasks, eval_device(spec.strategy.trainer))
     metrics["retrain"] = {"init": init, "epochs": budget, "groups": groups, "seconds": time.perf_counter() - t0}
     if is_global_zero():

@@ -36,6 +36,7 @@ from ..data import TaskData
 from ..errors import DmtgError
 from ..hardware import barrier, is_global_zero
 from ..nni.search import one_shot_search
+from ..quiet import quiet_libraries
 from ..runlock import RunLock
 from ..runstate import Interrupts, select_checkpoint
 from ..schema import SearchSpec
@@ -71,7 +72,8 @@ def run_search(
     Args:
         spec: a validated spec (:func:`dmtg_nas.load_spec`).
         out_dir: where to write the outputs (None: write nothing, keep everything in memory).
-        progress: show Lightning's progress bars (the command line turns them on).
+        progress: a progress bar per stage's training, on stderr (the command line turns them on);
+            the libraries' harmless notices are silenced either way (:mod:`dmtg_nas.quiet`).
         resume: continue an interrupted search from ``out_dir/checkpoints/last.ckpt`` (or the
             previous checkpoint when that one is damaged).
         overwrite: allow writing into a non-empty ``out_dir``.
@@ -88,6 +90,7 @@ def run_search(
     out = Path(out_dir) if out_dir is not None else None
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(quiet_libraries())
         lock = RunLock(out) if out is not None and is_global_zero() else None
         if lock is not None:
             stack.callback(lock.release)
