@@ -180,3 +180,18 @@ def test_fast_preset_is_the_default_with_a_short_search_and_no_check() -> None:
     assert fast.local_search.enabled is False and default.local_search.enabled == "auto"
     same = ("warmup", "temperature", "optimizer", "init", "batch_size", "sample", "seed")
     assert all(getattr(fast, key) == getattr(default, key) for key in same)
+
+
+def test_names_used_in_folder_names_and_labels_are_limited() -> None:
+    """The spec's name goes into folder names (at most 100 bytes), task names into NNI labels (no
+    '/'); names that are merely unusual stay allowed."""
+    assert load_spec(planted_doc(name="n" * 100)).name == "n" * 100
+    with pytest.raises(SpecError, match=r"is 101 bytes long \(UTF-8\), at most 100") as info:
+        load_spec(planted_doc(name="n" * 101))
+    assert info.value.key == "name"
+    tasks = [{"name": n, "type": "regression"} for n in ("a.b", "x y", "ü", "...")]
+    assert load_spec(planted_doc(tasks=tasks)).task_names == ["a.b", "x y", "ü", "..."]
+    for bad in ("a/b", "a\\b", ".", "..", "tab\there"):
+        with pytest.raises(SpecError, match="is used as an NNI label") as info:
+            load_spec(planted_doc(tasks=[{"name": bad, "type": "regression"}, *tasks[1:]]))
+        assert info.value.key == "tasks[0].name"

@@ -547,6 +547,12 @@ def _alias_bomb(levels: int = 7) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _task_named(name: str) -> dict[str, Any]:
+    doc = base_doc()
+    doc["tasks"][0]["name"] = name
+    return doc
+
+
 PINNED = [
     Case("infinite learning rate", {**base_doc(), "strategy": {"optimizer": {"lr": math.inf}}}, expect="finite"),
     Case("NaN logits", base_doc(), ["strategy.init.logits=.nan"], expect="strategy.init.logits"),
@@ -567,6 +573,13 @@ PINNED = [
     Case("long strategy name", {**base_doc(), "strategy": "s" * 4000}, expect="File name too long"),
     Case("~user without home", {**base_doc(), "strategy": "~no_such_user_here/s.yaml"}, expect="strategy"),
     Case("NaN split fraction", base_doc(), ["dataset.split={val: .nan}"], expect="dataset.split.val"),
+    # NNI labels cannot hold '/': these passed validation and failed with a traceback in the search
+    Case("task name with a slash", _task_named("a/b"), expect="tasks[0].name: task name 'a/b' is used as an NNI"),
+    Case("task name '..'", _task_named(".."), expect="tasks[0].name: task name '..' is used as an NNI label"),
+    Case("task name via --set", base_doc(), ["tasks.0.name=../t0"], expect="--set: tasks[0].name: task name"),
+    Case("task name with an escape", _task_named("a\x1b[31mb"), expect="tasks[0].name: task name 'a\\x1b[31mb'"),
+    Case("name of 101 bytes", {**base_doc(), "name": "n" * 101}, expect="name: name 'nnnn"),
+    Case("name of 51 two-byte letters", base_doc(), ["name=" + "é" * 51], expect="is 102 bytes long (UTF-8)"),
 ]
 
 
