@@ -194,10 +194,11 @@ class TaskConfig(StrictModel):
 
 
 class SplitConfig(StrictModel):
-    """Random train/validation/test split (for data sets without a fixed partition)."""
+    """Random train/validation/test split (for data sets without a fixed partition). Neither part may
+    be empty: the search selects on validation and reports test results."""
 
-    val: float = Field(default=0.1, ge=0, lt=1)
-    test: float = Field(default=0.1, ge=0, lt=1)
+    val: float = Field(default=0.1, gt=0, lt=1)
+    test: float = Field(default=0.1, gt=0, lt=1)
     seed: Seed = 0
 
     @model_validator(mode="after")

@@ -136,6 +136,55 @@ def test_search_on_nonfinite_targets_exits_2_before_writing(tmp_path: Path, caps
     assert not out.exists()  # data is checked before the output folder is made
 
 
+def test_a_split_that_rounds_to_no_rows_is_refused_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """4 rows with val 0.1 leave the validation split empty: refused when the data loads, not
+    answered with NaN metrics after the training."""
+    _write_csv(tmp_path / "t.csv", n=4)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(_table(Path("t.csv"), split={"val": 0.1, "test": 0.25})))
+    out = tmp_path / "run"
+    code, err = _cli(["search", str(spec), "--out", str(out), "-q"], capsys)
+    assert code == 2
+    assert err == (
+        "dmtg: error: dataset 'table': the val split is empty (train 3, val 0, test 1 samples): "
+        "dataset.split.val = 0.1 of 4 samples rounds to none; a run needs samples in train, val and test\n"
+    )
+    assert not out.exists()
+    code, err = _cli(
+        ["search", str(spec), "--out", str(out), "-q", "--set", "dataset.split={val: 0.5, test: 0.01}"], capsys
+    )
+    assert code == 2 and "the test split is empty (train 2, val 2, test 0 samples): dataset.split.test = 0.01 " in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("part", ["val", "test"])
+def test_a_zero_split_fraction_is_a_spec_error(tmp_path: Path, part: str) -> None:
+    _write_csv(tmp_path / "t.csv")
+    with pytest.raises(SpecError, match=rf"^<spec>: dataset\.split\.{part}: input should be greater than 0, got 0$"):
+        load_spec(_table(tmp_path / "t.csv", split={part: 0}))
+
+
+def test_user_data_with_an_empty_test_split_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "empty_test_data.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from dmtg_nas.data import TaskData, TensorTaskDataset
+
+            def data():
+                part = lambda n: TensorTaskDataset(torch.zeros(n, 3), {"y": torch.zeros(n)})
+                return TaskData(part(8), part(2), part(0), (3,), tasks=[{"name": "y", "type": "regression"}])
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = load_spec(planted_doc(tasks=TASKS[:1], dataset={"name": "empty_test_data:data"}, groups=1))
+    with pytest.raises(DataError, match=r"^dataset 'empty_test_data:data': the test split is empty \(train 8, val 2, "):
+        load_data(spec)
+
+
 # ----------------------------------------------------------------------------------------------
 # Image files
 # ----------------------------------------------------------------------------------------------

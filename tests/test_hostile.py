@@ -181,7 +181,7 @@ OUT_OF_RANGE: dict[str, st.SearchStrategy[Any]] = {
     "dataset.noise": st.one_of(st.floats(max_value=-1e-9), _NONFINITE),
     "dataset.input_dim": st.one_of(st.integers(max_value=0), st.integers(min_value=65_537)),
     "dataset.seed": st.one_of(st.integers(max_value=-1), _HUGE),
-    "dataset.split.val": st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0), _NONFINITE),
+    "dataset.split.val": st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), _NONFINITE),
     "backbone.hidden[0]": st.one_of(st.integers(max_value=0), st.integers(min_value=65_537)),
     "heads.dropout": st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0), _NONFINITE),
     "heads.hidden[0]": st.one_of(st.integers(max_value=0), _HUGE),
