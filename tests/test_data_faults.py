@@ -185,6 +185,39 @@ def test_user_data_with_an_empty_test_split_is_refused(tmp_path: Path, monkeypat
         load_data(spec)
 
 
+def test_a_run_with_non_finite_final_metrics_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inputs that are all NaN: with nonfinite: skip every batch is skipped and the metrics are NaN.
+    The run fails naming them (it used to exit 0 and print 'nan'); the outputs stay to look at."""
+    (tmp_path / "nan_inputs.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from dmtg_nas.data import TaskData, TensorTaskDataset
+
+            def data(n=32):
+                part = lambda: TensorTaskDataset(torch.full((n, 3), float("nan")), {"y": torch.zeros(n)})
+                return TaskData(part(), part(), part(), (3,), tasks=[{"name": "y", "type": "regression"}])
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    doc = planted_doc(tasks=TASKS[:1], dataset={"name": "nan_inputs:data"}, groups=1, backbone={"name": "mlp"})
+    doc["strategy"] = {"_base_": "dmtg-plain", "epochs": 1, "batch_size": 8, "nonfinite": "skip"}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "run"
+    code, err = _cli(["search", str(spec), "--out", str(out), "-q", "--set", "strategy.finetune.epochs=0"], capsys)
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        "dmtg: error: the final metrics are not finite (NaN or inf): val y.loss, val y.mse, val y.mae, test y.loss, "
+        "test y.mse and 5 more; 4 training batches were skipped as non-finite (strategy.nonfinite: skip); "
+        f"the outputs are kept in {out}"
+    )
+    assert (out / "metrics.json").is_file()
+
+
 # ----------------------------------------------------------------------------------------------
 # Image files
 # ----------------------------------------------------------------------------------------------
