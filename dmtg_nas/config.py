@@ -90,8 +90,10 @@ __all__ = [
     "StrategyConfig",
     "SearchSpec",
     "TuningConfig",
+    "SpecLoader",
     "check_document",
     "load_spec",
+    "load_yaml",
     "load_strategy",
     "resolve_document",
     "parse_override",
@@ -103,6 +105,40 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names the same key twice (``key``; ``first``: where it came first)."""
+
+    def __init__(self, key: Any, first: yaml.Mark, mark: yaml.Mark) -> None:
+        super().__init__(None, None, f"duplicate key {key!r} (first at line {first.line + 1})", mark)
+        self.key = key
+
+
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only: Python tags are refused) that also refuses a key given
+    twice in one mapping (:class:`DuplicateKeyError`): YAML requires unique keys, and PyYAML would
+    silently keep the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys merged in with '<<' may be overridden; complex keys stay PyYAML's
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise DuplicateKeyError(key, seen[key], key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse one YAML document with :class:`SpecLoader` (what ``yaml.load`` does with a loader class)."""
+    loader = SpecLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -111,7 +147,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise SpecError(f"not a UTF-8 text file (byte {exc.start})", source=str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -235,13 +271,16 @@ def _apply_base(
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """Split ``"a.b=value"``; the value is parsed as YAML (``4`` -> int, ``[a, b]`` -> list)."""
+    """Split ``"a.b=value"``; the value is parsed as YAML (``4`` -> int, ``[a, b]`` -> list, with
+    :class:`SpecLoader`); what is not valid YAML stays the string as typed."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise SpecError(f"override {item!r} must look like 'dotted.key=value'", source="--set")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except DuplicateKeyError as exc:
+        raise SpecError(f"duplicate key {exc.key!r} in the value", source="--set", key=key) from None
     except (yaml.YAMLError, RecursionError):
         value = raw
     return key, value

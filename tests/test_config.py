@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dmtg_nas import SpecError, load_spec, load_strategy
-from dmtg_nas.config import parse_override
+from dmtg_nas.config import load_yaml, parse_override
 
 from .conftest import planted_doc
 
@@ -195,3 +195,29 @@ def test_names_used_in_folder_names_and_labels_are_limited() -> None:
         with pytest.raises(SpecError, match="is used as an NNI label") as info:
             load_spec(planted_doc(tasks=[{"name": bad, "type": "regression"}, *tasks[1:]]))
         assert info.value.key == "tasks[0].name"
+
+
+def test_a_key_given_twice_is_refused_naming_key_and_file(write_yaml, tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys silently; a spec or strategy file that says two things
+    is refused, naming the key, the file and both lines."""
+    import yaml
+
+    text = yaml.safe_dump(planted_doc(), sort_keys=False)
+    spec = write_yaml("twice.yaml", text + "groups: 3\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    line = text.splitlines().index("groups: 2") + 1
+    count = len(text.splitlines()) + 1
+    assert (
+        str(info.value)
+        == f"{spec}: invalid YAML at line {count}, column 1: duplicate key 'groups' (first at line {line})"
+    )
+    write_yaml("strategy.yaml", "_base_: dmtg\nepochs: 2\noptimizer:\n  lr: 0.01\n  lr: 0.1\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(write_yaml("s.yaml", planted_doc(strategy="strategy.yaml")))
+    where = f"{tmp_path / 'strategy.yaml'}: strategy: invalid YAML at line 5, column 3"
+    assert str(info.value) == f"{where}: duplicate key 'lr' (first at line 4)"
+    with pytest.raises(SpecError, match=r"^--set: dataset\.split: duplicate key 'val' in the value$"):
+        load_spec(write_yaml("ok.yaml", planted_doc()), ["dataset.split={val: 0.1, val: 0.2}"])
+    # keys merged in with '<<' may be overridden, as YAML intends
+    assert load_yaml("a: &a {x: 1, y: 2}\nb: {<<: *a, x: 3}\n") == {"a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 2}}

@@ -16,6 +16,7 @@ import yaml
 from dmtg_nas import DataError, SpecError, load_spec
 from dmtg_nas.cli import main
 from dmtg_nas.components import load_data
+from dmtg_nas.data.table import read_table
 
 from .conftest import planted_doc
 from .fixtures import write_celeba
@@ -65,6 +66,19 @@ def test_missing_task_column_is_named_with_its_key_path(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"feature 'c' is not a column") as info:
         load_spec(_table(tmp_path / "t.csv", features=["a", "c"]))
     assert info.value.key == "dataset.features"
+
+
+def test_duplicate_csv_column_names_are_refused(tmp_path: Path) -> None:
+    """A CSV header naming a column twice would make the task or feature silently the last of them."""
+    (tmp_path / "t.csv").write_text("a,y,b,y,z, a\n1,2,3,4,0,5\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(_table(tmp_path / "t.csv"))
+    assert info.value.key == "dataset.path"
+    assert info.value.message == (
+        f"{tmp_path / 't.csv'}: duplicate column names in the header: 'a' (columns 1, 6), 'y' (columns 2, 4)"
+    )
+    with pytest.raises(DataError, match=r"t\.csv: duplicate column names in the header: 'a' \(columns 1, 6\), 'y'"):
+        read_table(tmp_path / "t.csv")
 
 
 @pytest.mark.parametrize(
