@@ -90,7 +90,9 @@ __all__ = [
     "StrategyConfig",
     "SearchSpec",
     "TuningConfig",
+    "SpecDumper",
     "SpecLoader",
+    "dump_yaml",
     "check_document",
     "load_spec",
     "load_yaml",
@@ -114,9 +116,13 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
 
 
 class SpecLoader(yaml.SafeLoader):
-    """PyYAML's safe loader (plain data only: Python tags are refused) that also refuses a key given
-    twice in one mapping (:class:`DuplicateKeyError`): YAML requires unique keys, and PyYAML would
-    silently keep the last value."""
+    """PyYAML's safe loader (plain data only: Python tags are refused) with two changes for specs:
+
+    - a key given twice in one mapping is an error (:class:`DuplicateKeyError`): YAML requires
+      unique keys, and PyYAML would silently keep the last value;
+    - ``1e-3`` and ``1.5e3`` are numbers, as in YAML 1.2 (YAML 1.1 reads them as strings, so
+      ``lr: 1e-3`` would be refused as "expected a number").
+    """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Mark] = {}
@@ -130,6 +136,19 @@ class SpecLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+class SpecDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that quotes what :class:`SpecLoader` would read back as another type
+    (a string ``"1e3"``), so a written spec (a run's ``config.yaml``) reads back the same."""
+
+
+for _cls in (SpecLoader, SpecDumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+
+
 def load_yaml(text: str) -> Any:
     """Parse one YAML document with :class:`SpecLoader` (what ``yaml.load`` does with a loader class)."""
     loader = SpecLoader(text)
@@ -137,6 +156,11 @@ def load_yaml(text: str) -> Any:
         return loader.get_single_data()
     finally:
         loader.dispose()
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` as YAML that :func:`load_yaml` reads back unchanged (keys in their order)."""
+    return yaml.dump(data, Dumper=SpecDumper, sort_keys=False)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -271,8 +295,8 @@ def _apply_base(
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """Split ``"a.b=value"``; the value is parsed as YAML (``4`` -> int, ``[a, b]`` -> list, with
-    :class:`SpecLoader`); what is not valid YAML stays the string as typed."""
+    """Split ``"a.b=value"``; the value is parsed as YAML (``4`` -> int, ``1e-3`` -> float, ``[a, b]`` ->
+    list, with :class:`SpecLoader`); what is not valid YAML stays the string as typed."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):

@@ -35,9 +35,8 @@ from typing import Any
 
 import optuna
 import pytorch_lightning as pl
-import yaml
 
-from .config import SearchSpec, TuningConfig, load_spec
+from .config import SearchSpec, TuningConfig, dump_yaml, load_spec
 from .errors import DmtgError, NonFiniteMetricsError
 from .progress import Progress
 
@@ -413,7 +412,7 @@ def tune(
     # a study in an explicit storage may have other workers (other machines, or --jobs children)
     study = create_study(spec, store, study_name, pruner=pruner, shared=cfg.storage is not None)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tuning.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
+    (out / "tuning.yaml").write_text(dump_yaml(spec.to_dict()), encoding="utf-8")
     if jobs is None:
         jobs = _gpu_count()
     progress = progress or None  # False: none

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dmtg_nas import SpecError, load_spec, load_strategy
-from dmtg_nas.config import load_yaml, parse_override
+from dmtg_nas.config import dump_yaml, load_yaml, parse_override
 
 from .conftest import planted_doc
 
@@ -200,8 +201,6 @@ def test_names_used_in_folder_names_and_labels_are_limited() -> None:
 def test_a_key_given_twice_is_refused_naming_key_and_file(write_yaml, tmp_path: Path) -> None:
     """PyYAML keeps the last of two equal keys silently; a spec or strategy file that says two things
     is refused, naming the key, the file and both lines."""
-    import yaml
-
     text = yaml.safe_dump(planted_doc(), sort_keys=False)
     spec = write_yaml("twice.yaml", text + "groups: 3\n")
     with pytest.raises(SpecError) as info:
@@ -221,3 +220,22 @@ def test_a_key_given_twice_is_refused_naming_key_and_file(write_yaml, tmp_path: 
         load_spec(write_yaml("ok.yaml", planted_doc()), ["dataset.split={val: 0.1, val: 0.2}"])
     # keys merged in with '<<' may be overridden, as YAML intends
     assert load_yaml("a: &a {x: 1, y: 2}\nb: {<<: *a, x: 3}\n") == {"a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 2}}
+
+
+def test_numbers_in_exponent_form_are_numbers(write_yaml) -> None:
+    """YAML 1.1 reads 1e-3 (no dot, or no sign in the exponent) as a string; specs read it as YAML
+    1.2 does, in files and --set alike."""
+    doc = planted_doc()
+    doc["strategy"]["optimizer"] = {"lr": "LR"}
+    path = write_yaml("exp.yaml", yaml.safe_dump(doc).replace("LR", "1e-3"))
+    assert load_spec(path).strategy.optimizer.lr == 0.001
+    spec = load_spec(path, ["strategy.optimizer.lr=1.5e-2", "strategy.optimizer.logits_lr=2E+1"])
+    assert (spec.strategy.optimizer.lr, spec.strategy.optimizer.logits_lr) == (0.015, 20.0)
+    assert parse_override("a=1e3") == ("a", 1000.0) and parse_override("a=e3") == ("a", "e3")
+    with pytest.raises(SpecError, match=r"^--set: strategy\.epochs: expected an integer, got 1000\.0 \(float\)$"):
+        load_spec(path, ["strategy.epochs=1e3"])
+    # what a run writes (config.yaml) reads back the same: the string '1e3' stays a string
+    written = dump_yaml({"description": "1e3", "lr": 0.001, "tiny": 1e-20})
+    assert load_yaml(written) == {"description": "1e3", "lr": 0.001, "tiny": 1e-20}
+    spec = load_spec(planted_doc(description="1e3"))
+    assert load_spec(write_yaml("config.yaml", dump_yaml(spec.to_dict()))) == spec

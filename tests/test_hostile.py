@@ -33,6 +33,7 @@ from dmtg_nas.config import (
     LRScheduleConfig,
     OptimizerConfig,
     SearchSpec,
+    SpecDumper,
     SplitConfig,
     StrategyConfig,
     TaskConfig,
@@ -226,7 +227,7 @@ def _dotted(path: str) -> str:
 
 
 def _override(path: str, value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    text = yaml.dump(value, Dumper=SpecDumper, default_flow_style=True, width=10**6).strip()
     text = text.removesuffix("\n...").removesuffix("...").strip()
     return f"{_dotted(path)}={text}"
 
@@ -497,7 +498,8 @@ def check_refused(case: Case, folder: Path) -> None:
     elif isinstance(case.spec, str):
         spec_path.write_text(case.spec, encoding="utf-8")
     elif case.spec is not None:
-        spec_path.write_text(yaml.safe_dump(case.spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        text = yaml.dump(case.spec, Dumper=SpecDumper, sort_keys=False, allow_unicode=True)  # '1e3' stays a string
+        spec_path.write_text(text, encoding="utf-8")
     before = sorted(p.name for p in folder.iterdir())
     sets = [a for o in case.overrides for a in ("--set", o)]
     out_dir = folder / "run"

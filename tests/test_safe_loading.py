@@ -142,7 +142,7 @@ def test_npz_with_object_arrays_is_never_unpickled(tmp_path: Path) -> None:
 
 
 def test_specs_are_read_with_a_safe_loader() -> None:
-    """The spec loader only adds a duplicate-key check to PyYAML's safe loader."""
+    """The spec loader only adds duplicate-key checks and YAML 1.2 floats to PyYAML's safe loader."""
     from dmtg_nas.config import SpecLoader, load_yaml
 
     assert issubclass(SpecLoader, yaml.SafeLoader)

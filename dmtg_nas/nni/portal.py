@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import SearchSpec, load_spec
+from ..config import SearchSpec, dump_yaml, load_spec
 from ..errors import DmtgError, suggest
 from ..tuning import Param, search_space, tuning_of
 from .tuner import OptunaTuner
@@ -194,9 +194,7 @@ def run_portal(
     nni_dir = out / "nni"
     nni_dir.mkdir(exist_ok=True)
     spec_file = out / "spec.yaml"
-    import yaml
-
-    spec_file.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
+    spec_file.write_text(dump_yaml(spec.to_dict()), encoding="utf-8")
 
     if space == "grouping":
         nni_space = grouping_space(spec, grid=tuner == "grid")

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-import yaml
 
 from ..backbones import check_backbone
 from ..components import load_data
+from ..config import dump_yaml
 from ..data import TaskData
 from ..errors import DmtgError, NonFiniteMetricsError
 from ..hardware import barrier, is_global_zero
@@ -107,7 +107,7 @@ def run_search(
         else:  # the other processes of a distributed run: rank 0 has prepared the folder
             resume_from = out / "checkpoints" / "last.ckpt" if resume else None
         if out is not None and not resume and is_global_zero():
-            (out / "config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
+            (out / "config.yaml").write_text(dump_yaml(spec.to_dict()), encoding="utf-8")
         ctx = RunContext(spec, data, out, interrupts, progress, resume_from, callbacks)
         return run_stages(ctx, searcher, t0)
     raise AssertionError("unreachable")  # pragma: no cover
