@@ -20,7 +20,7 @@ import yaml
 
 from .catalog import check_spec
 from .catalog.user import user_tasks
-from .errors import SpecError, allowed, suggest
+from .errors import DmtgError, SpecError, allowed, suggest
 from .presets import PresetKind, find_preset, list_presets
 from .schema import (
     DENSE_TYPES,
@@ -414,6 +414,8 @@ def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = (
         source = str(path)
         _resolve_paths(doc, folder)
     _expand_strategy(doc, folder, source)
+    overrides = list(overrides)
+    before = copy.deepcopy(doc) if overrides else None  # to tell the file's errors from the overrides'
     overridden: list[str] = []
     for item in overrides:
         key, value = parse_override(item)
@@ -438,15 +440,41 @@ def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = (
         check_document(doc)
     except SpecError as exc:
         raise SpecError(exc.message, source="--set" if overridden else source, key=exc.key) from None
-    _user_tasks(doc)
     try:
-        result = validate_model(SearchSpec, doc)
-        check_spec(result)
+        return _validated(doc)
     except SpecError as exc:
-        key = re.sub(r"\[(\d+)\]", r".\1", exc.key or "")
-        from_set = any(key == k or key.startswith(k + ".") for k in overridden)
-        raise SpecError(exc.message, source="--set" if from_set else source, key=exc.key) from None
+        blame = _blame(exc, before, overridden) if before is not None else source
+        raise SpecError(exc.message, source=blame or source, key=exc.key) from None
+
+
+def _validated(doc: dict[str, Any]) -> SearchSpec:
+    _user_tasks(doc)
+    result = validate_model(SearchSpec, doc)
+    check_spec(result)
     return result
+
+
+def _blame(error: SpecError, before: dict[str, Any], overridden: list[str]) -> str | None:
+    """``"--set"`` when the overrides caused ``error``, else None (the spec file did).
+
+    An error at or under a key set with ``--set`` is the override's; otherwise the spec without the
+    overrides is validated again: the same error there is the file's, none is the overrides' (they
+    broke a parent or a neighbour: ``--set tasks.0.type=multiclass`` at ``tasks[0]``, ``--set
+    dataset.name=table`` at ``dataset.group_sizes``, ``--set tasks.1.name=t0`` as a duplicate), and a
+    different one leaves it to whether an override lies under the error's key.
+    """
+    key = re.sub(r"\[(\d+)\]", r".\1", error.key or "")
+    if any(key == k or key.startswith(k + ".") for k in overridden):
+        return "--set"
+    try:
+        _validated(before)
+    except SpecError as exc:
+        if (exc.message, exc.key) == (error.message, error.key):
+            return None
+        return "--set" if any(not key or k.startswith(key + ".") for k in overridden) else None
+    except DmtgError:  # user data that fails to load: no verdict from it
+        return None
+    return "--set"
 
 
 def _user_tasks(doc: dict[str, Any]) -> None:

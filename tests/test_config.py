@@ -107,6 +107,10 @@ def test_relative_table_path_resolves_against_the_spec_folder(write_yaml, tmp_pa
         ({}, ["dataset.group_sizes=[2, 3]"], "dataset.group_sizes", "add up to 5 tasks, but the spec lists 4"),
         ({"tasks": [{"name": "m", "type": "multiclass"}]}, [], "tasks[0]", "needs 'num_classes'"),
         ({"tasks": []}, [], "tasks", "at least 1 item"),
+        # errors the overrides cause above or beside the key they set are theirs too
+        ({}, ["tasks.0.type=multiclass"], "tasks[0]", "a multiclass task needs 'num_classes'"),
+        ({}, ["dataset.split.val=0.9"], "dataset.split", "val + test must be below 1, got 0.9 + 0.1"),
+        ({}, ["dataset.name=digits"], "dataset.group_sizes", "unknown key 'group_sizes'"),
     ],
 )
 def test_bad_specs_name_file_key_value_and_choices(write_yaml, change, overrides, key, fragment) -> None:
@@ -116,7 +120,7 @@ def test_bad_specs_name_file_key_value_and_choices(write_yaml, change, overrides
     err = info.value
     assert fragment in str(err)
     assert (err.key or "") == key
-    assert err.source == ("--set" if overrides and key else str(path))
+    assert err.source == ("--set" if overrides else str(path))
     assert "\n" not in str(err)
 
 
@@ -239,3 +243,26 @@ def test_numbers_in_exponent_form_are_numbers(write_yaml) -> None:
     assert load_yaml(written) == {"description": "1e3", "lr": 0.001, "tiny": 1e-20}
     spec = load_spec(planted_doc(description="1e3"))
     assert load_spec(write_yaml("config.yaml", dump_yaml(spec.to_dict()))) == spec
+
+
+@pytest.mark.parametrize(
+    ("change", "overrides", "key"),
+    [
+        # the file's own error, with an unrelated override
+        ({"tasks": [{"name": "m", "type": "multiclass"}]}, ["groups=1"], "tasks[0]"),
+        # the file's own error, under a key the overrides touch but do not cause
+        ({"tasks": [{"name": "m", "type": "multiclass"}]}, ["tasks.0.weight=2.0"], "tasks[0]"),
+        # an override fixes one error of the file; the next one is still the file's
+        (
+            {"tasks": [{"name": "m", "type": "multiclass"}], "backbone": {"name": "mlp", "hiden": [8]}},
+            ["backbone={name: mlp}"],
+            "tasks[0]",
+        ),
+    ],
+)
+def test_errors_of_the_file_are_not_blamed_on_set(write_yaml, change, overrides, key) -> None:
+    path = write_yaml("bad.yaml", planted_doc(**change))
+    with pytest.raises(SpecError) as info:
+        load_spec(path, overrides)
+    assert (info.value.source, info.value.key) == (str(path), key)
+    assert "needs 'num_classes'" in info.value.message

@@ -582,6 +582,7 @@ PINNED = [
     Case("task name with an escape", _task_named("a\x1b[31mb"), expect="tasks[0].name: task name 'a\\x1b[31mb'"),
     Case("key twice", yaml.safe_dump(base_doc()) + "groups: 3\n", expect="duplicate key 'groups' (first at line"),
     Case("key twice via --set", base_doc(), ["heads={dropout: 0.1, dropout: 0.2}"], expect="duplicate key 'dropout'"),
+    Case("--set breaks its parent", base_doc(), ["tasks.0.type=multiclass"], expect="--set: tasks[0]: a multiclass"),
     Case("name of 101 bytes", {**base_doc(), "name": "n" * 101}, expect="name: name 'nnnn"),
     Case("name of 51 two-byte letters", base_doc(), ["name=" + "é" * 51], expect="is 102 bytes long (UTF-8)"),
 ]
