@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     portal.add_argument("--out", "-o", type=Path, help="output folder (default: runs/portal-<name>-<time>)")
     portal.add_argument("--trials", type=int, help="number of trials (default: tuning.trials)")
     portal.add_argument("--concurrency", type=int, default=1, help="trials at once (default: %(default)s)")
-    portal.add_argument("--port", type=int, default=8080, help="web portal port (default: %(default)s)")
+    portal.add_argument("--port", type=_port, default=8080, help="web portal port, 1 to 65535 (default: %(default)s)")
     portal.add_argument(
         "--host",
         default="127.0.0.1",
@@ -243,6 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list shipped search spaces, strategy presets, data sets, encoders, schedules")
     return parser
+
+
+def _port(text: str) -> int:
+    """A TCP port the portal can listen on and announce: 1 to 65535 (0 would bind a random one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 1 to 65535, got {port}")
+    return port
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:

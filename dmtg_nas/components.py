@@ -11,7 +11,7 @@ from typing import Any
 from .backbones import check_backbone
 from .catalog import check_spec
 from .catalog.checks import os_message
-from .config import SearchSpec
+from .config import SearchSpec, SplitConfig
 from .data import DATASETS, DatasetPlugin, TaskData, UserDataset
 from .errors import DataError, SpecError
 from .validation import validate_model
@@ -52,6 +52,27 @@ def load_data(spec: SearchSpec) -> TaskData:
     """
     plugin, options = dataset_plugin(spec)
     try:
-        return plugin.load(options, spec.tasks)
+        data = plugin.load(options, spec.tasks)
     except OSError as exc:
         raise DataError(os_message(exc)) from None
+    _check_sizes(spec, data, options)
+    return data
+
+
+def _check_sizes(spec: SearchSpec, data: TaskData, options: Any) -> None:
+    """Refuse empty splits up front: a run trains on train, selects on val and reports test, and an
+    empty one would end in NaN metrics (or a crash) after all the training."""
+    sizes = data.sizes()
+    empty = next((name for name in ("train", "val", "test") if sizes[name] == 0), None)
+    if empty is None:
+        return
+    counts = ", ".join(f"{name} {n}" for name, n in sizes.items())
+    split = getattr(options, "split", None)
+    if isinstance(split, SplitConfig) and empty != "train":
+        hint = f"dataset.split.{empty} = {getattr(split, empty)} of {sum(sizes.values())} samples rounds to none"
+    else:
+        hint = f"the data set gives no {empty} samples"
+    raise DataError(
+        f"dataset {spec.dataset.name!r}: the {empty} split is empty ({counts} samples): {hint}; "
+        "a run needs samples in train, val and test"
+    )

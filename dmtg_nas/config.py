@@ -20,7 +20,7 @@ import yaml
 
 from .catalog import check_spec
 from .catalog.user import user_tasks
-from .errors import SpecError, allowed, suggest
+from .errors import DmtgError, SpecError, allowed, suggest
 from .presets import PresetKind, find_preset, list_presets
 from .schema import (
     DENSE_TYPES,
@@ -90,8 +90,12 @@ __all__ = [
     "StrategyConfig",
     "SearchSpec",
     "TuningConfig",
+    "SpecDumper",
+    "SpecLoader",
+    "dump_yaml",
     "check_document",
     "load_spec",
+    "load_yaml",
     "load_strategy",
     "resolve_document",
     "parse_override",
@@ -103,6 +107,62 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names the same key twice (``key``; ``first``: where it came first)."""
+
+    def __init__(self, key: Any, first: yaml.Mark, mark: yaml.Mark) -> None:
+        super().__init__(None, None, f"duplicate key {key!r} (first at line {first.line + 1})", mark)
+        self.key = key
+
+
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only: Python tags are refused) with two changes for specs:
+
+    - a key given twice in one mapping is an error (:class:`DuplicateKeyError`): YAML requires
+      unique keys, and PyYAML would silently keep the last value;
+    - ``1e-3`` and ``1.5e3`` are numbers, as in YAML 1.2 (YAML 1.1 reads them as strings, so
+      ``lr: 1e-3`` would be refused as "expected a number").
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys merged in with '<<' may be overridden; complex keys stay PyYAML's
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise DuplicateKeyError(key, seen[key], key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+class SpecDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that quotes what :class:`SpecLoader` would read back as another type
+    (a string ``"1e3"``), so a written spec (a run's ``config.yaml``) reads back the same."""
+
+
+for _cls in (SpecLoader, SpecDumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+
+
+def load_yaml(text: str) -> Any:
+    """Parse one YAML document with :class:`SpecLoader` (what ``yaml.load`` does with a loader class)."""
+    loader = SpecLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` as YAML that :func:`load_yaml` reads back unchanged (keys in their order)."""
+    return yaml.dump(data, Dumper=SpecDumper, sort_keys=False)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -111,7 +171,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise SpecError(f"not a UTF-8 text file (byte {exc.start})", source=str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -235,13 +295,16 @@ def _apply_base(
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """Split ``"a.b=value"``; the value is parsed as YAML (``4`` -> int, ``[a, b]`` -> list)."""
+    """Split ``"a.b=value"``; the value is parsed as YAML (``4`` -> int, ``1e-3`` -> float, ``[a, b]`` ->
+    list, with :class:`SpecLoader`); what is not valid YAML stays the string as typed."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise SpecError(f"override {item!r} must look like 'dotted.key=value'", source="--set")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except DuplicateKeyError as exc:
+        raise SpecError(f"duplicate key {exc.key!r} in the value", source="--set", key=key) from None
     except (yaml.YAMLError, RecursionError):
         value = raw
     return key, value
@@ -351,6 +414,8 @@ def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = (
         source = str(path)
         _resolve_paths(doc, folder)
     _expand_strategy(doc, folder, source)
+    overrides = list(overrides)
+    before = copy.deepcopy(doc) if overrides else None  # to tell the file's errors from the overrides'
     overridden: list[str] = []
     for item in overrides:
         key, value = parse_override(item)
@@ -375,15 +440,41 @@ def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = (
         check_document(doc)
     except SpecError as exc:
         raise SpecError(exc.message, source="--set" if overridden else source, key=exc.key) from None
-    _user_tasks(doc)
     try:
-        result = validate_model(SearchSpec, doc)
-        check_spec(result)
+        return _validated(doc)
     except SpecError as exc:
-        key = re.sub(r"\[(\d+)\]", r".\1", exc.key or "")
-        from_set = any(key == k or key.startswith(k + ".") for k in overridden)
-        raise SpecError(exc.message, source="--set" if from_set else source, key=exc.key) from None
+        blame = _blame(exc, before, overridden) if before is not None else source
+        raise SpecError(exc.message, source=blame or source, key=exc.key) from None
+
+
+def _validated(doc: dict[str, Any]) -> SearchSpec:
+    _user_tasks(doc)
+    result = validate_model(SearchSpec, doc)
+    check_spec(result)
     return result
+
+
+def _blame(error: SpecError, before: dict[str, Any], overridden: list[str]) -> str | None:
+    """``"--set"`` when the overrides caused ``error``, else None (the spec file did).
+
+    An error at or under a key set with ``--set`` is the override's; otherwise the spec without the
+    overrides is validated again: the same error there is the file's, none is the overrides' (they
+    broke a parent or a neighbour: ``--set tasks.0.type=multiclass`` at ``tasks[0]``, ``--set
+    dataset.name=table`` at ``dataset.group_sizes``, ``--set tasks.1.name=t0`` as a duplicate), and a
+    different one leaves it to whether an override lies under the error's key.
+    """
+    key = re.sub(r"\[(\d+)\]", r".\1", error.key or "")
+    if any(key == k or key.startswith(k + ".") for k in overridden):
+        return "--set"
+    try:
+        _validated(before)
+    except SpecError as exc:
+        if (exc.message, exc.key) == (error.message, error.key):
+            return None
+        return "--set" if any(not key or k.startswith(key + ".") for k in overridden) else None
+    except DmtgError:  # user data that fails to load: no verdict from it
+        return None
+    return "--set"
 
 
 def _user_tasks(doc: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "SpecError",
     "DataError",
     "NonFiniteLossError",
+    "NonFiniteMetricsError",
     "RunLockedError",
     "SearchInterrupted",
     "suggest",
@@ -74,6 +75,26 @@ class NonFiniteLossError(DmtgError, FloatingPointError):
         where = f"in task(s) {', '.join(f'{t} ({values[t]})' for t in tasks)}" if tasks else "in the total loss"
         message = f"non-finite loss at step {step} (epoch {epoch}) {where}"
         super().__init__(f"{message}; {detail}" if detail else message)
+
+
+class NonFiniteMetricsError(DmtgError, FloatingPointError):
+    """The finished run's final metrics hold NaN or infinite values: its result means nothing.
+
+    Args:
+        names: the non-finite metrics as ``"<split> <task>.<metric>"`` (or ``"<split> <total>"``).
+        skipped: training batches skipped as non-finite (``strategy.nonfinite: skip``).
+        out: the folder whose outputs are kept for inspection, if any.
+    """
+
+    def __init__(self, names: list[str], skipped: int = 0, out: str | None = None) -> None:
+        self.names = names
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        message = f"the final metrics are not finite (NaN or inf): {shown}"
+        if skipped:
+            message += f"; {skipped} training batches were skipped as non-finite (strategy.nonfinite: skip)"
+        if out:
+            message += f"; the outputs are kept in {out}"
+        super().__init__(message)
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_DOCUMENT_DEPTH",
     "MAX_DOCUMENT_NODES",
     "MAX_EPOCHS",
+    "MAX_NAME_BYTES",
     "MAX_SEED",
     "MAX_WIDTH",
     "TASK_LOSSES",
@@ -106,6 +107,9 @@ MAX_EPOCHS = 1_000_000
 MAX_WIDTH = 65_536  # layer widths, channels, head sizes
 MAX_BATCH = 1_048_576
 MAX_COUNT = 1_000_000_000  # samples, steps, limits
+# a spec's name becomes part of folder names (runs/portal-<name>-<time>): far below the 255 bytes a
+# file system allows in one name
+MAX_NAME_BYTES = 100
 Seed = typing.Annotated[int, Field(ge=0, le=MAX_SEED)]
 Width = typing.Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 Epochs = typing.Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
@@ -114,6 +118,17 @@ Epochs = typing.Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
 # nest deeper than this: real specs hold a few hundred values, a handful of levels deep.
 MAX_DOCUMENT_NODES = 200_000
 MAX_DOCUMENT_DEPTH = 32
+
+
+# characters no name that becomes a folder name or an NNI label may hold: path separators and
+# control characters (which would also garble the terminal)
+_UNSAFE_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def unsafe_name(value: str) -> bool:
+    """True when ``value`` holds a '/', a '\\' or a control character: it could not be a folder
+    name, an NNI label (NNI splits labels at '/') or a clean line of output."""
+    return _UNSAFE_CHARS.search(value) is not None
 
 
 class StrictModel(BaseModel):
@@ -134,6 +149,16 @@ class TaskConfig(StrictModel):
     # segmentation: target value that takes no loss and no metric
     ignore_index: int = Field(default=255, ge=-(2**31), le=2**31 - 1)
     threshold: float = Field(default=0.5, gt=0, lt=1)  # keypoints, edges: F1 binarises maps at this value
+
+    @field_validator("name")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        # the name labels the task's NNI choice (no '/') and appears in outputs and messages
+        if unsafe_name(value) or value in (".", ".."):
+            raise ValueError(
+                f"task name {show_value(value)} is used as an NNI label: no '/', '\\', control characters, '.' or '..'"
+            )
+        return value
 
     @model_validator(mode="after")
     def _classes(self) -> TaskConfig:
@@ -170,10 +195,11 @@ class TaskConfig(StrictModel):
 
 
 class SplitConfig(StrictModel):
-    """Random train/validation/test split (for data sets without a fixed partition)."""
+    """Random train/validation/test split (for data sets without a fixed partition). Neither part may
+    be empty: the search selects on validation and reports test results."""
 
-    val: float = Field(default=0.1, ge=0, lt=1)
-    test: float = Field(default=0.1, ge=0, lt=1)
+    val: float = Field(default=0.1, gt=0, lt=1)
+    test: float = Field(default=0.1, gt=0, lt=1)
     seed: Seed = 0
 
     @model_validator(mode="after")
@@ -404,10 +430,16 @@ class SearchSpec(StrictModel):
     @classmethod
     def _folder_name(cls, value: str) -> str:
         # the name becomes part of output folder names (runs/<name>-<time>) and study names
-        if value.startswith(".") or value != value.strip() or re.search(r"[/\\\x00-\x1f\x7f]", value):
+        if value.startswith(".") or value != value.strip() or unsafe_name(value):
             raise ValueError(
                 f"name {show_value(value)} is used in folder names: no '/', '\\', control characters, "
                 "leading '.' or surrounding spaces"
+            )
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_NAME_BYTES:
+            raise ValueError(
+                f"name {show_value(value)} is {size} bytes long (UTF-8), at most {MAX_NAME_BYTES}: it is used in "
+                "folder names (runs/<name>-<time>)"
             )
         return value
 

@@ -35,10 +35,9 @@ from typing import Any
 
 import optuna
 import pytorch_lightning as pl
-import yaml
 
-from .config import SearchSpec, TuningConfig, load_spec
-from .errors import DmtgError
+from .config import SearchSpec, TuningConfig, dump_yaml, load_spec
+from .errors import DmtgError, NonFiniteMetricsError
 from .progress import Progress
 
 __all__ = [
@@ -328,6 +327,13 @@ class TuneResult:
     plots: list[Path]
 
 
+def _failed(trial: optuna.Trial, exc: Exception) -> float:
+    """Record a trial's failure; NaN tells Optuna the trial failed."""
+    _logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+    trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+    return math.nan
+
+
 def _objective(spec: SearchSpec, out_dir: Path, space: Sequence[Param]) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
@@ -342,12 +348,12 @@ def _objective(spec: SearchSpec, out_dir: Path, space: Sequence[Param]) -> Calla
 
         try:
             score, result = run_trial(spec, params, run_dir, report=report)
+        except NonFiniteMetricsError as exc:  # diverged (NaN metrics): this trial fails, not the study
+            return _failed(trial, exc)
         except (optuna.TrialPruned, DmtgError):
             raise
-        except Exception as exc:  # a diverging or crashing search fails this trial, not the study
-            _logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-            return math.nan
+        except Exception as exc:  # a crashing search fails this trial, not the study
+            return _failed(trial, exc)
         trial.set_user_attr("groups", result.groups)
         trial.set_user_attr("val_total_loss", result.val_loss)
         trial.set_user_attr("test_total_loss", result.test_loss)
@@ -406,7 +412,7 @@ def tune(
     # a study in an explicit storage may have other workers (other machines, or --jobs children)
     study = create_study(spec, store, study_name, pruner=pruner, shared=cfg.storage is not None)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tuning.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
+    (out / "tuning.yaml").write_text(dump_yaml(spec.to_dict()), encoding="utf-8")
     if jobs is None:
         jobs = _gpu_count()
     progress = progress or None  # False: none

@@ -179,3 +179,32 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(
     assert not run_finished(run)
     (run / "model.pt").unlink()
     assert not run_finished(run)
+
+
+@pytest.mark.parametrize(
+    ("port", "message"),
+    [
+        ("80000", "must be 1 to 65535, got 80000"),
+        ("-1", "must be 1 to 65535, got -1"),
+        ("0", "must be 1 to 65535, got 0"),
+        ("http", "expected a port number, got 'http'"),
+    ],
+)
+def test_portal_port_out_of_range_is_a_usage_error(
+    port: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["portal", "planted", "--port", port])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"dmtg portal: error: argument --port: {message}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_portal_library_call_refuses_a_port_out_of_range(tmp_path: Path) -> None:
+    from dmtg_nas import DmtgError, load_spec
+    from dmtg_nas.nni.portal import run_portal
+
+    with pytest.raises(DmtgError, match=r"^--port must be 1 to 65535, got 70000$"):
+        run_portal(load_spec("planted"), tmp_path / "out", port=70000, wait=False)
+    assert not (tmp_path / "out").exists()

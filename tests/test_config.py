@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dmtg_nas import SpecError, load_spec, load_strategy
-from dmtg_nas.config import parse_override
+from dmtg_nas.config import dump_yaml, load_yaml, parse_override
 
 from .conftest import planted_doc
 
@@ -106,6 +107,10 @@ def test_relative_table_path_resolves_against_the_spec_folder(write_yaml, tmp_pa
         ({}, ["dataset.group_sizes=[2, 3]"], "dataset.group_sizes", "add up to 5 tasks, but the spec lists 4"),
         ({"tasks": [{"name": "m", "type": "multiclass"}]}, [], "tasks[0]", "needs 'num_classes'"),
         ({"tasks": []}, [], "tasks", "at least 1 item"),
+        # errors the overrides cause above or beside the key they set are theirs too
+        ({}, ["tasks.0.type=multiclass"], "tasks[0]", "a multiclass task needs 'num_classes'"),
+        ({}, ["dataset.split.val=0.9"], "dataset.split", "val + test must be below 1, got 0.9 + 0.1"),
+        ({}, ["dataset.name=digits"], "dataset.group_sizes", "unknown key 'group_sizes'"),
     ],
 )
 def test_bad_specs_name_file_key_value_and_choices(write_yaml, change, overrides, key, fragment) -> None:
@@ -115,7 +120,7 @@ def test_bad_specs_name_file_key_value_and_choices(write_yaml, change, overrides
     err = info.value
     assert fragment in str(err)
     assert (err.key or "") == key
-    assert err.source == ("--set" if overrides and key else str(path))
+    assert err.source == ("--set" if overrides else str(path))
     assert "\n" not in str(err)
 
 
@@ -180,3 +185,84 @@ def test_fast_preset_is_the_default_with_a_short_search_and_no_check() -> None:
     assert fast.local_search.enabled is False and default.local_search.enabled == "auto"
     same = ("warmup", "temperature", "optimizer", "init", "batch_size", "sample", "seed")
     assert all(getattr(fast, key) == getattr(default, key) for key in same)
+
+
+def test_names_used_in_folder_names_and_labels_are_limited() -> None:
+    """The spec's name goes into folder names (at most 100 bytes), task names into NNI labels (no
+    '/'); names that are merely unusual stay allowed."""
+    assert load_spec(planted_doc(name="n" * 100)).name == "n" * 100
+    with pytest.raises(SpecError, match=r"is 101 bytes long \(UTF-8\), at most 100") as info:
+        load_spec(planted_doc(name="n" * 101))
+    assert info.value.key == "name"
+    tasks = [{"name": n, "type": "regression"} for n in ("a.b", "x y", "ü", "...")]
+    assert load_spec(planted_doc(tasks=tasks)).task_names == ["a.b", "x y", "ü", "..."]
+    for bad in ("a/b", "a\\b", ".", "..", "tab\there"):
+        with pytest.raises(SpecError, match="is used as an NNI label") as info:
+            load_spec(planted_doc(tasks=[{"name": bad, "type": "regression"}, *tasks[1:]]))
+        assert info.value.key == "tasks[0].name"
+
+
+def test_a_key_given_twice_is_refused_naming_key_and_file(write_yaml, tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys silently; a spec or strategy file that says two things
+    is refused, naming the key, the file and both lines."""
+    text = yaml.safe_dump(planted_doc(), sort_keys=False)
+    spec = write_yaml("twice.yaml", text + "groups: 3\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    line = text.splitlines().index("groups: 2") + 1
+    count = len(text.splitlines()) + 1
+    assert (
+        str(info.value)
+        == f"{spec}: invalid YAML at line {count}, column 1: duplicate key 'groups' (first at line {line})"
+    )
+    write_yaml("strategy.yaml", "_base_: dmtg\nepochs: 2\noptimizer:\n  lr: 0.01\n  lr: 0.1\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(write_yaml("s.yaml", planted_doc(strategy="strategy.yaml")))
+    where = f"{tmp_path / 'strategy.yaml'}: strategy: invalid YAML at line 5, column 3"
+    assert str(info.value) == f"{where}: duplicate key 'lr' (first at line 4)"
+    with pytest.raises(SpecError, match=r"^--set: dataset\.split: duplicate key 'val' in the value$"):
+        load_spec(write_yaml("ok.yaml", planted_doc()), ["dataset.split={val: 0.1, val: 0.2}"])
+    # keys merged in with '<<' may be overridden, as YAML intends
+    assert load_yaml("a: &a {x: 1, y: 2}\nb: {<<: *a, x: 3}\n") == {"a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 2}}
+
+
+def test_numbers_in_exponent_form_are_numbers(write_yaml) -> None:
+    """YAML 1.1 reads 1e-3 (no dot, or no sign in the exponent) as a string; specs read it as YAML
+    1.2 does, in files and --set alike."""
+    doc = planted_doc()
+    doc["strategy"]["optimizer"] = {"lr": "LR"}
+    path = write_yaml("exp.yaml", yaml.safe_dump(doc).replace("LR", "1e-3"))
+    assert load_spec(path).strategy.optimizer.lr == 0.001
+    spec = load_spec(path, ["strategy.optimizer.lr=1.5e-2", "strategy.optimizer.logits_lr=2E+1"])
+    assert (spec.strategy.optimizer.lr, spec.strategy.optimizer.logits_lr) == (0.015, 20.0)
+    assert parse_override("a=1e3") == ("a", 1000.0) and parse_override("a=e3") == ("a", "e3")
+    with pytest.raises(SpecError, match=r"^--set: strategy\.epochs: expected an integer, got 1000\.0 \(float\)$"):
+        load_spec(path, ["strategy.epochs=1e3"])
+    # what a run writes (config.yaml) reads back the same: the string '1e3' stays a string
+    written = dump_yaml({"description": "1e3", "lr": 0.001, "tiny": 1e-20})
+    assert load_yaml(written) == {"description": "1e3", "lr": 0.001, "tiny": 1e-20}
+    spec = load_spec(planted_doc(description="1e3"))
+    assert load_spec(write_yaml("config.yaml", dump_yaml(spec.to_dict()))) == spec
+
+
+@pytest.mark.parametrize(
+    ("change", "overrides", "key"),
+    [
+        # the file's own error, with an unrelated override
+        ({"tasks": [{"name": "m", "type": "multiclass"}]}, ["groups=1"], "tasks[0]"),
+        # the file's own error, under a key the overrides touch but do not cause
+        ({"tasks": [{"name": "m", "type": "multiclass"}]}, ["tasks.0.weight=2.0"], "tasks[0]"),
+        # an override fixes one error of the file; the next one is still the file's
+        (
+            {"tasks": [{"name": "m", "type": "multiclass"}], "backbone": {"name": "mlp", "hiden": [8]}},
+            ["backbone={name: mlp}"],
+            "tasks[0]",
+        ),
+    ],
+)
+def test_errors_of_the_file_are_not_blamed_on_set(write_yaml, change, overrides, key) -> None:
+    path = write_yaml("bad.yaml", planted_doc(**change))
+    with pytest.raises(SpecError) as info:
+        load_spec(path, overrides)
+    assert (info.value.source, info.value.key) == (str(path), key)
+    assert "needs 'num_classes'" in info.value.message

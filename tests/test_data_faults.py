@@ -16,6 +16,7 @@ import yaml
 from dmtg_nas import DataError, SpecError, load_spec
 from dmtg_nas.cli import main
 from dmtg_nas.components import load_data
+from dmtg_nas.data.table import read_table
 
 from .conftest import planted_doc
 from .fixtures import write_celeba
@@ -65,6 +66,19 @@ def test_missing_task_column_is_named_with_its_key_path(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"feature 'c' is not a column") as info:
         load_spec(_table(tmp_path / "t.csv", features=["a", "c"]))
     assert info.value.key == "dataset.features"
+
+
+def test_duplicate_csv_column_names_are_refused(tmp_path: Path) -> None:
+    """A CSV header naming a column twice would make the task or feature silently the last of them."""
+    (tmp_path / "t.csv").write_text("a,y,b,y,z, a\n1,2,3,4,0,5\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(_table(tmp_path / "t.csv"))
+    assert info.value.key == "dataset.path"
+    assert info.value.message == (
+        f"{tmp_path / 't.csv'}: duplicate column names in the header: 'a' (columns 1, 6), 'y' (columns 2, 4)"
+    )
+    with pytest.raises(DataError, match=r"t\.csv: duplicate column names in the header: 'a' \(columns 1, 6\), 'y'"):
+        read_table(tmp_path / "t.csv")
 
 
 @pytest.mark.parametrize(
@@ -134,6 +148,88 @@ def test_search_on_nonfinite_targets_exits_2_before_writing(tmp_path: Path, caps
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "t.csv: column 'y' has a missing or non-finite value (NaN, inf) at line 7" in err
     assert not out.exists()  # data is checked before the output folder is made
+
+
+def test_a_split_that_rounds_to_no_rows_is_refused_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """4 rows with val 0.1 leave the validation split empty: refused when the data loads, not
+    answered with NaN metrics after the training."""
+    _write_csv(tmp_path / "t.csv", n=4)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(_table(Path("t.csv"), split={"val": 0.1, "test": 0.25})))
+    out = tmp_path / "run"
+    code, err = _cli(["search", str(spec), "--out", str(out), "-q"], capsys)
+    assert code == 2
+    assert err == (
+        "dmtg: error: dataset 'table': the val split is empty (train 3, val 0, test 1 samples): "
+        "dataset.split.val = 0.1 of 4 samples rounds to none; a run needs samples in train, val and test\n"
+    )
+    assert not out.exists()
+    code, err = _cli(
+        ["search", str(spec), "--out", str(out), "-q", "--set", "dataset.split={val: 0.5, test: 0.01}"], capsys
+    )
+    assert code == 2 and "the test split is empty (train 2, val 2, test 0 samples): dataset.split.test = 0.01 " in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("part", ["val", "test"])
+def test_a_zero_split_fraction_is_a_spec_error(tmp_path: Path, part: str) -> None:
+    _write_csv(tmp_path / "t.csv")
+    with pytest.raises(SpecError, match=rf"^<spec>: dataset\.split\.{part}: input should be greater than 0, got 0$"):
+        load_spec(_table(tmp_path / "t.csv", split={part: 0}))
+
+
+def test_user_data_with_an_empty_test_split_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "empty_test_data.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from dmtg_nas.data import TaskData, TensorTaskDataset
+
+            def data():
+                part = lambda n: TensorTaskDataset(torch.zeros(n, 3), {"y": torch.zeros(n)})
+                return TaskData(part(8), part(2), part(0), (3,), tasks=[{"name": "y", "type": "regression"}])
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = load_spec(planted_doc(tasks=TASKS[:1], dataset={"name": "empty_test_data:data"}, groups=1))
+    with pytest.raises(DataError, match=r"^dataset 'empty_test_data:data': the test split is empty \(train 8, val 2, "):
+        load_data(spec)
+
+
+def test_a_run_with_non_finite_final_metrics_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inputs that are all NaN: with nonfinite: skip every batch is skipped and the metrics are NaN.
+    The run fails naming them (it used to exit 0 and print 'nan'); the outputs stay to look at."""
+    (tmp_path / "nan_inputs.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from dmtg_nas.data import TaskData, TensorTaskDataset
+
+            def data(n=32):
+                part = lambda: TensorTaskDataset(torch.full((n, 3), float("nan")), {"y": torch.zeros(n)})
+                return TaskData(part(), part(), part(), (3,), tasks=[{"name": "y", "type": "regression"}])
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    doc = planted_doc(tasks=TASKS[:1], dataset={"name": "nan_inputs:data"}, groups=1, backbone={"name": "mlp"})
+    doc["strategy"] = {"_base_": "dmtg-plain", "epochs": 1, "batch_size": 8, "nonfinite": "skip"}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "run"
+    code, err = _cli(["search", str(spec), "--out", str(out), "-q", "--set", "strategy.finetune.epochs=0"], capsys)
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        "dmtg: error: the final metrics are not finite (NaN or inf): val y.loss, val y.mse, val y.mae, test y.loss, "
+        "test y.mse and 5 more; 4 training batches were skipped as non-finite (strategy.nonfinite: skip); "
+        f"the outputs are kept in {out}"
+    )
+    assert (out / "metrics.json").is_file()
 
 
 # ----------------------------------------------------------------------------------------------

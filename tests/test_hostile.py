@@ -33,6 +33,7 @@ from dmtg_nas.config import (
     LRScheduleConfig,
     OptimizerConfig,
     SearchSpec,
+    SpecDumper,
     SplitConfig,
     StrategyConfig,
     TaskConfig,
@@ -181,7 +182,7 @@ OUT_OF_RANGE: dict[str, st.SearchStrategy[Any]] = {
     "dataset.noise": st.one_of(st.floats(max_value=-1e-9), _NONFINITE),
     "dataset.input_dim": st.one_of(st.integers(max_value=0), st.integers(min_value=65_537)),
     "dataset.seed": st.one_of(st.integers(max_value=-1), _HUGE),
-    "dataset.split.val": st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0), _NONFINITE),
+    "dataset.split.val": st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), _NONFINITE),
     "backbone.hidden[0]": st.one_of(st.integers(max_value=0), st.integers(min_value=65_537)),
     "heads.dropout": st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0), _NONFINITE),
     "heads.hidden[0]": st.one_of(st.integers(max_value=0), _HUGE),
@@ -226,7 +227,7 @@ def _dotted(path: str) -> str:
 
 
 def _override(path: str, value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    text = yaml.dump(value, Dumper=SpecDumper, default_flow_style=True, width=10**6).strip()
     text = text.removesuffix("\n...").removesuffix("...").strip()
     return f"{_dotted(path)}={text}"
 
@@ -497,7 +498,8 @@ def check_refused(case: Case, folder: Path) -> None:
     elif isinstance(case.spec, str):
         spec_path.write_text(case.spec, encoding="utf-8")
     elif case.spec is not None:
-        spec_path.write_text(yaml.safe_dump(case.spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        text = yaml.dump(case.spec, Dumper=SpecDumper, sort_keys=False, allow_unicode=True)  # '1e3' stays a string
+        spec_path.write_text(text, encoding="utf-8")
     before = sorted(p.name for p in folder.iterdir())
     sets = [a for o in case.overrides for a in ("--set", o)]
     out_dir = folder / "run"
@@ -547,6 +549,12 @@ def _alias_bomb(levels: int = 7) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _task_named(name: str) -> dict[str, Any]:
+    doc = base_doc()
+    doc["tasks"][0]["name"] = name
+    return doc
+
+
 PINNED = [
     Case("infinite learning rate", {**base_doc(), "strategy": {"optimizer": {"lr": math.inf}}}, expect="finite"),
     Case("NaN logits", base_doc(), ["strategy.init.logits=.nan"], expect="strategy.init.logits"),
@@ -567,6 +575,16 @@ PINNED = [
     Case("long strategy name", {**base_doc(), "strategy": "s" * 4000}, expect="File name too long"),
     Case("~user without home", {**base_doc(), "strategy": "~no_such_user_here/s.yaml"}, expect="strategy"),
     Case("NaN split fraction", base_doc(), ["dataset.split={val: .nan}"], expect="dataset.split.val"),
+    # NNI labels cannot hold '/': these passed validation and failed with a traceback in the search
+    Case("task name with a slash", _task_named("a/b"), expect="tasks[0].name: task name 'a/b' is used as an NNI"),
+    Case("task name '..'", _task_named(".."), expect="tasks[0].name: task name '..' is used as an NNI label"),
+    Case("task name via --set", base_doc(), ["tasks.0.name=../t0"], expect="--set: tasks[0].name: task name"),
+    Case("task name with an escape", _task_named("a\x1b[31mb"), expect="tasks[0].name: task name 'a\\x1b[31mb'"),
+    Case("key twice", yaml.safe_dump(base_doc()) + "groups: 3\n", expect="duplicate key 'groups' (first at line"),
+    Case("key twice via --set", base_doc(), ["heads={dropout: 0.1, dropout: 0.2}"], expect="duplicate key 'dropout'"),
+    Case("--set breaks its parent", base_doc(), ["tasks.0.type=multiclass"], expect="--set: tasks[0]: a multiclass"),
+    Case("name of 101 bytes", {**base_doc(), "name": "n" * 101}, expect="name: name 'nnnn"),
+    Case("name of 51 two-byte letters", base_doc(), ["name=" + "é" * 51], expect="is 102 bytes long (UTF-8)"),
 ]
 
 

@@ -246,3 +246,36 @@ def test_portal_runs_a_real_nni_experiment(tmp_path: Path, tuner: str) -> None:
         requests.get(f"http://127.0.0.1:{port}/", timeout=3)
     assert not (home / "nni-experiments").exists()  # NNI's files are in the run folder, not the home
     assert (out / "nni").is_dir() and len(list((out / "trials").iterdir())) == 2
+
+
+def test_sigterm_stops_the_portal_with_exit_code_143() -> None:
+    """SIGTERM while the portal waits stops the experiment and exits with 128 + 15, as a search does;
+    the handler in place before is restored."""
+    import threading
+
+    from dmtg_nas.nni import portal
+
+    class Experiment:
+        _proc = None
+        port = None
+
+        def get_status(self) -> str:
+            return "RUNNING"
+
+        def save_checkpoint(self) -> None:
+            pass
+
+        def stop(self) -> None:
+            pass
+
+    before = signal.getsignal(signal.SIGTERM)
+    said: list[str] = []
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code = portal._serve(Experiment(), 1, False, lambda message, main: said.append(message))
+    finally:
+        timer.cancel()
+    assert code == 143
+    assert said == ["stopping the experiment..."]
+    assert signal.getsignal(signal.SIGTERM) is before

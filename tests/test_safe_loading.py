@@ -141,6 +141,15 @@ def test_npz_with_object_arrays_is_never_unpickled(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_specs_are_read_with_a_safe_loader() -> None:
+    """The spec loader only adds duplicate-key checks and YAML 1.2 floats to PyYAML's safe loader."""
+    from dmtg_nas.config import SpecLoader, load_yaml
+
+    assert issubclass(SpecLoader, yaml.SafeLoader)
+    with pytest.raises(yaml.constructor.ConstructorError, match=r"python/object/apply:os\.mkdir"):
+        load_yaml('a: !!python/object/apply:os.mkdir ["x"]\n')
+
+
 def test_yaml_tags_that_build_objects_are_refused(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     path = tmp_path / "spec.yaml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -259,3 +260,28 @@ def postgres_url() -> Iterator[str]:
     finally:
         run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("error", ["nonfinite", "spec"])
+def test_a_trial_with_non_finite_metrics_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: str
+) -> None:
+    """A diverged trial (its run fails on NaN metrics) is a failed trial; a user error still ends the study."""
+    import dmtg_nas.tuning as tuning
+    from dmtg_nas.errors import NonFiniteMetricsError
+
+    def run_trial(*args: Any, **kwargs: Any) -> Any:
+        raise NonFiniteMetricsError(["val t0.loss"]) if error == "nonfinite" else SpecError("bad")
+
+    monkeypatch.setattr(tuning, "run_trial", run_trial)
+    spec = dmtg_nas.load_spec(planted_doc())
+    objective = tuning._objective(spec, tmp_path, search_space(spec))
+    trial = optuna.create_study().ask()
+    if error == "spec":
+        with pytest.raises(SpecError):
+            objective(trial)
+        return
+    assert math.isnan(objective(trial))  # Optuna records the trial as failed
+    assert trial.user_attrs["error"] == (
+        "NonFiniteMetricsError: the final metrics are not finite (NaN or inf): val t0.loss"
+    )

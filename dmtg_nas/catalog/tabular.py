@@ -23,6 +23,7 @@ __all__ = [
     "check_digits",
     "check_planted",
     "check_table",
+    "duplicate_columns",
     "feature_names",
     "first_line",
     "table_columns",
@@ -62,7 +63,15 @@ def first_line(exc: BaseException) -> str:
 
 
 def table_columns(path: Path, delimiter: str) -> list[str]:
-    """The column names of a table file, reading only its header (CSV) or index (NPZ)."""
+    """The column names of a table file, reading only its header (CSV) or index (NPZ); a CSV
+    header may not name a column twice."""
+    header = _columns(path, delimiter)
+    if repeated := duplicate_columns(header):
+        raise SpecError(f"{path}: {repeated}", key="dataset.path")
+    return header
+
+
+def _columns(path: Path, delimiter: str) -> list[str]:
     try:
         if path.suffix.lower() == ".csv":
             with path.open(newline="", encoding="utf-8") as handle:
@@ -75,6 +84,17 @@ def table_columns(path: Path, delimiter: str) -> list[str]:
     except (OSError, ValueError, EOFError, csv.Error, zipfile.BadZipFile) as exc:
         kind = "CSV" if path.suffix.lower() == ".csv" else "NPZ"
         raise SpecError(f"{path}: not a readable {kind} file ({first_line(exc)})", key="dataset.path") from None
+
+
+def duplicate_columns(header: Sequence[str]) -> str:
+    """``""`` when every column name is unique, else what repeats and where (1-based), e.g.
+    ``"duplicate column names in the header: 'a' (columns 1, 3)"``: a column read by name would
+    silently be the last of its namesakes."""
+    where: dict[str, list[int]] = {}
+    for i, name in enumerate(header, start=1):
+        where.setdefault(name, []).append(i)
+    repeated = [f"{name!r} (columns {', '.join(map(str, cols))})" for name, cols in where.items() if len(cols) > 1]
+    return f"duplicate column names in the header: {', '.join(repeated)}" if repeated else ""
 
 
 def npz_columns(path: Path) -> list[str]:

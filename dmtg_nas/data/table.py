@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from ..catalog.tabular import TableOptions, check_table, feature_names, first_line
+from ..catalog.tabular import TableOptions, check_table, duplicate_columns, feature_names, first_line
 from ..errors import DataError
 from ..schema import TaskConfig
 from .base import TaskData, TensorTaskDataset, encode_targets, random_split
@@ -60,6 +60,8 @@ def _read_csv(path: Path, delimiter: str) -> dict[str, np.ndarray]:
         except StopIteration:
             raise DataError(f"{path}: empty file") from None
         header = [h.strip() for h in header]
+        if repeated := duplicate_columns(header):
+            raise DataError(f"{path}: {repeated}")
         rows: list[list[float]] = []
         for line_no, row in enumerate(reader, start=2):
             if not row:

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import SearchSpec, load_spec
+from ..config import SearchSpec, dump_yaml, load_spec
 from ..errors import DmtgError, suggest
 from ..tuning import Param, search_space, tuning_of
 from .tuner import OptunaTuner
@@ -179,6 +179,8 @@ def run_portal(
         host = "127.0.0.1"
     if host not in LOOPBACK_HOSTS and host not in ALL_HOSTS:
         raise DmtgError(f"--host must be 127.0.0.1 (default) or 0.0.0.0 (every interface), got {host!r}")
+    if not 1 <= port <= 65535:
+        raise DmtgError(f"--port must be 1 to 65535, got {port}")
     if concurrency < 1:
         raise DmtgError(f"--concurrency must be >= 1, got {concurrency}")
     cfg = tuning_of(spec)
@@ -192,9 +194,7 @@ def run_portal(
     nni_dir = out / "nni"
     nni_dir.mkdir(exist_ok=True)
     spec_file = out / "spec.yaml"
-    import yaml
-
-    spec_file.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
+    spec_file.write_text(dump_yaml(spec.to_dict()), encoding="utf-8")
 
     if space == "grouping":
         nni_space = grouping_space(spec, grid=tuner == "grid")
@@ -327,13 +327,21 @@ def _log_say(message: str, main: bool) -> None:
 
 
 def _serve(exp: Any, trials: int, stop_when_done: bool, say: Callable[[str, bool], None]) -> int:
-    """Wait (the portal stays up) until Ctrl-C; then stop the experiment and every process it started."""
+    """Wait (the portal stays up) until Ctrl-C or SIGTERM; then stop the experiment and every process
+    it started. SIGTERM makes the exit code 143 (128 + the signal), as it does for ``dmtg search``."""
     proc = exp._proc
     started = {p.pid: p for p in _descendants(proc.pid)} if proc else {}
     reported = False
     code = 0
+    terminated = False
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        nonlocal terminated
+        terminated = True
+        raise KeyboardInterrupt
+
     handler = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         while True:
             time.sleep(2)
@@ -352,6 +360,7 @@ def _serve(exp: Any, trials: int, stop_when_done: bool, say: Callable[[str, bool
                 say("the portal stays up; Ctrl-C stops the experiment", False)
     except KeyboardInterrupt:
         say("stopping the experiment...", False)
+        code = 128 + signal.SIGTERM if terminated else code
     finally:
         signal.signal(signal.SIGTERM, handler)
         _stop(exp, started)

@@ -21,6 +21,7 @@ data set knows its best partition; ``logs/metrics.csv``.
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -28,12 +29,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-import yaml
 
 from ..backbones import check_backbone
 from ..components import load_data
+from ..config import dump_yaml
 from ..data import TaskData
-from ..errors import DmtgError
+from ..errors import DmtgError, NonFiniteMetricsError
 from ..hardware import barrier, is_global_zero
 from ..nni.search import one_shot_search
 from ..quiet import quiet_libraries
@@ -66,8 +67,9 @@ def run_search(
 
     While it runs, the process holds a lock on ``out_dir`` (a second run into it is refused),
     SIGINT and SIGTERM stop it at the next step with a resumable checkpoint
-    (:class:`~dmtg_nas.errors.SearchInterrupted`), and a non-finite loss follows
-    ``strategy.nonfinite``.
+    (:class:`~dmtg_nas.errors.SearchInterrupted`), a non-finite loss follows
+    ``strategy.nonfinite``, and final metrics that are not finite raise
+    :class:`~dmtg_nas.errors.NonFiniteMetricsError` (after the outputs are written).
 
     Args:
         spec: a validated spec (:func:`dmtg_nas.load_spec`).
@@ -108,7 +110,7 @@ def run_search(
         else:  # the other processes of a distributed run: rank 0 has prepared the folder
             resume_from = out / "checkpoints" / "last.ckpt" if resume else None
         if out is not None and not resume and is_global_zero():
-            (out / "config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
+            (out / "config.yaml").write_text(dump_yaml(spec.to_dict()), encoding="utf-8")
         ctx = RunContext(spec, data, out, interrupts, progress, resume_from, callbacks)
         return run_stages(ctx, searcher, t0)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -133,7 +135,24 @@ def run_stages(ctx: RunContext, searcher: Searcher = one_shot_search, t0: float 
     if ctx.out is not None and is_global_zero():
         write_outputs(result, ctx.spec, ctx.data)
     barrier()  # a distributed run ends when every process has finished
+    check_finite(result)
     return result
+
+
+def check_finite(result: SearchResult) -> None:
+    """Fail a run whose final metrics are not all finite (the outputs stay for inspection): a NaN
+    result, e.g. after every batch was skipped as non-finite, must not pass for a finished search."""
+    rows = [(split, task, row) for split in ("val", "test") for task, row in result.metrics[split].items()]
+    rows += [(split, "", row) for split, row in result.metrics["totals"].items()]
+    bad = [
+        f"{split} {task + '.' if task else ''}{name}"
+        for split, task, row in rows
+        for name, value in row.items()
+        if not math.isfinite(value)
+    ]
+    if bad:
+        out = str(result.out_dir) if result.out_dir is not None else None
+        raise NonFiniteMetricsError(bad, result.metrics["nonfinite"]["skipped_batches"], out)
 
 
 def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool, lock: RunLock) -> Path | None:
