@@ -379,6 +379,12 @@ class StrategyConfig(StrictModel):
     # after the search: discrete moves of tasks (and merges of groups) from the relaxation's argmax
     # that raise the grouping's within-group affinity (the warm start's or the scout's)
     polish: bool = False
+    # the logits' gradient from the next validation batch (network in evaluation mode), the weights'
+    # from the training batch (first-order bilevel, as DARTS); false: both from the training batch
+    bilevel: bool = False
+    # false (an ablation): no supernet; the warm start's clusters (or init.groups) are the grouping the
+    # fine-tune and the merge check start from
+    supernet: bool = True
     entropy_weight: float = Field(default=0.0, ge=0)  # + w * mean entropy of softmax(logits)
     epochs: Epochs = 100
     batch_size: int = Field(default=256, ge=1, le=MAX_BATCH)

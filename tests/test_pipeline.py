@@ -107,3 +107,20 @@ def test_dmtg_from_preset_reads_the_preset_and_overrides() -> None:
     strategy = DMTG.from_preset("dmtg", ["epochs=7"])
     assert strategy.config is not None and strategy.config.epochs == 7 and strategy.config.name == "dmtg"
     assert strategy.config.warmup.method == "attribution"
+
+
+def test_without_the_supernet_the_start_goes_to_the_finetune() -> None:
+    # strategy.supernet: false (an ablation): the warm start's clusters are the grouping, no supernet trains
+    spec = dmtg_nas.load_spec(planted_doc(), ["strategy.supernet=false", "strategy.finetune.epochs=1"])
+    result = run_search(spec)
+    stages = {s.stage: s for s in result.stages}
+    assert list(stages)[:3] == ["warm_start", "search", "finetune"]
+    assert stages["search"].groups == stages["warm_start"].groups
+    assert result.metrics["search"]["search_seconds"] < 1.0
+    assert all(max(row) > 0.9 for row in result.probabilities.values())  # the warm start's rows, as they started
+    # from a given start instead: that grouping, unchanged
+    doc = planted_doc()
+    doc["strategy"].update({"warmup": {"method": "none"}, "local_search": {"enabled": False}, "supernet": False})
+    doc["strategy"]["init"] = {"groups": [["t0", "t3"], ["t1", "t2"]]}
+    result = run_search(dmtg_nas.load_spec(doc))
+    assert sorted(map(sorted, result.groups)) == [["t0", "t3"], ["t1", "t2"]]

@@ -195,3 +195,34 @@ def test_the_lookahead_scout_averages_one_measurement_per_step(tmp_path: Path) -
         assert (np.diag(a) > 0).all()
         counts.append(scout["samples"])
     assert counts[0] >= 2 and counts[1] == (counts[0] + 1) // 2
+
+
+def test_bilevel_logits_learn_from_held_out_batches_only() -> None:
+    import pytorch_lightning as pl
+    import torch
+
+    seen: dict[str, object] = {}
+
+    class Probe(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: object, *args: object) -> None:
+            if seen:
+                return
+            module = trainer.lightning_module
+            bank = module.bank  # type: ignore[attr-defined]
+            noise, tau = module.step_state(0)  # type: ignore[attr-defined]
+            loss = module.held_out_loss(bank.sample(noise, tau))  # type: ignore[attr-defined]
+            weights = [p for p in module.parameters() if p is not bank.logits and p.requires_grad]
+            grads = torch.autograd.grad(loss, [bank.logits, *weights], allow_unused=True)
+            seen["logits"] = grads[0]
+            seen["weights"] = [g for g in grads[1:] if g is not None]
+            seen["training"] = module.training_module.training  # type: ignore[attr-defined]
+
+    doc = planted_doc()
+    doc["strategy"].update({"warmup": {"method": "none"}, "local_search": {"enabled": False}, "bilevel": True})
+    result = run_search(dmtg_nas.load_spec(doc, ["strategy.epochs=2"]), callbacks=[Probe()])
+    logits = seen["logits"]
+    assert isinstance(logits, torch.Tensor) and torch.isfinite(logits).all() and logits.abs().sum() > 0
+    assert seen["weights"] == []  # the held-out loss reaches only the logits
+    assert seen["training"] is True  # the network is back in training mode afterwards
+    rows = np.asarray(list(result.probabilities.values()))
+    assert not np.allclose(rows, 0.5)  # the logits moved, on the held-out batches' gradient

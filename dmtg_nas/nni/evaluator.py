@@ -44,6 +44,7 @@ class NniMultiTaskModule(MultiTaskModule, LightningModule):
     """The multi-task module as NNI's evaluator takes it (an NNI ``LightningModule``)."""
 
     inputs: RunInputs | None = None
+    held_out_loader: Any = None  # the validation batches (strategy.bilevel: the logits learn from them)
 
 
 def run_inputs(evaluator: Any) -> RunInputs | None:
@@ -155,6 +156,7 @@ def build_evaluator(
         )
     fit_kwargs = {"ckpt_path": str(resume_from)} if resume_from is not None else None
     module.inputs = RunInputs(spec, data, out_dir)
+    module.held_out_loader = val_loader  # strategy.bilevel: the logits' batches, validation run or not
     return Lightning(module, trainer, train_dataloaders=train_loader, val_dataloaders=val_loader, fit_kwargs=fit_kwargs)
 
 

@@ -68,8 +68,11 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         entropy_weight: float = 0.0,
         affinity: AffinityConfig | None = None,
         logits_init: float = 1.0,
+        bilevel: bool = False,
     ) -> None:
         super().__init__(training_module)
+        self.bilevel = bilevel
+        self._held_out: Any = None  # bilevel: the iterator over the validation batches
         self.temperature = temperature
         self.hard = hard
         self.seed = seed
@@ -237,14 +240,52 @@ class DMTGLightningModule(BaseOneShotLightningModule):
             elif self.trainer.current_epoch + 1 >= scout.epochs:
                 self._keep_inputs(batch[0])
 
+        z = bank.sample(noise, tau, self.hard)
+        held = self.bilevel and not self.scouting
+
         def method_loss(outputs: Any, targets: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-            return bank.loss(bank.sample(noise, tau, self.hard), head_losses(tasks, outputs, targets), tasks)
+            return bank.loss(z.detach() if held else z, head_losses(tasks, outputs, targets), tasks)
 
         loss = self.training_module.training_step(batch, batch_idx, loss_fn=method_loss)
         if loss is None:  # a skipped non-finite batch (strategy.nonfinite: skip)
             return None
+        if held:  # the logits learn from a held-out batch, the weights from the training batch
+            loss = loss + self.held_out_loss(z)
         if self.entropy_weight > 0:
             loss = loss + self.entropy_weight * bank.entropy()
+        return loss
+
+    def held_out_loss(self, z: Tensor) -> Tensor:
+        """The method's loss on the next validation batch, the network in evaluation mode and its
+        head losses constants: its gradient reaches only the logits (DARTS' first-order bilevel
+        update: the grouping is chosen by how each branch's heads generalize, not how they fit)."""
+        from pytorch_lightning.utilities import move_data_to_device
+
+        batch = None
+        for _ in range(2):  # the iterator restarts once at the end of the validation set
+            if self._held_out is None:
+                loader = getattr(self.training_module, "held_out_loader", None) or self.trainer.val_dataloaders
+                loader = loader[0] if isinstance(loader, list | tuple) else loader
+                if loader is None:
+                    raise RuntimeError("strategy.bilevel needs the validation split's loader")
+                self._held_out = iter(loader)
+            try:
+                batch = next(self._held_out)
+                break
+            except StopIteration:
+                self._held_out = None
+        if batch is None:
+            raise RuntimeError("strategy.bilevel needs a non-empty validation set")
+        x, targets = move_data_to_device(batch, self.device)
+        module = self.training_module
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                blocks = head_losses(module.tasks, module(x), targets)
+        finally:
+            module.train(was_training)
+        loss, _ = self.bank.loss(z, blocks, module.tasks)
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -274,7 +315,8 @@ class OneShotDMTG(OneShotStrategy):
         initial_logits: per-task initial logit rows ``{task: [K values]}`` (a warm start); tasks
             not listed start at ``logits_init``.
         entropy_weight: weight of the mean entropy of softmax(S) added to the loss (0: off).
-        affinity: the affinity scout and polish (:class:`~dmtg_nas.schema.AffinityConfig`; None: off).
+        affinity: the affinity scout (:class:`~dmtg_nas.schema.AffinityConfig`; None: off).
+        bilevel: the logits learn from validation batches, the weights from training batches.
         seed: seed of the Gumbel noise sequence.
     """
 
@@ -287,11 +329,13 @@ class OneShotDMTG(OneShotStrategy):
         initial_logits: dict[str, list[float]] | None = None,
         entropy_weight: float = 0.0,
         affinity: AffinityConfig | None = None,
+        bilevel: bool = False,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.affinity = affinity
+        self.bilevel = bilevel
         if not isinstance(temperature, TemperatureConfig):
             temperature = TemperatureConfig(schedule="constant", init=float(temperature))
         self.temperature = TemperatureSchedule(temperature)
@@ -311,6 +355,7 @@ class OneShotDMTG(OneShotStrategy):
             initial_logits=initial_logits,
             entropy_weight=config.entropy_weight,
             affinity=config.affinity,
+            bilevel=config.bilevel,
             seed=config.seed,
         )
 
@@ -329,6 +374,7 @@ class OneShotDMTG(OneShotStrategy):
             entropy_weight=self.entropy_weight,
             affinity=self.affinity,
             logits_init=self.logits_init,
+            bilevel=self.bilevel,
         )
 
     @property

@@ -46,7 +46,7 @@ from .context import RunContext
 from .finetune import finetune_stage
 from .outputs import search_result, write_outputs
 from .records import SearchResult, Timings
-from .search import Searcher, search_stage
+from .search import Searcher, no_supernet, search_stage
 from .warm import warm_start_stage
 
 __all__ = ["run_search", "run_stages"]
@@ -124,6 +124,8 @@ def run_stages(ctx: RunContext, searcher: Searcher = one_shot_search, t0: float 
     warm = warm_start_stage(ctx)
     if warm is not None and ctx.resume_from is None:
         timings.warm_start = warm.seconds
+    if not ctx.spec.strategy.supernet:  # an ablation: the start goes straight to the fine-tune and the check
+        searcher = no_supernet
     search, history = search_stage(ctx, warm, searcher)
     timings.search = search.seconds
     tuned = finetune_stage(ctx, search)

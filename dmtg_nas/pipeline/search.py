@@ -25,7 +25,7 @@ from ..warmstart import WarmStart
 from .context import RunContext
 from .records import SearchRecord
 
-__all__ = ["ProbabilityHistory", "Searcher", "polish", "search_stage"]
+__all__ = ["ProbabilityHistory", "Searcher", "no_supernet", "polish", "search_stage"]
 
 
 class ProbabilityHistory(pl.Callback):
@@ -118,6 +118,25 @@ def search_stage(
         message = interrupt_message(ctx.out, phase)(ctx.interrupts.name, None)
         raise SearchInterrupted(message, ctx.interrupts.signum)
     return record, history
+
+
+def no_supernet(
+    ctx: RunContext, initial_logits: dict[str, list[float]] | None, history: ProbabilityHistory
+) -> SearchRecord:
+    """The searcher of ``strategy.supernet: false`` (an ablation): no supernet is trained; each task
+    takes the branch of its largest starting logit (the warm start's cluster, or ``init.groups``;
+    branch 0 where the start is uniform), and the fine-tune and the check go on from that grouping
+    with the untrained supernet's weights."""
+    from ..nni.space import GroupingSpace
+
+    spec = ctx.spec
+    space = GroupingSpace.from_spec(spec, ctx.data.input_shape)
+    k, rows = spec.groups, dict(initial_logits or {})
+    uniform = [spec.strategy.init.logits] * k
+    logits = {name: torch.tensor([float(v) for v in rows.get(name, uniform)]) for name in spec.task_names}
+    sample = {name: int(row.argmax()) for name, row in logits.items()}
+    probabilities = {name: torch.softmax(row, 0).tolist() for name, row in logits.items()}
+    return SearchRecord(space, sample, probabilities)
 
 
 def polish(record: SearchRecord, names: Sequence[str], affinity: Sequence[Sequence[float]], branches: int) -> None:
