@@ -33,7 +33,7 @@ EXIT_USAGE = 2
 _EPILOG = """\
 examples:
   dmtg search planted                                  shipped search space, outputs in runs/
-  dmtg search my_space.yaml --out runs/a --set groups=4 --set strategy.epochs=20
+  dmtg search my_space.yaml --out runs/a --set branches=4 --set strategy.epochs=20
   dmtg search --resume runs/a                          continue after an interruption
   dmtg validate my_space.yaml
   dmtg retrain runs/a --init scratch                   the found groups, trained from fresh weights
@@ -263,7 +263,7 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a key of the merged spec (repeatable), e.g. groups=4 or strategy.epochs=20",
+        help="override a key of the merged spec (repeatable), e.g. branches=4 or strategy.epochs=20",
     )
 
 
