@@ -14,6 +14,7 @@ from .catalog.checks import os_message
 from .config import SearchSpec, SplitConfig
 from .data import DATASETS, DatasetPlugin, TaskData, UserDataset
 from .errors import DataError, SpecError
+from .hardware import check_trainer
 from .validation import validate_model
 
 __all__ = ["validate_components", "dataset_plugin", "load_data"]
@@ -38,10 +39,12 @@ def dataset_plugin(spec: SearchSpec) -> tuple[DatasetPlugin, Any]:
 
 def validate_components(spec: SearchSpec, *, build_user: bool = False) -> None:
     """Check names, options and files of the data set and the encoder: the spec layer's checks
-    (:func:`~dmtg_nas.catalog.check_spec`) and the encoder's own (a timm model exists, a weights
-    file fits it). With ``build_user``, your own encoder (``package.module:factory``) is also
-    built for the data's input shape, which loads the data, and its output checked."""
+    (:func:`~dmtg_nas.catalog.check_spec`), the encoder's own (a timm model exists, a weights file
+    fits it) and the Trainer settings' (:func:`~dmtg_nas.hardware.check_trainer`). With
+    ``build_user``, your own encoder (``package.module:factory``) is also built for the data's input
+    shape, which loads the data, and its output checked."""
     check_spec(spec)
+    check_trainer(spec.strategy.trainer)
     try:
         parsed = check_backbone(spec.backbone)
         if build_user and parsed.family == _USER_ENCODER:

@@ -362,6 +362,36 @@ class InitConfig(StrictModel):
     strength: float = Field(default=3.0, ge=0)
 
 
+# Trainer arguments the package sets itself, and the spec key that sets them ("" where none does):
+# ``strategy.trainer.extra`` may not give them
+TRAINER_SETTINGS = {
+    "max_epochs": "strategy.epochs",
+    "gradient_clip_val": "strategy.gradient_clip",
+    "deterministic": "strategy.deterministic",
+    "accelerator": "strategy.trainer.accelerator",
+    "devices": "strategy.trainer.devices",
+    "num_nodes": "strategy.trainer.num_nodes",
+    "strategy": "strategy.trainer.strategy",
+    "precision": "strategy.trainer.precision",
+    "logger": "strategy.trainer.logger",
+    "callbacks": "strategy.trainer.callbacks",
+    "enable_progress_bar": "--quiet",
+    **dict.fromkeys(
+        (
+            "enable_checkpointing",
+            "enable_model_summary",
+            "num_sanity_val_steps",
+            "limit_val_batches",
+            "log_every_n_steps",
+            "plugins",
+            "default_root_dir",
+            "use_distributed_sampler",
+        ),
+        "",
+    ),
+}
+
+
 class TrainerConfig(StrictModel):
     """Where and how Lightning trains: every Trainer the package builds (the search, fine-tuning,
     retraining, the baselines and the warm start) takes these settings.
@@ -377,6 +407,34 @@ class TrainerConfig(StrictModel):
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"  # Lightning's precision plugin
     channels_last: bool = False  # conv encoders: NHWC memory format (faster convolutions on recent GPUs)
     compile: bool = False  # torch.compile the network's forward
+    # the search's logger, writing under the output folder only: csv (logs/metrics.csv), tensorboard,
+    # mlflow (a local file store, OUT/mlruns) or wandb (offline mode); each needs its package
+    logger: Literal["csv", "tensorboard", "mlflow", "wandb"] = "csv"
+    # more Lightning Trainer keyword arguments (checked against pl.Trainer's own)
+    extra: dict[str, Any] = Field(default_factory=dict)
+    # Lightning callbacks by import path: "package.module:Class", or {name: "package.module:Class", **kwargs}
+    callbacks: list[str | dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("extra")
+    @classmethod
+    def _not_ours(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key in TRAINER_SETTINGS:
+                where = TRAINER_SETTINGS[key]
+                raise ValueError(f"{key!r} is set by the package{f': use {where}' if where else ''}")
+        return value
+
+    @field_validator("callbacks")
+    @classmethod
+    def _callback_paths(cls, value: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+        for i, item in enumerate(value):
+            path = item if isinstance(item, str) else item.get("name")
+            if not isinstance(path, str) or ":" not in path:
+                raise ValueError(
+                    f"callbacks[{i}] must be 'package.module:Class' or {{name: 'package.module:Class', ...keyword "
+                    f"arguments}}, got {show_value(item)}"
+                )
+        return value
 
     @property
     def world_size(self) -> int:
