@@ -277,3 +277,14 @@ def test_user_encoder_weights_are_loaded_and_checked(tmp_path) -> None:
         build_encoder(
             _bb(f"{__name__}:records_its_arguments", width=5, pretrained=str(tmp_path / "w.safetensors")), (8,)
         )
+
+
+def test_one_wide_heads_output_b_by_1_as_documented() -> None:
+    from pathlib import Path
+
+    table = (Path(__file__).resolve().parent.parent / "docs" / "reference" / "search-spaces.md").read_text()
+    for kind in ("regression", "binary"):
+        head = build_head(TaskConfig(name="a", type=kind), 8, HeadsConfig())
+        assert head(torch.randn(5, 8)).shape == (5, 1)
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{kind}` |"))
+        assert row.split("|")[2].strip().startswith("(B, 1)"), row
