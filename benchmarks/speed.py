@@ -383,7 +383,7 @@ def bench_data(short: bool) -> dict[str, Any]:
             "tasks": [{"name": a, "type": "binary"} for a in names],
             "dataset": {"name": "celeba", "root": str(root), "size": 32},
             "backbone": {"name": "timm:test_resnet"},
-            "groups": 3,
+            "branches": 3,
             "strategy": {
                 "_base_": "dmtg",
                 "epochs": 1 if short else 2,

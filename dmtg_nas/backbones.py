@@ -10,6 +10,14 @@ downloading anything; ``pretrained`` may name a local .pth/.safetensors file):
 | ``celeba_resnet`` | images      | TAG's tiny CelebA ResNet: conv3x3(64)+BN+ReLU, maxpool 3/2, one basic  |
 |                 |               | residual block, avgpool 2, flatten (14,400 features at 64x64)          |
 | ``timm:<model>``| images        | any timm model                                                         |
+| ``pkg.mod:fn``  | any           | your own encoder: ``fn(input_shape=(...), **other keys)`` -> nn.Module  |
+
+Your own encoder (``backbone: {name: "package.module:factory", ...}``): the factory is imported and
+called with ``input_shape`` (one sample's shape, e.g. ``(3, 64, 64)`` or ``(32,)``) and the
+backbone's other keys as keyword arguments; it returns an ``nn.Module`` that maps a batch
+(B, *input_shape) to a feature vector (B, D), or, for dense tasks, to a list of feature maps
+[(B, C_j, H_j, W_j), ...] shallow to deep. It is one unit (``shared_stem: 0``); ``pretrained`` names
+a local state_dict file for it. Its output is checked on a dummy batch when it is built.
 
 What a branch returns depends on the tasks:
 
@@ -41,8 +49,9 @@ from torch import Tensor, nn
 
 from .catalog import ENCODERS, encoder_entry
 from .catalog.checks import ParsedEncoder, check_shared_stem
-from .catalog.encoders import CelebAResNetOptions, ConvNetOptions, MLPOptions, TimmOptions
+from .catalog.encoders import CelebAResNetOptions, ConvNetOptions, MLPOptions, TimmOptions, UserEncoderOptions
 from .errors import SpecError, suggest
+from .registry import import_object
 from .schema import BackboneConfig, HeadsConfig, TaskConfig
 
 __all__ = [
@@ -55,7 +64,9 @@ __all__ = [
     "FeatureSpec",
     "MLPOptions",
     "TimmOptions",
+    "UserEncoder",
     "build_encoder",
+    "check_weights",
     "build_head",
     "check_backbone",
     "num_stages",
@@ -117,6 +128,19 @@ class TimmEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # type: ignore[no-any-return]
+
+
+class UserEncoder(nn.Module):
+    """Your own encoder's module (``module``); a tuple of feature maps becomes a list (what the
+    heads take)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Features:
+        out = self.module(x)
+        return list(out) if isinstance(out, (list, tuple)) else out  # type: ignore[no-any-return]
 
 
 class EncoderPart(nn.Module):
@@ -250,11 +274,12 @@ def _timm_kwargs(in_chans: int, options: TimmOptions) -> dict[str, Any]:
     return kwargs
 
 
-def _create_timm(model_name: str, in_chans: int, options: TimmOptions, **extra: Any) -> nn.Module:
+def _create_timm(model_name: str, in_chans: int | None, options: TimmOptions, **extra: Any) -> nn.Module:
     import timm
 
+    kwargs = _timm_kwargs(in_chans, options) if in_chans is not None else {**options.kwargs, "pretrained": False}
     try:
-        return timm.create_model(model_name, **{**_timm_kwargs(in_chans, options), **extra})  # type: ignore[no-any-return]
+        return timm.create_model(model_name, **{**kwargs, **extra})  # type: ignore[no-any-return]
     except (TypeError, ValueError, RuntimeError, AssertionError, OverflowError) as exc:
         if isinstance(options.pretrained, str) and "weights_only" in str(exc):  # timm never falls back to pickle
             raise SpecError(
@@ -321,6 +346,10 @@ def check_backbone(config: BackboneConfig, input_rank: int | None = None) -> Par
     catalog's checks (:func:`~dmtg_nas.catalog.encoder_entry`), and what needs timm itself (the model
     exists; its stages); with ``input_rank``, that the encoder takes inputs of that rank."""
     parsed = encoder_entry(config)
+    if parsed.family == "user":
+        if not callable(import_object(config.name, "backbone")):
+            raise SpecError(f"{config.name!r} is not callable", key="backbone.name")
+        return parsed
     if parsed.family == "timm" and parsed.model is not None:
         import timm
 
@@ -329,6 +358,12 @@ def check_backbone(config: BackboneConfig, input_rank: int | None = None) -> Par
                 f"unknown timm model {parsed.model!r}{suggest(parsed.model, timm.list_models())}",
                 key="backbone.name",
             )
+        if isinstance(parsed.options.pretrained, str):
+            with torch.device("meta"):
+                reference = _create_timm(parsed.model, None, parsed.options)
+            classifier = (getattr(reference, "pretrained_cfg", None) or {}).get("classifier") or ()
+            skip = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+            check_weights(parsed.options.pretrained, reference, config.name, skip)
     if input_rank is not None and parsed.entry.inputs == "image" and input_rank != 3:
         what = f"{parsed.family} encoders need" if parsed.entry.model_name else f"{config.name!r} needs"
         raise SpecError(
@@ -388,7 +423,9 @@ def build_encoder(config: BackboneConfig, input_shape: tuple[int, ...], *, maps:
     k = config.shared_stem
     stem: nn.Module | None
     branch: nn.Module
-    if isinstance(options, TimmOptions):
+    if isinstance(options, UserEncoderOptions):
+        stem, branch = None, _user_encoder(config, options, input_shape, maps)
+    elif isinstance(options, TimmOptions):
         assert parsed.model is not None
         stem, branch = _timm_parts(parsed.model, options, input_shape, k, maps)
     elif maps and ENCODERS.lookup(config.name).inputs == "vector":
@@ -408,6 +445,119 @@ def build_encoder(config: BackboneConfig, input_shape: tuple[int, ...], *, maps:
     features = _probe(stem, branch, input_shape)
     branch.out_features = features.width  # type: ignore[assignment]
     return BuiltEncoder(stem, branch, features)
+
+
+def _user_encoder(
+    config: BackboneConfig, options: UserEncoderOptions, input_shape: tuple[int, ...], maps: bool
+) -> UserEncoder:
+    """Build your own encoder and check it on a dummy batch: an ``nn.Module`` giving (B, D), or a
+    list of (B, C, H, W) maps (required for dense tasks); load its ``pretrained`` weights."""
+    name = config.name
+    factory = import_object(name, "backbone")
+    if not callable(factory):
+        raise SpecError(f"{name!r} is not callable", key="backbone.name")
+    kwargs = dict(options.model_extra or {})
+    try:
+        module = factory(input_shape=tuple(input_shape), **kwargs)
+    except Exception as exc:  # the user's code: any failure becomes one line naming it
+        raise SpecError(f"{name!r} failed to build: {_one_line(exc)}", key="backbone") from None
+    if not isinstance(module, nn.Module):
+        raise SpecError(f"{name!r} must return a torch.nn.Module, got {type(module).__name__}", key="backbone.name")
+    encoder = UserEncoder(module)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = encoder(torch.zeros(2, *input_shape))
+    except Exception as exc:
+        shape = (2, *input_shape)
+        raise SpecError(f"{name!r} fails on a dummy batch of shape {shape}: {_one_line(exc)}", key="backbone") from None
+    finally:
+        module.train(was_training)
+    expected = (
+        "a list of feature maps [(B, C, H, W), ...]" if maps else "a (B, D) tensor or a list of (B, C, H, W) maps"
+    )
+    if isinstance(out, Tensor):
+        ok = not maps and out.dim() == 2 and out.shape[0] == 2
+        got = f"a tensor of shape {tuple(out.shape)}"
+    elif isinstance(out, list):
+        ok = bool(out) and all(isinstance(m, Tensor) and m.dim() == 4 and m.shape[0] == 2 for m in out)
+        got = "a list of shapes " + ", ".join(str(tuple(m.shape)) if isinstance(m, Tensor) else "?" for m in out)
+    else:
+        ok, got = False, type(out).__name__
+    if not ok:
+        need = " (dense tasks need feature maps)" if maps else ""
+        raise SpecError(f"{name!r} must return {expected}{need} for a batch of B=2, got {got}", key="backbone")
+    if isinstance(options.pretrained, str):
+        check_weights(options.pretrained, module, name)
+        module.load_state_dict(_read_weights(options.pretrained))
+    return encoder
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _read_weights(path: str, device: str = "cpu") -> dict[str, Tensor]:
+    """The tensors of a local weights file: .safetensors, or a torch file of tensors (a state_dict,
+    possibly under ``state_dict``/``model``; a ``module.`` prefix is dropped). Pickled objects are
+    never loaded."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, "pt") as f:  # type: ignore[no-untyped-call]
+                state: Any = {
+                    k: torch.empty(f.get_slice(k).get_shape(), device="meta") if device == "meta" else f.get_tensor(k)
+                    for k in f.keys()  # noqa: SIM118 (not a dict)
+                }
+        except Exception as exc:
+            raise SpecError(
+                f"{path}: not a readable .safetensors file: {_one_line(exc)}", key="backbone.pretrained"
+            ) from None
+    else:
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:
+            if "weights_only" in str(exc):
+                raise SpecError(
+                    f"{path}: refused: the weights file holds pickled Python objects, which are never loaded; "
+                    "use a state_dict of tensors (.pth) or .safetensors",
+                    key="backbone.pretrained",
+                ) from None
+            raise SpecError(
+                f"{path}: not a readable weights file: {_one_line(exc)}", key="backbone.pretrained"
+            ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise SpecError(f"{path}: not a state_dict (a mapping of names to tensors)", key="backbone.pretrained")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def check_weights(path: str, model: nn.Module, name: str, skip: Sequence[str] = ()) -> None:
+    """Refuse a weights file that does not fit ``model`` (built on any device, the meta device
+    included), naming the first missing and unexpected keys and shape mismatches; keys under a
+    prefix in ``skip`` (a timm classifier, which the encoder drops) are not compared."""
+    state = _read_weights(path, "meta")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    kept = [k for k in (*expected, *state) if not any(k == p or k.startswith(p + ".") for p in skip)]
+    missing = [k for k in dict.fromkeys(kept) if k not in state]
+    unexpected = [k for k in dict.fromkeys(kept) if k not in expected]
+    shapes = [
+        f"{k} file {tuple(state[k].shape)} model {expected[k]}"
+        for k in dict.fromkeys(kept)
+        if k in state and k in expected and tuple(state[k].shape) != expected[k]
+    ]
+    problems = [
+        f"{what} ({len(keys)}): {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes))
+        if keys
+    ]
+    if problems:
+        raise SpecError(f"{path} does not fit {name!r}: {'; '.join(problems)}", key="backbone.pretrained")
 
 
 def _timm_parts(

@@ -33,7 +33,7 @@ EXIT_USAGE = 2
 _EPILOG = """\
 examples:
   dmtg search planted                                  shipped search space, outputs in runs/
-  dmtg search my_space.yaml --out runs/a --set groups=4 --set strategy.epochs=20
+  dmtg search my_space.yaml --out runs/a --set branches=4 --set strategy.epochs=20
   dmtg search --resume runs/a                          continue after an interruption
   dmtg validate my_space.yaml
   dmtg retrain runs/a --init scratch                   the found groups, trained from fresh weights
@@ -263,7 +263,7 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a key of the merged spec (repeatable), e.g. groups=4 or strategy.epochs=20",
+        help="override a key of the merged spec (repeatable), e.g. branches=4 or strategy.epochs=20",
     )
 
 
@@ -367,9 +367,11 @@ def _configure_output(verbose: bool) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from .components import validate_components
     from .config import load_spec
 
     spec = load_spec(args.spec, args.overrides)
+    validate_components(spec, build_user=True)  # a timm model, a weights file, your own encoder
     s = spec.strategy
     print(
         f"ok: {spec.name}: {len(spec.tasks)} tasks, K={spec.groups}, dataset {spec.dataset.name}, "
@@ -397,7 +399,7 @@ def _cmd_list() -> int:
     print(f"data sets: {', '.join(DATASETS.names())} (or package.module:function)")
     plain = [n for n in ENCODERS.names() if not ENCODERS.lookup(n).model_name]
     named = [f"{n}:<model name>" for n in ENCODERS.names() if ENCODERS.lookup(n).model_name]
-    print(f"encoders: {', '.join([*plain, *named])} (any timm model, e.g. timm:resnet10t)")
+    print(f"encoders: {', '.join([*plain, *named])} (any timm model, e.g. timm:resnet10t; or package.module:factory)")
     print("task types (losses, default first):")
     for kind, losses in TASK_LOSSES.items():
         print(f"  {kind:<13} {', '.join(losses)}")

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backbones import check_backbone
+from .backbones import build_encoder, check_backbone
 from .catalog import check_spec
 from .catalog.checks import os_message
 from .config import SearchSpec, SplitConfig
 from .data import DATASETS, DatasetPlugin, TaskData, UserDataset
 from .errors import DataError, SpecError
+from .hardware import check_trainer
 from .validation import validate_model
 
 __all__ = ["validate_components", "dataset_plugin", "load_data"]
+
+_USER_ENCODER = "user"  # the family encoder_entry gives a ``package.module:factory`` backbone
 
 
 def dataset_plugin(spec: SearchSpec) -> tuple[DatasetPlugin, Any]:
@@ -34,12 +37,18 @@ def dataset_plugin(spec: SearchSpec) -> tuple[DatasetPlugin, Any]:
     return plugin, options
 
 
-def validate_components(spec: SearchSpec) -> None:
-    """Check names, options and files of the data set and the encoder (no heavy loading): the spec
-    layer's checks (:func:`~dmtg_nas.catalog.check_spec`) and the encoder's own (timm models)."""
+def validate_components(spec: SearchSpec, *, build_user: bool = False) -> None:
+    """Check names, options and files of the data set and the encoder: the spec layer's checks
+    (:func:`~dmtg_nas.catalog.check_spec`), the encoder's own (a timm model exists, a weights file
+    fits it) and the Trainer settings' (:func:`~dmtg_nas.hardware.check_trainer`). With
+    ``build_user``, your own encoder (``package.module:factory``) is also built for the data's input
+    shape, which loads the data, and its output checked."""
     check_spec(spec)
+    check_trainer(spec.strategy.trainer)
     try:
-        check_backbone(spec.backbone)
+        parsed = check_backbone(spec.backbone)
+        if build_user and parsed.family == _USER_ENCODER:
+            build_encoder(spec.backbone, load_data(spec).input_shape, maps=any(t.dense for t in spec.tasks))
     except OSError as exc:
         raise SpecError(os_message(exc), key="backbone") from None
 

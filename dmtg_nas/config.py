@@ -54,6 +54,7 @@ from .schema import (
     TuningConfig,
     WarmupConfig,
     Width,
+    renamed_key,
 )
 from .validation import join_key, show_value, validate_model
 
@@ -277,6 +278,8 @@ def resolve_document(
 def _apply_base(
     doc: dict[str, Any], kind: PresetKind, folder: Path | None, chain: tuple[Path, ...], source: str
 ) -> dict[str, Any]:
+    if kind == "search_spaces":
+        _old_names(doc, source)
     bases = doc.pop("_base_", None)
     if bases is None:
         return doc
@@ -292,6 +295,17 @@ def _apply_base(
             raise exc.located(source, "_base_") from None
         merged = _deep_merge(merged, base_doc)
     return _deep_merge(merged, doc)
+
+
+def _old_names(doc: dict[str, Any], source: str) -> None:
+    """Read K's old name ``groups`` (top level and in ``tuning``) as ``branches``, in each document
+    before it is merged, so a base's old name and a child's new one do not collide."""
+    try:
+        renamed_key(doc, "groups", "branches")
+        if isinstance(doc.get("tuning"), dict):
+            renamed_key(doc["tuning"], "groups", "branches", "tuning.")
+    except ValueError as exc:
+        raise SpecError(str(exc), source=source) from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -419,6 +433,10 @@ def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = (
     overridden: list[str] = []
     for item in overrides:
         key, value = parse_override(item)
+        if key in ("groups", "tuning.groups"):  # K's old name
+            where = key.removesuffix("groups")
+            renamed_key({"groups": value}, "groups", "branches", where)
+            key = where + "branches"
         try:
             check_document(value)
         except SpecError as exc:

@@ -6,21 +6,48 @@ Lightning's ``ddp`` strategy launches the other processes by running the same co
 subprocess launcher); each process then runs the whole pipeline on its share of every batch
 (:class:`~dmtg_nas.data.ShardedBatchSampler`), DDP averages the gradients, and only the process of
 global rank 0 writes files (:func:`is_global_zero`).
+
+``strategy.trainer.extra`` adds Trainer keyword arguments (every Trainer; the ones the package sets
+are refused by the schema, unknown ones by :func:`check_trainer`), ``strategy.trainer.callbacks``
+adds Lightning callbacks by import path (fresh instances for every Trainer,
+:func:`user_callbacks`), and ``strategy.trainer.logger`` picks the search's logger
+(:func:`search_logger`; local files only).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from .config import TrainerConfig
-from .errors import DmtgError
+from .errors import DmtgError, SpecError, suggest
+from .registry import import_object
 from .runlock import launcher_rank_zero
 
-__all__ = ["trainer_kwargs", "is_global_zero", "eval_device", "use_pinned_memory", "barrier"]
+__all__ = [
+    "trainer_kwargs",
+    "check_trainer",
+    "user_callbacks",
+    "search_logger",
+    "is_global_zero",
+    "eval_device",
+    "use_pinned_memory",
+    "barrier",
+]
+
+# the packages each logger needs (any one of them), as pip installs them
+LOGGER_PACKAGES = {
+    "csv": (),
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "mlflow": ("mlflow",),
+    "wandb": ("wandb",),
+}
 
 
 def _check(cfg: TrainerConfig) -> None:
@@ -47,7 +74,72 @@ def trainer_kwargs(cfg: TrainerConfig) -> dict[str, Any]:
         "strategy": "ddp" if distributed or cfg.strategy == "ddp" else "auto",
         "precision": cfg.precision,
         "use_distributed_sampler": False,
+        **cfg.extra,
     }
+
+
+def check_trainer(cfg: TrainerConfig) -> None:
+    """Check what only the libraries can tell: ``extra`` names arguments ``pl.Trainer`` takes, the
+    callbacks import and build, the logger's package is installed. One-line
+    :class:`~dmtg_nas.errors.SpecError` naming the key."""
+    import pytorch_lightning as pl
+
+    known = [n for n in inspect.signature(pl.Trainer.__init__).parameters if n != "self"]
+    for key in cfg.extra:
+        if key not in known:
+            raise SpecError(
+                f"unknown Lightning Trainer argument {key!r}{suggest(key, known)}", key=f"strategy.trainer.extra.{key}"
+            )
+    user_callbacks(cfg)
+    packages = LOGGER_PACKAGES[cfg.logger]
+    if packages and not any(importlib.util.find_spec(p) is not None for p in packages):
+        raise SpecError(
+            f"logger {cfg.logger!r} needs the {packages[0]!r} package: pip install {packages[0]}",
+            key="strategy.trainer.logger",
+        )
+
+
+def user_callbacks(cfg: TrainerConfig) -> list[Any]:
+    """Fresh instances of ``strategy.trainer.callbacks`` (each Trainer gets its own: callbacks keep
+    state)."""
+    import pytorch_lightning as pl
+
+    built = []
+    for i, item in enumerate(cfg.callbacks):
+        path, kwargs = (
+            (item, {}) if isinstance(item, str) else (item["name"], {k: v for k, v in item.items() if k != "name"})
+        )
+        key = f"strategy.trainer.callbacks[{i}]"
+        try:
+            cls = import_object(path, "callback")
+        except SpecError as exc:
+            raise SpecError(exc.message, key=key) from None
+        try:
+            callback = cls(**kwargs)  # type: ignore[operator]
+        except Exception as exc:  # the user's code: one line naming it
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise SpecError(f"{path!r} cannot be built: {type(exc).__name__}: {first}", key=key) from None
+        if not isinstance(callback, pl.Callback):
+            raise SpecError(f"{path!r} gives a {type(callback).__name__}, not a Lightning Callback", key=key)
+        built.append(callback)
+    return built
+
+
+def search_logger(cfg: TrainerConfig, out_dir: Path, version: str, name: str) -> Any:
+    """The search's Lightning logger, writing under ``out_dir`` only: ``csv`` (``out_dir/version/
+    metrics.csv``), ``tensorboard`` (event files in ``out_dir/version``), ``mlflow`` (a file store,
+    ``out_dir/mlruns``, experiment ``name``, run ``version``) or ``wandb`` (offline, ``out_dir/wandb``)."""
+    check_trainer(cfg)
+    from pytorch_lightning import loggers
+
+    if cfg.logger == "tensorboard":
+        return loggers.TensorBoardLogger(save_dir=str(out_dir), name="", version=version, default_hp_metric=False)
+    if cfg.logger == "mlflow":
+        uri = (out_dir / "mlruns").resolve().as_uri()
+        return loggers.MLFlowLogger(experiment_name=name, run_name=version, tracking_uri=uri)
+    if cfg.logger == "wandb":
+        return loggers.WandbLogger(name=f"{name}-{version}", project=name, save_dir=str(out_dir), offline=True)
+    return loggers.CSVLogger(save_dir=str(out_dir), name="", version=version)
 
 
 def is_global_zero() -> bool:

@@ -1,4 +1,5 @@
-"""The spec's sections as pydantic models: tasks, data set, encoder, heads, K, strategy, tuning.
+"""The spec's sections as pydantic models: tasks, data set, encoder, heads, K (``branches``),
+strategy, tuning.
 
 Every model rejects unknown keys, does not coerce types and refuses non-finite floats; the
 comment next to a field says what it means. Loading documents (YAML, ``_base_``, ``--set``) is
@@ -8,6 +9,7 @@ comment next to a field says what it means. Loading documents (YAML, ``_base_``,
 
 from __future__ import annotations
 
+import logging
 import re
 import typing
 from typing import Any, Literal
@@ -129,6 +131,23 @@ def unsafe_name(value: str) -> bool:
     """True when ``value`` holds a '/', a '\\' or a control character: it could not be a folder
     name, an NNI label (NNI splits labels at '/') or a clean line of output."""
     return _UNSAFE_CHARS.search(value) is not None
+
+
+_logger = logging.getLogger(__name__)
+_RENAMED: set[str] = set()  # old key names already warned about (once per process)
+
+
+def renamed_key(doc: dict[str, Any], old: str, new: str, where: str = "") -> None:
+    """Read the old key ``old`` of ``doc`` as ``new`` (in place), with a deprecation notice on stderr
+    once per process; both given is an error."""
+    if old not in doc:
+        return
+    if new in doc:
+        raise ValueError(f"give {where}{new} only ({where}{old} is its old name)")
+    doc[new] = doc.pop(old)
+    if where + old not in _RENAMED:
+        _RENAMED.add(where + old)
+        _logger.warning("%s%s is deprecated: call it %s%s (the number of branches, K)", where, old, where, new)
 
 
 class StrictModel(BaseModel):
@@ -343,6 +362,36 @@ class InitConfig(StrictModel):
     strength: float = Field(default=3.0, ge=0)
 
 
+# Trainer arguments the package sets itself, and the spec key that sets them ("" where none does):
+# ``strategy.trainer.extra`` may not give them
+TRAINER_SETTINGS = {
+    "max_epochs": "strategy.epochs",
+    "gradient_clip_val": "strategy.gradient_clip",
+    "deterministic": "strategy.deterministic",
+    "accelerator": "strategy.trainer.accelerator",
+    "devices": "strategy.trainer.devices",
+    "num_nodes": "strategy.trainer.num_nodes",
+    "strategy": "strategy.trainer.strategy",
+    "precision": "strategy.trainer.precision",
+    "logger": "strategy.trainer.logger",
+    "callbacks": "strategy.trainer.callbacks",
+    "enable_progress_bar": "--quiet",
+    **dict.fromkeys(
+        (
+            "enable_checkpointing",
+            "enable_model_summary",
+            "num_sanity_val_steps",
+            "limit_val_batches",
+            "log_every_n_steps",
+            "plugins",
+            "default_root_dir",
+            "use_distributed_sampler",
+        ),
+        "",
+    ),
+}
+
+
 class TrainerConfig(StrictModel):
     """Where and how Lightning trains: every Trainer the package builds (the search, fine-tuning,
     retraining, the baselines and the warm start) takes these settings.
@@ -358,6 +407,34 @@ class TrainerConfig(StrictModel):
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"  # Lightning's precision plugin
     channels_last: bool = False  # conv encoders: NHWC memory format (faster convolutions on recent GPUs)
     compile: bool = False  # torch.compile the network's forward
+    # the search's logger, writing under the output folder only: csv (logs/metrics.csv), tensorboard,
+    # mlflow (a local file store, OUT/mlruns) or wandb (offline mode); each needs its package
+    logger: Literal["csv", "tensorboard", "mlflow", "wandb"] = "csv"
+    # more Lightning Trainer keyword arguments (checked against pl.Trainer's own)
+    extra: dict[str, Any] = Field(default_factory=dict)
+    # Lightning callbacks by import path: "package.module:Class", or {name: "package.module:Class", **kwargs}
+    callbacks: list[str | dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("extra")
+    @classmethod
+    def _not_ours(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key in TRAINER_SETTINGS:
+                where = TRAINER_SETTINGS[key]
+                raise ValueError(f"{key!r} is set by the package{f': use {where}' if where else ''}")
+        return value
+
+    @field_validator("callbacks")
+    @classmethod
+    def _callback_paths(cls, value: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+        for i, item in enumerate(value):
+            path = item if isinstance(item, str) else item.get("name")
+            if not isinstance(path, str) or ":" not in path:
+                raise ValueError(
+                    f"callbacks[{i}] must be 'package.module:Class' or {{name: 'package.module:Class', ...keyword "
+                    f"arguments}}, got {show_value(item)}"
+                )
+        return value
 
     @property
     def world_size(self) -> int:
@@ -426,11 +503,25 @@ class SearchSpec(StrictModel):
     dataset: DatasetConfig
     backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(name="mlp"))
     heads: HeadsConfig = Field(default_factory=HeadsConfig)
-    groups: int = Field(ge=1, le=64)
+    branches: int = Field(ge=1, le=64)  # K: branches the tasks are grouped onto (at most K groups found)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     # single-task (or any reference) results for normalized gain and Delta_m: metrics.json files
     reference: str | list[str] | None = None
     tuning: TuningConfig | None = None  # `dmtg tune` / `dmtg portal`: what to tune (TuningConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        # ``groups`` was K's name; it is still read (outputs call the found groups ``groups``)
+        if isinstance(data, dict) and "groups" in data:
+            data = dict(data)
+            renamed_key(data, "groups", "branches")
+        return data
+
+    @property
+    def groups(self) -> int:
+        """K under its old name (:attr:`branches`)."""
+        return self.branches
 
     @field_validator("name")
     @classmethod
@@ -459,7 +550,7 @@ class SearchSpec(StrictModel):
         start = self.strategy.init.groups
         if start is not None:
             if len(start) > self.groups:
-                raise ValueError(f"strategy.init.groups has {len(start)} groups for {self.groups} branches (groups)")
+                raise ValueError(f"strategy.init.groups has {len(start)} groups for {self.branches} branches")
             listed: set[str] = set()
             for group in start:
                 for name in group:
@@ -489,7 +580,7 @@ class TuningConfig(StrictModel):
     """
 
     trials: int = Field(default=20, ge=1, le=MAX_COUNT)  # trials of the study in total (all workers together)
-    groups: list[int] | None = None  # K range; default [2, min(N, 6)]
+    branches: list[int] | None = None  # K range; default [2, min(N, 6)]
     tau_init: list[float] | None = Field(default_factory=lambda: [0.5, 5.0])
     tau_final: list[float] | None = Field(default_factory=lambda: [0.05, 1.0])  # not for 'constant'
     schedules: list[Schedule] = Field(default_factory=lambda: list(typing.get_args(Schedule)), min_length=1)
@@ -505,9 +596,17 @@ class TuningConfig(StrictModel):
     heartbeat: int = Field(default=60, ge=1, le=86_400)  # seconds; a worker silent 2x this long is dead (RDB storages)
     retries: int = Field(default=1, ge=0, le=1000)  # times a dead worker's trial is run again
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "groups" in data:
+            data = dict(data)
+            renamed_key(data, "groups", "branches", "tuning.")
+        return data
+
     @model_validator(mode="after")
     def _ranges(self) -> TuningConfig:
-        for name in ("groups", "tau_init", "tau_final", "lr", "logits_lr"):
+        for name in ("branches", "tau_init", "tau_final", "lr", "logits_lr"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -515,8 +614,8 @@ class TuningConfig(StrictModel):
                 raise ValueError(f"{name} must be [low, high] with low <= high, got {value}")
             if value[0] <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
-        if self.groups is not None and self.groups[1] > 64:
-            raise ValueError(f"groups must be at most 64, got {self.groups}")
+        if self.branches is not None and self.branches[1] > 64:
+            raise ValueError(f"branches must be at most 64, got {self.branches}")
         return self
 
 

@@ -62,7 +62,7 @@ class Shape:
                 "split": {"val": 0.2, "test": 0.2, "seed": seed},
             },
             "backbone": {"name": "mlp", "hidden": [32, 8]},
-            "groups": self.groups,
+            "branches": self.groups,
             "strategy": strategy,
         }
         if self.image:
@@ -105,7 +105,7 @@ class DigitsShape:
             "dataset": dataset,
             "backbone": dict(self.backbone),
             "heads": {"hidden": []},
-            "groups": self.groups,
+            "branches": self.groups,
             "strategy": strategy,
         }
 

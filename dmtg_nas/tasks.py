@@ -2,8 +2,8 @@
 
 | type         | head output  | target                | losses (default first) | metrics (``*``: higher is better)     |
 |--------------|--------------|-----------------------|------------------------|---------------------------------------|
-| regression   | (B,)         | (B,) float            | mse, l1, smooth_l1     | mse, mae                              |
-| binary       | (B,) logit   | (B,) float 0/1        | bce (with logits)      | error %, accuracy*                    |
+| regression   | (B, 1)       | (B,) float            | mse, l1, smooth_l1     | mse, mae                              |
+| binary       | (B, 1) logit | (B,) float 0/1        | bce (with logits)      | error %, accuracy*                    |
 | multiclass   | (B, C)       | (B,) long             | ce                     | error %, accuracy*                    |
 | segmentation | (B, C, H, W) | (B, H, W) long        | ce (ignore_index)      | miou*, pixel_accuracy*                |
 | depth        | (B, 1, H, W) | (B, 1, H, W), NaN=gap | l1, mse, smooth_l1     | rmse, abs_rel, mae (valid pixels)     |
@@ -12,10 +12,11 @@
 | keypoints    | (B, 1, H, W) | (B, 1, H, W) in [0,1] | l1, mse                | mae, f1* (maps cut at threshold)      |
 | edges        | (B, 1, H, W) | (B, 1, H, W) in [0,1] | l1, mse                | mae, f1*                              |
 
-A task's ``loss:`` picks another loss of its type. Missing target pixels of dense regression tasks
-are NaN: the (masked) losses and the metrics skip them, so a data set encodes its validity mask in
-the target itself (Taskonomy's depth and normals); segmentation pixels equal to the task's
-``ignore_index`` take no loss and no metric.
+Heads of 1-wide vector tasks (regression, binary) output (B, 1); the losses and metrics take it as
+(B,) (:func:`squeeze_output`). A task's ``loss:`` picks another loss of its type. Missing target
+pixels of dense regression tasks are NaN: the (masked) losses and the metrics skip them, so a data
+set encodes its validity mask in the target itself (Taskonomy's depth and normals); segmentation
+pixels equal to the task's ``ignore_index`` take no loss and no metric.
 """
 
 from __future__ import annotations

@@ -88,8 +88,8 @@ def search_space(spec: SearchSpec) -> list[Param]:
     """The tuned values for ``spec`` (K, schedule, tau init/final, learning rates)."""
     cfg = tuning_of(spec)
     n = len(spec.tasks)
-    k_range = cfg.groups or ([2, min(n, 6)] if n >= 2 else [1, 1])
-    params = [Param("groups", "int", k_range[0], k_range[1])]
+    k_range = cfg.branches or ([2, min(n, 6)] if n >= 2 else [1, 1])
+    params = [Param("branches", "int", k_range[0], k_range[1])]
     if len(cfg.schedules) > 1:
         params.append(Param("schedule", "choice", choices=tuple(cfg.schedules)))
     if cfg.tau_init is not None:
@@ -108,8 +108,9 @@ def apply_params(spec: SearchSpec, params: Mapping[str, Any]) -> SearchSpec:
     cfg = tuning_of(spec)
     doc = spec.to_dict()
     strat = doc["strategy"]
-    if "groups" in params:
-        doc["groups"] = int(params["groups"])
+    k = params.get("branches", params.get("groups"))  # groups: K's name in studies of earlier versions
+    if k is not None:
+        doc["branches"] = int(k)
     temp = strat["temperature"]
     schedule = params.get("schedule", cfg.schedules[0] if len(cfg.schedules) == 1 else temp["schedule"])
     temp["schedule"] = str(schedule)
@@ -587,16 +588,15 @@ def plot_study(study: optuna.Study, folder: Path) -> list[Path]:
             _logger.info("no parameter importances: %s", exc)
             plt.close("all")
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    ks = [t.params.get("groups") for t in complete]
+    ks = [t.params.get("branches", t.params.get("groups")) for t in complete]
     if any(k is not None for k in ks):
         _, ax = plt.subplots(figsize=(6.4, 4.0))
         pts = [(int(k), float(t.value)) for k, t in zip(ks, complete) if k is not None and t.value is not None]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], alpha=0.7)
         best = study.best_trial
-        if "groups" in best.params and best.value is not None:
-            ax.scatter(
-                [best.params["groups"]], [float(best.value or 0.0)], color="tab:red", marker="*", s=160, label="best"
-            )
+        best_k = best.params.get("branches", best.params.get("groups"))
+        if best_k is not None and best.value is not None:
+            ax.scatter([best_k], [float(best.value or 0.0)], color="tab:red", marker="*", s=160, label="best")
             ax.legend()
         ax.set_xlabel("K (branches)")
         ax.set_ylabel(LABEL)

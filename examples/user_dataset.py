@@ -6,7 +6,7 @@ A search-space spec names the function instead of a registered data set; the oth
     name: sensors
     dataset: {name: "user_dataset:sensors", samples: 2000}   # this file, importable
     backbone: {name: mlp, hidden: [32]}
-    groups: 2
+    branches: 2
 
 The function returns the three splits (any torch ``Dataset`` yielding ``(x, {task: y})``), the
 input shape and the task definitions; the spec may then leave ``tasks`` out, or list a subset.
@@ -76,7 +76,7 @@ def main() -> None:
             "name": "sensors",
             "dataset": {"name": "user_dataset:sensors", "samples": 2000},
             "backbone": {"name": "mlp", "hidden": [32, 4]},
-            "groups": 2,
+            "branches": 2,
             "strategy": {"_base_": "dmtg", "epochs": 20},
         }
     )

@@ -132,3 +132,159 @@ def test_local_weights_file_is_loaded(tmp_path) -> None:
     built = build_encoder(_bb("timm:test_resnet", pretrained=str(tmp_path / "w.pth")), (3, 32, 32))
     for (name, a), b in zip(source.state_dict().items(), built.branch.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+# ----------------------------------------------------------------------------------------------
+# Your own encoder (backbone.name: "package.module:factory") and local weights files
+# ----------------------------------------------------------------------------------------------
+
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parent.parent / "examples"
+
+
+def returns_int(input_shape: tuple[int, ...]) -> int:
+    return 3
+
+
+def returns_maps_of_one_sample(input_shape: tuple[int, ...]) -> torch.nn.Module:
+    return torch.nn.Conv2d(input_shape[0], 4, 3)  # a single (B, C, H, W) tensor: neither contract
+
+
+def records_its_arguments(input_shape: tuple[int, ...], width: int = 4) -> torch.nn.Module:
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(input_shape[0], width))
+    module.called_with = (input_shape, width)  # type: ignore[assignment]
+    return module
+
+
+@pytest.fixture()
+def examples_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+
+
+def _user_doc(**backbone) -> dict:
+    return planted_doc(backbone={"name": "user_encoder:gated_mlp", **backbone})
+
+
+def test_user_encoder_gets_its_keys_and_the_input_shape() -> None:
+    built = build_encoder(_bb(f"{__name__}:records_its_arguments", width=6), (8,))
+    assert built.branch.module.called_with == ((8,), 6)
+    assert built.stem is None and built.features.kind == "vector" and built.features.width == 6
+
+
+def test_user_encoder_example_searches(examples_on_path: None) -> None:
+    import dmtg_nas
+
+    spec = load_spec(
+        EXAMPLES / "user_encoder.yaml",
+        ["strategy.epochs=1", "strategy.finetune.epochs=0", "strategy.warmup.min_steps=0"],
+    )
+    assert spec.backbone.name == "user_encoder:gated_mlp"
+    result = dmtg_nas.search(spec, None, progress=False)
+    assert sorted(t for g in result.groups for t in g) == spec.task_names
+
+
+def test_user_encoder_maps_feed_dense_and_vector_heads(examples_on_path: None) -> None:
+    built = build_encoder(_bb("user_encoder:tiny_maps", width=4), (3, 16, 16), maps=True)
+    assert built.features.kind == "maps" and built.features.channels == (4, 8)
+    assert built.features.reductions == (2, 4)
+    seg = TaskConfig(name="s", type="segmentation", num_classes=3)
+    head = build_head(seg, built.features, HeadsConfig(), (16, 16))
+    assert head(built.branch(torch.randn(2, 3, 16, 16))).shape == (2, 3, 16, 16)
+    with pytest.raises(SpecError, match=r"'user_encoder:gated_mlp' must return a list of feature maps .*\(dense tasks"):
+        build_encoder(_bb("user_encoder:gated_mlp"), (3, 16, 16), maps=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("returns_int", "must return a torch.nn.Module, got int"),
+        (
+            "returns_maps_of_one_sample",
+            r"must return a \(B, D\) tensor or a list of \(B, C, H, W\) maps for a batch "
+            r"of B=2, got a tensor of shape \(2, 4, 14, 14\)",
+        ),
+        ("records_its_arguments", r"fails on a dummy batch of shape \(2, 3, 16, 16\): RuntimeError: mat1 and mat2"),
+    ],
+)
+def test_user_encoder_output_is_checked_in_one_line(name: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message) as info:
+        build_encoder(_bb(f"{__name__}:{name}"), (3, 16, 16))
+    assert "\n" not in str(info.value)
+
+
+def test_user_encoder_is_one_unit() -> None:
+    with pytest.raises(SpecError, match="is one unit: shared_stem must be 0"):
+        load_spec(planted_doc(backbone={"name": f"{__name__}:records_its_arguments", "shared_stem": 1}))
+
+
+def test_validate_builds_the_user_encoder(examples_on_path: None, capsys: pytest.CaptureFixture[str]) -> None:
+    from dmtg_nas.cli import main
+
+    spec = str(EXAMPLES / "user_encoder.yaml")
+    assert main(["validate", spec]) == 0
+    assert "backbone user_encoder:gated_mlp" in capsys.readouterr().out
+    assert main(["validate", spec, "--set", "backbone.hidden=3"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "dmtg: error: backbone: 'user_encoder:gated_mlp' failed to build: "
+        "TypeError: Value after * must be an iterable, not int\n"
+    )
+    assert main(["validate", spec, "--set", "backbone.name=user_encoder:missing"]) == 2
+    assert "module 'user_encoder' has no attribute 'missing'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["timm:test_resnet", f"{__name__}:records_its_arguments"])
+def test_pretrained_true_is_refused_with_the_local_file_key(name: str) -> None:
+    with pytest.raises(
+        SpecError,
+        match=r"true would download weights, which is never done: give a local weights "
+        r"file instead, pretrained: path/to/weights\.pth",
+    ) as info:
+        load_spec(planted_doc(backbone={"name": name, "pretrained": True}))
+    assert info.value.key == "backbone.pretrained"
+
+
+def test_weights_that_do_not_fit_are_refused_by_validate(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import timm
+    import yaml
+
+    from dmtg_nas.cli import main
+
+    torch.save(timm.create_model("test_efficientnet", num_classes=0).state_dict(), tmp_path / "other.pth")
+    doc = planted_doc(backbone={"name": "timm:test_resnet", "pretrained": "other.pth"})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["validate", str(tmp_path / "s.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{tmp_path / 'other.pth'} does not fit 'timm:test_resnet': missing keys (85): conv1.0.weight, " in err
+    assert "unexpected keys (81): conv_stem.weight, " in err
+    assert "shape mismatch (4): bn1.weight file (24,) model (32,), " in err
+
+
+def test_user_encoder_weights_are_loaded_and_checked(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    source = records_its_arguments((8,), 6)
+    save_file(source.state_dict(), tmp_path / "w.safetensors")
+    built = build_encoder(
+        _bb(f"{__name__}:records_its_arguments", width=6, pretrained=str(tmp_path / "w.safetensors")), (8,)
+    )
+    assert torch.equal(built.branch.module[1].weight, source[1].weight)
+    with pytest.raises(
+        SpecError,
+        match=r"w\.safetensors does not fit .*: shape mismatch \(2\): 1\.weight file \(6, 8\) "
+        r"model \(5, 8\)",
+    ):
+        build_encoder(
+            _bb(f"{__name__}:records_its_arguments", width=5, pretrained=str(tmp_path / "w.safetensors")), (8,)
+        )
+
+
+def test_one_wide_heads_output_b_by_1_as_documented() -> None:
+    from pathlib import Path
+
+    table = (Path(__file__).resolve().parent.parent / "docs" / "reference" / "search-spaces.md").read_text()
+    for kind in ("regression", "binary"):
+        head = build_head(TaskConfig(name="a", type=kind), 8, HeadsConfig())
+        assert head(torch.randn(5, 8)).shape == (5, 1)
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{kind}` |"))
+        assert row.split("|")[2].strip().startswith("(B, 1)"), row

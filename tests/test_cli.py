@@ -17,7 +17,7 @@ from .conftest import planted_doc
 
 
 def test_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", "planted", "--set", "groups=4"]) == 0
+    assert main(["validate", "planted", "--set", "branches=4"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("ok: planted: 9 tasks, K=4, dataset planted")
 
@@ -25,7 +25,7 @@ def test_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["validate", "planted", "--set", "groups=0"], "dmtg: error: --set: groups: input should be greater"),
+        (["validate", "planted", "--set", "branches=0"], "dmtg: error: --set: branches: input should be greater"),
         (["validate", "plantd"], "did you mean 'planted'?"),
         (["validate", "planted", "--set", "strategy.temperature.schedule=cosin"], "did you mean 'cosine'"),
         (["search", "planted", "--set", "dataset.nosie=0.1"], "unknown key 'nosie' (did you mean 'noise'?)"),

@@ -32,7 +32,13 @@ def test_shipped_spec_loads_with_strategy_preset() -> None:
 def test_overrides_reach_nested_keys_and_parse_yaml_values() -> None:
     spec = load_spec(
         "planted",
-        ["groups=4", "strategy.epochs=7", "dataset.seed=3", "strategy.temperature.schedule=linear", "heads.hidden=[5]"],
+        [
+            "branches=4",
+            "strategy.epochs=7",
+            "dataset.seed=3",
+            "strategy.temperature.schedule=linear",
+            "heads.hidden=[5]",
+        ],
     )
     assert spec.groups == 4
     assert spec.strategy.epochs == 7
@@ -89,9 +95,9 @@ def test_relative_table_path_resolves_against_the_spec_folder(write_yaml, tmp_pa
 @pytest.mark.parametrize(
     ("change", "overrides", "key", "fragment"),
     [
-        ({"grups": 3}, [], "grups", "unknown key 'grups' (did you mean 'groups'?)"),
-        ({}, ["groups=0"], "groups", "greater than or equal to 1, got 0"),
-        ({}, ["groups=three"], "groups", "expected an integer, got 'three'"),
+        ({"branchs": 3}, [], "branchs", "unknown key 'branchs' (did you mean 'branches'?)"),
+        ({}, ["branches=0"], "branches", "greater than or equal to 1, got 0"),
+        ({}, ["branches=three"], "branches", "expected an integer, got 'three'"),
         # a number or a named value: the message gives both
         ({}, ["strategy.num_workers=many"], "strategy.num_workers", "expected an integer or 'auto', got 'many'"),
         ({}, ["strategy.warmup.width=wide"], "strategy.warmup.width", "expected a number or 'auto', got 'wide'"),
@@ -206,14 +212,14 @@ def test_a_key_given_twice_is_refused_naming_key_and_file(write_yaml, tmp_path: 
     """PyYAML keeps the last of two equal keys silently; a spec or strategy file that says two things
     is refused, naming the key, the file and both lines."""
     text = yaml.safe_dump(planted_doc(), sort_keys=False)
-    spec = write_yaml("twice.yaml", text + "groups: 3\n")
+    spec = write_yaml("twice.yaml", text + "branches: 3\n")
     with pytest.raises(SpecError) as info:
         load_spec(spec)
-    line = text.splitlines().index("groups: 2") + 1
+    line = text.splitlines().index("branches: 2") + 1
     count = len(text.splitlines()) + 1
     assert (
         str(info.value)
-        == f"{spec}: invalid YAML at line {count}, column 1: duplicate key 'groups' (first at line {line})"
+        == f"{spec}: invalid YAML at line {count}, column 1: duplicate key 'branches' (first at line {line})"
     )
     write_yaml("strategy.yaml", "_base_: dmtg\nepochs: 2\noptimizer:\n  lr: 0.01\n  lr: 0.1\n")
     with pytest.raises(SpecError) as info:
@@ -266,3 +272,42 @@ def test_errors_of_the_file_are_not_blamed_on_set(write_yaml, change, overrides,
         load_spec(path, overrides)
     assert (info.value.source, info.value.key) == (str(path), key)
     assert "needs 'num_classes'" in info.value.message
+
+
+@pytest.fixture()
+def fresh_renames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget which old key names were warned about (the notice is once per process)."""
+    import dmtg_nas.schema
+
+    monkeypatch.setattr(dmtg_nas.schema, "_RENAMED", set())
+
+
+def test_branches_is_k_and_groups_its_old_name_warned_once(
+    write_yaml, fresh_renames: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = load_spec(planted_doc(branches=3))
+    assert spec.branches == spec.groups == 3 and "branches" in spec.to_dict() and "groups" not in spec.to_dict()
+    assert not caplog.records
+    old = {k: v for k, v in planted_doc().items() if k != "branches"} | {"groups": 3}
+    assert load_spec(old).branches == 3
+    assert load_spec(old, ["groups=4"]).branches == 4
+    assert load_spec(planted_doc(), ["groups=4"]).branches == 4  # --set groups sets branches
+    assert [r.getMessage() for r in caplog.records] == [
+        "groups is deprecated: call it branches (the number of branches, K)"
+    ]
+    # a base with the old name and a child with the new one: the child's wins
+    base = write_yaml("base.yaml", old)
+    child = write_yaml("child.yaml", {"_base_": str(base), "branches": 1})
+    assert load_spec(child).branches == 1
+    with pytest.raises(SpecError, match=r"give branches only \(groups is its old name\)"):
+        load_spec(old | {"branches": 2})
+
+
+def test_tuning_branches_range_and_its_old_name(fresh_renames: None, caplog: pytest.LogCaptureFixture) -> None:
+    spec = load_spec(planted_doc(tuning={"groups": [2, 3]}))
+    assert spec.tuning is not None and spec.tuning.branches == [2, 3]
+    assert [r.getMessage() for r in caplog.records] == [
+        "tuning.groups is deprecated: call it tuning.branches (the number of branches, K)"
+    ]
+    with pytest.raises(SpecError, match=r"branches must be at most 64, got \[2, 65\]"):
+        load_spec(planted_doc(tuning={"branches": [2, 65]}))

@@ -54,7 +54,7 @@ def base_doc() -> dict[str, Any]:
         "dataset": {"name": "planted", "group_sizes": [2, 2], "input_dim": 8, "latent_dim": 3, "samples": 200},
         "backbone": {"name": "mlp", "hidden": [8, 3]},
         "heads": {"hidden": [4]},
-        "groups": 2,
+        "branches": 2,
         "strategy": {"_base_": "dmtg-plain", "epochs": 1, "batch_size": 64, "finetune": {"epochs": 0}},
     }
 
@@ -113,7 +113,7 @@ TYPED_PATHS: dict[str, Accepts] = {
     "tasks[0].name": _is_str,
     "tasks[0].type": lambda v: isinstance(v, str) and v in NAMED["tasks[0].type"],
     "tasks[0].weight": _is_num,
-    "groups": _is_int,
+    "branches": _is_int,
     "dataset": _is_map,
     "dataset.name": _is_str,
     "dataset.samples": _is_int,
@@ -167,7 +167,7 @@ MAPPINGS: dict[str, set[str]] = {
 _NONFINITE = st.sampled_from([math.nan, math.inf, -math.inf])
 _HUGE = st.integers(min_value=2**31, max_value=10**30)
 OUT_OF_RANGE: dict[str, st.SearchStrategy[Any]] = {
-    "groups": st.one_of(st.integers(max_value=0), st.integers(min_value=65), _NONFINITE),
+    "branches": st.one_of(st.integers(max_value=0), st.integers(min_value=65), _NONFINITE),
     "strategy.epochs": st.one_of(st.integers(max_value=0), st.integers(min_value=1_000_001), _HUGE),
     "strategy.batch_size": st.one_of(st.integers(max_value=0), st.integers(min_value=2**20 + 1)),
     "strategy.seed": st.one_of(st.integers(max_value=-1), _HUGE),
@@ -300,7 +300,7 @@ def unknown_name(draw: st.DrawFn) -> Case:
 @st.composite
 def bad_tasks_or_groups(draw: st.DrawFn) -> Case:
     doc = base_doc()
-    choice = draw(st.sampled_from(["empty", "duplicate", "empty name", "groups", "no tasks key"]))
+    choice = draw(st.sampled_from(["empty", "duplicate", "empty name", "branches", "no tasks key"]))
     if choice == "empty":
         doc["tasks"] = []
         return Case("empty task list", doc, expect="tasks")
@@ -312,9 +312,9 @@ def bad_tasks_or_groups(draw: st.DrawFn) -> Case:
         i = draw(st.integers(0, 3))
         doc["tasks"][i]["name"] = ""
         return Case("empty task name", doc, expect=f"tasks[{i}].name")
-    if choice == "groups":
+    if choice == "branches":
         k = draw(st.integers(max_value=0))
-        return Case("groups K < 1", doc, [f"groups={k}"], expect="groups")
+        return Case("branches K < 1", doc, [f"branches={k}"], expect="branches")
     del doc["tasks"]
     return Case("no tasks", doc, expect="tasks")
 
@@ -337,7 +337,7 @@ def deeply_wrong(draw: st.DrawFn) -> Case:
                 set(v) - set(TaskConfig.model_fields) for v in value
             )
         if section == "<document>":
-            return True  # no random value holds name, tasks, dataset and groups
+            return True  # no random value holds name, tasks, dataset and branches
         if isinstance(value, dict):
             if section in ("dataset", "backbone") and value.get("name") not in NAMED[f"{section}.name"]:
                 return True  # no name, or an unknown one
@@ -561,7 +561,7 @@ PINNED = [
     Case("1e30 epochs", base_doc(), [f"strategy.epochs={10**30}"], expect="strategy.epochs"),
     Case("negative seed", base_doc(), ["strategy.seed=-1"], expect="strategy.seed"),
     Case("huge hidden layer", base_doc(), ["backbone.hidden=[1000000000000]"], expect="backbone.hidden[0]"),
-    Case("bool as int", base_doc(), ["groups=true"], expect="groups: expected an integer, got True"),
+    Case("bool as int", base_doc(), ["branches=true"], expect="branches: expected an integer, got True"),
     Case("NUL in a path", {**base_doc(), "reference": "a\x00b"}, expect="reference: contains a NUL"),
     Case("NUL via --set", base_doc(), ["dataset.name=a\x00b"], expect="dataset.name"),
     Case("name with a slash", {**base_doc(), "name": "../../elsewhere"}, expect="name"),
@@ -580,7 +580,7 @@ PINNED = [
     Case("task name '..'", _task_named(".."), expect="tasks[0].name: task name '..' is used as an NNI label"),
     Case("task name via --set", base_doc(), ["tasks.0.name=../t0"], expect="--set: tasks[0].name: task name"),
     Case("task name with an escape", _task_named("a\x1b[31mb"), expect="tasks[0].name: task name 'a\\x1b[31mb'"),
-    Case("key twice", yaml.safe_dump(base_doc()) + "groups: 3\n", expect="duplicate key 'groups' (first at line"),
+    Case("key twice", yaml.safe_dump(base_doc()) + "branches: 3\n", expect="duplicate key 'branches' (first at line"),
     Case("key twice via --set", base_doc(), ["heads={dropout: 0.1, dropout: 0.2}"], expect="duplicate key 'dropout'"),
     Case("--set breaks its parent", base_doc(), ["tasks.0.type=multiclass"], expect="--set: tasks[0]: a multiclass"),
     Case("name of 101 bytes", {**base_doc(), "name": "n" * 101}, expect="name: name 'nnnn"),

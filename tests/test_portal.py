@@ -31,9 +31,9 @@ LOOPBACK = {"127.0.0.1", "::1"}
 
 
 def test_nni_search_space() -> None:
-    spec = dmtg_nas.load_spec(planted_doc(tuning={"groups": [1, 3], "schedules": ["constant", "cosine"]}))
+    spec = dmtg_nas.load_spec(planted_doc(tuning={"branches": [1, 3], "schedules": ["constant", "cosine"]}))
     space = nni_search_space(search_space(spec))
-    assert space["groups"] == {"_type": "randint", "_value": [1, 4]}  # NNI's upper bound is exclusive
+    assert space["branches"] == {"_type": "randint", "_value": [1, 4]}  # NNI's upper bound is exclusive
     assert space["schedule"] == {"_type": "choice", "_value": ["constant", "cosine"]}
     assert space["tau_init"] == {"_type": "loguniform", "_value": [0.5, 5.0]}
     assert space["lr"]["_type"] == "loguniform"
@@ -170,7 +170,7 @@ def _trials_with_results(port: int) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("tuner", ["tpe", "optuna"])
 def test_portal_runs_a_real_nni_experiment(tmp_path: Path, tuner: str) -> None:
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(yaml.safe_dump(planted_doc(tuning={"groups": [1, 3], "trials": 2})))
+    spec.write_text(yaml.safe_dump(planted_doc(tuning={"branches": [1, 3], "trials": 2})))
     out = tmp_path / "run"
     port = _free_port()
     home = tmp_path / "home"  # NNI must not write to the user's home: checked below
@@ -211,7 +211,7 @@ def test_portal_runs_a_real_nni_experiment(tmp_path: Path, tuner: str) -> None:
             record = json.loads(job["hyperParameters"][0])
             assert job["metric_parameter_ids"] == {record["parameter_id"]}  # results reach the right trial
             params = record["parameters"]
-            assert 1 <= params["groups"] <= 3 and "tau_init" in params
+            assert 1 <= params["branches"] <= 3 and "tau_init" in params
         # the web UI is served
         page = requests.get(f"http://127.0.0.1:{port}/", timeout=10)
         assert page.status_code == 200 and "<html" in page.text.lower()

@@ -74,7 +74,7 @@ def test_search_writes_every_output(tmp_path: Path) -> None:
         assert history[-1]["probabilities"][task] == pytest.approx(probs)
 
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["strategy"]["epochs"] == 3 and config["groups"] == 2
+    assert config["strategy"]["epochs"] == 3 and config["branches"] == 2
 
     # the saved model is the result's model and reproduces the reported test loss
     model = load_model(out / "model.pt")

@@ -31,7 +31,7 @@ COMPLETE, PRUNED, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialSta
 
 
 def tuned_doc(**tuning: Any) -> dict[str, Any]:
-    return planted_doc(tuning={"groups": [1, 3], **tuning})
+    return planted_doc(tuning={"branches": [1, 3], **tuning})
 
 
 @pytest.mark.parametrize(
@@ -39,7 +39,7 @@ def tuned_doc(**tuning: Any) -> dict[str, Any]:
     [
         ({"trails": 3}, "tuning.trails: unknown key 'trails' (did you mean 'trials'?)"),
         ({"lr": [0.1, 0.01]}, "lr must be [low, high] with low <= high"),
-        ({"groups": [0, 3]}, "groups must be positive"),
+        ({"branches": [0, 3]}, "branches must be positive"),
         ({"schedules": ["cosin"]}, "did you mean 'cosine'?"),
         ({"pruner": "hyperbnd"}, "did you mean 'hyperband'?"),
     ],
@@ -54,12 +54,12 @@ def test_default_space_and_trial_spec() -> None:
     spec = dmtg_nas.load_spec("planted")
     assert spec.tuning is None
     space = {p.name: p for p in search_space(spec)}
-    assert (space["groups"].low, space["groups"].high) == (2, 6)  # 9 tasks: K in [2, min(N, 6)]
+    assert (space["branches"].low, space["branches"].high) == (2, 6)  # 9 tasks: K in [2, min(N, 6)]
     assert space["schedule"].choices == ("constant", "linear", "exponential", "cosine")
     assert space["tau_init"].log and space["lr"].log
     spec = dmtg_nas.load_spec(planted_doc(tuning={"epochs": 3}))
-    trial = apply_params(spec, {"groups": 3, "schedule": "cosine", "tau_init": 4.0, "tau_final": 0.2, "lr": 0.01})
-    assert trial.groups == 3 and trial.strategy.epochs == 3 and trial.strategy.optimizer.lr == 0.01
+    trial = apply_params(spec, {"branches": 3, "schedule": "cosine", "tau_init": 4.0, "tau_final": 0.2, "lr": 0.01})
+    assert trial.branches == 3 and trial.strategy.epochs == 3 and trial.strategy.optimizer.lr == 0.01
     t = trial.strategy.temperature
     assert (t.schedule, t.init, t.final) == ("cosine", 4.0, 0.2)
     constant = apply_params(spec, {"schedule": "constant", "tau_init": 1.5})
@@ -87,20 +87,21 @@ def test_three_trial_study(tmp_path: Path) -> None:
     for t in trials[:2]:
         assert t.value is not None and t.value > 0
         assert sorted(t.intermediate_values) == [1, 2]  # one validation value per epoch
-        assert 1 <= t.params["groups"] <= 3
+        assert 1 <= t.params["branches"] <= 3
         assert sorted(x for g in t.user_attrs["groups"] for x in g) == ["t0", "t1", "t2", "t3"]
         assert t.value == pytest.approx(t.user_attrs["val_total_loss"])
     assert sorted(trials[2].intermediate_values) == [1]  # stopped after its first epoch
     best = study.best_trial
     assert result.best is not None and result.best["trial"] == best.number
     assert result.best["groups"] == best.user_attrs["groups"]
+    assert result.best["params"]["branches"] == best.params["branches"]  # K; "groups" are the found groups
     saved = json.loads((tmp_path / "tune" / "best.json").read_text())
     assert saved["trials"]["complete"] == 2 and saved["trials"]["pruned"] == 1
     assert {p.name for p in result.plots} == {"optimization_history.png", "param_importances.png", "score_vs_k.png"}
     run = Path(best.user_attrs["run_dir"])
     assert json.loads((run / "grouping.json").read_text())["groups"] == best.user_attrs["groups"]
     # the best trial's folder is a normal search output
-    assert dmtg_nas.load_spec(run / "config.yaml").groups == best.params["groups"]
+    assert dmtg_nas.load_spec(run / "config.yaml").branches == best.params["branches"]
 
 
 @pytest.mark.slow
@@ -125,6 +126,7 @@ def test_tune_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], write_
     assert main(["tune", str(spec), "--out", str(out), "--quiet", "--study", "s1", "--jobs", "1"]) == 0
     text = capsys.readouterr().out
     assert "best trial" in text and "best groups:" in text and "dmtg retrain accepts it" in text
+    assert "best values: branches=" in text
     assert (out / "plots" / "score_vs_k.png").is_file()
     best = json.loads((out / "best.json").read_text())
     assert best["study"] == "s1"
@@ -204,14 +206,16 @@ def test_dead_workers_trial_is_failed_and_run_again(tmp_path: Path) -> None:
     spec = dmtg_nas.load_spec(tuned_doc(trials=2, pruner="none", heartbeat=1, retries=1))
     storage = make_storage(None, tmp_path, heartbeat=1)
     study = optuna.create_study(storage=storage, study_name="tiny", direction="minimize")
-    dead = study.ask({"groups": optuna.distributions.IntDistribution(1, 3)})  # a worker that then died
+    dead = study.ask({"branches": optuna.distributions.IntDistribution(1, 3)})  # a worker that then died
     storage.record_heartbeat(dead._trial_id)
     time.sleep(3.5)  # past the grace period (2 x heartbeat; SQLite keeps whole seconds)
     tune(spec, tmp_path, progress=False, report=False)
     trials = study.get_trials()
     assert trials[0].state == FAIL
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
-    assert len(retry) == 1 and retry[0].state == COMPLETE and retry[0].params["groups"] == trials[0].params["groups"]
+    assert (
+        len(retry) == 1 and retry[0].state == COMPLETE and retry[0].params["branches"] == trials[0].params["branches"]
+    )
     assert sum(t.state == COMPLETE for t in trials) == 2  # the dead trial did not block the study
 
 

@@ -37,7 +37,8 @@ class EncoderEntry:
 
     Attributes:
         Options: its keys in the spec's ``backbone`` section.
-        inputs: ``vector`` (any shape, flattened) or ``image`` ((C, H, W) inputs).
+        inputs: ``vector`` (any shape, flattened), ``image`` ((C, H, W) inputs) or ``any`` (user
+            encoders: what they take is theirs to check).
         stages: how many stages ``shared_stem`` can count, from the options; None when only the
             built model knows (timm: resolved by :func:`dmtg_nas.backbones.check_backbone`).
         scale: the options with every layer's width multiplied by a factor (None: no widths to scale).
@@ -45,7 +46,7 @@ class EncoderEntry:
     """
 
     Options: type[BaseModel]
-    inputs: Literal["vector", "image"]
+    inputs: Literal["vector", "image", "any"]
     stages: Callable[[Any], int] | None
     scale: Callable[[Any, float], dict[str, Any]] | None = None
     description: str = ""

@@ -13,7 +13,7 @@ from ..metrics import load_reference
 from ..schema import BackboneConfig, SearchSpec
 from ..validation import validate_model
 from .base import DatasetEntry, EncoderEntry
-from .encoders import TimmOptions
+from .encoders import USER, TimmOptions
 from .registries import DATASETS, ENCODERS
 from .user import UserOptions, check_user
 
@@ -49,8 +49,20 @@ class ParsedEncoder:
 
 def encoder_entry(config: BackboneConfig) -> ParsedEncoder:
     """Look up ``backbone.name`` and validate its options and ``shared_stem`` depth (where the
-    options tell the stages). The one place that reads the ``family:model`` form of a name."""
+    options tell the stages). The one place that reads the ``family:model`` form of a name; a
+    ``package.module:factory`` whose package is no registered family is a user encoder (family
+    ``user``, the path as its model; :func:`dmtg_nas.backbones.build_encoder` imports it)."""
     family, colon, model = config.name.partition(":")
+    if colon and family not in ENCODERS:
+        if not family or not model:
+            raise SpecError(f"backbone {config.name!r} must look like 'package.module:factory'", key="backbone.name")
+        user = validate_model(USER.Options, dict(config.model_extra or {}), "backbone")
+        _check_weights(user.pretrained)  # type: ignore[attr-defined]
+        if config.shared_stem:
+            raise SpecError(
+                f"your own encoder {config.name!r} is one unit: shared_stem must be 0", key="backbone.shared_stem"
+            )
+        return ParsedEncoder("user", USER, user, config.name)
     plain = [n for n in ENCODERS.names() if not ENCODERS.lookup(n).model_name]
     named = [n for n in ENCODERS.names() if ENCODERS.lookup(n).model_name]
     entry = ENCODERS.lookup(family) if family in ENCODERS else None
@@ -62,12 +74,22 @@ def encoder_entry(config: BackboneConfig) -> ParsedEncoder:
             key="backbone.name",
         )
     options: BaseModel = validate_model(entry.Options, dict(config.model_extra or {}), "backbone")
-    pretrained = options.pretrained if isinstance(options, TimmOptions) else None
-    if isinstance(pretrained, str) and not Path(pretrained).is_file():
-        raise SpecError(f"weights file not found: {pretrained}", key="backbone.pretrained")
+    _check_weights(options.pretrained if isinstance(options, TimmOptions) else None)
     if config.shared_stem and entry.stages is not None:
         check_shared_stem(config, entry.stages(options))
     return ParsedEncoder(family, entry, options, model or None)
+
+
+def _check_weights(pretrained: bool | str | None) -> None:
+    """``pretrained`` names a local file; ``true`` (which would mean a download) is refused."""
+    if pretrained is True:
+        raise SpecError(
+            "true would download weights, which is never done: give a local weights file instead, "
+            "pretrained: path/to/weights.pth (a state_dict of this architecture, .pth or .safetensors)",
+            key="backbone.pretrained",
+        )
+    if isinstance(pretrained, str) and not Path(pretrained).is_file():
+        raise SpecError(f"weights file not found: {pretrained}", key="backbone.pretrained")
 
 
 def check_shared_stem(config: BackboneConfig, stages: int) -> None:

@@ -6,14 +6,15 @@ and width scaling (:mod:`dmtg_nas.backbones` builds them).
 | ``mlp``           | vectors | Linear -> [norm] -> activation -> [dropout] per hidden width |
 | ``convnet``       | images  | a small CNN: per stage conv3x3 -> BN -> ReLU -> maxpool 2    |
 | ``celeba_resnet`` | images  | TAG's tiny CelebA ResNet (two stages)                        |
-| ``timm:<model>``  | images  | any timm model (the ``timm`` family)                 |
+| ``timm:<model>``  | images  | any timm model (the ``timm`` family)                        |
+| ``pkg.mod:fn``    | any     | your own encoder: ``fn(input_shape=..., **other keys)``     |
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..schema import StrictModel, Width
 from .base import EncoderEntry
@@ -27,6 +28,8 @@ __all__ = [
     "CONVNET",
     "MLP",
     "TIMM",
+    "USER",
+    "UserEncoderOptions",
 ]
 
 
@@ -49,7 +52,8 @@ class CelebAResNetOptions(StrictModel):
 class TimmOptions(StrictModel):
     """The model itself is named in ``backbone.name`` (``timm:<model>``)."""
 
-    pretrained: bool | str = False  # false, or a local .pth/.safetensors file (never a download)
+    # false, or a local .pth/.safetensors file (true is refused: nothing is ever downloaded)
+    pretrained: bool | str = False
     kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to timm.create_model
 
 
@@ -80,3 +84,15 @@ CELEBA_RESNET = EncoderEntry(
 )
 # timm models have the widths of their architecture; their stages are counted on the built model
 TIMM = EncoderEntry(TimmOptions, "image", None, None, "any timm model", model_name=True)
+
+
+class UserEncoderOptions(BaseModel):
+    """Your own encoder (``backbone.name: "package.module:factory"``): every key but ``pretrained``
+    is passed to the factory as a keyword argument."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    pretrained: bool | str = False  # false, or a local state_dict file (.pth/.safetensors) loaded into the module
+
+
+# user encoders: no stages to share, no widths to scale, whatever inputs the factory takes
+USER = EncoderEntry(UserEncoderOptions, "any", None, None, "your own encoder")

@@ -46,7 +46,7 @@ def subset_losses_one_by_one(
     out: SubsetRows = {}
     for i, mask in enumerate(subsets):
         tasks = [spec.tasks[j] for j in members(mask)]
-        sub = spec.model_copy(update={"tasks": tasks, "groups": 1})
+        sub = spec.model_copy(update={"tasks": tasks, "branches": 1})
         _, metrics = train_partition(sub, data, [[t.name for t in tasks]])
         out[mask] = {"val": metrics["val"], "test": metrics["test"]}
         if progress is not None:

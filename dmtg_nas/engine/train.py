@@ -15,7 +15,7 @@ import torch
 
 from ..data import TaskData, make_loader
 from ..errors import DmtgError
-from ..hardware import eval_device, trainer_kwargs, use_pinned_memory
+from ..hardware import eval_device, trainer_kwargs, use_pinned_memory, user_callbacks
 from ..network import GroupedNetwork
 from ..quiet import quiet_libraries
 from ..schema import SearchSpec, StrategyConfig, TaskConfig
@@ -127,7 +127,7 @@ def _fit(
         limit_val_batches=None if validate else 0,
         gradient_clip_val=strategy.gradient_clip,
         deterministic=True if strategy.deterministic else None,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, *user_callbacks(hw)],
     )
     loader: dict[str, Any] = {
         "num_workers": strategy.num_workers,

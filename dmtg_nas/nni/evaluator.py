@@ -16,13 +16,12 @@ from typing import Any
 import pytorch_lightning as pl
 from nni.nas.evaluator.pytorch import DataLoader, Lightning, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
 
 from ..components import load_data
 from ..data import TaskData, make_loader
 from ..engine.bars import stage_bars
 from ..engine.module import MultiTaskModule
-from ..hardware import trainer_kwargs, use_pinned_memory
+from ..hardware import search_logger, trainer_kwargs, use_pinned_memory, user_callbacks
 from ..quiet import quiet_libraries
 from ..runstate import AtomicCheckpointIO, InterruptCallback, Interrupts, RunStateCallback, interrupt_message
 from ..schema import SearchSpec
@@ -134,13 +133,14 @@ def build_evaluator(
     if interrupts is not None:
         ckpt = out_dir / "checkpoints" / "last.ckpt" if saving and out_dir is not None else None
         cbs.append(InterruptCallback(interrupts, interrupt_message(out_dir if saving else None, "search"), ckpt))
+    cbs += user_callbacks(hw)
     cbs += stage_bars(progress, "search")
     with quiet_libraries():  # Lightning's banners as it builds the Trainer
         trainer = Trainer(
             max_epochs=strat.epochs,
             **trainer_kwargs(hw),
             callbacks=cbs,
-            logger=CSVLogger(save_dir=str(out_dir), name="", version=_log_version(out_dir, resume_from))
+            logger=search_logger(hw, out_dir, _log_version(out_dir, resume_from), spec.name)
             if out_dir is not None
             else False,
             enable_checkpointing=checkpoint and out_dir is not None,

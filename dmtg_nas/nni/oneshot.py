@@ -291,6 +291,9 @@ class DMTGLightningModule(BaseOneShotLightningModule):
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()  # the training module's epoch mean of the loss
         self.log("tau", self.current_tau)
+        for task, row in self.probabilities().items():  # the grouping probabilities, one scalar each
+            for k, p in enumerate(row):
+                self.log(f"prob/{task}/{k}", p)
         if self.scouting and self.trainer.current_epoch + 1 >= self.affinity.epochs:  # type: ignore[union-attr]
             self.finish_scout()
 

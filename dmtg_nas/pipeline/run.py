@@ -35,7 +35,7 @@ from ..components import load_data
 from ..config import dump_yaml
 from ..data import TaskData
 from ..errors import DmtgError, NonFiniteMetricsError
-from ..hardware import barrier, is_global_zero
+from ..hardware import barrier, check_trainer, is_global_zero
 from ..nni.search import one_shot_search
 from ..quiet import quiet_libraries
 from ..runlock import RunLock
@@ -102,6 +102,7 @@ def run_search(
         t0 = time.perf_counter()
         pl.seed_everything(spec.strategy.seed, workers=True, verbose=False)
         check_backbone(spec.backbone)  # what only the libraries can tell (a timm model), before anything is written
+        check_trainer(spec.strategy.trainer)  # Trainer arguments, callbacks, the logger's package
         data = data if data is not None else load_data(spec)  # bad data fails before anything is written
         if out is None:
             resume_from = None
