@@ -697,6 +697,27 @@ def _cmd_portal(args: argparse.Namespace) -> int:
     )
 
 
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder this process can create or write into; checked before anything
+    runs (a read-only folder, a path under a regular file or in ``/proc`` would fail only after the
+    data has loaded). The test: a temporary folder made and removed in ``out`` or, when it is not
+    there yet, in its nearest existing parent (also right for root, whom permission bits do not stop)."""
+    import os
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise DmtgError(f"--out {out}: a file is in the way; give a folder (new or empty)")
+    folder = out
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DmtgError(f"--out {out}: {folder} is not a folder")
+    try:
+        tempfile.TemporaryDirectory(prefix=".dmtg-probe-", dir=folder).cleanup()
+    except OSError as exc:
+        raise DmtgError(f"--out {out}: cannot write in {folder}: {exc.strerror or exc}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -710,8 +731,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_output(getattr(args, "verbose", False))
     try:
         out = getattr(args, "out", None)
-        if out is not None and out.exists() and not out.is_dir():
-            raise DmtgError(f"--out {out}: a file is in the way; give a folder (new or empty)")
+        if out is not None and not getattr(args, "worker", False):
+            _check_out(out)
         if args.command == "validate":
             return _cmd_validate(args)
         if args.command == "list":
@@ -736,6 +757,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dmtg: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system refused a named file (permissions, read-only, full): no bug
+        if exc.filename is None:
+            raise
+        names = " -> ".join(str(n) for n in (exc.filename, exc.filename2) if n is not None)
+        print(f"dmtg: error: {_one_line(OSError(f'{names}: {exc.strerror or exc}'))}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         set_verbose(verbose)  # main() called in a process (tests, scripts) leaves the package as it was
 

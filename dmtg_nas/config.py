@@ -20,7 +20,7 @@ import yaml
 
 from .catalog import check_spec
 from .catalog.user import user_tasks
-from .errors import DmtgError, SpecError, allowed, suggest
+from .errors import DmtgError, SpecError, allowed, file_problem, suggest
 from .presets import PresetKind, find_preset, list_presets
 from .schema import (
     DENSE_TYPES,
@@ -231,9 +231,12 @@ def _locate(ref: str, kind: PresetKind, relative_to: Path | None) -> Path:
         try:
             if cand.is_file():
                 return cand.resolve()
+            what = file_problem(cand)
         except (OSError, ValueError) as exc:  # a name the file system refuses (too long, NUL)
             reason = getattr(exc, "strerror", None) or exc
             raise SpecError(f"cannot use {show_value(ref)} as a file name: {reason}") from None
+        if what is not None and what.startswith("not a regular file"):  # /dev/zero, a FIFO: read forever
+            raise SpecError(f"{cand}: {what}; give a YAML file")
     preset = find_preset(kind, ref)
     if preset is not None:
         return preset

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..errors import DataError, SpecError, allowed, suggest
+from ..errors import DataError, SpecError, allowed, file_problem, suggest
 from ..metrics import load_reference
 from ..schema import BackboneConfig, SearchSpec
 from ..validation import validate_model
@@ -63,8 +63,8 @@ def encoder_entry(config: BackboneConfig) -> ParsedEncoder:
         )
     options: BaseModel = validate_model(entry.Options, dict(config.model_extra or {}), "backbone")
     pretrained = options.pretrained if isinstance(options, TimmOptions) else None
-    if isinstance(pretrained, str) and not Path(pretrained).is_file():
-        raise SpecError(f"weights file not found: {pretrained}", key="backbone.pretrained")
+    if isinstance(pretrained, str) and (what := file_problem(Path(pretrained))) is not None:
+        raise SpecError(f"weights {what}: {pretrained}", key="backbone.pretrained")
     if config.shared_stem and entry.stages is not None:
         check_shared_stem(config, entry.stages(options))
     return ParsedEncoder(family, entry, options, model or None)
