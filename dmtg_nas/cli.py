@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "damaged)",
     )
     search.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
+    _add_trust_code(search, "--resume DIR")
     search.add_argument("--quiet", "-q", action="store_true", help="no progress bar, only the result")
     search.add_argument("--json", action="store_true", help="print the grouping as JSON instead of a table")
     _add_verbose(search)
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--epochs", type=int, help="training epochs (default: the search's budget)")
     retrain.add_argument("--out", "-o", type=Path, help="output folder (default: RUN/retrain)")
     retrain.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_trust_code(retrain, "RUN")
     _add_verbose(retrain)
     _add_trainer_flags(retrain)
 
@@ -264,6 +266,15 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a key of the merged spec (repeatable), e.g. groups=4 or strategy.epochs=20",
+    )
+
+
+def _add_trust_code(parser: argparse.ArgumentParser, folder: str) -> None:
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help=f"import and run the code that {folder}/config.yaml names (a package.module:function data set); "
+        "without it such a folder is refused: it may come from someone else",
     )
 
 
@@ -449,7 +460,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         config = args.resume / "config.yaml"
         if not config.is_file():
             raise DmtgError(f"{args.resume}: not a run folder (no config.yaml)")
-        spec = load_spec(config, _trainer_overrides(args))
+        spec = load_spec(config, _trainer_overrides(args), trust_code=args.trust_code)
         out = args.resume
     else:
         if args.spec is None:
@@ -513,6 +524,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
         out_dir=args.out,
         progress=not args.quiet and is_global_zero(),
         overrides=_trainer_overrides(args),
+        trust_code=args.trust_code,
     )
     if not is_global_zero():
         return 0

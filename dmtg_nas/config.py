@@ -392,15 +392,28 @@ def _resolve_paths(doc: dict[str, Any], folder: Path) -> None:
         doc["reference"] = [_absolute(r, folder) for r in ref]
 
 
-def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> SearchSpec:
+def code_paths(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The import paths a (merged) spec document names, as ``(key, "package.module:function")``:
+    code that validating or running the spec imports and calls (a user data set)."""
+    dataset = doc.get("dataset")
+    name = dataset.get("name") if isinstance(dataset, Mapping) else None
+    return [("dataset.name", name)] if isinstance(name, str) and ":" in name else []
+
+
+def load_spec(
+    spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = (), *, trust_code: bool = True
+) -> SearchSpec:
     """Load and validate a search-space spec.
 
     Args:
         spec: a shipped search-space name (``"planted"``), a YAML path, or a mapping.
         overrides: ``"dotted.key=value"`` strings applied to the merged document.
+        trust_code: False for a file the user did not name (a run folder's ``config.yaml``): a
+            spec naming code to import (:func:`code_paths`) is then refused before anything is
+            imported, with a hint to pass ``--trust-code``.
 
     Raises:
-        SpecError: the spec, a file it names or an override is invalid.
+        SpecError: the spec, a file it names or an override is invalid (or names code, untrusted).
     """
     if isinstance(spec, Mapping):
         try:
@@ -443,6 +456,14 @@ def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = (
         check_document(doc)
     except SpecError as exc:
         raise SpecError(exc.message, source="--set" if overridden else source, key=exc.key) from None
+    if not trust_code and (named := code_paths(doc)):
+        key, code = named[0]
+        raise SpecError(
+            f"names code to import and run ({code!r}); dmtg runs it only with --trust-code: pass it if you "
+            "trust this file and the folder it comes from",
+            source=source,
+            key=key,
+        )
     try:
         return _validated(doc)
     except SpecError as exc:
