@@ -216,3 +216,27 @@ def test_code_named_by_a_run_folder_needs_trust_code(
     monkeypatch.delitem(__import__("sys").modules, "trusted_data")
     assert main(["retrain", str(run), "-q", "--epochs", "1", "--trust-code"]) == 0
     assert (tmp_path / "imported").read_text() == "yes" and (run / "retrain/metrics.json").is_file()
+
+
+def test_a_weights_file_with_a_payload_is_refused_before_the_output_folder_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused when the spec is checked: no --out folder (no .lock, no config.yaml) is left to block a
+    plain rerun once the file is fixed; the payload never runs."""
+    marker = tmp_path / "ran"
+    weights = tmp_path / "w.pth"
+    torch.save({"conv1.weight": Payload(marker)}, weights)
+    doc = planted_doc(backbone={"name": "timm:test_resnet", "pretrained": str(weights)})
+    doc["dataset"] = {"name": "digits", "samples": 200}
+    doc["tasks"] = [{"name": "digit", "type": "multiclass", "num_classes": 10}]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    for argv in (["search", str(spec), "--out", str(out), "-q"], ["search", str(spec), "--out", str(out), "-q"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"dmtg: error: backbone.pretrained: {weights}: refused: the weights file holds pickled Python "
+            "objects, which are never loaded; use a state_dict of tensors (.pth) or .safetensors\n"
+        )
+    assert not out.exists() and not marker.exists()
