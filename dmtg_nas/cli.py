@@ -634,7 +634,10 @@ def _one_line(exc: Exception) -> str:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from .config import load_spec
-    from .tuning import search_space, tune
+    from .tuning import die_with_parent, search_space, tune
+
+    if args.worker:
+        die_with_parent()
 
     overrides = list(args.overrides)
     for flag, key in ((args.trials, "trials"), (args.storage, "storage"), (args.pruner, "pruner")):
