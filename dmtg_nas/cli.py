@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(--space grouping: NNI multi-trial search over groupings), reporting per-epoch and final results. "
         "Prints the portal URL and waits; Ctrl-C stops the experiment. Experiment files go under --out.",
     )
-    portal.add_argument("spec", nargs="?", help="search-space name or YAML file (omit with --stop)")
+    portal.add_argument("spec", nargs="?", help="search-space name or YAML file (omit with --stop or --view)")
     portal.add_argument("--out", "-o", type=Path, help="output folder (default: runs/portal-<name>-<time>)")
     portal.add_argument("--trials", type=int, help="number of trials (default: tuning.trials)")
     portal.add_argument("--concurrency", type=int, default=1, help="trials at once (default: %(default)s)")
@@ -241,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     portal.add_argument("--no-wait", action="store_true", help="start the experiment and return at once")
     portal.add_argument("--stop-when-done", action="store_true", help="stop the experiment when all trials ended")
     portal.add_argument("--stop", type=Path, metavar="DIR", help="stop the detached experiment of run folder DIR")
+    portal.add_argument(
+        "--view",
+        type=Path,
+        metavar="DIR",
+        help="reopen the finished experiment of run folder DIR in the web portal (view only) on 127.0.0.1:--port, "
+        "until Ctrl-C (use it instead of nnictl view, which listens on every interface)",
+    )
     _add_set(portal)
 
     sub.add_parser("list", help="list shipped search spaces, strategy presets, data sets, encoders, schedules")
@@ -684,14 +691,19 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_portal(args: argparse.Namespace) -> int:
     from .config import load_spec
-    from .nni.portal import run_portal, stop_portal
+    from .nni.portal import run_portal, stop_portal, view_portal
 
+    say = lambda message, main: print(message, file=sys.stdout if main else sys.stderr, flush=True)  # noqa: E731
+    if args.view is not None:
+        if args.spec is not None or args.stop is not None:
+            raise DmtgError("--view reopens a finished experiment; give no SPEC or --stop with it")
+        return view_portal(args.view, port=args.port, say=say)
     if args.stop is not None:
         stop_portal(args.stop)
         print(f"stopped the experiment of {args.stop}")
         return 0
     if args.spec is None:
-        raise DmtgError("give a SPEC (a shipped search-space name or a YAML file), or --stop DIR")
+        raise DmtgError("give a SPEC (a shipped search-space name or a YAML file), --stop DIR or --view DIR")
     spec = load_spec(args.spec, args.overrides)
     _single_process(spec, "portal")
     out = args.out or Path("runs") / f"portal-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -708,7 +720,7 @@ def _cmd_portal(args: argparse.Namespace) -> int:
         study_name=args.study,
         wait=not args.no_wait,
         stop_when_done=args.stop_when_done,
-        say=lambda message, main: print(message, file=sys.stdout if main else sys.stderr, flush=True),
+        say=say,
     )
 
 
