@@ -673,3 +673,17 @@ def test_data_and_spec_files_that_are_not_regular_files(tmp_path: Path, capsys: 
         == 2
     )
     assert capsys.readouterr().err == f"dmtg: error: --set: dataset.path: file not found: {tmp_path}/no.csv\n"
+
+
+def test_resume_where_the_run_lock_cannot_be_written_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lock file cannot be opened (a folder in its place: refused for root too): one line naming
+    it, exit code 2, before anything loads; nothing in the folder changes."""
+    run = tmp_path / "run"
+    (run / ".lock").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(base_doc()))
+    assert main(["search", "--resume", str(run), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"dmtg: error: {run}: cannot write its run lock {run}/.lock: Is a directory\n"
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml"]
