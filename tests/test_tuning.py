@@ -324,7 +324,7 @@ def test_sigkilled_tune_leaves_no_worker_and_a_rerun_completes_the_study(
         proc.wait()
         workers = {t.user_attrs["pid"] for t in running}
         assert proc.pid not in workers
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 5  # the kernel kills them at once; a trial would take longer
         while any(_process_started(pid) is not None for pid in workers):
             assert time.monotonic() < deadline, f"workers {workers} outlived dmtg tune"
             time.sleep(0.2)
