@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--view",
         type=Path,
         metavar="DIR",
-        help="reopen the finished experiment of run folder DIR in the web portal (view only) on 127.0.0.1:--port, "
+        help="reopen the finished experiment of run folder DIR in the web portal (view only) on 127.0.0.1, --port, "
         "until Ctrl-C (use it instead of nnictl view, which listens on every interface)",
     )
     _add_set(portal)
@@ -693,7 +693,9 @@ def _cmd_portal(args: argparse.Namespace) -> int:
     from .config import load_spec
     from .nni.portal import run_portal, stop_portal, view_portal
 
-    say = lambda message, main: print(message, file=sys.stdout if main else sys.stderr, flush=True)  # noqa: E731
+    def say(message: str, main: bool) -> None:
+        print(message, file=sys.stdout if main else sys.stderr, flush=True)
+
     if args.view is not None:
         if args.spec is not None or args.stop is not None:
             raise DmtgError("--view reopens a finished experiment; give no SPEC or --stop with it")
@@ -784,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dmtg: interrupted", file=sys.stderr)
         return 130
-    except OSError as exc:  # the file system refused a named file (permissions, read-only, full): no bug
+    except OSError as exc:  # the file system refused a named file (permissions, read-only, removed): no bug
         if exc.filename is None:
             raise
         names = " -> ".join(str(n) for n in (exc.filename, exc.filename2) if n is not None)
