@@ -67,6 +67,7 @@ __all__ = [
     "UserEncoder",
     "build_encoder",
     "check_weights",
+    "check_weights_file",
     "build_head",
     "check_backbone",
     "num_stages",
@@ -282,11 +283,7 @@ def _create_timm(model_name: str, in_chans: int | None, options: TimmOptions, **
         return timm.create_model(model_name, **{**kwargs, **extra})  # type: ignore[no-any-return]
     except (TypeError, ValueError, RuntimeError, AssertionError, OverflowError) as exc:
         if isinstance(options.pretrained, str) and "weights_only" in str(exc):  # timm never falls back to pickle
-            raise SpecError(
-                f"{options.pretrained}: refused: the weights file holds pickled Python objects, which are never "
-                "loaded; use a state_dict of tensors (.pth) or .safetensors",
-                key="backbone.pretrained",
-            ) from None
+            raise _refused(options.pretrained) from None
         raise SpecError(f"timm cannot build {model_name!r} with these kwargs: {exc}", key="backbone") from None
 
 
@@ -341,11 +338,46 @@ def _timm_stages(model_name: str, input_shape: tuple[int, ...], options: TimmOpt
 # ----------------------------------------------------------------------------------------------
 
 
+def _refused(path: str) -> SpecError:
+    return SpecError(
+        f"{path}: refused: the weights file holds pickled Python objects, which are never loaded; use a "
+        "state_dict of tensors (.pth) or .safetensors",
+        key="backbone.pretrained",
+    )
+
+
+def check_weights_file(path: str) -> None:
+    """A ``pretrained`` weights file must hold tensors only: ``.safetensors`` by its header, anything
+    else read with ``torch.load(weights_only=True)`` (memory-mapped where the file allows it). Run
+    before the output folder is made, so that a refused file leaves nothing that blocks a rerun."""
+    import zipfile
+
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt"):
+                return
+        except Exception as exc:  # safetensors' errors are plain exceptions with a message
+            raise SpecError(f"{path}: not a readable .safetensors file ({exc})", key="backbone.pretrained") from None
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # unpickling, a torn archive, not a torch file
+        if "weights_only" in str(exc):
+            raise _refused(path) from None
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise SpecError(f"{path}: not a readable weights file ({first})", key="backbone.pretrained") from None
+
+
 def check_backbone(config: BackboneConfig, input_rank: int | None = None) -> ParsedEncoder:
     """Validate the backbone section (name, options, ``shared_stem`` depth) without building it: the
-    catalog's checks (:func:`~dmtg_nas.catalog.encoder_entry`), and what needs timm itself (the model
-    exists; its stages); with ``input_rank``, that the encoder takes inputs of that rank."""
+    catalog's checks (:func:`~dmtg_nas.catalog.encoder_entry`), what needs timm itself (the model
+    exists; its stages) and that ``pretrained`` weights hold tensors only (:func:`check_weights_file`);
+    with ``input_rank``, that the encoder takes inputs of that rank."""
     parsed = encoder_entry(config)
+    pretrained = getattr(parsed.options, "pretrained", None)
+    if isinstance(pretrained, str):  # tensors only, before anything is written
+        check_weights_file(pretrained)
     if parsed.family == "user":
         if not callable(import_object(config.name, "backbone")):
             raise SpecError(f"{config.name!r} is not callable", key="backbone.name")

@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "damaged)",
     )
     search.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
+    _add_trust_code(search, "--resume DIR")
     search.add_argument("--quiet", "-q", action="store_true", help="no progress bar, only the result")
     search.add_argument("--json", action="store_true", help="print the grouping as JSON instead of a table")
     _add_verbose(search)
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--epochs", type=int, help="training epochs (default: the search's budget)")
     retrain.add_argument("--out", "-o", type=Path, help="output folder (default: RUN/retrain)")
     retrain.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_trust_code(retrain, "RUN")
     _add_verbose(retrain)
     _add_trainer_flags(retrain)
 
@@ -216,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(--space grouping: NNI multi-trial search over groupings), reporting per-epoch and final results. "
         "Prints the portal URL and waits; Ctrl-C stops the experiment. Experiment files go under --out.",
     )
-    portal.add_argument("spec", nargs="?", help="search-space name or YAML file (omit with --stop)")
+    portal.add_argument("spec", nargs="?", help="search-space name or YAML file (omit with --stop or --view)")
     portal.add_argument("--out", "-o", type=Path, help="output folder (default: runs/portal-<name>-<time>)")
     portal.add_argument("--trials", type=int, help="number of trials (default: tuning.trials)")
     portal.add_argument("--concurrency", type=int, default=1, help="trials at once (default: %(default)s)")
@@ -239,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     portal.add_argument("--no-wait", action="store_true", help="start the experiment and return at once")
     portal.add_argument("--stop-when-done", action="store_true", help="stop the experiment when all trials ended")
     portal.add_argument("--stop", type=Path, metavar="DIR", help="stop the detached experiment of run folder DIR")
+    portal.add_argument(
+        "--view",
+        type=Path,
+        metavar="DIR",
+        help="reopen the finished experiment of run folder DIR in the web portal (view only) on 127.0.0.1, --port, "
+        "until Ctrl-C (use it instead of nnictl view, which listens on every interface)",
+    )
     _add_set(portal)
 
     sub.add_parser("list", help="list shipped search spaces, strategy presets, data sets, encoders, schedules")
@@ -264,6 +273,15 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a key of the merged spec (repeatable), e.g. branches=4 or strategy.epochs=20",
+    )
+
+
+def _add_trust_code(parser: argparse.ArgumentParser, folder: str) -> None:
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help=f"import and run the code that {folder}/config.yaml names (a package.module:function data set); "
+        "without it such a folder is refused: it may come from someone else",
     )
 
 
@@ -451,7 +469,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         config = args.resume / "config.yaml"
         if not config.is_file():
             raise DmtgError(f"{args.resume}: not a run folder (no config.yaml)")
-        spec = load_spec(config, _trainer_overrides(args))
+        spec = load_spec(config, _trainer_overrides(args), trust_code=args.trust_code)
         out = args.resume
     else:
         if args.spec is None:
@@ -515,6 +533,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
         out_dir=args.out,
         progress=not args.quiet and is_global_zero(),
         overrides=_trainer_overrides(args),
+        trust_code=args.trust_code,
     )
     if not is_global_zero():
         return 0
@@ -624,7 +643,10 @@ def _one_line(exc: Exception) -> str:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from .config import load_spec
-    from .tuning import search_space, tune
+    from .tuning import die_with_parent, search_space, tune
+
+    if args.worker:
+        die_with_parent()
 
     overrides = list(args.overrides)
     for flag, key in ((args.trials, "trials"), (args.storage, "storage"), (args.pruner, "pruner")):
@@ -671,14 +693,21 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_portal(args: argparse.Namespace) -> int:
     from .config import load_spec
-    from .nni.portal import run_portal, stop_portal
+    from .nni.portal import run_portal, stop_portal, view_portal
 
+    def say(message: str, main: bool) -> None:
+        print(message, file=sys.stdout if main else sys.stderr, flush=True)
+
+    if args.view is not None:
+        if args.spec is not None or args.stop is not None:
+            raise DmtgError("--view reopens a finished experiment; give no SPEC or --stop with it")
+        return view_portal(args.view, port=args.port, say=say)
     if args.stop is not None:
         stop_portal(args.stop)
         print(f"stopped the experiment of {args.stop}")
         return 0
     if args.spec is None:
-        raise DmtgError("give a SPEC (a shipped search-space name or a YAML file), or --stop DIR")
+        raise DmtgError("give a SPEC (a shipped search-space name or a YAML file), --stop DIR or --view DIR")
     spec = load_spec(args.spec, args.overrides)
     _single_process(spec, "portal")
     out = args.out or Path("runs") / f"portal-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -695,8 +724,29 @@ def _cmd_portal(args: argparse.Namespace) -> int:
         study_name=args.study,
         wait=not args.no_wait,
         stop_when_done=args.stop_when_done,
-        say=lambda message, main: print(message, file=sys.stdout if main else sys.stderr, flush=True),
+        say=say,
     )
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder this process can create or write into; checked before anything
+    runs (a read-only folder, a path under a regular file or in ``/proc`` would fail only after the
+    data has loaded). The test: a temporary folder made and removed in ``out`` or, when it is not
+    there yet, in its nearest existing parent (also right for root, whom permission bits do not stop)."""
+    import os
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise DmtgError(f"--out {out}: a file is in the way; give a folder (new or empty)")
+    folder = out
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DmtgError(f"--out {out}: {folder} is not a folder")
+    try:
+        tempfile.TemporaryDirectory(prefix=".dmtg-probe-", dir=folder).cleanup()
+    except OSError as exc:
+        raise DmtgError(f"--out {out}: cannot write in {folder}: {exc.strerror or exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -712,8 +762,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_output(getattr(args, "verbose", False))
     try:
         out = getattr(args, "out", None)
-        if out is not None and out.exists() and not out.is_dir():
-            raise DmtgError(f"--out {out}: a file is in the way; give a folder (new or empty)")
+        if out is not None and not getattr(args, "worker", False):
+            _check_out(out)
         if args.command == "validate":
             return _cmd_validate(args)
         if args.command == "list":
@@ -738,6 +788,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dmtg: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system refused a named file (permissions, read-only, removed): no bug
+        if exc.filename is None:
+            raise
+        names = " -> ".join(str(n) for n in (exc.filename, exc.filename2) if n is not None)
+        print(f"dmtg: error: {_one_line(OSError(f'{names}: {exc.strerror or exc}'))}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         set_verbose(verbose)  # main() called in a process (tests, scripts) leaves the package as it was
 

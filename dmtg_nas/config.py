@@ -20,7 +20,7 @@ import yaml
 
 from .catalog import check_spec
 from .catalog.user import user_tasks
-from .errors import DmtgError, SpecError, allowed, suggest
+from .errors import DmtgError, SpecError, allowed, file_problem, suggest
 from .presets import PresetKind, find_preset, list_presets
 from .schema import (
     DENSE_TYPES,
@@ -232,9 +232,12 @@ def _locate(ref: str, kind: PresetKind, relative_to: Path | None) -> Path:
         try:
             if cand.is_file():
                 return cand.resolve()
+            what = file_problem(cand)
         except (OSError, ValueError) as exc:  # a name the file system refuses (too long, NUL)
             reason = getattr(exc, "strerror", None) or exc
             raise SpecError(f"cannot use {show_value(ref)} as a file name: {reason}") from None
+        if what is not None and what.startswith("not a regular file"):  # /dev/zero, a FIFO: read forever
+            raise SpecError(f"{cand}: {what}; give a YAML file")
     preset = find_preset(kind, ref)
     if preset is not None:
         return preset
@@ -403,15 +406,28 @@ def _resolve_paths(doc: dict[str, Any], folder: Path) -> None:
         doc["reference"] = [_absolute(r, folder) for r in ref]
 
 
-def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> SearchSpec:
+def code_paths(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The import paths a (merged) spec document names, as ``(key, "package.module:function")``:
+    code that validating or running the spec imports and calls (a user data set)."""
+    dataset = doc.get("dataset")
+    name = dataset.get("name") if isinstance(dataset, Mapping) else None
+    return [("dataset.name", name)] if isinstance(name, str) and ":" in name else []
+
+
+def load_spec(
+    spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = (), *, trust_code: bool = True
+) -> SearchSpec:
     """Load and validate a search-space spec.
 
     Args:
         spec: a shipped search-space name (``"planted"``), a YAML path, or a mapping.
         overrides: ``"dotted.key=value"`` strings applied to the merged document.
+        trust_code: False for a file the user did not name (a run folder's ``config.yaml``): a
+            spec naming code to import (:func:`code_paths`) is then refused before anything is
+            imported, with a hint to pass ``--trust-code``.
 
     Raises:
-        SpecError: the spec, a file it names or an override is invalid.
+        SpecError: the spec, a file it names or an override is invalid (or names code, untrusted).
     """
     if isinstance(spec, Mapping):
         try:
@@ -458,6 +474,14 @@ def load_spec(spec: str | Path | Mapping[str, Any], overrides: Iterable[str] = (
         check_document(doc)
     except SpecError as exc:
         raise SpecError(exc.message, source="--set" if overridden else source, key=exc.key) from None
+    if not trust_code and (named := code_paths(doc)):
+        key, code = named[0]
+        raise SpecError(
+            f"names code to import and run ({code!r}); dmtg runs it only with --trust-code: pass it if you "
+            "trust this file and the folder it comes from",
+            source=source,
+            key=key,
+        )
     try:
         return _validated(doc)
     except SpecError as exc:

@@ -8,7 +8,9 @@ The command line prints these as one line and exits with code 2; anything else i
 from __future__ import annotations
 
 import difflib
+import stat
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 __all__ = [
     "DmtgError",
@@ -18,6 +20,7 @@ __all__ = [
     "NonFiniteMetricsError",
     "RunLockedError",
     "SearchInterrupted",
+    "file_problem",
     "suggest",
 ]
 
@@ -106,3 +109,33 @@ def suggest(name: str, choices: Iterable[str]) -> str:
 def allowed(choices: Sequence[str]) -> str:
     """Format a list of allowed names for an error message."""
     return ", ".join(repr(c) for c in choices)
+
+
+_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a data or weights file, or None when it is a regular file.
+
+    ``/dev/zero`` or a FIFO would be read forever (or block): they are "not a regular file", told
+    apart from a file that is not there and from a folder.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "file not found"
+    except NotADirectoryError:
+        return "file not found (a part of the path is a file, not a folder)"
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+    return f"not a regular file ({kind})"

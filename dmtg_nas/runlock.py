@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import RunLockedError
+from .errors import DmtgError, RunLockedError
 
 __all__ = ["LOCK_NAME", "RunLock", "launcher_rank_zero"]
 
@@ -38,7 +38,10 @@ class RunLock:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only folder, a file system that refuses it
+            raise DmtgError(f"{self.folder}: cannot write its run lock {self.path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -11,7 +11,8 @@
   also from the middle of an epoch.
 - :class:`Interrupts` turns SIGINT (Ctrl-C) and SIGTERM into a request to stop at the next step
   boundary; :class:`InterruptCallback` then saves a checkpoint and raises :class:`SearchInterrupted`.
-- :func:`select_checkpoint` checks ``last.ckpt`` before resuming and falls back to the previous one.
+- :func:`select_checkpoint` checks ``last.ckpt`` before resuming (the archive's CRCs, the layout, the
+  :func:`spec_identity` it was written for) and falls back to the previous one.
 - :func:`run_finished` tells a finished run from an interrupted one (nothing left to resume).
 - :class:`~dmtg_nas.runlock.RunLock` keeps two runs out of one output folder (``fcntl.flock``:
   released when the holding process ends, however it ends).
@@ -20,6 +21,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import random
@@ -28,6 +31,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
@@ -50,11 +54,53 @@ __all__ = [
     "previous_path",
     "run_finished",
     "select_checkpoint",
+    "spec_identity",
 ]
 
 _logger = logging.getLogger(__name__)
 
 STATE_KEY = "dmtg_run_state"
+SPEC_KEY = "dmtg_spec"
+
+# what a checkpoint's weights, logits and data order depend on: a resume under another value is another run
+# (strategy.trainer and num_workers may change on resume: --devices, --precision)
+_IDENTITY_PARTS = ("tasks", "dataset", "backbone", "heads", "groups", "strategy")
+_FREE_STRATEGY_KEYS = ("name", "description", "trainer", "num_workers")
+
+
+def spec_identity(spec: Any) -> dict[str, Any]:
+    """The parts of a resolved spec that define the network, the data and the grouping, with their
+    fingerprint (SHA-256 of their canonical JSON): ``{"fingerprint": ..., "parts": {...}}``. Stored in
+    every search checkpoint, so that a checkpoint of another spec (another K, data set, ...) is never
+    resumed."""
+    doc = spec.to_dict()
+    parts = {key: doc[key] for key in _IDENTITY_PARTS}
+    parts["strategy"] = {k: v for k, v in parts["strategy"].items() if k not in _FREE_STRATEGY_KEYS}
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return {"fingerprint": hashlib.sha256(text.encode()).hexdigest(), "parts": parts}
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        named = {f"{prefix}.{key}" if prefix else str(key): item for key, item in value.items()}
+        return {k: v for name, item in named.items() for k, v in _flat(item, name).items()}
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}[{i}]").items()}
+    return {prefix: value}
+
+
+def _identity_mismatch(saved: Any, expected: Mapping[str, Any]) -> str | None:
+    """None if ``saved`` (a checkpoint's :func:`spec_identity`) matches ``expected``, else what differs."""
+    if not isinstance(saved, dict) or saved.get("fingerprint") == expected["fingerprint"]:
+        return None  # checkpoints of earlier versions carry none: their layout is checked instead
+    ours, theirs = _flat(expected["parts"]), _flat(saved.get("parts", {}))
+    keys = [k for k in {**theirs, **ours} if ours.get(k, "<none>") != theirs.get(k, "<none>")]
+    shown = "; ".join(
+        f"{k}: {json.dumps(theirs.get(k))} in the checkpoint, {json.dumps(ours.get(k))} in config.yaml"
+        for k in keys[:3]
+    )
+    more = f" (and {len(keys) - 3} more)" if len(keys) > 3 else ""
+    return f"from another spec ({shown or 'another fingerprint'}{more})"
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -126,10 +172,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.close(dir_fd)
 
 
-def _read_checkpoint(path: Path) -> tuple[str | None, dict[str, Any]]:
-    """``(None, checkpoint)`` if ``path`` is a complete search checkpoint, else ``(what is wrong, {})``."""
+def _damaged_entry(path: Path) -> str | None:
+    """What is wrong with the zip archive of a torch checkpoint (a flipped byte in a stored tensor:
+    torch itself does not check the CRCs), or None when every entry's CRC is right."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return f"unreadable ({type(exc).__name__}: {str(exc)[:120]})"
+    except Exception as exc:  # zlib/struct errors from a mangled entry header
+        return f"damaged ({type(exc).__name__} while checking the archive)"
+    return f"damaged (CRC mismatch in {bad})" if bad is not None else None
+
+
+def _read_checkpoint(path: Path, identity: Mapping[str, Any] | None = None) -> tuple[str | None, dict[str, Any]]:
+    """``(None, checkpoint)`` if ``path`` is a complete search checkpoint (of the spec ``identity``,
+    when given), else ``(what is wrong, {})``."""
     if not path.is_file():
         return "missing", {}
+    damaged = _damaged_entry(path) if zipfile.is_zipfile(path) else None
+    if damaged is not None:
+        return damaged, {}
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # a payload is refused, not run
     except Exception as exc:  # any failure to read means the file is unusable
@@ -140,6 +203,9 @@ def _read_checkpoint(path: Path) -> tuple[str | None, dict[str, Any]]:
     missing = [k for k in ("state_dict", "loops", "optimizer_states", "epoch", "global_step") if k not in ckpt]
     if missing:
         return f"incomplete (no {', '.join(missing)})", {}
+    foreign = _identity_mismatch(ckpt.get(SPEC_KEY), identity) if identity is not None else None
+    if foreign is not None:
+        return foreign, {}
     return None, ckpt
 
 
@@ -163,17 +229,19 @@ def _same_layout(path: Path, ckpt: Mapping[str, Any]) -> Path:
     return path
 
 
-def select_checkpoint(last: Path) -> Path:
+def select_checkpoint(last: Path, identity: Mapping[str, Any] | None = None) -> Path:
     """The checkpoint to resume from: ``last`` if it is sound, else its previous version.
 
-    A damaged ``last`` is renamed to ``<name>.corrupt`` (so the next save does not keep it as the
-    previous version) and a warning names it. Raises :class:`DmtgError` when neither is usable.
+    Sound: a zip archive whose CRCs are all right, holding a complete checkpoint written for the spec
+    ``identity`` (:func:`spec_identity`; None: any). A damaged or foreign ``last`` is renamed to
+    ``<name>.corrupt`` (so the next save does not keep it as the previous version) and a warning names
+    it. Raises :class:`DmtgError` when neither is usable.
     """
-    problem, ckpt = _read_checkpoint(last)
+    problem, ckpt = _read_checkpoint(last, identity)
     if problem is None:
         return _same_layout(last, ckpt)
     prev = previous_path(last)
-    prev_problem, prev_ckpt = _read_checkpoint(prev)
+    prev_problem, prev_ckpt = _read_checkpoint(prev, identity)
     if problem == "missing" and prev_problem == "missing":
         raise DmtgError(f"{last.parent.parent}: nothing to resume (no {last.parent.name}/{last.name})")
     if prev_problem is not None:
@@ -232,11 +300,13 @@ class RunStateCallback(pl.Callback):
     Args:
         train_loader: the search's training loader (its :class:`ResumableRandomSampler` is resumed).
         training_module: the module whose ``nonfinite_skips`` are kept.
+        identity: the run's :func:`spec_identity`, stored in every checkpoint.
     """
 
-    def __init__(self, train_loader: Any, training_module: Any) -> None:
+    def __init__(self, train_loader: Any, training_module: Any, identity: Mapping[str, Any] | None = None) -> None:
         self.train_loader = train_loader
         self.training_module = training_module
+        self.identity = identity
         self.batch_size = int(getattr(train_loader, "batch_size", None) or 0)
 
     def on_save_checkpoint(
@@ -248,6 +318,8 @@ class RunStateCallback(pl.Callback):
             "sampler": sampler.state_dict() if sampler is not None else None,
             "nonfinite_skips": list(getattr(self.training_module, "nonfinite_skips", [])),
         }
+        if self.identity is not None:
+            checkpoint[SPEC_KEY] = dict(self.identity)
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

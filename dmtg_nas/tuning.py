@@ -14,7 +14,10 @@ Storage: ``sqlite:///OUT/study.db`` by default, any database URL Optuna supports
 MySQL for many machines), or a journal file (a path ending in ``.log``/``.jsonl``). Workers that
 share a storage and a study name share the study; ``trials`` is the study's total. With an RDB
 storage every running trial sends a heartbeat; a trial whose worker died is marked FAIL by the
-next worker and run again (``retries`` times).
+next worker and run again (``retries`` times). A trial whose worker ran on this machine and is gone
+(killed with SIGKILL, say) is failed and queued again at once when ``dmtg tune`` starts
+(:func:`fail_dead_trials`), without waiting out the heartbeat's grace period; ``--jobs`` workers die
+with the process that started them (:func:`die_with_parent`).
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +52,8 @@ __all__ = [
     "TuningConfig",
     "apply_params",
     "create_study",
+    "die_with_parent",
+    "fail_dead_trials",
     "make_storage",
     "run_trial",
     "search_space",
@@ -308,6 +315,77 @@ def _scheduled(study: optuna.Study) -> tuple[int, bool]:
     return counted, waiting
 
 
+def _process_started(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), None when there is none."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else float(proc.create_time())
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:  # another user's live process
+        return math.inf
+
+
+def fail_dead_trials(study: optuna.Study, retries: int) -> list[int]:
+    """Fail the RUNNING trials whose worker ran on this machine and is gone, and queue each again
+    (``retries`` times, as the heartbeat does); returns their numbers.
+
+    A worker killed with SIGKILL (or by the OOM killer) leaves its trial RUNNING; the heartbeat fails
+    it only after its grace period (and journal storages have none), so a rerun right after the kill
+    would count it as running and end one trial short. A worker is gone when no process has its pid,
+    or the one that has it started at another time (a reused pid). Trials of other machines are left
+    to the heartbeat; live workers of this machine are left alone.
+    """
+    host = socket.gethostname()
+    retry = next(iter(_retry_callback(retries).values()))
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid, started = trial.user_attrs.get("pid"), trial.user_attrs.get("started")
+        if trial.user_attrs.get("host") != host or not isinstance(pid, int):
+            continue
+        now = _process_started(pid)
+        if now is not None and (not isinstance(started, float) or now == math.inf or abs(now - started) < 1.0):
+            continue  # alive
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+        except RuntimeError:  # another worker failed it first (UpdateFinishedTrialError)
+            continue
+        retry(study, study._storage.get_trial(trial._trial_id))
+        failed.append(trial.number)
+    if failed:
+        _logger.warning("trial(s) %s: their worker on this machine is gone; failed and queued again", failed)
+    return failed
+
+
+PARENT_ENV = "DMTG_TUNE_PARENT"
+
+
+def die_with_parent() -> None:
+    """Make this ``--jobs`` worker end when the ``dmtg tune`` that started it ends, however it ends
+    (the parent's pid is in ``$DMTG_TUNE_PARENT``): on Linux the kernel sends SIGKILL
+    (``prctl(PR_SET_PDEATHSIG)``), elsewhere a thread polls the parent pid every second. A worker
+    left running would go on writing into the study and the trial folders of a study being rerun."""
+    parent = int(os.environ.get(PARENT_ENV, "0") or 0)
+    if not parent:
+        return
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    else:  # pragma: no cover - not Linux
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1)
+            os._exit(128 + signal.SIGKILL)
+
+        threading.Thread(target=watch, name="dmtg-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the death signal was asked for
+        os._exit(128 + signal.SIGKILL)
+
+
 def _finished(study: optuna.Study) -> int:
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     return len(study.get_trials(deepcopy=False, states=states))
@@ -337,11 +415,13 @@ def _failed(trial: optuna.Trial, exc: Exception) -> float:
 
 def _objective(spec: SearchSpec, out_dir: Path, space: Sequence[Param]) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
+        # the worker first (fail_dead_trials reads it if this process is killed), then the sampling
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("started", _process_started(os.getpid()))  # tells a reused pid apart
         params = suggest(trial, space)
         run_dir = out_dir / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
 
         def report(epoch: int, value: float) -> bool:
             trial.report(value, epoch)
@@ -412,6 +492,7 @@ def tune(
     store = make_storage(cfg.storage, out, heartbeat=cfg.heartbeat, retries=cfg.retries)
     # a study in an explicit storage may have other workers (other machines, or --jobs children)
     study = create_study(spec, store, study_name, pruner=pruner, shared=cfg.storage is not None)
+    fail_dead_trials(study, cfg.retries)  # a killed run's trials: failed and queued again, before counting
     out.mkdir(parents=True, exist_ok=True)
     (out / "tuning.yaml").write_text(dump_yaml(spec.to_dict()), encoding="utf-8")
     if jobs is None:
@@ -470,7 +551,7 @@ def _run_workers(
     gpus = _gpu_count()
     procs = []
     for i in range(jobs):
-        env = dict(os.environ)
+        env = {**os.environ, PARENT_ENV: str(os.getpid())}
         try:
             import torch
 

@@ -603,3 +603,87 @@ def test_out_that_is_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert code == 2 and err == f"dmtg: error: --out {target}: a file is in the way; give a folder (new or empty)\n"
     assert target.read_text() == "keep me"
+
+
+# ---------------------------------------------------------------------------- the file system says no
+
+root = os.geteuid() == 0 if hasattr(os, "geteuid") else False
+needs_permissions = pytest.mark.skipif(
+    root, reason="root ignores permission bits: chmod cannot make a folder read-only"
+)
+
+
+def _search_spec(folder: Path) -> Path:
+    spec = folder / "spec.yaml"
+    spec.write_text(yaml.safe_dump(base_doc()))
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("file/run", "--out {out}: {tmp}/file is not a folder"),
+        ("file/a/b", "--out {out}: {tmp}/file is not a folder"),
+        ("/proc/dmtg-x", "--out {out}: cannot write in /proc: No such file or directory"),
+    ],
+)
+def test_out_the_file_system_refuses_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], out: str, message: str
+) -> None:
+    """A path under a regular file (fails for root too) or in /proc: refused before anything runs."""
+    (tmp_path / "file").write_text("keep me")
+    target = out if out.startswith("/") else str(tmp_path / out)
+    for command in (["search", str(_search_spec(tmp_path))], ["retrain", str(tmp_path)]):
+        code = main([*command, "--out", target, "-q"])
+        err = capsys.readouterr().err
+        assert code == 2 and err == "dmtg: error: " + message.format(out=target, tmp=tmp_path) + "\n"
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+@needs_permissions
+def test_read_only_out_and_resume_folders_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = _search_spec(tmp_path)
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    (locked / "config.yaml").write_text(yaml.safe_dump(base_doc()))
+    locked.chmod(0o555)
+    try:
+        for out in (locked, locked / "run"):
+            assert main(["search", str(spec), "--out", str(out), "-q"]) == 2
+            assert capsys.readouterr().err == f"dmtg: error: --out {out}: cannot write in {locked}: Permission denied\n"
+        assert main(["search", "--resume", str(locked), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"dmtg: error: {locked}: cannot write its run lock {locked}/.lock: Permission denied\n"
+    finally:
+        locked.chmod(0o755)
+
+
+def test_data_and_spec_files_that_are_not_regular_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """/dev/zero or a FIFO would be read forever: "not a regular file", not "file not found"."""
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    for path, kind in ((Path("/dev/zero"), "a character device"), (fifo, "a FIFO")):
+        dataset = f"dataset={{name: table, path: '{path}'}}"
+        assert main(["validate", str(_search_spec(tmp_path)), "--set", dataset]) == 2
+        assert capsys.readouterr().err == f"dmtg: error: --set: dataset.path: not a regular file ({kind}): {path}\n"
+        assert main(["validate", str(path)]) == 2
+        assert capsys.readouterr().err == f"dmtg: error: {path}: not a regular file ({kind}); give a YAML file\n"
+    assert (
+        main(["validate", str(_search_spec(tmp_path)), "--set", f"dataset={{name: table, path: '{tmp_path}/no.csv'}}"])
+        == 2
+    )
+    assert capsys.readouterr().err == f"dmtg: error: --set: dataset.path: file not found: {tmp_path}/no.csv\n"
+
+
+def test_resume_where_the_run_lock_cannot_be_written_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lock file cannot be opened (a folder in its place: refused for root too): one line naming
+    it, exit code 2, before anything loads; nothing in the folder changes."""
+    run = tmp_path / "run"
+    (run / ".lock").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(base_doc()))
+    assert main(["search", "--resume", str(run), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"dmtg: error: {run}: cannot write its run lock {run}/.lock: Is a directory\n"
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml"]

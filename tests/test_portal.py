@@ -279,3 +279,76 @@ def test_sigterm_stops_the_portal_with_exit_code_143() -> None:
     assert code == 143
     assert said == ["stopping the experiment..."]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_view_reopens_a_finished_experiment_on_loopback_only(tmp_path: Path) -> None:
+    """`dmtg portal --view DIR` serves a finished experiment's trials on 127.0.0.1 only (nnictl view
+    would listen on every interface); SIGTERM stops it (exit code 143) and every process it started."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(planted_doc(tuning={"groups": [1, 3], "trials": 1})))
+    out = tmp_path / "run"
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "HOME": str(home)}
+    dmtg = [sys.executable, "-m", "dmtg_nas.cli", "portal"]
+    done = subprocess.run(
+        [*dmtg, str(spec), "--out", str(out), "--port", str(_free_port()), "--trials", "1", "--stop-when-done"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"reopen it (view only, on 127.0.0.1) with: dmtg portal --view {out}" in done.stderr
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*dmtg, "--view", str(out), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started: dict[int, psutil.Process] = {}
+    try:
+        deadline = time.monotonic() + 120
+        jobs: list[dict[str, Any]] = []
+        while not jobs:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the portal did not come up in 120 s"
+            started.update({p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)})
+            try:
+                jobs = _trials_with_results(port)
+            except requests.RequestException:
+                time.sleep(1)
+        assert [j["status"] for j in jobs] == ["SUCCEEDED"] and jobs[0]["final"] is not None
+        started.update({p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)})
+        listening = _listening({proc.pid, *started})
+        assert any(p == port for _, _, p in listening), listening
+        assert all(ip in LOOPBACK for _, ip, _ in listening), listening
+        for address in _non_loopback_addresses():
+            with socket.socket() as sock:
+                sock.settimeout(2)
+                assert sock.connect_ex((address, port)) != 0, address
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            stdout, stderr = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert stdout.strip().endswith(f"web portal: http://127.0.0.1:{port}/")
+    time.sleep(1)
+    left = [p for p in started.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [p.cmdline()[:3] for p in left]
+    assert not (home / "nni-experiments").exists()
+
+
+def test_view_needs_a_portal_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["portal", "--view", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"dmtg: error: {tmp_path}: no portal.json (not a dmtg portal run folder)\n"
+    assert main(["portal", "planted", "--view", str(tmp_path)]) == 2
+    assert "give no SPEC or --stop with it" in capsys.readouterr().err

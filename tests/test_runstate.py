@@ -462,3 +462,64 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(
     )
     assert resumed.returncode == 0, resumed.stderr
     assert finished(out) == (grouping, metrics)
+
+
+# ---------------------------------------------------------------------------- damaged or foreign checkpoint content
+
+
+def flip_tensor_bytes(path: Path) -> str:
+    """Flip 16 bytes in the middle of the largest stored tensor of the torch zip at ``path`` (the
+    size stays, the archive's CRC of that entry no longer matches); returns the entry's name."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    local = info.header_offset
+    start = local + 30 + int.from_bytes(raw[local + 26 : local + 28], "little")
+    start += int.from_bytes(raw[local + 28 : local + 30], "little")
+    middle = start + info.file_size // 2
+    raw[middle : middle + 16] = bytes(b ^ 0xFF for b in raw[middle : middle + 16])
+    path.write_bytes(bytes(raw))
+    return info.filename
+
+
+def test_flipped_bytes_in_a_stored_tensor_resume_from_the_previous_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = dmtg_nas.load_spec(small_doc(epochs=2, finetune={"epochs": 0}))
+    out = tmp_path / "run"
+    full = dmtg_nas.search(spec, out, progress=False)
+    last = out / "checkpoints/last.ckpt"
+    size = last.stat().st_size
+    entry = flip_tensor_bytes(last)
+    assert last.stat().st_size == size
+    with caplog.at_level("WARNING"):
+        resumed = dmtg_nas.search(spec, out, resume=True, progress=False)
+    assert f"last.ckpt is damaged (CRC mismatch in {entry}) (kept as last.ckpt.corrupt); resuming from" in caplog.text
+    assert (out / "checkpoints/last.ckpt.corrupt").stat().st_size == size
+    assert resumed.probabilities == full.probabilities  # epoch 1 trained again from the epoch-0 checkpoint
+    assert resumed.metrics["test"] == full.metrics["test"]
+
+
+def test_a_checkpoint_of_another_spec_is_refused_naming_the_difference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checkpoints of a K=4 run copied into a K=2 run's folder: not resumed (it would silently
+    continue another grouping); one line names the key that differs, exit code 2, nothing renamed."""
+    import shutil
+
+    for k in (2, 4):
+        doc = small_doc(epochs=1, finetune={"epochs": 0})
+        doc["groups"] = k
+        dmtg_nas.search(dmtg_nas.load_spec(doc), tmp_path / f"k{k}", progress=False)
+    last = tmp_path / "k2/checkpoints/last.ckpt"
+    shutil.copyfile(tmp_path / "k4/checkpoints/last.ckpt", last)
+    before = last.read_bytes()
+    assert main(["search", "--resume", str(tmp_path / "k2"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"dmtg: error: cannot resume: {last} is from another spec (groups: 4 in the checkpoint, 2 in config.yaml) "
+        f"and {previous_path(last)} is missing\n"
+    )
+    assert last.read_bytes() == before

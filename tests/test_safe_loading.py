@@ -157,3 +157,86 @@ def test_yaml_tags_that_build_objects_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"invalid YAML at line 1, column 7: .*python/object/apply:os\.mkdir"):
         dmtg_nas.load_spec(path)
     assert not marker.exists()
+
+
+TRUSTED_MODULE = """
+from pathlib import Path
+
+from user_dataset import sensors
+
+Path(__file__).with_name("imported").write_text("yes")
+
+
+def data(**options):
+    return sensors(**options)
+"""
+
+
+def test_code_named_by_a_run_folder_needs_trust_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run folder's config.yaml naming `os:system` (called with a command) is refused by retrain and
+    search --resume without importing anything; with --trust-code its data set is imported and used."""
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "ran"
+    run = tmp_path / "run"
+    run.mkdir()
+    doc = {
+        "name": "evil",
+        "dataset": {"name": "os:system", "command": f"touch {marker}"},
+        "groups": 2,
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(doc))
+    (run / "grouping.json").write_text(json.dumps({"groups": [["temperature", "humidity"], ["alarm", "mode"]]}))
+    refusal = (
+        f"dmtg: error: {run / 'config.yaml'}: dataset.name: names code to import and run ('os:system'); dmtg runs "
+        "it only with --trust-code: pass it if you trust this file and the folder it comes from\n"
+    )
+    for argv in (["retrain", str(run), "-q"], ["search", "--resume", str(run), "-q"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == refusal
+        assert not marker.exists()
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "grouping.json"]
+
+    # a harmless module: imported, and its data set trained on, only with --trust-code
+    (tmp_path / "trusted_data.py").write_text(TRUSTED_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(PACKAGE.parent / "examples"))
+    doc = {
+        "name": "trusted",
+        "dataset": {"name": "trusted_data:data", "samples": 200},
+        "backbone": {"name": "mlp", "hidden": [8]},
+        "groups": 2,
+        "strategy": {"_base_": "dmtg", "epochs": 1, "batch_size": 64, "finetune": {"epochs": 0}},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(dmtg_nas.load_spec(doc).to_dict()))
+    (tmp_path / "imported").unlink()  # load_spec above imported it
+    assert main(["retrain", str(run), "-q", "--epochs", "1"]) == 2
+    assert "trusted_data:data" in capsys.readouterr().err and not (tmp_path / "imported").exists()
+    monkeypatch.delitem(__import__("sys").modules, "trusted_data")
+    assert main(["retrain", str(run), "-q", "--epochs", "1", "--trust-code"]) == 0
+    assert (tmp_path / "imported").read_text() == "yes" and (run / "retrain/metrics.json").is_file()
+
+
+def test_a_weights_file_with_a_payload_is_refused_before_the_output_folder_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused when the spec is checked: no --out folder (no .lock, no config.yaml) is left to block a
+    plain rerun once the file is fixed; the payload never runs."""
+    marker = tmp_path / "ran"
+    weights = tmp_path / "w.pth"
+    torch.save({"conv1.weight": Payload(marker)}, weights)
+    doc = planted_doc(backbone={"name": "timm:test_resnet", "pretrained": str(weights)})
+    doc["dataset"] = {"name": "digits", "samples": 200}
+    doc["tasks"] = [{"name": "digit", "type": "multiclass", "num_classes": 10}]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    for argv in (["search", str(spec), "--out", str(out), "-q"], ["search", str(spec), "--out", str(out), "-q"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"dmtg: error: backbone.pretrained: {weights}: refused: the weights file holds pickled Python "
+            "objects, which are never loaded; use a state_dict of tensors (.pth) or .safetensors\n"
+        )
+    assert not out.exists() and not marker.exists()

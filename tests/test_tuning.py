@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +30,7 @@ from .conftest import planted_doc
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPLETE, PRUNED, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL
+RUNNING = optuna.trial.TrialState.RUNNING
 
 
 def tuned_doc(**tuning: Any) -> dict[str, Any]:
@@ -289,3 +292,58 @@ def test_a_trial_with_non_finite_metrics_fails_alone(
     assert trial.user_attrs["error"] == (
         "NonFiniteMetricsError: the final metrics are not finite (NaN or inf): val t0.loss"
     )
+
+
+@pytest.mark.slow
+def test_sigkilled_tune_leaves_no_worker_and_a_rerun_completes_the_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dmtg tune --jobs 2` killed with SIGKILL while its workers run trials: the workers die with it
+    (none is left writing into the study), and a rerun at once fails the killed trials, runs them
+    again and ends with --trials COMPLETE trials (the heartbeat's grace period is not waited out)."""
+    from dmtg_nas.tuning import _process_started
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(tuned_doc(pruner="none")))
+    out = tmp_path / "tune"
+    cmd = [sys.executable, "-m", "dmtg_nas.cli", "tune", str(spec), "--out", str(out), "--trials", "2", "-q"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*cmd, "--jobs", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    storage = f"sqlite:///{out / 'study.db'}"
+    try:
+        deadline = time.monotonic() + 300
+        running: list[Any] = []
+        while not running:
+            assert proc.poll() is None, "dmtg tune ended before a trial started"
+            assert time.monotonic() < deadline, "no trial started in 300 s"
+            time.sleep(0.2)
+            with contextlib.suppress(Exception):  # the study may not exist yet
+                study = optuna.load_study(study_name="tiny", storage=storage)
+                running = [t for t in study.get_trials() if t.state == RUNNING]
+                if not all("pid" in t.user_attrs for t in running):
+                    running = []  # a trial being started: its worker is not recorded yet
+        os.kill(proc.pid, signal.SIGKILL)  # the parent only: its workers must not outlive it
+        proc.wait()
+        workers = {t.user_attrs["pid"] for t in running}
+        assert proc.pid not in workers
+        deadline = time.monotonic() + 5  # the kernel kills them at once; a trial would take longer
+        while any(_process_started(pid) is not None for pid in workers):
+            assert time.monotonic() < deadline, f"workers {workers} outlived dmtg tune"
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # only this test's process group
+    killed = [
+        t.number for t in optuna.load_study(study_name="tiny", storage=storage).get_trials() if t.state == RUNNING
+    ]
+    assert killed and all(n in killed for n in (t.number for t in running))
+    assert main([*cmd[3:], "--jobs", "1"]) == 0
+    capsys.readouterr()
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    assert sum(t.state == COMPLETE for t in trials) == 2
+    assert all(trials[n].state == FAIL for n in killed)
+    retried = {t.system_attrs.get("failed_trial") for t in trials if t.state == COMPLETE}
+    assert set(killed) <= retried  # each killed trial was run again
+    assert all(t.state in (COMPLETE, FAIL) for t in trials)

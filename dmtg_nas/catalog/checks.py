@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..errors import DataError, SpecError, allowed, suggest
+from ..errors import DataError, SpecError, allowed, file_problem, suggest
 from ..metrics import load_reference
 from ..schema import BackboneConfig, SearchSpec
 from ..validation import validate_model
@@ -88,8 +88,8 @@ def _check_weights(pretrained: bool | str | None) -> None:
             "pretrained: path/to/weights.pth (a state_dict of this architecture, .pth or .safetensors)",
             key="backbone.pretrained",
         )
-    if isinstance(pretrained, str) and not Path(pretrained).is_file():
-        raise SpecError(f"weights file not found: {pretrained}", key="backbone.pretrained")
+    if isinstance(pretrained, str) and (what := file_problem(Path(pretrained))) is not None:
+        raise SpecError(f"weights {what}: {pretrained}", key="backbone.pretrained")
 
 
 def check_shared_stem(config: BackboneConfig, stages: int) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from ..errors import DataError, SpecError, allowed, suggest
+from ..errors import DataError, SpecError, allowed, file_problem, suggest
 from ..schema import StrictModel, TaskConfig
 
 __all__ = [
@@ -55,8 +55,10 @@ def check_celeba_layout(root: Path) -> None:
     if not root.is_dir():
         raise DataError(f"{root}: CelebA root folder not found")
     for path in (attr_file(root), partition_file(root)):
-        if not path.is_file():
+        if (what := file_problem(path)) == "file not found":
             raise DataError(f"{path}: missing CelebA file (expected under the root: {path.name})")
+        if what is not None:
+            raise DataError(f"{path}: CelebA file {what}")
     if not (root / "img_align_celeba").is_dir():
         raise DataError(f"{root / 'img_align_celeba'}: missing CelebA image folder")
 
@@ -190,8 +192,8 @@ def building_lists(options: TaskonomyOptions) -> dict[str, list[str]]:
         path = Path(options.split).expanduser()
     except RuntimeError:  # ~user without a home folder
         path = Path(options.split)
-    if not path.is_file():
-        raise SpecError(f"split must be 'tiny' or a split CSV file; not found: {path}", key="dataset.split")
+    if (what := file_problem(path)) is not None:
+        raise SpecError(f"split must be 'tiny' or a split CSV file; {what}: {path}", key="dataset.split")
     return read_split_csv(path)
 
 

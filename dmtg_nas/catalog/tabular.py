@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from ..errors import SpecError, allowed, suggest
+from ..errors import SpecError, allowed, file_problem, suggest
 from ..schema import MAX_WIDTH, Seed, SplitConfig, StrictModel, TaskConfig, Width
 
 __all__ = [
@@ -46,8 +46,7 @@ class TableOptions(StrictModel):
 
 def check_table(options: TableOptions, tasks: Sequence[TaskConfig]) -> None:
     path = Path(options.path)
-    if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "file not found"
+    if (what := file_problem(path)) is not None:
         raise SpecError(f"{what}: {path}", key="dataset.path")
     if path.suffix.lower() not in (".csv", ".npz"):
         raise SpecError(f"unsupported table format {path.suffix!r}; use .csv or .npz", key="dataset.path")

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel
 
 from ..catalog.tabular import TableOptions, check_table, duplicate_columns, feature_names, first_line
-from ..errors import DataError
+from ..errors import DataError, file_problem
 from ..schema import TaskConfig
 from .base import TaskData, TensorTaskDataset, encode_targets, random_split
 
@@ -31,8 +31,8 @@ _logger = logging.getLogger(__name__)
 
 def read_table(path: Path, delimiter: str = ",") -> dict[str, np.ndarray]:
     """Read a CSV (header row, numeric cells) or an NPZ into ``{column: array (n,) or (n, d)}``."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    if (what := file_problem(path)) is not None:
+        raise DataError(f"{path}: {what}")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         if not zipfile.is_zipfile(path):

@@ -23,7 +23,14 @@ from ..engine.bars import stage_bars
 from ..engine.module import MultiTaskModule
 from ..hardware import search_logger, trainer_kwargs, use_pinned_memory, user_callbacks
 from ..quiet import quiet_libraries
-from ..runstate import AtomicCheckpointIO, InterruptCallback, Interrupts, RunStateCallback, interrupt_message
+from ..runstate import (
+    AtomicCheckpointIO,
+    InterruptCallback,
+    Interrupts,
+    RunStateCallback,
+    interrupt_message,
+    spec_identity,
+)
 from ..schema import SearchSpec
 from .space import GroupingSpace
 
@@ -118,7 +125,7 @@ def build_evaluator(
     saving = checkpoint and out_dir is not None
     if saving:
         assert out_dir is not None
-        cbs.append(RunStateCallback(train_loader, module))
+        cbs.append(RunStateCallback(train_loader, module, spec_identity(spec)))
         # the latest state after every epoch (validation included), always as last.ckpt (with save_top_k=0,
         # Lightning would write save_last only when training ends)
         cbs.append(

@@ -48,7 +48,16 @@ from ..errors import DmtgError, suggest
 from ..tuning import Param, search_space, tuning_of
 from .tuner import OptunaTuner
 
-__all__ = ["OptunaTuner", "grouping_space", "nni_home", "nni_search_space", "run_portal", "stop_portal", "TUNERS"]
+__all__ = [
+    "OptunaTuner",
+    "grouping_space",
+    "nni_home",
+    "nni_search_space",
+    "run_portal",
+    "stop_portal",
+    "view_portal",
+    "TUNERS",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -272,7 +281,9 @@ def run_portal(
     if not wait:
         say(f"running detached; stop it with: dmtg portal --stop {out}", False)
         return 0
-    return _serve(exp, trials, stop_when_done, say)
+    code = _serve(exp, trials, stop_when_done, say)
+    say(f"reopen it (view only, on 127.0.0.1) with: dmtg portal --view {out}", False)
+    return code
 
 
 @contextlib.contextmanager
@@ -326,9 +337,10 @@ def _log_say(message: str, main: bool) -> None:
     _logger.log(logging.WARNING if main else logging.INFO, message)
 
 
-def _serve(exp: Any, trials: int, stop_when_done: bool, say: Callable[[str, bool], None]) -> int:
+def _serve(exp: Any, trials: int, stop_when_done: bool, say: Callable[[str, bool], None], *, view: bool = False) -> int:
     """Wait (the portal stays up) until Ctrl-C or SIGTERM; then stop the experiment and every process
-    it started. SIGTERM makes the exit code 143 (128 + the signal), as it does for ``dmtg search``."""
+    it started. SIGTERM makes the exit code 143 (128 + the signal), as it does for ``dmtg search``.
+    ``view``: a reopened finished experiment, whose status is not reported again."""
     proc = exp._proc
     started = {p.pid: p for p in _descendants(proc.pid)} if proc else {}
     reported = False
@@ -350,7 +362,7 @@ def _serve(exp: Any, trials: int, stop_when_done: bool, say: Callable[[str, bool
                 if proc.poll() is not None:
                     say("dmtg: the NNI manager exited", False)
                     return 1
-            status = exp.get_status()
+            status = "VIEWED" if view else exp.get_status()
             if status in ("DONE", "ERROR") and not reported:
                 reported = True
                 say(_summary(exp, status), True)
@@ -418,6 +430,45 @@ def _stop(exp: Any, started: Mapping[int, Any], timeout: float = 30) -> None:
     exp.port = None
     with contextlib.suppress(Exception):
         exp._stop_logging()
+
+
+def view_portal(out_dir: str | Path, *, port: int = 8080, say: Callable[[str, bool], None] | None = None) -> int:
+    """Reopen the finished experiment of run folder ``out_dir`` in NNI's web portal (view only: no
+    trial runs) on 127.0.0.1, until Ctrl-C or SIGTERM (exit code 143).
+
+    NNI's own ``nnictl view`` (and ``Experiment.view``) would bind every interface, without
+    authentication; here NNI starts under :func:`nni_home` with the loopback preload, as
+    :func:`run_portal` does, and its experiment list is the run folder's.
+    """
+    from nni.experiment import Experiment, RunMode
+
+    out = Path(out_dir).resolve()
+    info_file = out / "portal.json"
+    if not info_file.is_file():
+        raise DmtgError(f"{out_dir}: no portal.json (not a dmtg portal run folder)")
+    exp_id = json.loads(info_file.read_text(encoding="utf-8")).get("id")
+    nni_dir = out / "nni"
+    _check_port(port, "127.0.0.1")
+    say = say or _log_say
+    exp = Experiment(None, id=exp_id)
+    try:
+        with nni_home(nni_dir, loopback=True), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if not exp.has_checkpoint():
+                raise DmtgError(f"{out_dir}: experiment {exp_id} is not in {nni_dir} (nothing to view)")
+            exp._action = "view"  # Experiment.view(non_blocking=True) without its wait loop
+            exp.load_checkpoint()
+            exp.start(port=port, debug=False, run_mode=RunMode.Detach)
+    except DmtgError:
+        raise
+    except Exception as exc:
+        raise DmtgError(
+            f"NNI could not reopen experiment {exp_id}: {str(exc).splitlines()[0]} (logs in {nni_dir})"
+        ) from None
+    say(f"NNI experiment {exp_id} (view only): files in {out}", False)
+    say(f"web portal: http://127.0.0.1:{port}/", True)
+    say("Ctrl-C stops the portal", False)
+    return _serve(exp, 0, False, say, view=True)
 
 
 def stop_portal(out_dir: str | Path) -> None:

@@ -29,6 +29,7 @@ def retrain(
     out_dir: str | Path | None = None,
     progress: bool = False,
     overrides: Sequence[str] = (),
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Train the grouped network of a finished search to completion and report test metrics.
 
@@ -39,6 +40,9 @@ def retrain(
         epochs: training epochs (default: the search's ``epochs + finetune.epochs``).
         out_dir: where to write ``metrics.json`` and ``model.pt`` (default: ``run_dir/retrain``).
         overrides: ``dotted.key=value`` changes to the search's spec (e.g. ``strategy.trainer.devices=2``).
+        trust_code: run the code the folder's ``config.yaml`` names (a ``package.module:function``
+            data set); without it such a folder is refused before anything is imported (a run
+            folder may come from someone else).
 
     Returns:
         the metrics (``val``, ``test``, ``totals``, ``retrain``).
@@ -49,7 +53,7 @@ def retrain(
             raise DmtgError(f"{run}: not a finished search (no {name})")
     if init not in ("scratch", "search"):
         raise DmtgError(f"init must be 'scratch' or 'search', got {init!r}")
-    spec = load_spec(run / "config.yaml", overrides)
+    spec = load_spec(run / "config.yaml", overrides, trust_code=trust_code)
     groups = json.loads((run / "grouping.json").read_text())["groups"]
     out = Path(out_dir) if out_dir is not None else run / "retrain"
     data = load_data(spec)

@@ -39,7 +39,7 @@ from ..hardware import barrier, check_trainer, is_global_zero
 from ..nni.search import one_shot_search
 from ..quiet import quiet_libraries
 from ..runlock import RunLock
-from ..runstate import Interrupts, select_checkpoint
+from ..runstate import Interrupts, select_checkpoint, spec_identity
 from ..schema import SearchSpec
 from .check import check_stage
 from .context import RunContext
@@ -107,7 +107,7 @@ def run_search(
         if out is None:
             resume_from = None
         elif lock is not None:  # the one process that writes (rank 0 of a distributed run) holds the lock
-            resume_from = _prepare_out_dir(out, resume, overwrite, lock)
+            resume_from = _prepare_out_dir(out, resume, overwrite, lock, spec)
         else:  # the other processes of a distributed run: rank 0 has prepared the folder
             resume_from = out / "checkpoints" / "last.ckpt" if resume else None
         if out is not None and not resume and is_global_zero():
@@ -158,13 +158,13 @@ def check_finite(result: SearchResult) -> None:
         raise NonFiniteMetricsError(bad, result.metrics["nonfinite"]["skipped_batches"], out)
 
 
-def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool, lock: RunLock) -> Path | None:
+def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool, lock: RunLock, spec: SearchSpec) -> Path | None:
     """Lock and create the run directory; returns the checkpoint to resume from, if any."""
     if resume:
         if not out_dir.is_dir():
             raise DmtgError(f"{out_dir}: nothing to resume (no such folder)")
         lock.acquire()
-        return select_checkpoint(out_dir / "checkpoints" / "last.ckpt")
+        return select_checkpoint(out_dir / "checkpoints" / "last.ckpt", spec_identity(spec))
     if out_dir.is_dir():
         lock.acquire()  # a live run in the folder is reported as such
         if any(p.name != lock.path.name for p in out_dir.iterdir()):
