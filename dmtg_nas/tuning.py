@@ -44,6 +44,7 @@ import pytorch_lightning as pl
 from .config import SearchSpec, TuningConfig, dump_yaml, load_spec
 from .errors import DmtgError, NonFiniteMetricsError
 from .progress import Progress
+from .registry import user_folders
 
 __all__ = [
     "OBJECTIVES",
@@ -630,6 +631,8 @@ def _run_workers(
             ",".join(objectives),
             "--worker",
         ]
+        # the workers read OUT/tuning.yaml: user modules next to the original spec stay importable
+        env["PYTHONPATH"] = os.pathsep.join([*map(str, user_folders()), *filter(None, [env.get("PYTHONPATH")])])
         log = open(out / f"worker-{i}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
         procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     _report(progress, study, cfg.trials)
