@@ -194,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         "schedules, learning rates, per-trial epochs). Each trial is a full search in OUT/trials/trial-NNNN, "
         "scored on the validation total loss of its pruned grouped network; per-epoch validation losses feed "
         "the pruner. Run the same command on other machines with the same --storage URL and --study name to "
-        "share the study; run it again to resume. Writes OUT/best.json and OUT/plots/*.png.",
+        "share the study; run it again to resume. Writes OUT/best.json and OUT/plots/*.png. "
+        "--objectives val_loss,branches (or parameters, step_time) makes it a multi-objective study: no "
+        "pruning, and the Pareto front printed and written to OUT/pareto.json and OUT/plots/pareto.png.",
     )
     tune.add_argument("spec", help="search-space name or YAML file")
     tune.add_argument("--out", "-o", type=Path, help="output folder (default: runs/tune-<study>)")
@@ -204,7 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--trials", type=int, help="total trials of the study (default: tuning.trials)")
     tune.add_argument("--jobs", type=int, help="parallel workers here, one GPU each (default: number of GPUs)")
-    tune.add_argument("--pruner", choices=["median", "hyperband", "none"], help="default: tuning.pruner")
+    tune.add_argument(
+        "--pruner",
+        choices=["median", "hyperband", "none"],
+        help="default: tuning.pruner (only none with several objectives)",
+    )
+    tune.add_argument(
+        "--objectives",
+        default="val_loss",
+        help="val_loss (default), or val_loss then any of branches, parameters, step_time, comma-separated: "
+        "a multi-objective study and its Pareto front",
+    )
     tune.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_verbose(tune)
     tune.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --jobs N
@@ -643,11 +655,17 @@ def _one_line(exc: Exception) -> str:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from .config import load_spec
-    from .tuning import die_with_parent, search_space, tune
+    from .tuning import die_with_parent, parse_objectives, search_space, tune
 
     if args.worker:
         die_with_parent()
 
+    objectives = parse_objectives(args.objectives)
+    multi = len(objectives) > 1
+    if multi and args.pruner not in (None, "none"):
+        raise DmtgError(
+            f"--pruner {args.pruner}: Optuna cannot prune a multi-objective study; use --pruner none or one objective"
+        )
     overrides = list(args.overrides)
     for flag, key in ((args.trials, "trials"), (args.storage, "storage"), (args.pruner, "pruner")):
         if flag is not None:
@@ -665,14 +683,22 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         )
         trials = spec.tuning.trials if spec.tuning else 20
         print(f"tuning {spec.name}: study {study!r}, {trials} trials over {space} -> {out}", file=sys.stderr)
+        if multi:
+            pruner = spec.tuning.pruner if spec.tuning else "median"
+            note = f"; tuning.pruner {pruner} is not used" if pruner != "none" else ""
+            print(f"objectives (minimised): {', '.join(objectives)}; no pruning{note}", file=sys.stderr)
     import optuna
 
     if not args.verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial would bury the bar
     bars = None if quiet else _Bars()
-    result = tune(spec, out, study_name=study, jobs=args.jobs, progress=bars, report=not args.worker)
+    result = tune(
+        spec, out, study_name=study, jobs=args.jobs, progress=bars, report=not args.worker, objectives=objectives
+    )
     if args.worker:
         return 0
+    if multi:
+        return _print_pareto(result, objectives, out)
     best = result.best
     if best is None:
         print(f"no trial completed; see {out}")
@@ -687,6 +713,26 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     print(f"best values: {params}")
     print("best groups: " + " | ".join(", ".join(g) for g in best["groups"] or []))
     print(f"best run (dmtg retrain accepts it): {best['run_dir']}")
+    print(f"plots: {', '.join(str(p) for p in result.plots)}")
+    return 0
+
+
+def _print_pareto(result: Any, objectives: Sequence[str], out: Path) -> int:
+    """The Pareto front as a table: one row per trial, its objective values and params."""
+    front = result.pareto or []
+    if not front:
+        print(f"no trial completed; see {out}")
+        return 1
+    total = len(result.study.trials)
+    print(f"Pareto front: {len(front)} of {total} trials (all objectives minimised)")
+    rows = [["trial", *objectives, "params"]]
+    for item in front:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in item["params"].items())
+        rows.append([str(item["trial"]), *(f"{item['values'][name]:.6g}" for name in objectives), params])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join([*(cell.rjust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]))
+    print(f"front: {out / 'pareto.json'}; runs (dmtg retrain accepts them): {out / 'trials'}/trial-NNNN")
     print(f"plots: {', '.join(str(p) for p in result.plots)}")
     return 0
 

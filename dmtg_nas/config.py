@@ -22,6 +22,7 @@ from .catalog import check_spec
 from .catalog.user import user_tasks
 from .errors import DmtgError, SpecError, allowed, file_problem, suggest
 from .presets import PresetKind, find_preset, list_presets
+from .registry import add_user_folder
 from .schema import (
     DENSE_TYPES,
     MAX_BATCH,
@@ -441,6 +442,7 @@ def load_spec(
     else:
         doc, path = resolve_document(spec, "search_spaces")
         folder = path.parent
+        add_user_folder(folder)  # its module:function paths may name modules next to it
         source = str(path)
         _resolve_paths(doc, folder)
     _expand_strategy(doc, folder, source)

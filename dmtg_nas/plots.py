@@ -1,4 +1,5 @@
-"""Pictures of a search: how each task's branch probabilities formed over training."""
+"""Pictures of a search (how each task's branch probabilities formed over training) and of a
+multi-objective tuning study (its Pareto front)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_probabilities"]
+__all__ = ["plot_pareto", "plot_probabilities"]
 
 
 def plot_probabilities(
@@ -50,6 +51,50 @@ def plot_probabilities(
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="upper center", ncol=min(k, 8), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.94 if k else 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(
+    points: Sequence[tuple[int, Sequence[float]]],
+    front: Sequence[int],
+    objectives: Sequence[str],
+    path: str | Path,
+) -> Path:
+    """One panel per objective after the first: the first (validation loss) against it, one dot
+    per complete trial ``(number, values)``, the trials of the ``front`` highlighted and labelled.
+    With three or more objectives a front trial may look dominated in one panel: it is not in all of
+    them together. Writes a PNG and returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    on_front = set(front)
+    panels = len(objectives) - 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.8), squeeze=False, sharey=True)
+    for j, name in enumerate(objectives[1:], start=1):
+        ax = axes[0][j - 1]
+        rest = [(v[j], v[0]) for n, v in points if n not in on_front]
+        best = sorted((v[j], v[0], n) for n, v in points if n in on_front)
+        ax.scatter([x for x, _ in rest], [y for _, y in rest], color="tab:gray", alpha=0.6, label="trial")
+        ax.scatter([x for x, _, _ in best], [y for _, y, _ in best], color="tab:red", s=50, label="Pareto front")
+        if len(objectives) == 2 and len(best) > 1:  # the front as the staircase it is
+            ax.step([x for x, _, _ in best], [y for _, y, _ in best], where="post", color="tab:red", alpha=0.5)
+        for x, y, n in best:
+            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+        if name in ("branches", "parameters"):  # counts
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0][0].set_ylabel(objectives[0])
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Pareto front (trial numbers; all objectives minimised)", fontsize=10)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -18,6 +18,11 @@ next worker and run again (``retries`` times). A trial whose worker ran on this 
 (killed with SIGKILL, say) is failed and queued again at once when ``dmtg tune`` starts
 (:func:`fail_dead_trials`), without waiting out the heartbeat's grace period; ``--jobs`` workers die
 with the process that started them (:func:`die_with_parent`).
+
+Several objectives (``objectives=("val_loss", "branches")``; see :data:`OBJECTIVES`) make the study
+multi-objective (every objective minimised, Optuna's TPE sampler, no pruning: Optuna cannot prune
+such studies); the report is then the Pareto front (``OUT/pareto.json``, ``OUT/plots/pareto.png``)
+instead of one best trial.
 """
 
 from __future__ import annotations
@@ -44,10 +49,13 @@ import pytorch_lightning as pl
 from .config import SearchSpec, TuningConfig, dump_yaml, load_spec
 from .errors import DmtgError, NonFiniteMetricsError
 from .progress import Progress
+from .registry import user_folders
 
 __all__ = [
+    "OBJECTIVES",
     "Param",
     "ReportCallback",
+    "StepTimer",
     "TuneResult",
     "TuningConfig",
     "apply_params",
@@ -55,10 +63,14 @@ __all__ = [
     "die_with_parent",
     "fail_dead_trials",
     "make_storage",
+    "objective_values",
+    "pareto_front",
+    "parse_objectives",
     "run_trial",
     "search_space",
     "tune",
     "tuning_of",
+    "write_pareto",
     "write_report",
 ]
 
@@ -67,6 +79,29 @@ _logger = logging.getLogger(__name__)
 SCORE = "val total loss of the pruned grouped network"
 LABEL = "val total loss (pruned network)"  # plots
 JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
+
+# what a trial can be scored on (all minimised), and the name the study and the report give each
+OBJECTIVES = {
+    "val_loss": SCORE,
+    "branches": "branches used (K of the grouped network)",
+    "parameters": "parameters of the grouped network",
+    "step_time": "seconds per training step of the search (median)",
+}
+
+
+def parse_objectives(objectives: str | Sequence[str]) -> tuple[str, ...]:
+    """``"val_loss,branches"`` (or a sequence) as a checked tuple: ``val_loss`` first, then any of
+    the other :data:`OBJECTIVES`, each once."""
+    names = tuple(n.strip() for n in objectives.split(",")) if isinstance(objectives, str) else tuple(objectives)
+    choices = ", ".join(OBJECTIVES)
+    for name in names:
+        if name not in OBJECTIVES:
+            raise DmtgError(f"unknown objective {name!r}; choose from {choices} (val_loss first)")
+    if not names or names[0] != "val_loss":
+        raise DmtgError(f"objectives must start with val_loss, got {','.join(names)}; choose from {choices}")
+    if len(set(names)) != len(names):
+        raise DmtgError(f"objectives name one twice: {','.join(names)}")
+    return names
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,6 +207,43 @@ class ReportCallback(pl.Callback):
             raise self.stop()
 
 
+class StepTimer(pl.Callback):
+    """The wall time of every training step of the search (forward, backward, optimizer step)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+    @property
+    def median(self) -> float:
+        """The median step (robust to the first steps' warm-up and to a busy machine); NaN: none."""
+        ordered = sorted(self.seconds)
+        if not ordered:
+            return math.nan
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def objective_values(
+    score: float, result: Any, objectives: Sequence[str], step_seconds: float = math.nan
+) -> list[float]:
+    """The trial's value for each objective: ``val_loss`` is its ``score`` (:func:`score_of`), the
+    others read the search's result (``branches``, ``parameters``) or its ``step_seconds``."""
+    values = {
+        "val_loss": lambda: score,
+        "branches": lambda: float(result.metrics["search"]["branches_used"]),
+        "parameters": lambda: float(sum(p.numel() for p in result.model.parameters())),
+        "step_time": lambda: step_seconds,
+    }
+    return [values[name]() for name in objectives]
+
+
 def score_of(spec: SearchSpec, metrics: Mapping[str, Any]) -> float:
     """The trial's score (minimised): validation total loss + branch_cost * branches used."""
     value = float(metrics["totals"]["val"]["total_loss"])
@@ -186,13 +258,15 @@ def run_trial(
     report: Callable[[int, float], bool] | None = None,
     stop: Callable[[], BaseException] = optuna.TrialPruned,
     progress: bool = False,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> tuple[float, Any]:
-    """Run one DMTG search with ``params`` into ``out_dir``; returns (score, SearchResult). (NNI logs
-    a stopped (pruned) search as a failed model; the command line keeps NNI's log quiet.)"""
+    """Run one DMTG search with ``params`` (and the extra search ``callbacks``) into ``out_dir``;
+    returns (score, SearchResult). (NNI logs a stopped (pruned) search as a failed model; the
+    command line keeps NNI's log quiet.)"""
     from .pipeline.run import run_search
 
     trial_spec = apply_params(spec, params)
-    callbacks = [ReportCallback(report, stop)] if report is not None else []
+    callbacks = [*callbacks, *([ReportCallback(report, stop)] if report is not None else [])]
     result = run_search(trial_spec, out_dir, progress=progress, overwrite=True, callbacks=callbacks)
     return score_of(trial_spec, result.metrics), result
 
@@ -277,12 +351,18 @@ def create_study(
     *,
     pruner: optuna.pruners.BasePruner | None = None,
     shared: bool = False,
+    objectives: Sequence[str] = ("val_loss",),
 ) -> optuna.Study:
     """Create the study or load the existing one of that name (resume, or join other workers).
 
     ``shared``: other workers may use the study at the same time; each worker's sampler then mixes
     its process id into ``tuning.seed``, so that workers do not propose the same values.
+    ``objectives``: several make a multi-objective study (all minimised; Optuna's TPE handles
+    several objectives; no pruner: Optuna cannot prune them, so ``pruner`` is refused).
     """
+    multi = len(objectives) > 1
+    if multi and pruner is not None and not isinstance(pruner, optuna.pruners.NopPruner):
+        raise DmtgError("Optuna cannot prune a multi-objective study: give no pruner, or one objective")
     cfg = tuning_of(spec)
     epochs = cfg.epochs or spec.strategy.epochs
     seed = cfg.seed + os.getpid() if shared else cfg.seed
@@ -291,17 +371,32 @@ def create_study(
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
-    study = optuna.create_study(
-        storage=storage,
-        study_name=study_name or spec.name,
-        direction="minimize",
-        sampler=sampler,
-        pruner=pruner or _pruner(cfg.pruner, epochs),
-        load_if_exists=True,
-    )
+    if multi:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name or spec.name,
+            directions=["minimize"] * len(objectives),
+            sampler=sampler,
+            pruner=optuna.pruners.NopPruner(),
+            load_if_exists=True,
+        )
+    else:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name or spec.name,
+            direction="minimize",
+            sampler=sampler,
+            pruner=pruner or _pruner(cfg.pruner, epochs),
+            load_if_exists=True,
+        )
+    if len(study.directions) != len(objectives):  # Optuna loads an existing study as it was created
+        raise DmtgError(
+            f"study {study.study_name!r} in this storage has {len(study.directions)} objective(s), "
+            f"not {len(objectives)}; give another --study, or its objectives"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([SCORE])
+        study.set_metric_names([OBJECTIVES[name] for name in objectives])
     return study
 
 
@@ -404,6 +499,7 @@ class TuneResult:
     best: dict[str, Any] | None
     out_dir: Path
     plots: list[Path]
+    pareto: list[dict[str, Any]] | None = None  # several objectives: the front (also OUT/pareto.json)
 
 
 def _failed(trial: optuna.Trial, exc: Exception) -> float:
@@ -413,8 +509,12 @@ def _failed(trial: optuna.Trial, exc: Exception) -> float:
     return math.nan
 
 
-def _objective(spec: SearchSpec, out_dir: Path, space: Sequence[Param]) -> Callable[[optuna.Trial], float]:
-    def objective(trial: optuna.Trial) -> float:
+def _objective(
+    spec: SearchSpec, out_dir: Path, space: Sequence[Param], objectives: Sequence[str] = ("val_loss",)
+) -> Callable[[optuna.Trial], float | list[float]]:
+    multi = len(objectives) > 1
+
+    def objective(trial: optuna.Trial) -> float | list[float]:
         # the worker first (fail_dead_trials reads it if this process is killed), then the sampling
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
@@ -427,8 +527,12 @@ def _objective(spec: SearchSpec, out_dir: Path, space: Sequence[Param]) -> Calla
             trial.report(value, epoch)
             return trial.should_prune()
 
+        timer = StepTimer()
         try:
-            score, result = run_trial(spec, params, run_dir, report=report)
+            if multi:  # Optuna takes no intermediate values from multi-objective trials
+                score, result = run_trial(spec, params, run_dir, callbacks=[timer])
+            else:
+                score, result = run_trial(spec, params, run_dir, report=report)
         except NonFiniteMetricsError as exc:  # diverged (NaN metrics): this trial fails, not the study
             return _failed(trial, exc)
         except (optuna.TrialPruned, DmtgError):
@@ -441,15 +545,24 @@ def _objective(spec: SearchSpec, out_dir: Path, space: Sequence[Param]) -> Calla
         trial.set_user_attr("branches_used", len(result.groups))
         if result.adjusted_rand_index is not None:
             trial.set_user_attr("adjusted_rand_index", result.adjusted_rand_index)
-        return score
+        if not multi:
+            return score
+        values = objective_values(score, result, objectives, timer.median)
+        trial.set_user_attr("objectives", dict(zip(objectives, values, strict=True)))
+        return values
 
     return objective
 
 
 def _report(progress: Progress | None, study: optuna.Study, total: int) -> None:
-    if progress is not None:
-        best = _best_value(study)
-        progress("trials", min(_finished(study), total), total, f"best {best:.4f}" if best is not None else "")
+    if progress is None:
+        return
+    if len(study.directions) > 1:
+        front = len(study.best_trials)
+        progress("trials", min(_finished(study), total), total, f"front {front}" if front else "")
+        return
+    best = _best_value(study)
+    progress("trials", min(_finished(study), total), total, f"best {best:.4f}" if best is not None else "")
 
 
 def tune(
@@ -463,6 +576,7 @@ def tune(
     pruner: optuna.pruners.BasePruner | None = None,
     progress: Progress | None = None,
     report: bool = True,
+    objectives: str | Sequence[str] = ("val_loss",),
 ) -> TuneResult:
     """Tune ``spec``'s K, temperature schedule and learning rates with Optuna.
 
@@ -477,8 +591,12 @@ def tune(
         pruner: an Optuna pruner instance (overrides ``tuning.pruner``).
         progress: told the trials done (and the best value) after every trial; the command line
             draws it as a bar.
-        report: write ``best.json`` and the plots at the end.
+        report: write ``best.json`` and the plots at the end (several objectives: ``pareto.json``
+            and ``plots/pareto.png``).
+        objectives: ``val_loss`` alone (the default: one score), or with any of ``branches``,
+            ``parameters``, ``step_time`` (:data:`OBJECTIVES`): a multi-objective study, no pruning.
     """
+    objectives = parse_objectives(objectives)
     out = Path(out_dir)
     cfg = tuning_of(spec)
     updates: dict[str, Any] = {}
@@ -491,7 +609,7 @@ def tune(
         cfg = tuning_of(spec)
     store = make_storage(cfg.storage, out, heartbeat=cfg.heartbeat, retries=cfg.retries)
     # a study in an explicit storage may have other workers (other machines, or --jobs children)
-    study = create_study(spec, store, study_name, pruner=pruner, shared=cfg.storage is not None)
+    study = create_study(spec, store, study_name, pruner=pruner, shared=cfg.storage is not None, objectives=objectives)
     fail_dead_trials(study, cfg.retries)  # a killed run's trials: failed and queued again, before counting
     out.mkdir(parents=True, exist_ok=True)
     (out / "tuning.yaml").write_text(dump_yaml(spec.to_dict()), encoding="utf-8")
@@ -499,19 +617,28 @@ def tune(
         jobs = _gpu_count()
     progress = progress or None  # False: none
     if jobs > 1:
-        _run_workers(spec, out, study, cfg, jobs, progress)
+        _run_workers(spec, out, study, cfg, jobs, progress, objectives)
     else:
-        _work(spec, out, study, cfg.trials, progress)
+        _work(spec, out, study, cfg.trials, progress, objectives)
     result = TuneResult(study=study, best=None, out_dir=out, plots=[])
-    if report:
+    if report and len(objectives) > 1:
+        result.pareto, result.plots = write_pareto(study, out, objectives)
+    elif report:
         result.best, result.plots = write_report(study, out, spec)
     return result
 
 
-def _work(spec: SearchSpec, out: Path, study: optuna.Study, total: int, progress: Progress | None) -> None:
+def _work(
+    spec: SearchSpec,
+    out: Path,
+    study: optuna.Study,
+    total: int,
+    progress: Progress | None,
+    objectives: Sequence[str] = ("val_loss",),
+) -> None:
     """One worker: run trials until the study has ``total`` of them."""
     space = search_space(spec)
-    objective = _objective(spec, out, space)
+    objective = _objective(spec, out, space, objectives)
     _report(progress, study, total)
     while True:
         counted, waiting = _scheduled(study)
@@ -544,7 +671,13 @@ def _storage_url(study: optuna.Study, cfg: TuningConfig, out: Path) -> str:
 
 
 def _run_workers(
-    spec: SearchSpec, out: Path, study: optuna.Study, cfg: TuningConfig, jobs: int, progress: Progress | None
+    spec: SearchSpec,
+    out: Path,
+    study: optuna.Study,
+    cfg: TuningConfig,
+    jobs: int,
+    progress: Progress | None,
+    objectives: Sequence[str] = ("val_loss",),
 ) -> None:
     """``jobs`` worker processes on this machine sharing the study, one GPU each (round robin)."""
     spec_file = out / "tuning.yaml"
@@ -575,8 +708,12 @@ def _run_workers(
             _storage_url(study, cfg, out),
             "--jobs",
             "1",
+            "--objectives",
+            ",".join(objectives),
             "--worker",
         ]
+        # the workers read OUT/tuning.yaml: user modules next to the original spec stay importable
+        env["PYTHONPATH"] = os.pathsep.join([*map(str, user_folders()), *filter(None, [env.get("PYTHONPATH")])])
         log = open(out / f"worker-{i}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
         procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     _report(progress, study, cfg.trials)
@@ -688,3 +825,44 @@ def plot_study(study: optuna.Study, folder: Path) -> list[Path]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         save(ax, "score_vs_k.png")
     return written
+
+
+def pareto_front(study: optuna.Study, objectives: Sequence[str]) -> list[dict[str, Any]]:
+    """The study's Pareto front (``study.best_trials``, by trial number): each trial's values by
+    objective, params, groups and run folder."""
+    return [
+        {
+            "trial": t.number,
+            "values": dict(zip(objectives, t.values, strict=True)),
+            "params": t.params,
+            "groups": t.user_attrs.get("groups"),
+            "run_dir": t.user_attrs.get("run_dir"),
+        }
+        for t in sorted(study.best_trials, key=lambda t: t.number)
+    ]
+
+
+def write_pareto(study: optuna.Study, out: Path, objectives: Sequence[str]) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Write ``pareto.json`` (the front, the objectives, the trial counts) and ``plots/pareto.png``
+    (validation loss against each other objective, the front highlighted); returns the front."""
+    from .plots import plot_pareto
+
+    counts = {s.name.lower(): 0 for s in optuna.trial.TrialState}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] += 1
+    front = pareto_front(study, objectives)
+    doc = {
+        "study": study.study_name,
+        "objectives": {name: OBJECTIVES[name] for name in objectives},
+        "directions": ["minimize"] * len(objectives),
+        "front": front,
+        "trials": counts,
+    }
+    (out / "pareto.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return front, []
+    points = [(t.number, list(t.values)) for t in complete]
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    path = plot_pareto(points, [f["trial"] for f in front], objectives, out / "plots" / "pareto.png")
+    return front, [path]

@@ -10,7 +10,7 @@ A search-space spec names the function instead of a registered data set; the oth
 
 The function returns the three splits (any torch ``Dataset`` yielding ``(x, {task: y})``), the
 input shape and the task definitions; the spec may then leave ``tasks`` out, or list a subset.
-Run from this folder (so ``user_dataset`` is importable), or put the module on ``PYTHONPATH``:
+Run from this folder, keep the spec next to this file, or put the module on ``PYTHONPATH``:
 
     cd examples && python user_dataset.py
     cd examples && dmtg search ../runs/sensors.yaml        # a spec like the one above

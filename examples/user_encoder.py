@@ -4,8 +4,8 @@ The factory is called with ``input_shape`` (one sample's shape) and the backbone
 keyword arguments, and returns an ``nn.Module`` mapping a batch (B, *input_shape) to a feature
 vector (B, D), or, for dense tasks, to a list of feature maps [(B, C, H, W), ...] shallow to deep.
 Feature widths are read from a dummy forward; ``dmtg validate`` builds the encoder and checks its
-output. ``user_encoder.yaml`` is a spec that uses :func:`gated_mlp`; run from this folder (so
-``user_encoder`` is importable), or put the module on ``PYTHONPATH``::
+output. ``user_encoder.yaml`` is a spec that uses :func:`gated_mlp`; ``user_encoder`` is found next to the
+spec (or in the current folder, or on ``PYTHONPATH``)::
 
     cd examples && dmtg validate user_encoder.yaml && dmtg search user_encoder.yaml
 """

@@ -57,3 +57,52 @@ def test_import_errors_are_spec_errors() -> None:
     assert "user_dataset" in sys.modules
     with pytest.raises(DataError, match="must return a TaskData or a mapping"):
         dmtg_nas.load_spec(_doc(dataset={"name": "user_dataset:broken"}))
+
+
+# ----------------------------------------------------------------------------------------------
+# The documented commands, run as the `dmtg` script runs them: no PYTHONPATH, and (unlike
+# `python -m`) the current folder not on sys.path
+# ----------------------------------------------------------------------------------------------
+
+SENSORS = """name: sensors
+dataset: {name: "user_dataset:sensors", samples: 300}
+backbone: {name: mlp, hidden: [8]}
+branches: 2
+"""
+QUICK = ["--set", "strategy.epochs=1", "--set", "strategy.finetune.epochs=0", "--set", "strategy.warmup.min_steps=0"]
+
+
+def _dmtg(args: list[str], cwd: Path) -> str:
+    """Run the command line in a fresh process, as the installed ``dmtg`` script would."""
+    import os
+    import subprocess
+
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from dmtg_nas.cli import main; sys.exit(main())"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_documented_commands_find_user_modules_in_the_current_folder(tmp_path: Path) -> None:
+    """``cd examples && dmtg validate user_encoder.yaml && dmtg search user_encoder.yaml``, and a data
+    set spec elsewhere (``cd examples && dmtg search ../runs/sensors.yaml``)."""
+    examples = ROOT / "examples"
+    assert "backbone user_encoder:gated_mlp" in _dmtg(["validate", "user_encoder.yaml"], examples)
+    _dmtg(["search", "user_encoder.yaml", *QUICK, "--out", str(tmp_path / "encoder"), "-q"], examples)
+    assert (tmp_path / "encoder" / "grouping.json").is_file()
+    spec = tmp_path / "runs" / "sensors.yaml"
+    spec.parent.mkdir()
+    spec.write_text(SENSORS)
+    _dmtg(["search", str(spec), *QUICK, "--out", str(tmp_path / "sensors"), "-q"], examples)
+    assert (tmp_path / "sensors" / "grouping.json").is_file()
+
+
+def test_user_modules_are_found_next_to_the_spec(tmp_path: Path) -> None:
+    """``dmtg search examples/user_encoder.yaml`` from another folder."""
+    _dmtg(
+        ["search", str(ROOT / "examples" / "user_encoder.yaml"), *QUICK, "--out", str(tmp_path / "o"), "-q"], tmp_path
+    )
+    assert (tmp_path / "o" / "grouping.json").is_file()

@@ -347,3 +347,104 @@ def test_sigkilled_tune_leaves_no_worker_and_a_rerun_completes_the_study(
     retried = {t.system_attrs.get("failed_trial") for t in trials if t.state == COMPLETE}
     assert set(killed) <= retried  # each killed trial was run again
     assert all(t.state in (COMPLETE, FAIL) for t in trials)
+
+
+# ----------------------------------------------------------------------------------------------
+# Several objectives: a multi-objective study and its Pareto front
+# ----------------------------------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _front_table(text: str) -> dict[int, list[float]]:
+    """The printed front: trial number -> objective values, from the rows under the header."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["trial"]) + 1
+    rows = {}
+    for line in lines[start:]:
+        if line.startswith("front:"):
+            break
+        cells = line.split()
+        rows[int(cells[0])] = [float(c) for c in cells[1:3]]
+    return rows
+
+
+def test_pareto_study(tmp_path: Path, capsys: pytest.CaptureFixture[str], write_yaml: Any) -> None:
+    spec = write_yaml("tiny.yaml", tuned_doc(trials=3))  # tuning.pruner median: not used with two objectives
+    out = tmp_path / "out"
+    assert main(["tune", str(spec), "--out", str(out), "--objectives", "val_loss,branches", "--jobs", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "objectives (minimised): val_loss, branches; no pruning; tuning.pruner median is not used" in captured.err
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.directions) == 2 and study.metric_names == [
+        "val total loss of the pruned grouped network",
+        "branches used (K of the grouped network)",
+    ]
+    assert [t.state for t in study.trials] == [COMPLETE] * 3
+    for t in study.trials:
+        assert t.values[0] == pytest.approx(t.user_attrs["val_total_loss"])
+        assert t.values[1] == len(t.user_attrs["groups"]) and not t.intermediate_values
+    front = {t.number: list(t.values) for t in study.best_trials}
+    assert front and not (out / "best.json").exists()
+    printed = _front_table(captured.out)
+    assert sorted(printed) == sorted(front)
+    for number, values in printed.items():
+        assert values == pytest.approx(front[number], rel=1e-5)
+    saved = json.loads((out / "pareto.json").read_text())
+    assert list(saved["objectives"]) == ["val_loss", "branches"] and saved["trials"]["complete"] == 3
+    assert {f["trial"]: [f["values"]["val_loss"], f["values"]["branches"]] for f in saved["front"]} == front
+    png = out / "plots" / "pareto.png"
+    assert png.read_bytes()[:8] == PNG
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[0] > 100
+    assert f"plots: {png}" in captured.out
+
+
+def test_parameters_and_step_time_objectives(tmp_path: Path) -> None:
+    spec = dmtg_nas.load_spec(tuned_doc(trials=2, pruner="none"))
+    result = tune(spec, tmp_path, progress=False, objectives="val_loss,parameters,step_time")
+    assert len(result.study.directions) == 3 and result.pareto
+    for t in result.study.trials:
+        loss, parameters, step = t.values
+        model = dmtg_nas.load_model(t.user_attrs["run_dir"])  # the final grouped network of the trial
+        assert parameters == sum(p.numel() for p in model.parameters()) > 0
+        assert 0 < step < 5 and loss == pytest.approx(t.user_attrs["val_total_loss"])
+    assert [p.name for p in result.plots] == ["pareto.png"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--objectives", "val_loss,flops"],
+            "unknown objective 'flops'; choose from val_loss, branches, parameters, step_time (val_loss first)",
+        ),
+        (["--objectives", "branches"], "objectives must start with val_loss, got branches"),
+        (
+            ["--objectives", "val_loss,branches", "--pruner", "median"],
+            "--pruner median: Optuna cannot prune a multi-objective study; use --pruner none or one objective",
+        ),
+    ],
+)
+def test_bad_objectives_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], write_yaml: Any, argv: list[str], message: str
+) -> None:
+    spec = write_yaml("tiny.yaml", tuned_doc())
+    assert main(["tune", str(spec), "--out", str(tmp_path / "o"), "-q", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dmtg: error: {message}") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_multi_objective_study_refuses_a_pruner_and_a_single_objective_study() -> None:
+    from dmtg_nas.errors import DmtgError
+    from dmtg_nas.tuning import create_study
+
+    spec = dmtg_nas.load_spec(tuned_doc())
+    storage = optuna.storages.InMemoryStorage()
+    with pytest.raises(DmtgError, match="cannot prune a multi-objective study"):
+        create_study(spec, storage, objectives=("val_loss", "branches"), pruner=optuna.pruners.MedianPruner())
+    create_study(spec, storage, "s")
+    with pytest.raises(DmtgError, match="study 's' in this storage has 1 objective"):
+        create_study(spec, storage, "s", objectives=("val_loss", "branches"))
