@@ -63,9 +63,19 @@ STATE_KEY = "dmtg_run_state"
 SPEC_KEY = "dmtg_spec"
 
 # what a checkpoint's weights, logits and data order depend on: a resume under another value is another run
-# (strategy.trainer and num_workers may change on resume: --devices, --precision)
-_IDENTITY_PARTS = ("tasks", "dataset", "backbone", "heads", "groups", "strategy")
-_FREE_STRATEGY_KEYS = ("name", "description", "trainer", "num_workers")
+# (strategy.trainer and num_workers may change on resume: --devices, --precision; epochs: a resumed
+# search may train on to more epochs; finetune, local_search and polish come after the supernet)
+_IDENTITY_PARTS = ("tasks", "dataset", "backbone", "heads", "branches", "strategy")
+_FREE_STRATEGY_KEYS = (
+    "name",
+    "description",
+    "trainer",
+    "num_workers",
+    "epochs",
+    "finetune",
+    "local_search",
+    "polish",
+)
 
 
 def spec_identity(spec: Any) -> dict[str, Any]:

@@ -511,7 +511,7 @@ def test_a_checkpoint_of_another_spec_is_refused_naming_the_difference(
 
     for k in (2, 4):
         doc = small_doc(epochs=1, finetune={"epochs": 0})
-        doc["groups"] = k
+        doc["branches"] = k
         dmtg_nas.search(dmtg_nas.load_spec(doc), tmp_path / f"k{k}", progress=False)
     last = tmp_path / "k2/checkpoints/last.ckpt"
     shutil.copyfile(tmp_path / "k4/checkpoints/last.ckpt", last)
@@ -519,7 +519,7 @@ def test_a_checkpoint_of_another_spec_is_refused_naming_the_difference(
     assert main(["search", "--resume", str(tmp_path / "k2"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err == (
-        f"dmtg: error: cannot resume: {last} is from another spec (groups: 4 in the checkpoint, 2 in config.yaml) "
+        f"dmtg: error: cannot resume: {last} is from another spec (branches: 4 in the checkpoint, 2 in config.yaml) "
         f"and {previous_path(last)} is missing\n"
     )
     assert last.read_bytes() == before
