@@ -452,7 +452,28 @@ def bad_override(draw: st.DrawFn) -> Case:
     return Case("malformed --set", base_doc(), [item], expect=None)
 
 
+_BAD_CHARS = st.sampled_from(["/", "\\", "\x1b", "\n", "\t", "\x00", "\x7f", "\r"])
+
+
+@st.composite
+def hostile_task_name(draw: st.DrawFn) -> Case:
+    """A task name NNI's labels, the file system or a terminal would refuse: a '/', a backslash or a
+    control character somewhere in it, or exactly '.' or '..'."""
+    if draw(st.booleans()):
+        name = draw(st.sampled_from([".", ".."]))
+    else:
+        head = draw(st.text(string.ascii_letters, max_size=6))
+        name = head + draw(_BAD_CHARS) + draw(st.text(string.ascii_letters, max_size=6))
+    doc = base_doc()
+    i = draw(st.integers(0, len(TASK_NAMES) - 1))
+    if "\x00" in name:  # a NUL is refused first, as a NUL
+        return Case("hostile task name", doc, [f"tasks.{i}.name={name}"], expect="--set")
+    doc["tasks"][i] = {"name": name, "type": "regression"}
+    return Case("hostile task name", doc, expect=f"tasks[{i}].name")
+
+
 HOSTILE = st.one_of(
+    hostile_task_name(),
     wrong_type(),
     unknown_key(),
     out_of_range(),
@@ -687,3 +708,64 @@ def test_resume_where_the_run_lock_cannot_be_written_is_one_line(
     err = capsys.readouterr().err
     assert err == f"dmtg: error: {run}: cannot write its run lock {run}/.lock: Is a directory\n"
     assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Generated run-time targets: tables too small to split, ports, output folders
+# ----------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.integers(1, 5), val=st.sampled_from([0.1, 0.2]))
+def test_tables_too_small_to_split_are_refused_before_writing(rows: int, val: float) -> None:
+    """A table of a few rows leaves a split empty: one line naming the split, exit 2, no run folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        lines = ["x," + ",".join(TASK_NAMES)] + [f"{r},{r},{r},{r},{r}" for r in range(rows)]
+        (folder / "tiny.csv").write_text("\n".join(lines) + "\n")
+        doc = {**base_doc(), "dataset": {"name": "table", "path": str(folder / "tiny.csv"), "split": {"val": val}}}
+        (folder / "spec.yaml").write_text(yaml.safe_dump(doc))
+        code, stdout, stderr = _run(["search", str(folder / "spec.yaml"), "--out", str(folder / "run"), "-q"])
+        assert code == 2 and stdout == "", stderr
+        (line,) = stderr.strip().splitlines()
+        assert line.startswith("dmtg: error: ") and "split is empty" in line, line
+        assert not (folder / "run").exists()
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(port=st.one_of(st.integers(max_value=0), st.integers(min_value=65536, max_value=10**12)))
+def test_generated_portal_ports_out_of_range_are_usage_errors(port: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        try:
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as info:
+                main(["portal", "planted", "--port", str(port)])
+            assert info.value.code == 2
+            assert err.getvalue().splitlines()[-1] == (
+                f"dmtg portal: error: argument --port: must be 1 to 65535, got {port}"
+            )
+            assert list(Path(tmp).iterdir()) == []
+        finally:
+            os.chdir(cwd)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(
+    where=st.sampled_from(["under a file", "in /proc", "in /sys"]),
+    tail=st.text(string.ascii_letters + "_", min_size=1, max_size=10),
+)
+def test_generated_output_folders_the_file_system_refuses(where: str, tail: str) -> None:
+    """--out under a regular file, or in a kernel file system: one line naming the path, exit 2."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "file").write_text("keep me")
+        spec = folder / "spec.yaml"
+        spec.write_text(yaml.safe_dump(base_doc()))
+        out = {"under a file": f"{folder}/file/{tail}", "in /proc": f"/proc/{tail}", "in /sys": f"/sys/{tail}"}[where]
+        code, stdout, stderr = _run(["search", str(spec), "--out", out, "-q"])
+        assert code == 2 and stdout == "", stderr
+        (line,) = stderr.strip().splitlines()
+        assert line.startswith(f"dmtg: error: --out {out}") and "Traceback" not in stderr, line
+        assert (folder / "file").read_text() == "keep me"
