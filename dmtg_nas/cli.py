@@ -504,15 +504,38 @@ def _cmd_search(args: argparse.Namespace) -> int:
     quiet = args.quiet or not is_global_zero()  # the other processes of a DDP run print nothing
     if not quiet:
         print(
-            f"searching {spec.name}: {len(spec.tasks)} tasks, K={spec.groups}, {spec.backbone.name} branches, "
-            f"{spec.strategy.epochs} epochs -> {out}",
+            f"searching {spec.name}: {len(spec.tasks)} tasks, K={spec.groups}, {spec.backbone.name} branches -> {out}",
             file=sys.stderr,
         )
+        print(f"  stages: {stage_plan(spec)}", file=sys.stderr)
     result = run_search(spec, out, progress=not quiet, resume=args.resume is not None, overwrite=args.overwrite)
     if not is_global_zero():
         return 0
     _print_result(args, result, out)
     return 0
+
+
+def stage_plan(spec: Any) -> str:
+    """The stages a search of ``spec`` will run and their budgets, in order (the header of ``dmtg
+    search``): the warm start's N trainings can cost more than the supernet's epochs."""
+    st = spec.strategy
+    stages = []
+    if st.warmup.method != "none":
+        stages.append(
+            f"warm start ({len(spec.tasks)} single-task networks x {st.warmup.epochs} epochs, "
+            f"at least {st.warmup.min_steps} steps each)"
+        )
+    if st.affinity.enabled:
+        stages.append(f"affinity scout (the supernet's first {st.affinity.epochs} epochs)")
+    stages.append(f"supernet ({st.epochs} epochs)" if st.supernet else "no supernet")
+    if st.polish:
+        stages.append("polish")
+    if st.finetune.epochs:
+        stages.append(f"fine-tune ({st.finetune.epochs} epochs)")
+    check = st.local_search.enabled
+    if check is True or check == "auto":
+        stages.append("merge check" + (" (where its networks train batched)" if check == "auto" else ""))
+    return "; ".join(stages)
 
 
 def _print_result(args: argparse.Namespace, result: Any, out: Path) -> None:

@@ -25,6 +25,8 @@ HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r".*LeafSpec.*", Warning),  # Lightning's own use of a deprecated torch pytree API
     (r".*does not have many workers.*", UserWarning),  # in-memory tensors need no loader workers
     (r".*sync_dist=True.*", Warning),  # DDP: torchmetrics combines our metrics over the processes already
+    # --overwrite: the run folder's earlier logs are replaced, as the user asked
+    (r"Experiment logs directory .* exists and is not empty.*", UserWarning),
 )
 # Lightning's banners (devices, the litlogger tip, why fit stopped) are INFO records of these loggers
 LIBRARY_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")

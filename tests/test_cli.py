@@ -208,3 +208,21 @@ def test_portal_library_call_refuses_a_port_out_of_range(tmp_path: Path) -> None
     with pytest.raises(DmtgError, match=r"^--port must be 1 to 65535, got 70000$"):
         run_portal(load_spec("planted"), tmp_path / "out", port=70000, wait=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_search_header_names_every_stage_and_its_budget() -> None:
+    from dmtg_nas import load_spec
+    from dmtg_nas.cli import stage_plan
+
+    assert stage_plan(load_spec("planted6")) == (
+        "warm start (6 single-task networks x 15 epochs, at least 250 steps each); supernet (40 epochs); "
+        "fine-tune (10 epochs); merge check (where its networks train batched)"
+    )
+    plain = load_spec("planted6", ["strategy=dmtg-plain", "strategy.epochs=3"])
+    assert stage_plan(plain) == "supernet (3 epochs); fine-tune (10 epochs)"
+    ablation = load_spec(
+        "planted6", ["strategy.supernet=false", "strategy.local_search.enabled=false", "strategy.finetune.epochs=0"]
+    )
+    assert (
+        stage_plan(ablation) == "warm start (6 single-task networks x 15 epochs, at least 250 steps each); no supernet"
+    )
