@@ -67,7 +67,6 @@ __all__ = [
     "UserEncoder",
     "build_encoder",
     "check_weights",
-    "check_weights_file",
     "build_head",
     "check_backbone",
     "num_stages",
@@ -346,38 +345,15 @@ def _refused(path: str) -> SpecError:
     )
 
 
-def check_weights_file(path: str) -> None:
-    """A ``pretrained`` weights file must hold tensors only: ``.safetensors`` by its header, anything
-    else read with ``torch.load(weights_only=True)`` (memory-mapped where the file allows it). Run
-    before the output folder is made, so that a refused file leaves nothing that blocks a rerun."""
-    import zipfile
-
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        try:
-            with safe_open(path, framework="pt"):
-                return
-        except Exception as exc:  # safetensors' errors are plain exceptions with a message
-            raise SpecError(f"{path}: not a readable .safetensors file ({exc})", key="backbone.pretrained") from None
-    try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as exc:  # unpickling, a torn archive, not a torch file
-        if "weights_only" in str(exc):
-            raise _refused(path) from None
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise SpecError(f"{path}: not a readable weights file ({first})", key="backbone.pretrained") from None
-
-
 def check_backbone(config: BackboneConfig, input_rank: int | None = None) -> ParsedEncoder:
     """Validate the backbone section (name, options, ``shared_stem`` depth) without building it: the
     catalog's checks (:func:`~dmtg_nas.catalog.encoder_entry`), what needs timm itself (the model
-    exists; its stages) and that ``pretrained`` weights hold tensors only (:func:`check_weights_file`);
+    exists; its stages) and that ``pretrained`` weights hold tensors only and fit a timm model;
     with ``input_rank``, that the encoder takes inputs of that rank."""
     parsed = encoder_entry(config)
     pretrained = getattr(parsed.options, "pretrained", None)
-    if isinstance(pretrained, str):  # tensors only, before anything is written
-        check_weights_file(pretrained)
+    # tensors only (read without their data), before anything is written
+    weights = _read_weights(pretrained, "meta") if isinstance(pretrained, str) else None
     if parsed.family == "user":
         if not callable(import_object(config.name, "backbone")):
             raise SpecError(f"{config.name!r} is not callable", key="backbone.name")
@@ -390,12 +366,12 @@ def check_backbone(config: BackboneConfig, input_rank: int | None = None) -> Par
                 f"unknown timm model {parsed.model!r}{suggest(parsed.model, timm.list_models())}",
                 key="backbone.name",
             )
-        if isinstance(parsed.options.pretrained, str):
+        if weights is not None:
             with torch.device("meta"):
                 reference = _create_timm(parsed.model, None, parsed.options)
             classifier = (getattr(reference, "pretrained_cfg", None) or {}).get("classifier") or ()
             skip = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-            check_weights(parsed.options.pretrained, reference, config.name, skip)
+            _check_fit(weights, parsed.options.pretrained, reference, config.name, skip)
     if input_rank is not None and parsed.entry.inputs == "image" and input_rank != 3:
         what = f"{parsed.family} encoders need" if parsed.entry.model_name else f"{config.name!r} needs"
         raise SpecError(
@@ -544,23 +520,16 @@ def _read_weights(path: str, device: str = "cpu") -> dict[str, Tensor]:
                     k: torch.empty(f.get_slice(k).get_shape(), device="meta") if device == "meta" else f.get_tensor(k)
                     for k in f.keys()  # noqa: SIM118 (not a dict)
                 }
-        except Exception as exc:
-            raise SpecError(
-                f"{path}: not a readable .safetensors file: {_one_line(exc)}", key="backbone.pretrained"
-            ) from None
+        except Exception as exc:  # safetensors' errors are plain exceptions with a message
+            raise SpecError(f"{path}: not a readable .safetensors file ({exc})", key="backbone.pretrained") from None
     else:
         try:
             state = torch.load(path, map_location=device, weights_only=True)
         except Exception as exc:
             if "weights_only" in str(exc):
-                raise SpecError(
-                    f"{path}: refused: the weights file holds pickled Python objects, which are never loaded; "
-                    "use a state_dict of tensors (.pth) or .safetensors",
-                    key="backbone.pretrained",
-                ) from None
-            raise SpecError(
-                f"{path}: not a readable weights file: {_one_line(exc)}", key="backbone.pretrained"
-            ) from None
+                raise _refused(path) from None
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise SpecError(f"{path}: not a readable weights file ({first})", key="backbone.pretrained") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -573,7 +542,11 @@ def check_weights(path: str, model: nn.Module, name: str, skip: Sequence[str] = 
     """Refuse a weights file that does not fit ``model`` (built on any device, the meta device
     included), naming the first missing and unexpected keys and shape mismatches; keys under a
     prefix in ``skip`` (a timm classifier, which the encoder drops) are not compared."""
-    state = _read_weights(path, "meta")
+    _check_fit(_read_weights(path, "meta"), path, model, name, skip)
+
+
+def _check_fit(state: dict[str, Tensor], path: str, model: nn.Module, name: str, skip: Sequence[str] = ()) -> None:
+    """:func:`check_weights` on the weights' tensors ``state``, already read."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     kept = [k for k in (*expected, *state) if not any(k == p or k.startswith(p + ".") for p in skip)]
     missing = [k for k in dict.fromkeys(kept) if k not in state]

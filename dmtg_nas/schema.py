@@ -335,8 +335,8 @@ class WarmupConfig(StrictModel):
 
 
 class AffinityConfig(StrictModel):
-    """The affinity scout: the supernet's first epochs with the logits held, then the attribution
-    affinity of its tasks and the logits restarted from its clusters (:mod:`dmtg_nas.engine.scout`)."""
+    """The affinity scout: the supernet's first epochs with the logits held, then its tasks' affinity
+    (attribution or lookahead) and the logits restarted from its clusters (:mod:`dmtg_nas.engine.scout`)."""
 
     enabled: bool = False
     # attribution: the warm start's input-subspace affinity of the supernet's expected predictions;

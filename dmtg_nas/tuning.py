@@ -33,6 +33,7 @@ import math
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -223,11 +224,7 @@ class StepTimer(pl.Callback):
     @property
     def median(self) -> float:
         """The median step (robust to the first steps' warm-up and to a busy machine); NaN: none."""
-        ordered = sorted(self.seconds)
-        if not ordered:
-            return math.nan
-        mid = len(ordered) // 2
-        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        return statistics.median(self.seconds) if self.seconds else math.nan
 
 
 def objective_values(
@@ -371,24 +368,14 @@ def create_study(
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
-    if multi:
-        study = optuna.create_study(
-            storage=storage,
-            study_name=study_name or spec.name,
-            directions=["minimize"] * len(objectives),
-            sampler=sampler,
-            pruner=optuna.pruners.NopPruner(),
-            load_if_exists=True,
-        )
-    else:
-        study = optuna.create_study(
-            storage=storage,
-            study_name=study_name or spec.name,
-            direction="minimize",
-            sampler=sampler,
-            pruner=pruner or _pruner(cfg.pruner, epochs),
-            load_if_exists=True,
-        )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name or spec.name,
+        directions=["minimize"] * len(objectives),
+        sampler=sampler,
+        pruner=optuna.pruners.NopPruner() if multi else pruner or _pruner(cfg.pruner, epochs),
+        load_if_exists=True,
+    )
     if len(study.directions) != len(objectives):  # Optuna loads an existing study as it was created
         raise DmtgError(
             f"study {study.study_name!r} in this storage has {len(study.directions)} objective(s), "

@@ -48,7 +48,7 @@ from .backbones import scale_backbone
 from .catalog import encoder_entry
 from .data import TaskData, make_loader
 from .engine.networks import plain_network
-from .engine.scout import cluster_count, spectral_clusters
+from .engine.scout import affinity_clusters, cluster_count, spectral_clusters, start_logits
 from .engine.stacked import StackedSingles
 from .engine.train import train_network
 from .schema import SearchSpec
@@ -75,7 +75,7 @@ class WarmStart:
 
     def logits(self, num_branches: int, base: float, strength: float) -> list[list[float]]:
         """Initial logits (N, K): ``base`` everywhere plus ``strength`` on each task's cluster."""
-        return [[base + (strength if k == c else 0.0) for k in range(num_branches)] for c in self.clusters]
+        return start_logits(self.clusters, num_branches, base, strength)
 
     def to_dict(self) -> dict[str, Any]:
         return {"clusters": self.clusters, "affinity": self.affinity, "seconds": self.seconds}
@@ -175,8 +175,7 @@ def attribution_warm_start(
     model.cpu()
     affinity = attribution_affinity(model, spec.tasks, _inputs(data, cfg.samples), cfg.rank)
     a = affinity.numpy().astype(float)
-    k = cluster_count(a, spec.groups) if cfg.clusters == "auto" else spec.groups
-    clusters = spectral_clusters(a, k, spec.strategy.seed)
+    clusters = affinity_clusters(a, spec.groups, cfg.clusters, spec.strategy.seed)
     seconds = time.perf_counter() - t0
     _logger.info("warm start (encoder width x%g): clusters %s in %.1f s", width, clusters, seconds)
     return WarmStart(clusters, affinity.tolist(), seconds)

@@ -152,6 +152,18 @@ def _non_loopback_addresses() -> list[str]:
     ]
 
 
+def _assert_serves_loopback_only(pids: set[int], port: int) -> None:
+    """Something of ``pids`` listens on ``port``, only on loopback addresses, and the port is closed
+    to this machine's other addresses."""
+    listening = _listening(pids)
+    assert any(p == port for _, _, p in listening), listening
+    assert all(ip in LOOPBACK for _, ip, _ in listening), listening
+    for address in _non_loopback_addresses():
+        with socket.socket() as sock:
+            sock.settimeout(2)
+            assert sock.connect_ex((address, port)) != 0, address
+
+
 def _trials_with_results(port: int) -> list[dict[str, Any]]:
     base = f"http://127.0.0.1:{port}/api/v1/nni"
     jobs = requests.get(f"{base}/trial-jobs", timeout=10).json()
@@ -218,13 +230,7 @@ def test_portal_runs_a_real_nni_experiment(tmp_path: Path, tuner: str) -> None:
         info = json.loads((out / "portal.json").read_text())
         assert info["url"] == f"http://127.0.0.1:{port}/"
         # nothing listens on a non-loopback address, and the port is closed to other addresses
-        listening = _listening({proc.pid, info["pid"], *started})
-        assert any(p == port for _, _, p in listening), listening
-        assert all(ip in LOOPBACK for _, ip, _ in listening), listening
-        for address in _non_loopback_addresses():
-            with socket.socket() as sock:
-                sock.settimeout(2)
-                assert sock.connect_ex((address, port)) != 0, address
+        _assert_serves_loopback_only({proc.pid, info["pid"], *started}, port)
         if tuner == "optuna":  # the same trials, with their curves, in the Optuna storage
             study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
             assert sorted(t.value for t in study.trials) == sorted(j["final"]["default"] for j in jobs)
@@ -325,13 +331,7 @@ def test_view_reopens_a_finished_experiment_on_loopback_only(tmp_path: Path) -> 
                 time.sleep(1)
         assert [j["status"] for j in jobs] == ["SUCCEEDED"] and jobs[0]["final"] is not None
         started.update({p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)})
-        listening = _listening({proc.pid, *started})
-        assert any(p == port for _, _, p in listening), listening
-        assert all(ip in LOOPBACK for _, ip, _ in listening), listening
-        for address in _non_loopback_addresses():
-            with socket.socket() as sock:
-                sock.settimeout(2)
-                assert sock.connect_ex((address, port)) != 0, address
+        _assert_serves_loopback_only({proc.pid, *started}, port)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -206,7 +206,7 @@ def test_code_named_by_a_run_folder_needs_trust_code(
         "name": "trusted",
         "dataset": {"name": "trusted_data:data", "samples": 200},
         "backbone": {"name": "mlp", "hidden": [8]},
-        "groups": 2,
+        "branches": 2,
         "strategy": {"_base_": "dmtg", "epochs": 1, "batch_size": 64, "finetune": {"epochs": 0}},
     }
     (run / "config.yaml").write_text(yaml.safe_dump(dmtg_nas.load_spec(doc).to_dict()))

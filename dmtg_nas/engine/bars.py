@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -17,6 +18,16 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import convert_inf
 
 __all__ = ["StageBar", "stage_bars"]
+
+
+def _on_stderr(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``make`` (one of Lightning's ``init_*_tqdm``), with the bar it opens on stderr, not stdout."""
+
+    def opened(self: Any) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return make(self)
+
+    return opened
 
 
 class StageBar(TQDMProgressBar):
@@ -39,25 +50,11 @@ class StageBar(TQDMProgressBar):
         return f"{self.stage}: sanity check"
 
     # Lightning opens its bars on sys.stdout at the moment it creates them
-    def init_sanity_tqdm(self) -> Any:
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_sanity_tqdm()
-
-    def init_train_tqdm(self) -> Any:
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_train_tqdm()
-
-    def init_validation_tqdm(self) -> Any:
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_validation_tqdm()
-
-    def init_predict_tqdm(self) -> Any:
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_predict_tqdm()
-
-    def init_test_tqdm(self) -> Any:
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_test_tqdm()
+    init_sanity_tqdm = _on_stderr(TQDMProgressBar.init_sanity_tqdm)
+    init_train_tqdm = _on_stderr(TQDMProgressBar.init_train_tqdm)
+    init_validation_tqdm = _on_stderr(TQDMProgressBar.init_validation_tqdm)
+    init_predict_tqdm = _on_stderr(TQDMProgressBar.init_predict_tqdm)
+    init_test_tqdm = _on_stderr(TQDMProgressBar.init_test_tqdm)
 
     # Lightning's own versions of the next two draw the bar once described as "Epoch 0" or
     # "Validation DataLoader 0" before anyone can rename it

@@ -2,12 +2,13 @@
 
 The scout (:class:`~dmtg_nas.nni.oneshot.DMTGLightningModule`) trains the supernet's first
 ``affinity.epochs`` epochs with the grouping logits held where they start (uniform by default), so
-that every branch is trained by every task, and then measures the attribution affinity of the tasks'
-predictions in that supernet (:func:`dmtg_nas.warmstart.attribution_affinity`: how much the input
-directions each task's prediction depends on overlap). It is the warm start's affinity, measured
-on one network (the supernet itself) instead of N single-task networks. The tasks are cut into
-clusters by spectral clustering of the affinity (:func:`cluster_count`, :func:`spectral_clusters`),
-the logits restart from them and the relaxation trains on. After the supernet,
+that every branch is trained by every task, and then measures the tasks' affinity in that supernet:
+the attribution affinity of their predictions (:func:`dmtg_nas.warmstart.attribution_affinity`: how
+much the input directions each task's prediction depends on overlap; the warm start's affinity,
+measured on one network instead of N single-task networks), or TAG's lookahead affinity on its
+first branch (:func:`lookahead_affinity`). The tasks are cut into clusters by spectral clustering
+of the affinity (:func:`affinity_clusters`), the logits restart from them (:func:`start_logits`)
+and the relaxation trains on. After the supernet,
 :func:`polish_assignment` takes the relaxation's argmax and applies the discrete moves (one task to
 another branch, two tasks of a group together to another, or two groups merged) that raise the
 grouping's within-group affinity (:func:`clustering_score`), until none does.
@@ -27,20 +28,30 @@ from ..schema import TaskConfig
 from ..tasks import squeeze_output, task_loss
 
 __all__ = [
+    "affinity_clusters",
     "cluster_count",
     "clustering_score",
     "lookahead_affinity",
     "polish_assignment",
     "spectral_clusters",
+    "start_logits",
 ]
+
+
+def _standardized(affinity: np.ndarray) -> np.ndarray:
+    """The symmetric affinity z-scored over its off-diagonal entries, diagonal zero (equal
+    affinities: all zero)."""
+    n = affinity.shape[0]
+    a = (affinity + affinity.T) / 2
+    off = a[~np.eye(n, dtype=bool)]
+    w = (a - off.mean()) / (off.std() + 1e-12) if n > 1 else np.zeros_like(a)
+    np.fill_diagonal(w, 0.0)
+    return w
 
 
 def _similarity(affinity: np.ndarray) -> np.ndarray:
     """The clustering's similarity graph: exp of the z-scored symmetric affinities, no self-loops."""
-    n = affinity.shape[0]
-    a = (affinity + affinity.T) / 2
-    off = a[~np.eye(n, dtype=bool)]
-    w = np.exp(np.clip((a - off.mean()) / (off.std() + 1e-12), -50.0, 50.0))  # equal affinities: std 0
+    w = np.exp(np.clip(_standardized(affinity), -50.0, 50.0))
     np.fill_diagonal(w, 0.0)
     return w
 
@@ -77,22 +88,21 @@ def spectral_clusters(affinity: np.ndarray, k: int, seed: int = 0) -> list[int]:
     return [int(v) for v in labels]
 
 
-def _standardized(affinity: np.ndarray) -> np.ndarray:
-    """The symmetric affinity z-scored over its off-diagonal entries, diagonal zero."""
-    n = affinity.shape[0]
-    a = (affinity + affinity.T) / 2
-    off = a[~np.eye(n, dtype=bool)]
-    w = (a - off.mean()) / (off.std() + 1e-12) if n > 1 else np.zeros_like(a)
-    np.fill_diagonal(w, 0.0)
-    return w
+def affinity_clusters(affinity: np.ndarray, k_max: int, clusters: str = "auto", seed: int = 0) -> list[int]:
+    """Each task's cluster: spectral clusters of ``affinity``, as many as it supports in ``2..k_max``
+    (``clusters: auto``, :func:`cluster_count`) or ``k_max`` (``k``)."""
+    k = cluster_count(affinity, k_max) if clusters == "auto" else k_max
+    return spectral_clusters(affinity, k, seed)
 
 
-def clustering_score(assignment: Sequence[int], affinity: np.ndarray) -> float:
-    """A grouping's within-group affinity: the sum over groups of the z-scored affinities of its
-    pairs divided by its size (the ratio association that spectral clustering relaxes). A task
-    alone scores 0; a pair of tasks above the mean affinity raises the score when grouped."""
-    w = _standardized(np.asarray(affinity, dtype=float))
-    labels = np.asarray(assignment)
+def start_logits(assignment: Sequence[int], branches: int, base: float, strength: float) -> list[list[float]]:
+    """Starting logit rows (one per task, ``branches`` each): ``base`` everywhere plus ``strength``
+    on each task's branch in ``assignment``."""
+    return [[base + (strength if k == b else 0.0) for k in range(branches)] for b in assignment]
+
+
+def _score(labels: np.ndarray, w: np.ndarray) -> float:
+    """:func:`clustering_score` on the standardized affinity ``w``."""
     score = 0.0
     for group in np.unique(labels):
         members = np.flatnonzero(labels == group)
@@ -100,18 +110,27 @@ def clustering_score(assignment: Sequence[int], affinity: np.ndarray) -> float:
     return score
 
 
+def clustering_score(assignment: Sequence[int], affinity: np.ndarray) -> float:
+    """A grouping's within-group affinity: the sum over groups of the z-scored affinities of its
+    pairs divided by its size (the ratio association that spectral clustering relaxes). A task
+    alone scores 0; a pair of tasks above the mean affinity raises the score when grouped."""
+    return _score(np.asarray(assignment), _standardized(np.asarray(affinity, dtype=float)))
+
+
 def polish_assignment(
     assignment: Sequence[int], affinity: np.ndarray, branches: int, max_moves: int | None = None
 ) -> tuple[list[int], list[dict[str, Any]]]:
     """Best-improvement discrete moves on :func:`clustering_score` from ``assignment`` (each task's
     branch, in ``range(branches)``): one task, or two tasks of one group, to another branch (empty
-    branches included), or one group merged into another. Returns the new assignment and the moves taken, in order
-    (``{"tasks": [...], "from": k, "to": k', "gain": g}``); stops when no move raises the score."""
+    branches included), or one group merged into another. Returns the new assignment and the moves
+    taken, in order (``{"tasks": [...], "from": k, "to": k', "gain": g}``); stops when no move raises
+    the score."""
     current = [int(b) for b in assignment]
     n = len(current)
     limit = max_moves if max_moves is not None else 2 * n * max(branches, 1)
     moves: list[dict[str, Any]] = []
-    score = clustering_score(current, affinity)
+    w = _standardized(np.asarray(affinity, dtype=float))  # once: every candidate is scored on it
+    score = _score(np.asarray(current), w)
     for _ in range(limit):
         best: tuple[float, list[int], list[int], int, int] | None = None
         candidates: list[tuple[list[int], int, int]] = []
@@ -134,7 +153,7 @@ def polish_assignment(
             trial = list(current)
             for i in tasks:
                 trial[i] = dst
-            gain = clustering_score(trial, affinity) - score
+            gain = _score(np.asarray(trial), w) - score
             if gain > 1e-9 and (best is None or gain > best[0]):
                 best = (gain, trial, tasks, src, dst)
         if best is None:

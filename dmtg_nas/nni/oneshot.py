@@ -23,7 +23,7 @@ from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
 from torch import Tensor, nn
 
 from ..engine.losses import head_losses
-from ..engine.scout import cluster_count, lookahead_affinity, spectral_clusters
+from ..engine.scout import affinity_clusters, lookahead_affinity, start_logits
 from ..schedules import TemperatureSchedule
 from ..schema import AffinityConfig, StrategyConfig, TemperatureConfig
 from ..warmstart import attribution_affinity
@@ -52,10 +52,11 @@ class DMTGLightningModule(BaseOneShotLightningModule):
     """The search loop: tau and the Gumbel noise of each step, then the method's loss.
 
     With the affinity scout (``affinity.enabled``, :mod:`dmtg_nas.engine.scout`) the first
-    ``affinity.epochs`` epochs hold the logits and measure the tasks' gradient affinity; the logits
-    then restart from its clusters (``logits_init`` plus ``affinity.strength`` on each task's
-    cluster).
-    :attr:`scout_record` holds what it measured and did (``metrics.json``'s ``affinity``).
+    ``affinity.epochs`` epochs hold the logits and measure the tasks' affinity in the supernet
+    (attribution, or TAG's lookahead); the logits then restart from its clusters (``logits_init``
+    plus ``affinity.strength`` on each task's cluster). :attr:`scout_record` holds what it measured
+    and did (``metrics.json``'s ``affinity``). With ``bilevel`` the logits learn from validation
+    batches (:meth:`held_out_loss`).
     """
 
     def __init__(
@@ -131,15 +132,28 @@ class DMTGLightningModule(BaseOneShotLightningModule):
             and self.trainer.current_epoch < self.affinity.epochs
         )
 
+    @property
+    def _scout_ends(self) -> bool:
+        """Whether this epoch is the affinity scout's last."""
+        return self.scouting and self.trainer.current_epoch + 1 >= self.affinity.epochs  # type: ignore[union-attr]
+
+    @property
+    def _first_branch(self) -> tuple[nn.Module, list[nn.Module]]:
+        """The supernet's first branch (with the shared stem, if any) and its N heads (found once)."""
+        found = self.__dict__.get("_branch0")
+        if found is None:
+            from .space import GroupingSpace
+
+            space = next(m for m in self.training_module.modules() if isinstance(m, GroupingSpace))
+            encoder = space.branches[0] if space.stem is None else nn.Sequential(space.stem, space.branches[0])
+            heads = [self.bank.head(i, 0) for i in range(len(self.bank.task_names))]
+            found = self.__dict__["_branch0"] = (encoder, heads)
+        return found  # type: ignore[no-any-return]
+
     def measure_lookahead(self, batch: Any) -> None:
         """One TAG lookahead measurement on the first branch (the stem and branch 0, and its K heads'
         first: :func:`~dmtg_nas.engine.scout.lookahead_affinity`) at the optimizer's learning rate."""
-        from .space import GroupingSpace
-
-        space = next(m for m in self.training_module.modules() if isinstance(m, GroupingSpace))
-        bank = self.bank
-        encoder = space.branches[0] if space.stem is None else nn.Sequential(space.stem, space.branches[0])
-        heads = [bank.head(i, 0) for i in range(len(bank.task_names))]
+        encoder, heads = self._first_branch
         lr = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self._trainer is not None else 1e-3
         x, targets = batch[0], batch[1]
         z = lookahead_affinity(encoder, heads, self.training_module.tasks, x, targets, lr).double()
@@ -172,13 +186,10 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         if self._trainer is not None:  # a distributed run: every process clusters the same matrix
             affinity = self.trainer.strategy.reduce(affinity.to(bank.logits.device), reduce_op="mean")
         a = affinity.detach().cpu().numpy().astype(float)
-        k_max = bank.num_branches
-        k = cluster_count(a, k_max) if self.affinity.clusters == "auto" else min(k_max, a.shape[0])
-        clusters = spectral_clusters(a, k, self.seed)
-        rows = torch.full_like(bank.logits, self.logits_init)
-        rows[torch.arange(len(clusters)), torch.tensor(clusters)] += self.affinity.strength
+        clusters = affinity_clusters(a, bank.num_branches, self.affinity.clusters, self.seed)
+        rows = start_logits(clusters, bank.num_branches, self.logits_init, self.affinity.strength)
         with torch.no_grad():
-            bank.logits.copy_(rows)
+            bank.logits.copy_(torch.tensor(rows, dtype=bank.logits.dtype))
         if self._trainer is not None:  # the logits' optimizer state belonged to the held logits
             for opt in self.trainer.optimizers:
                 opt.state.pop(bank.logits, None)
@@ -237,7 +248,7 @@ class DMTGLightningModule(BaseOneShotLightningModule):
             if scout.method == "lookahead":
                 if self.trainer.global_step % scout.every == 0:
                     self.measure_lookahead(batch)
-            elif self.trainer.current_epoch + 1 >= scout.epochs:
+            elif self._scout_ends:
                 self._keep_inputs(batch[0])
 
         z = bank.sample(noise, tau, self.hard)
@@ -261,22 +272,7 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         update: the grouping is chosen by how each branch's heads generalize, not how they fit)."""
         from pytorch_lightning.utilities import move_data_to_device
 
-        batch = None
-        for _ in range(2):  # the iterator restarts once at the end of the validation set
-            if self._held_out is None:
-                loader = getattr(self.training_module, "held_out_loader", None) or self.trainer.val_dataloaders
-                loader = loader[0] if isinstance(loader, list | tuple) else loader
-                if loader is None:
-                    raise RuntimeError("strategy.bilevel needs the validation split's loader")
-                self._held_out = iter(loader)
-            try:
-                batch = next(self._held_out)
-                break
-            except StopIteration:
-                self._held_out = None
-        if batch is None:
-            raise RuntimeError("strategy.bilevel needs a non-empty validation set")
-        x, targets = move_data_to_device(batch, self.device)
+        x, targets = move_data_to_device(self._next_held_out(), self.device)
         module = self.training_module
         was_training = module.training
         module.eval()
@@ -288,13 +284,29 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         loss, _ = self.bank.loss(z, blocks, module.tasks)
         return loss
 
+    def _next_held_out(self) -> Any:
+        """The next validation batch, starting over at the end of the validation set."""
+        if self._held_out is not None:
+            batch = next(self._held_out, None)
+            if batch is not None:
+                return batch
+        loader = getattr(self.training_module, "held_out_loader", None) or self.trainer.val_dataloaders
+        loader = loader[0] if isinstance(loader, list | tuple) else loader
+        if loader is None:
+            raise RuntimeError("strategy.bilevel needs the validation split's loader")
+        self._held_out = iter(loader)
+        batch = next(self._held_out, None)
+        if batch is None:
+            raise RuntimeError("strategy.bilevel needs a non-empty validation set")
+        return batch
+
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()  # the training module's epoch mean of the loss
         self.log("tau", self.current_tau)
         for task, row in self.probabilities().items():  # the grouping probabilities, one scalar each
             for k, p in enumerate(row):
                 self.log(f"prob/{task}/{k}", p)
-        if self.scouting and self.trainer.current_epoch + 1 >= self.affinity.epochs:  # type: ignore[union-attr]
+        if self._scout_ends:
             self.finish_scout()
 
     def validation_step(self, batch: Any, batch_idx: int) -> Any:

@@ -18,7 +18,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from ..engine.scout import polish_assignment
+from ..engine.scout import polish_assignment, start_logits
 from ..errors import NonFiniteLossError, SearchInterrupted
 from ..runstate import interrupt_message
 from ..warmstart import WarmStart
@@ -90,12 +90,8 @@ def search_stage(
     initial = None
     init = spec.strategy.init
     if init.groups is not None and ctx.resume_from is None:  # a given start, before the warm start's
-        k = spec.groups
-        initial = {
-            name: [init.logits + (init.strength if b == g else 0.0) for b in range(k)]
-            for g, group in enumerate(init.groups)
-            for name in group
-        }
+        given = {name: g for g, group in enumerate(init.groups) for name in group}  # unlisted tasks: uniform
+        initial = dict(zip(given, start_logits(list(given.values()), spec.groups, init.logits, init.strength)))
     elif warm is not None and ctx.resume_from is None:
         rows = warm.logits(spec.groups, init.logits, spec.strategy.warmup.strength)
         initial = dict(zip(spec.task_names, rows))
