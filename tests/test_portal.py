@@ -285,6 +285,17 @@ def test_sigterm_stops_the_portal_with_exit_code_143() -> None:
     assert code == 143
     assert said == ["stopping the experiment..."]
     assert signal.getsignal(signal.SIGTERM) is before
+    # a SIGTERM while the experiment starts (before the wait): recorded, then it stops the portal at once
+    said.clear()
+    term = portal._Termination()
+    term.catch()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert term.received
+    start = time.monotonic()
+    code = portal._serve(Experiment(), 1, False, lambda message, main: said.append(message), term)
+    assert code == 143 and time.monotonic() - start < 1.5
+    assert said == ["stopping the experiment..."]
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 @pytest.mark.slow

@@ -263,10 +263,14 @@ def run_portal(
             host,
             port,
         )
+    term = _Termination()
+    if wait:  # a SIGTERM while NNI starts stops the portal once it is up (the web UI answers before start returns)
+        term.catch()
     try:
         with nni_home(nni_dir, loopback=host in LOOPBACK_HOSTS):
             exp.start(port, run_mode=RunMode.Background if wait else RunMode.Detach)
     except Exception as exc:
+        term.release()
         raise DmtgError(f"NNI could not start the experiment: {str(exc).splitlines()[0]} (logs in {nni_dir})") from None
 
     url = f"http://{'127.0.0.1' if host in LOOPBACK_HOSTS else socket.gethostname()}:{port}/"
@@ -281,7 +285,7 @@ def run_portal(
     if not wait:
         say(f"running detached; stop it with: dmtg portal --stop {out}", False)
         return 0
-    code = _serve(exp, trials, stop_when_done, say)
+    code = _serve(exp, trials, stop_when_done, say, term)
     say(f"reopen it (view only, on 127.0.0.1) with: dmtg portal --view {out}", False)
     return code
 
@@ -337,24 +341,58 @@ def _log_say(message: str, main: bool) -> None:
     _logger.log(logging.WARNING if main else logging.INFO, message)
 
 
-def _serve(exp: Any, trials: int, stop_when_done: bool, say: Callable[[str, bool], None], *, view: bool = False) -> int:
+class _Termination:
+    """SIGTERM for a portal that waits: caught (:meth:`catch`) before the experiment starts and only
+    recorded while it starts, then a ``KeyboardInterrupt`` once :func:`_serve` waits
+    (:meth:`arm`), so that a SIGTERM at any moment stops the experiment with exit code 143."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._armed = False
+        self._previous: Any = None
+
+    def catch(self) -> None:
+        if self._previous is None:
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.received = True
+        if self._armed:
+            raise KeyboardInterrupt
+
+    def arm(self) -> None:
+        """From now on SIGTERM interrupts; one received before interrupts at once."""
+        self.catch()
+        self._armed = True
+        if self.received:
+            raise KeyboardInterrupt
+
+    def release(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def _serve(
+    exp: Any,
+    trials: int,
+    stop_when_done: bool,
+    say: Callable[[str, bool], None],
+    term: _Termination | None = None,
+    *,
+    view: bool = False,
+) -> int:
     """Wait (the portal stays up) until Ctrl-C or SIGTERM; then stop the experiment and every process
-    it started. SIGTERM makes the exit code 143 (128 + the signal), as it does for ``dmtg search``.
-    ``view``: a reopened finished experiment, whose status is not reported again."""
+    it started. SIGTERM (also one received while the experiment started, with ``term``) makes the
+    exit code 143 (128 + the signal), as it does for ``dmtg search``. ``view``: a reopened finished
+    experiment, whose status is not reported again."""
     proc = exp._proc
     started = {p.pid: p for p in _descendants(proc.pid)} if proc else {}
     reported = False
     code = 0
-    terminated = False
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        nonlocal terminated
-        terminated = True
-        raise KeyboardInterrupt
-
-    handler = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, on_sigterm)
+    term = term or _Termination()
     try:
+        term.arm()
         while True:
             time.sleep(2)
             if proc is not None:
@@ -372,9 +410,9 @@ def _serve(exp: Any, trials: int, stop_when_done: bool, say: Callable[[str, bool
                 say("the portal stays up; Ctrl-C stops the experiment", False)
     except KeyboardInterrupt:
         say("stopping the experiment...", False)
-        code = 128 + signal.SIGTERM if terminated else code
+        code = 128 + signal.SIGTERM if term.received else code
     finally:
-        signal.signal(signal.SIGTERM, handler)
+        term.release()
         _stop(exp, started)
     return code
 
@@ -451,6 +489,8 @@ def view_portal(out_dir: str | Path, *, port: int = 8080, say: Callable[[str, bo
     _check_port(port, "127.0.0.1")
     say = say or _log_say
     exp = Experiment(None, id=exp_id)
+    term = _Termination()
+    term.catch()  # a SIGTERM while NNI starts stops the portal once it is up
     try:
         with nni_home(nni_dir, loopback=True), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -460,15 +500,17 @@ def view_portal(out_dir: str | Path, *, port: int = 8080, say: Callable[[str, bo
             exp.load_checkpoint()
             exp.start(port=port, debug=False, run_mode=RunMode.Detach)
     except DmtgError:
+        term.release()
         raise
     except Exception as exc:
+        term.release()
         raise DmtgError(
             f"NNI could not reopen experiment {exp_id}: {str(exc).splitlines()[0]} (logs in {nni_dir})"
         ) from None
     say(f"NNI experiment {exp_id} (view only): files in {out}", False)
     say(f"web portal: http://127.0.0.1:{port}/", True)
     say("Ctrl-C stops the portal", False)
-    return _serve(exp, 0, False, say, view=True)
+    return _serve(exp, 0, False, say, term, view=True)
 
 
 def stop_portal(out_dir: str | Path) -> None:
