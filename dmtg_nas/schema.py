@@ -351,6 +351,21 @@ class AffinityConfig(StrictModel):
     clusters: Literal["auto", "k"] = "auto"
 
 
+class AlignmentConfig(StrictModel):
+    """Gradient alignment: the logits follow how well each task's loss gradient on a branch's own
+    parameters agrees with the gradients of the tasks the branch carries
+    (:meth:`dmtg_nas.nni.oneshot.DMTGLightningModule.alignment_energy`)."""
+
+    enabled: bool = False
+    every: int = Field(default=5, ge=1, le=MAX_COUNT)  # measured every this many steps
+    samples: int = Field(default=64, ge=2, le=MAX_COUNT)  # rows of the step's batch the gradients use
+    weight: float = Field(default=1.0, gt=0)  # of the alignment term in the logits' loss
+    ema: float = Field(default=0.8, ge=0, lt=1)  # the similarity is a running average over measurements
+    # alignment: the logits learn only from the alignment (the head losses train the weights);
+    # both: also from the sample-weighted head losses, as in the method
+    drive: Literal["alignment", "both"] = "alignment"
+
+
 class InitConfig(StrictModel):
     """How the supernet starts."""
 
@@ -453,6 +468,7 @@ class StrategyConfig(StrictModel):
     init: InitConfig = Field(default_factory=InitConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     affinity: AffinityConfig = Field(default_factory=AffinityConfig)
+    alignment: AlignmentConfig = Field(default_factory=AlignmentConfig)
     # after the search: discrete moves of tasks (and merges of groups) from the relaxation's argmax
     # that raise the grouping's within-group affinity (the warm start's or the scout's)
     polish: bool = False

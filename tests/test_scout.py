@@ -226,3 +226,104 @@ def test_bilevel_logits_learn_from_held_out_batches_only() -> None:
     assert seen["training"] is True  # the network is back in training mode afterwards
     rows = np.asarray(list(result.probabilities.values()))
     assert not np.allclose(rows, 0.5)  # the logits moved, on the held-out batches' gradient
+
+
+def test_gradient_similarity_of_tasks_that_agree_and_that_oppose() -> None:
+    import torch
+    from torch import nn
+
+    from dmtg_nas.engine.scout import gradient_similarity
+    from dmtg_nas.schema import TaskConfig
+
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh())
+    head = nn.Linear(8, 1)
+    other = nn.Linear(8, 1)
+    tasks = [TaskConfig(name=n, type="regression") for n in ("a", "b", "c", "d")]
+    x = torch.randn(32, 5)
+    y = torch.randn(32)
+    targets = {"a": y, "b": y.clone(), "c": torch.randn(32), "d": y}
+    stats = encoder[1].running_mean.clone()
+    # a and b: the same target through the same head (identical gradients); d: the same target through
+    # a head of the opposite sign with zero bias (the gradient of (-h - y)^2 is that of (h + y)^2)
+    with torch.no_grad():
+        other.weight.copy_(-head.weight)
+        other.bias.zero_()
+        head.bias.zero_()
+    targets["d"] = -y
+    s = gradient_similarity(encoder, [head, head, head, other], tasks, x, targets)
+    assert s.shape == (4, 4)
+    assert torch.allclose(s.diagonal(), torch.ones(4, dtype=s.dtype))
+    assert s[0, 1] == pytest.approx(1.0, abs=1e-6)
+    assert s[0, 3] == pytest.approx(1.0, abs=1e-6)  # -h vs -y is h vs y: the same gradient
+    assert abs(float(s[0, 2])) < 0.9
+    assert torch.allclose(s, s.T)
+    assert torch.equal(encoder[1].running_mean, stats)  # batch-norm statistics untouched
+    # restricted to the first layer's parameters: the same answer per name
+    first = gradient_similarity(encoder, [head] * 4, tasks, x, {**targets, "d": y}, ["0.weight"])
+    assert first[0, 1] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_alignment_energy_is_lowest_with_agreeing_tasks_together() -> None:
+    import torch
+
+    from dmtg_nas.nni.oneshot import DMTGLightningModule
+
+    s = torch.tensor([[0.0, 1.0, -1.0, -1.0], [1.0, 0.0, -1.0, -1.0], [-1.0, -1.0, 0.0, 1.0], [-1.0, -1.0, 1.0, 0.0]])
+    module = DMTGLightningModule.__new__(DMTGLightningModule)
+    module.__dict__["_similarity"] = torch.stack([s, s])  # the same similarity on both branches
+
+    def onehot(labels: list[int]) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.tensor(labels), 2).float()
+
+    paired = module.alignment_energy(onehot([0, 0, 1, 1]))
+    crossed = module.alignment_energy(onehot([0, 1, 0, 1]))
+    lumped = module.alignment_energy(onehot([0, 0, 0, 0]))
+    assert float(paired) == pytest.approx(-2.0)
+    assert float(crossed) == pytest.approx(2.0)
+    assert float(lumped) == pytest.approx(2.0)  # 2 pairs that agree, 4 that oppose
+    # the gradient on a task's row points to the branch of the tasks it agrees with
+    z = torch.full((4, 2), 0.5, requires_grad=True)
+    module.alignment_energy(torch.cat([onehot([0, 0, 1, 1])[:3], z[3:]])).backward()
+    assert z.grad is not None and z.grad[3, 1] < z.grad[3, 0]
+
+
+def _swapped_start_doc(alignment: bool) -> dict[str, object]:
+    """The tiny planted problem started from its planted partition with one task of each group
+    exchanged (+3 on the wrong branch), no warm start, no check."""
+    from dmtg_nas.data.planted import planted_partition
+
+    doc = planted_doc()
+    doc["dataset"]["samples"] = 800  # type: ignore[index]
+    names = [f"t{i}" for i in range(4)]
+    g = planted_partition(names, [2, 2], 0)  # the data set's seed
+    doc["strategy"].update(  # type: ignore[attr-defined]
+        {
+            "_base_": "dmtg-plain",
+            "init": {"groups": [[g[0][0], g[1][1]], [g[1][0], g[0][1]]], "strength": 3.0},
+            "warmup": {"method": "none"},
+            "optimizer": {"name": "adam", "lr": 0.01, "logits_lr": 0.05},
+            "alignment": {"enabled": alignment, "every": 1},
+        }
+    )
+    return doc
+
+
+def test_the_alignment_moves_tasks_off_a_wrong_start_that_the_head_losses_keep(tmp_path: Path) -> None:
+    found = {}
+    for alignment in (False, True):
+        doc = _swapped_start_doc(alignment)
+        spec = dmtg_nas.load_spec(doc, ["strategy.epochs=6"])
+        result = run_search(spec, tmp_path / f"run-{alignment}")
+        start = _groups_as_labels(doc["strategy"]["init"]["groups"], spec.task_names)  # type: ignore[index]
+        found[alignment] = _same_partition(_groups_as_labels(result.stages[0].groups, spec.task_names), start)
+        record = result.metrics.get("alignment")
+        if alignment:
+            steps = 6 * -(-int(800 * 0.6) // 64)  # epochs x batches of the training split
+            assert record is not None and record["measurements"] == steps and record["seconds"] > 0
+            s = np.asarray(record["similarity"])
+            assert s.shape == (2, 4, 4) and np.isfinite(s).all()
+            assert np.allclose(np.diagonal(s, axis1=1, axis2=2), 0.0)  # centred, no self-similarity
+        else:
+            assert record is None
+    assert found == {False: True, True: False}  # the head losses keep the start, the alignment leaves it

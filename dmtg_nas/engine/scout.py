@@ -193,3 +193,47 @@ def lookahead_affinity(
             )
             z[i] = 1 - after / before.clamp_min(1e-12)
     return z
+
+
+def gradient_similarity(
+    encoder: nn.Module,
+    heads: Sequence[nn.Module],
+    tasks: Sequence[TaskConfig],
+    x: torch.Tensor,
+    targets: dict[str, torch.Tensor],
+    params: Sequence[str] | None = None,
+) -> torch.Tensor:
+    """(N, N) cosine similarity of the tasks' loss gradients on ``encoder``'s parameters (those named
+    in ``params``; default: all), each task read through its own head in ``heads``; the encoder's
+    buffers (batch-norm statistics) are left as they were."""
+    named = dict(encoder.named_parameters())
+    chosen = [name for name in (params if params is not None else named) if named[name].requires_grad]
+    buffers = {k: v.clone() for k, v in encoder.named_buffers()}
+    with torch.enable_grad():
+        feats = functional_call(encoder, {**named, **buffers}, (x,))
+        losses = torch.stack([task_loss(t, squeeze_output(t, h(feats)), targets[t.name]) for t, h in zip(tasks, heads)])
+        inputs = [named[name] for name in chosen]
+        n = len(tasks)
+        try:
+            grads = torch.autograd.grad(
+                losses,
+                inputs,
+                grad_outputs=torch.eye(n, dtype=losses.dtype, device=losses.device),
+                is_grads_batched=True,
+                allow_unused=True,
+            )
+            rows = torch.cat(
+                [(g if g is not None else torch.zeros(n, *p.shape)).reshape(n, -1) for g, p in zip(grads, inputs)],
+                dim=1,
+            )
+        except RuntimeError:  # an operation vmap cannot batch: one backward per task
+            per = [torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True) for loss in losses]
+            rows = torch.stack(
+                [
+                    torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, inputs)])
+                    for gs in per
+                ]
+            )
+    rows = rows.detach().double()
+    unit = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    return unit @ unit.T

@@ -23,9 +23,9 @@ from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
 from torch import Tensor, nn
 
 from ..engine.losses import head_losses
-from ..engine.scout import affinity_clusters, lookahead_affinity, start_logits
+from ..engine.scout import affinity_clusters, gradient_similarity, lookahead_affinity, start_logits
 from ..schedules import TemperatureSchedule
-from ..schema import AffinityConfig, StrategyConfig, TemperatureConfig
+from ..schema import AffinityConfig, AlignmentConfig, StrategyConfig, TemperatureConfig
 from ..warmstart import attribution_affinity
 from .router import RouterBank, gumbel_noise
 
@@ -70,9 +70,14 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         affinity: AffinityConfig | None = None,
         logits_init: float = 1.0,
         bilevel: bool = False,
+        alignment: AlignmentConfig | None = None,
     ) -> None:
         super().__init__(training_module)
         self.bilevel = bilevel
+        self.alignment = alignment if alignment is not None and alignment.enabled else None
+        self._similarity: Tensor | None = None  # alignment: (K, N, N) centred gradient similarity
+        self._alignment_count = 0  # alignment: measurements so far
+        self._alignment_seconds = 0.0
         self._held_out: Any = None  # bilevel: the iterator over the validation batches
         self.temperature = temperature
         self.hard = hard
@@ -137,23 +142,10 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         """Whether this epoch is the affinity scout's last."""
         return self.scouting and self.trainer.current_epoch + 1 >= self.affinity.epochs  # type: ignore[union-attr]
 
-    @property
-    def _first_branch(self) -> tuple[nn.Module, list[nn.Module]]:
-        """The supernet's first branch (with the shared stem, if any) and its N heads (found once)."""
-        found = self.__dict__.get("_branch0")
-        if found is None:
-            from .space import GroupingSpace
-
-            space = next(m for m in self.training_module.modules() if isinstance(m, GroupingSpace))
-            encoder = space.branches[0] if space.stem is None else nn.Sequential(space.stem, space.branches[0])
-            heads = [self.bank.head(i, 0) for i in range(len(self.bank.task_names))]
-            found = self.__dict__["_branch0"] = (encoder, heads)
-        return found  # type: ignore[no-any-return]
-
     def measure_lookahead(self, batch: Any) -> None:
         """One TAG lookahead measurement on the first branch (the stem and branch 0, and its K heads'
         first: :func:`~dmtg_nas.engine.scout.lookahead_affinity`) at the optimizer's learning rate."""
-        encoder, heads = self._first_branch
+        encoder, _, heads = self._branch(0)
         lr = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self._trainer is not None else 1e-3
         x, targets = batch[0], batch[1]
         z = lookahead_affinity(encoder, heads, self.training_module.tasks, x, targets, lr).double()
@@ -228,12 +220,23 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         super().on_save_checkpoint(checkpoint)
         if self.affinity is not None:
             checkpoint["dmtg_scout"] = {"record": self.scout_record}
+        if self.alignment is not None:
+            checkpoint["dmtg_alignment"] = {
+                "similarity": self._similarity,
+                "measurements": self._alignment_count,
+                "seconds": self._alignment_seconds,
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("dmtg_scout")
         if saved is not None:
             self.scout_record = saved["record"]
+        aligned = checkpoint.get("dmtg_alignment")
+        if aligned is not None:
+            self._similarity = aligned["similarity"]
+            self._alignment_count = aligned["measurements"]
+            self._alignment_seconds = aligned["seconds"]
 
     # ------------------------------------------------------------------------------------------
     # the method
@@ -252,7 +255,11 @@ class DMTGLightningModule(BaseOneShotLightningModule):
                 self._keep_inputs(batch[0])
 
         z = bank.sample(noise, tau, self.hard)
-        held = self.bilevel and not self.scouting
+        held = (
+            self.bilevel or (self.alignment is not None and self.alignment.drive == "alignment")
+        ) and not self.scouting
+        if self.alignment is not None and self.trainer.global_step % self.alignment.every == 0:
+            self.measure_alignment(batch)
 
         def method_loss(outputs: Any, targets: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
             return bank.loss(z.detach() if held else z, head_losses(tasks, outputs, targets), tasks)
@@ -260,11 +267,69 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         loss = self.training_module.training_step(batch, batch_idx, loss_fn=method_loss)
         if loss is None:  # a skipped non-finite batch (strategy.nonfinite: skip)
             return None
-        if held:  # the logits learn from a held-out batch, the weights from the training batch
+        if held and self.bilevel:  # the logits learn from a held-out batch, the weights from the training batch
             loss = loss + self.held_out_loss(z)
+        if self.alignment is not None and self._similarity is not None and not self.scouting:
+            loss = loss + self.alignment.weight * self.alignment_energy(z)
         if self.entropy_weight > 0:
             loss = loss + self.entropy_weight * bank.entropy()
         return loss
+
+    def _branch(self, k: int) -> tuple[nn.Module, list[str], list[nn.Module]]:
+        """Branch k (after the shared stem, if any), the names of its own parameters in it, and
+        its N heads."""
+        from .space import GroupingSpace
+
+        space = next(m for m in self.training_module.modules() if isinstance(m, GroupingSpace))
+        branch = space.branches[k]
+        if space.stem is None:
+            encoder, names = branch, [name for name, _ in branch.named_parameters()]
+        else:
+            encoder = nn.Sequential(space.stem, branch)
+            names = [f"1.{name}" for name, _ in branch.named_parameters()]
+        return encoder, names, [self.bank.head(i, k) for i in range(len(self.bank.task_names))]
+
+    def measure_alignment(self, batch: Any) -> None:
+        """The tasks' gradient similarity on each branch's own parameters (this batch's first
+        ``alignment.samples`` rows), centred on its mean over task pairs, into the running average."""
+        assert self.alignment is not None
+        started = time.perf_counter()
+        rows = self.alignment.samples
+        x, targets = batch[0][:rows], {name: y[:rows] for name, y in batch[1].items()}
+        tasks = self.training_module.tasks
+        measured = []
+        for k in range(self.bank.num_branches):
+            encoder, names, heads = self._branch(k)
+            s = gradient_similarity(encoder, heads, tasks, x, targets, names).float()
+            n = s.shape[0]
+            off = ~torch.eye(n, dtype=torch.bool, device=s.device)
+            centred = torch.where(off, s - s[off].mean(), torch.zeros_like(s)) if n > 1 else torch.zeros_like(s)
+            measured.append(centred)
+        new = torch.stack(measured).to(self.bank.logits.device)
+        ema = self.alignment.ema
+        self._similarity = new if self._similarity is None else ema * self._similarity + (1 - ema) * new
+        self._alignment_count += 1
+        self._alignment_seconds += time.perf_counter() - started
+
+    @property
+    def alignment_record(self) -> dict[str, Any] | None:
+        """What the alignment measured (``metrics.json``'s ``alignment``): the measurements, their
+        seconds, and the last running average of the centred similarity, branch by branch."""
+        if self.alignment is None:
+            return None
+        similarity = self._similarity.tolist() if self._similarity is not None else []
+        return {
+            "measurements": self._alignment_count,
+            "seconds": round(self._alignment_seconds, 3),
+            "similarity": [[[float(f"{v:.4g}") for v in row] for row in branch] for branch in similarity],
+        }
+
+    def alignment_energy(self, z: Tensor) -> Tensor:
+        """``-1/2 sum_k z[:, k]^T S_k z[:, k]``: low when each branch carries tasks whose gradients
+        on it agree more than the average pair's (S_k centred, zero diagonal)."""
+        assert self._similarity is not None
+        zk = z.T.unsqueeze(-1)  # (K, N, 1)
+        return -0.5 * (zk.transpose(1, 2) @ self._similarity @ zk).sum()
 
     def held_out_loss(self, z: Tensor) -> Tensor:
         """The method's loss on the next validation batch, the network in evaluation mode and its
@@ -345,10 +410,12 @@ class OneShotDMTG(OneShotStrategy):
         entropy_weight: float = 0.0,
         affinity: AffinityConfig | None = None,
         bilevel: bool = False,
+        alignment: AlignmentConfig | None = None,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.alignment = alignment
         self.affinity = affinity
         self.bilevel = bilevel
         if not isinstance(temperature, TemperatureConfig):
@@ -371,6 +438,7 @@ class OneShotDMTG(OneShotStrategy):
             entropy_weight=config.entropy_weight,
             affinity=config.affinity,
             bilevel=config.bilevel,
+            alignment=config.alignment,
             seed=config.seed,
         )
 
@@ -390,6 +458,7 @@ class OneShotDMTG(OneShotStrategy):
             affinity=self.affinity,
             logits_init=self.logits_init,
             bilevel=self.bilevel,
+            alignment=self.alignment,
         )
 
     @property

@@ -52,4 +52,11 @@ def search_record(strategy: OneShotDMTG, space: GroupingSpace) -> SearchRecord:
     """What a finished one-shot search found: each task's branch, the probabilities, the skipped batches."""
     module = strategy.dmtg_module
     skipped = [{"phase": "search", **r} for r in module.training_module.nonfinite_skips]
-    return SearchRecord(space, module.export(), module.probabilities(), skipped, affinity=module.scout_record)
+    return SearchRecord(
+        space,
+        module.export(),
+        module.probabilities(),
+        skipped,
+        affinity=module.scout_record,
+        alignment=module.alignment_record,
+    )

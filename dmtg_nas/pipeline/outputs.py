@@ -4,7 +4,8 @@
 epochs, each stage's wall time (``warm_start_seconds``, ``search_seconds`` (the supernet alone),
 ``finetune_seconds``, ``check_seconds``, ``total_seconds``), K, the branches used, the data sizes;
 ``stages``: each stage's grouping and time; ``nonfinite``; ``local_search`` (the merge check);
-``warmup``; ``affinity`` (the affinity scout: the measured affinity and its clusters); ``polish``
+``warmup``; ``affinity`` (the affinity scout: the measured affinity and its clusters); ``alignment`` (the
+gradient alignment: its measurements and the similarity it ended with); ``polish``
 (the relaxation's grouping before the polish and the polish's moves); ``reference`` (normalized
 gain and Delta_m, with a ``reference`` in the spec);
 ``ground_truth`` (the adjusted Rand index, for data sets with a known partition).
@@ -112,6 +113,8 @@ def search_result(
             **scout,
             "clusters": groups_from_sample(spec.task_names, dict(zip(spec.task_names, scout["clusters"])), spec.groups),
         }
+    if search.alignment is not None:
+        metrics["alignment"] = search.alignment
     if search.polish is not None:
         relaxed = dict(zip(spec.task_names, search.polish["relaxed"]))
         metrics["polish"] = {

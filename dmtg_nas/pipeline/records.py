@@ -46,6 +46,7 @@ class SearchRecord:
         skipped: batches skipped for a non-finite loss (``{step, epoch, tasks}``).
         seconds: the search's wall time (the supernet's training; not the warm start).
         affinity: the affinity scout's record (affinity, clusters, samples, seconds; None: no scout).
+        alignment: the gradient alignment's record (measurements, seconds, similarity; None: off).
         polish: the polish of the relaxation's argmax (``relaxed``: each task's branch before it,
             ``moves``; None: not polished).
     """
@@ -56,6 +57,7 @@ class SearchRecord:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     affinity: dict[str, Any] | None = None
+    alignment: dict[str, Any] | None = None
     polish: dict[str, Any] | None = None
 
 
