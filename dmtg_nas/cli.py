@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
     _add_trust_code(search, "--resume DIR")
-    search.add_argument("--quiet", "-q", action="store_true", help="no progress bar, only the result")
+    search.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the result")
     search.add_argument("--json", action="store_true", help="print the grouping as JSON instead of a table")
     _add_verbose(search)
     _add_trainer_flags(search)
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--init", choices=["scratch", "search"], default="scratch", help="starting weights")
     retrain.add_argument("--epochs", type=int, help="training epochs (default: the search's budget)")
     retrain.add_argument("--out", "-o", type=Path, help="output folder (default: RUN/retrain)")
-    retrain.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    retrain.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     _add_trust_code(retrain, "RUN")
     _add_verbose(retrain)
     _add_trainer_flags(retrain)
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--affinity-every", type=int, default=1, help="TAG: measure affinity every k-th step")
     bench.add_argument("--resume", action="store_true", help="skip (method, seed) runs already in --out")
     bench.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
-    bench.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    bench.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     _add_verbose(bench)
     _add_report(bench, "docs/results/benchmark-planted6.md")
     _add_set(bench)
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     suite.add_argument("--out", "-o", type=Path, help="output folder (default: runs/suite-<time>)")
     suite.add_argument("--resume", action="store_true", help="skip runs already in --out")
-    suite.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    suite.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     _add_verbose(suite)
     _add_report(suite, "docs/results/suite-short.md")
     _add_set(suite)
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="val_loss (default), or val_loss then any of branches, parameters, step_time, comma-separated: "
         "a multi-objective study and its Pareto front",
     )
-    tune.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    tune.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     _add_verbose(tune)
     tune.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --jobs N
     _add_set(tune)
@@ -361,15 +361,19 @@ def _single_process(spec: Any, command: str) -> None:
 def _display(quiet: bool, unit: str) -> Iterator[Any]:
     """The progress line of a command that runs many trainings (``benchmark``, ``suite``, ``tune``):
     a :class:`~dmtg_nas.progress.Display` on stderr counting ``unit``, or None with ``--quiet``;
-    ended on the way out, also by an error or Ctrl-C (whose message then starts a line of its own)."""
+    ended on the way out, also by an error or Ctrl-C (whose message then starts a line of its own).
+    Log records printed meanwhile (a warning about the data) go above the line, not into it."""
     if quiet:
         yield None
         return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from .progress import Display
 
     display = Display(unit)
     try:
-        yield display
+        with logging_redirect_tqdm():
+            yield display
     finally:
         display.close()
 

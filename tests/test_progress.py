@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import logging
 import os
 import pty
 import re
@@ -123,6 +124,26 @@ def test_on_a_terminal_the_elapsed_time_moves_between_units() -> None:
     after = stream.getvalue()
     time.sleep(0.2)
     assert stream.getvalue() == after  # nothing once the line has ended
+
+
+def test_a_log_record_prints_on_a_line_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warning logged while the line is drawn (about the data, say) is printed above it, whole."""
+    from dmtg_nas.cli import _display
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    handler = logging.StreamHandler(stream)  # the command line's handler: logging.basicConfig on stderr
+    logging.root.addHandler(handler)
+    try:
+        with _display(False, "runs") as show:
+            show("benchmark", 0, 2, "naive seed 0")
+            logging.getLogger("dmtg_nas.test").warning("a warning about the data")
+            show("benchmark", 1, 2, "stl seed 0")
+    finally:
+        logging.root.removeHandler(handler)
+    drawn = _drawn(stream.getvalue())
+    assert "a warning about the data" in drawn
+    assert all(LINE.match(d) for d in drawn if d != "a warning about the data"), drawn
 
 
 def _read_terminal(master: int, proc: subprocess.Popen[str], timeout: float) -> str:
