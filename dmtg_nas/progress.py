@@ -6,9 +6,9 @@ caller decides what to show. The command line shows a :class:`Display`: one line
 names the stage and gives its elapsed time and an estimate of the time left, in the same format as
 the stage bars of a search (:mod:`dmtg_nas.engine.bars`)::
 
-    tune: trials 3/10 |███▌        | 01:02 elapsed, ETA 02:25, best 0.4321
-    suite dmtg: runs 5/12 |████▉       | 00:41 elapsed, ETA 00:57, pairs-k4 seed 1
-    search: epoch 4/10 |████▌       | 00:03 elapsed, ETA 00:05, train_loss=0.512
+    tune: trials 1/2 |██████      | 00:17 elapsed, ETA 00:17, best 3.6664
+    suite dmtg: runs 1/2 |██████      | 00:58 elapsed, ETA 00:58, pairs-k3 seed 1
+    search: epoch 33/40 |█████████▊  | 04:49 elapsed, ETA 01:03, val_loss=0.411, train_loss=0.118
 """
 
 from __future__ import annotations

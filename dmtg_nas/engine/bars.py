@@ -6,9 +6,9 @@ of the current epoch only, and opens a second bar for each validation. A search 
 trainings (the warm start, the search, the fine-tune, the merge check's final network): each gets a
 :class:`StageBar`, one line on stderr in the format of the command line's other progress lines
 (:data:`dmtg_nas.progress.BAR_FORMAT`) that reads
-``search: epoch 4/10 |████▌       | 00:03 elapsed, ETA 00:05, train_loss=0.512``: the ETA is the
-time left of the whole stage (all its epochs), and a validation shows on that line
-(``search: epoch 4/10, validation``), not on a second one.
+``search: epoch 33/40 |█████████▊  | 04:49 elapsed, ETA 01:03, val_loss=0.411, train_loss=0.118``:
+the ETA is the time left of the whole stage (all its epochs), and a validation shows on that line
+(``search: epoch 20/40, validation``), not on a second one.
 """
 
 from __future__ import annotations
