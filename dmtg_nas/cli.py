@@ -15,12 +15,13 @@ User mistakes (bad specs, missing files) print one line and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
     _add_trust_code(search, "--resume DIR")
-    search.add_argument("--quiet", "-q", action="store_true", help="no progress bar, only the result")
+    search.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the result")
     search.add_argument("--json", action="store_true", help="print the grouping as JSON instead of a table")
     _add_verbose(search)
     _add_trainer_flags(search)
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--init", choices=["scratch", "search"], default="scratch", help="starting weights")
     retrain.add_argument("--epochs", type=int, help="training epochs (default: the search's budget)")
     retrain.add_argument("--out", "-o", type=Path, help="output folder (default: RUN/retrain)")
-    retrain.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    retrain.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     _add_trust_code(retrain, "RUN")
     _add_verbose(retrain)
     _add_trainer_flags(retrain)
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--affinity-every", type=int, default=1, help="TAG: measure affinity every k-th step")
     bench.add_argument("--resume", action="store_true", help="skip (method, seed) runs already in --out")
     bench.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
-    bench.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    bench.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     _add_verbose(bench)
     _add_report(bench, "docs/results/benchmark-planted6.md")
     _add_set(bench)
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     suite.add_argument("--out", "-o", type=Path, help="output folder (default: runs/suite-<time>)")
     suite.add_argument("--resume", action="store_true", help="skip runs already in --out")
-    suite.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    suite.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     _add_verbose(suite)
     _add_report(suite, "docs/results/suite-short.md")
     _add_set(suite)
@@ -217,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="val_loss (default), or val_loss then any of branches, parameters, step_time, comma-separated: "
         "a multi-objective study and its Pareto front",
     )
-    tune.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    tune.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     _add_verbose(tune)
     tune.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --jobs N
     _add_set(tune)
@@ -356,27 +357,25 @@ def _single_process(spec: Any, command: str) -> None:
         )
 
 
-class _Bars:
-    """Progress bars (tqdm, on stderr) for the library's progress reports, one per label."""
+@contextlib.contextmanager
+def _display(quiet: bool, unit: str) -> Iterator[Any]:
+    """The progress line of a command that runs many trainings (``benchmark``, ``suite``, ``tune``):
+    a :class:`~dmtg_nas.progress.Display` on stderr counting ``unit``, or None with ``--quiet``;
+    ended on the way out, also by an error or Ctrl-C (whose message then starts a line of its own).
+    Log records printed meanwhile (a warning about the data) go above the line, not into it."""
+    if quiet:
+        yield None
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    def __init__(self) -> None:
-        self.bars: dict[str, Any] = {}
+    from .progress import Display
 
-    def __call__(self, label: str, done: int, total: int, note: str = "") -> None:
-        from tqdm.auto import tqdm
-
-        bar = self.bars.get(label)
-        if bar is None:
-            unit = "trial" if label == "trials" else "run"
-            bar = self.bars[label] = tqdm(total=total, initial=done, desc=label, unit=unit, file=sys.stderr)
-        bar.total = total
-        bar.n = done
-        if note:
-            bar.set_postfix_str(note, refresh=False)
-        bar.refresh()
-        if done >= total:
-            bar.close()
-            del self.bars[label]
+    display = Display(unit)
+    try:
+        with logging_redirect_tqdm():
+            yield display
+    finally:
+        display.close()
 
 
 def _configure_output(verbose: bool) -> None:
@@ -594,16 +593,17 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     if args.report is not None:
         check_report_path(args.report)
     out = args.out or Path("runs") / f"bench-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_benchmark(
-        spec,
-        methods,
-        args.seeds,
-        out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        affinity_every=args.affinity_every,
-        progress=None if args.quiet else _Bars(),
-    )
+    with _display(args.quiet, "runs") as display:
+        run_benchmark(
+            spec,
+            methods,
+            args.seeds,
+            out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            affinity_every=args.affinity_every,
+            progress=display,
+        )
     print((out / "results.md").read_text(encoding="utf-8"), end="")
     print(f"outputs in {out}")
     if args.report is not None:
@@ -640,20 +640,21 @@ def _cmd_suite(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"suite-{time.strftime('%Y%m%d-%H%M%S')}"
     strategies = args.strategy or ["dmtg"]
     runs = [(s, None) for s in strategies] + [(strategies[0], m) for m in args.method]
-    for strategy, method in runs:
-        run_suite(
-            strategy,
-            shapes,
-            seeds,
-            out,
-            overrides=args.overrides,
-            resume=args.resume,
-            progress=None if args.quiet else _Bars(),
-            method=method,
-            reference_trainings=args.reference_trainings,
-            start=args.start if method is None else None,
-        )
-        args.resume = True  # later strategies and methods add to the same report
+    with _display(args.quiet, "runs") as display:  # one line at a time: a strategy's or method's runs
+        for strategy, method in runs:
+            run_suite(
+                strategy,
+                shapes,
+                seeds,
+                out,
+                overrides=args.overrides,
+                resume=args.resume,
+                progress=display,
+                method=method,
+                reference_trainings=args.reference_trainings,
+                start=args.start if method is None else None,
+            )
+            args.resume = True  # later strategies and methods add to the same report
     print((out / "suite.md").read_text(encoding="utf-8"), end="")
     print(f"outputs in {out}")
     if args.report is not None:
@@ -714,10 +715,16 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     if not args.verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial would bury the bar
-    bars = None if quiet else _Bars()
-    result = tune(
-        spec, out, study_name=study, jobs=args.jobs, progress=bars, report=not args.worker, objectives=objectives
-    )
+    with _display(quiet, "trials") as display:
+        result = tune(
+            spec,
+            out,
+            study_name=study,
+            jobs=args.jobs,
+            progress=display,
+            report=not args.worker,
+            objectives=objectives,
+        )
     if args.worker:
         return 0
     if multi:

@@ -27,6 +27,8 @@ HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r".*sync_dist=True.*", Warning),  # DDP: torchmetrics combines our metrics over the processes already
     # --overwrite: the run folder's earlier logs are replaced, as the user asked
     (r"Experiment logs directory .* exists and is not empty.*", UserWarning),
+    # Optuna: the storage's dead-worker retry (dmtg tune's choice) is marked experimental
+    (r".*HeartbeatStaleTrialCallback is experimental.*", Warning),
 )
 # Lightning's banners (devices, the litlogger tip, why fit stopped) are INFO records of these loggers
 LIBRARY_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")

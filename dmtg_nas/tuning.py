@@ -326,9 +326,12 @@ def _with_driver(url: str) -> str:
 
 def _retry_callback(retries: int) -> dict[str, Any]:
     """RDBStorage's argument that re-queues a dead worker's trial (renamed in Optuna 4.9)."""
+    from .quiet import quiet_libraries
+
     new = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
     if new is not None:
-        return {"heartbeat_stale_trial_callback": new(max_retry=retries)}
+        with quiet_libraries():  # "... is experimental": the package's own choice, not the user's
+            return {"heartbeat_stale_trial_callback": new(max_retry=retries)}
     return {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=retries)}
 
 
@@ -546,10 +549,10 @@ def _report(progress: Progress | None, study: optuna.Study, total: int) -> None:
         return
     if len(study.directions) > 1:
         front = len(study.best_trials)
-        progress("trials", min(_finished(study), total), total, f"front {front}" if front else "")
+        progress("tune", min(_finished(study), total), total, f"front {front}" if front else "")
         return
     best = _best_value(study)
-    progress("trials", min(_finished(study), total), total, f"best {best:.4f}" if best is not None else "")
+    progress("tune", min(_finished(study), total), total, f"best {best:.4f}" if best is not None else "")
 
 
 def tune(

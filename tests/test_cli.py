@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,8 +127,9 @@ _NOISE = ("GPU available", "TPU available", "litlogger", "is found to be not a n
 
 
 def test_stdout_holds_only_the_result_progress_named_on_stderr(tmp_path: Path) -> None:
-    """Without --quiet: --json is JSON alone on stdout, the table is short and bar-free; the bars go to
-    stderr, each named after its stage, and the libraries' banners are silenced unless --verbose."""
+    """Without --quiet: --json is JSON alone on stdout, the table is short and bar-free; stderr holds one
+    line per stage (``STAGE: epoch E/N |bar| elapsed, ETA``, the ETA of the whole stage, validation on
+    the same line), and the libraries' banners are silenced unless --verbose."""
     spec = tmp_path / "tiny.yaml"
     spec.write_text(yaml.safe_dump(planted_doc()))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
@@ -140,10 +142,30 @@ def test_stdout_holds_only_the_result_progress_named_on_stderr(tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr[-2000:]
     grouping = json.loads(proc.stdout)
     assert sorted(t for g in grouping["groups"] for t in g) == ["t0", "t1", "t2", "t3"]
-    for stage in ("warm start: epoch 1/", "search: epoch 2/2", "fine-tune: epoch 1/1"):
+    header, plan, *drawn = [part.strip() for part in re.split(r"[\r\n]", proc.stderr) if part.strip()]
+    assert header.startswith("searching tiny:") and plan.startswith("stages:")
+    line = re.compile(
+        r"^(?P<stage>warm start|search|fine-tune|merge check): epoch (?P<epoch>\d+)/(?P<epochs>\d+)(?:, validation)? "
+        r"\|(?P<bar>.{12})\| \d\d:\d\d elapsed, ETA (\?|\d\d:\d\d)(, .*)?$"
+    )
+    matches = [line.match(d) for d in drawn]
+    assert matches and all(matches), [d for d, m in zip(drawn, matches) if not m]
+    stages = [m["stage"] for m in matches if m]
+    assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == [  # one line at a time, in order
+        "warm start",
+        "search",
+        "fine-tune",
+        "merge check",  # its batched group networks
+    ]
+    for stage in ("warm start: epoch 1/", "search: epoch 2/2", "search: epoch 2/2, validation", "fine-tune: epoch 1/1"):
         assert stage in proc.stderr
-    bars = [line for line in proc.stderr.replace("\r", "\n").splitlines() if "it/s]" in line or "%|" in line]
-    assert bars and all(line.lstrip().split(":")[0] in ("warm start", "search", "fine-tune") for line in bars)
+    assert "\x1b[A" not in proc.stderr and "v_num" not in proc.stderr  # no second bar for validation
+    # the search's line counts the batches of both epochs (the ETA is the stage's): half full after the first
+    assert any(
+        m["stage"] == "search" and m["epoch"] == "2" and m["bar"].strip() != "" and len(m["bar"].rstrip()) == 6
+        for m in matches
+        if m
+    )
     for noise in _NOISE:
         assert noise not in proc.stderr
 

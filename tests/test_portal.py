@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import unicodedata
+from html.parser import HTMLParser
 from pathlib import Path
+from shutil import which
 from typing import Any
 
 import optuna
@@ -177,22 +182,19 @@ def _trials_with_results(port: int) -> list[dict[str, Any]]:
     return list(jobs)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(420)
-@pytest.mark.parametrize("tuner", ["tpe", "optuna"])
-def test_portal_runs_a_real_nni_experiment(tmp_path: Path, tuner: str) -> None:
+def _start_portal(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[str]:
+    """``dmtg portal`` on a tiny spec (2 trials) in a process of its own, its files under
+    ``tmp_path/run`` and NNI's home ``tmp_path/home`` (checked to stay empty); Ctrl-C reaches it as in
+    a terminal, also when the tests run as a background job (which starts children with SIGINT
+    ignored)."""
     spec = tmp_path / "tiny.yaml"
     spec.write_text(yaml.safe_dump(planted_doc(tuning={"branches": [1, 3], "trials": 2})))
-    out = tmp_path / "run"
-    port = _free_port()
-    home = tmp_path / "home"  # NNI must not write to the user's home: checked below
+    home = tmp_path / "home"  # NNI must not write to the user's home
     home.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "HOME": str(home)}
-    cmd = [sys.executable, "-m", "dmtg_nas.cli", "portal", str(spec), "--out", str(out), "--port", str(port)]
-    cmd += ["--trials", "2", "--concurrency", "1", "--tuner", tuner]
-    # Ctrl-C reaches the portal as in a terminal, also when the tests run as a background job
-    # (which starts children with SIGINT ignored)
-    proc = subprocess.Popen(
+    cmd = [sys.executable, "-m", "dmtg_nas.cli", "portal", str(spec), "--out", str(tmp_path / "run")]
+    cmd += ["--port", str(port), "--trials", "2", "--concurrency", "1", *extra]
+    return subprocess.Popen(
         cmd,
         env=env,
         stdout=subprocess.PIPE,
@@ -200,6 +202,26 @@ def test_portal_runs_a_real_nni_experiment(tmp_path: Path, tuner: str) -> None:
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def _interrupt(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """Ctrl-C to the portal; its stdout and stderr once it has stopped (killed after 90 s)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("tuner", ["tpe", "optuna"])
+def test_portal_runs_a_real_nni_experiment(tmp_path: Path, tuner: str) -> None:
+    out = tmp_path / "run"
+    home = tmp_path / "home"
+    port = _free_port()
+    proc = _start_portal(tmp_path, port, "--tuner", tuner)
     started: dict[int, psutil.Process] = {}
     try:
         deadline = time.monotonic() + 300
@@ -236,12 +258,7 @@ def test_portal_runs_a_real_nni_experiment(tmp_path: Path, tuner: str) -> None:
             assert sorted(t.value for t in study.trials) == sorted(j["final"]["default"] for j in jobs)
             assert all(len(t.intermediate_values) == 2 for t in study.trials)
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
-        try:
-            stdout, stderr = proc.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, stderr = proc.communicate()
+        stdout, stderr = _interrupt(proc)
     assert proc.returncode == 0, stderr
     assert f"web portal: http://127.0.0.1:{port}/" in stdout
     # no process of the experiment is left
@@ -252,6 +269,186 @@ def test_portal_runs_a_real_nni_experiment(tmp_path: Path, tuner: str) -> None:
         requests.get(f"http://127.0.0.1:{port}/", timeout=3)
     assert not (home / "nni-experiments").exists()  # NNI's files are in the run folder, not the home
     assert (out / "nni").is_dir() and len(list((out / "trials").iterdir())) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# The portal in a real browser: headless Chromium (slow; skipped without a chromium binary)
+# ----------------------------------------------------------------------------------------------
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROMIUM = next((path for name in CHROMIUM_NAMES if (path := which(name))), None)
+_VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+def _chromium(profile: Path, *args: str, timeout: float = 120) -> str:
+    """Run headless Chromium once with its own profile folder and a 1400x900 window, letting the
+    page's scripts run for 10 s of virtual time; its stdout. Chromium runs in a process group of its
+    own, ended by its id afterwards (a renderer or crash handler left behind included)."""
+    assert CHROMIUM is not None
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars"]
+    cmd += [f"--user-data-dir={profile}", "--window-size=1400,900", "--virtual-time-budget=10000", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        stdout, _ = proc.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return stdout
+
+
+class _TrialTable(HTMLParser):
+    """The rows of NNI's trials table (a Fluent UI DetailsList) in a page's DOM: one dict per row,
+    column key (``sequenceId``, ``id``, ``status``, ``latestAccuracy``, ...) -> the text shown
+    (hidden tooltips left out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, str]] = []
+        self._depth = 0
+        self._row: int | None = None  # depth of the open row, cell and hidden element
+        self._cell: tuple[int, str] | None = None
+        self._hidden: int | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _VOID_TAGS:
+            return
+        self._depth += 1
+        a = dict(attrs)
+        if a.get("data-automationid") == "DetailsRow":
+            self._row = self._depth
+            self.rows.append({})
+        elif self._row is not None and a.get("data-automationid") == "DetailsRowCell":
+            self._cell = (self._depth, a.get("data-automation-key") or "")
+            self.rows[-1][self._cell[1]] = ""
+        if "hidden" in a and self._hidden is None:
+            self._hidden = self._depth
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _VOID_TAGS:
+            return
+        if self._hidden == self._depth:
+            self._hidden = None
+        if self._cell is not None and self._cell[0] == self._depth:
+            self._cell = None
+        if self._row == self._depth:
+            self._row = None
+        self._depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None and self._hidden is None:
+            self.rows[-1][self._cell[1]] += data
+
+
+def _visible(text: str) -> str:
+    """``text`` with its whitespace collapsed and icons (glyphs of the icon font: private-use
+    characters) left out."""
+    return " ".join("".join(c for c in text if unicodedata.category(c) != "Co").split())
+
+
+def _trial_rows(dom: str) -> list[dict[str, str]]:
+    table = _TrialTable()
+    table.feed(dom)
+    return [{key: _visible(value) for key, value in row.items()} for row in table.rows]
+
+
+def _final_shown(row: dict[str, str]) -> float | None:
+    """The final result a row of the table shows (``3.668417 (FINAL)``), or None."""
+    match = re.fullmatch(r"([-+0-9.eE]+) \(FINAL\)", row.get("latestAccuracy", ""))
+    return float(match.group(1)) if match else None
+
+
+def _assert_screenshot(path: Path) -> None:
+    """A PNG of the window's size with a page on it: not one flat colour."""
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (1400, 900)
+        gray = image.convert("L")
+        low, high = gray.getextrema()
+        assert high - low > 100, (low, high)  # text on a background
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20) or []
+        assert len(colours) > 50, len(colours)
+        background = max(count for count, _ in colours)
+        assert background < 0.95 * image.size[0] * image.size[1]  # something drawn on a fifth of it at least
+
+
+# one row of the table as Chromium dumps NNI 3.0's web UI (trimmed: classes and styles left out)
+_ROW = (
+    '<div data-is-focusable="true" id="row66-{i}" role="row" data-automationid="DetailsRow">'
+    '<div data-automationid="DetailsRowFields" role="presentation">'
+    '<div role="gridcell" data-automationid="DetailsRowCell" data-automation-key="_selected">'
+    '<div><input type="checkbox" id="checkbox-69" tabindex="-1"><label for="checkbox-69"><div>'
+    '<i data-icon-name="CheckMark" aria-hidden="true"></i></div></label></div></div>'
+    '<div role="gridcell" data-automationid="DetailsRowCell" data-automation-key="sequenceId">{i}</div>'
+    '<div role="gridcell" data-automationid="DetailsRowCell" data-automation-key="id"><div><div>{id}</div>'
+    '<div><button type="button"><span><i data-icon-name="Copy" aria-hidden="true">\ue8c8</i></span></button>'
+    '<div role="none"><div hidden="" id="tooltip73">Copied</div></div></div></div></div>'
+    '<div role="gridcell" data-automationid="DetailsRowCell" data-automation-key="status">'
+    '<span class="{status} commonStyle">{status}</span></div>'
+    '<div role="gridcell" data-automationid="DetailsRowCell" data-automation-key="latestAccuracy"><div>'
+    '<div role="none"><div class="ellipsis name">{value}</div><div hidden="" id="tooltip74">{value}</div>'
+    "</div></div></div></div></div>"
+)
+
+
+def test_the_trial_table_is_read_from_the_dom() -> None:
+    """What the browser test reads of the page: each row's visible cells, hidden tooltips left out."""
+    header = '<div role="grid"><div role="row" data-automationid="DetailsHeader"><span>Trial No.</span></div>'
+    dom = "<html><body>" + header
+    dom += _ROW.format(i=0, id="TqKOp", status="SUCCEEDED", value="3.668417 (FINAL)")
+    dom += _ROW.format(i=1, id="LkyyI", status="RUNNING", value="4.1 (LATEST)") + "</div></body></html>"
+    rows = _trial_rows(dom)
+    assert [(r["sequenceId"], r["id"], r["status"], r["latestAccuracy"]) for r in rows] == [
+        ("0", "TqKOp", "SUCCEEDED", "3.668417 (FINAL)"),
+        ("1", "LkyyI", "RUNNING", "4.1 (LATEST)"),
+    ]
+    assert [_final_shown(r) for r in rows] == [3.668417, None]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium binary on PATH (Debian: apt-get install chromium; .ci/run installs it)"
+)
+def test_portal_in_a_browser_shows_both_trials_with_their_final_results(tmp_path: Path) -> None:
+    """NNI's web UI, loaded in headless Chromium, lists both trials of `dmtg portal` as SUCCEEDED with
+    the final results the experiment recorded; its screenshot is a real page. With
+    DMTG_PORTAL_SCREENSHOT=FILE.png the screenshot is also saved there (docs/portal.png is made so)."""
+    port = _free_port()
+    proc = _start_portal(tmp_path, port)
+    page = f"http://127.0.0.1:{port}/detail"  # the trials table
+    profile = tmp_path / "chromium"
+    rows: list[dict[str, str]] = []
+    try:
+        deadline = time.monotonic() + 360
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            rows = _trial_rows(_chromium(profile, "--dump-dom", page))
+            if len(rows) == 2 and all(r.get("status") == "SUCCEEDED" and _final_shown(r) is not None for r in rows):
+                break
+            time.sleep(2)
+        assert len(rows) == 2, rows
+        recorded = {job["trialJobId"]: job["final"]["default"] for job in _trials_with_results(port)}
+        assert sorted(r["sequenceId"] for r in rows) == ["0", "1"]
+        assert {r["id"] for r in rows} == set(recorded)
+        for row in rows:
+            assert row["status"] == "SUCCEEDED"
+            assert _final_shown(row) == pytest.approx(recorded[row["id"]], abs=1e-6)  # shown to 6 decimals
+
+        shot = tmp_path / "portal.png"
+        _chromium(profile, "--run-all-compositor-stages-before-draw", f"--screenshot={shot}", page)
+        _assert_screenshot(shot)
+        keep = os.environ.get("DMTG_PORTAL_SCREENSHOT")
+        if keep:
+            from PIL import Image
+
+            with Image.open(shot) as image:  # a small PNG for the documentation: 64 colours
+                image.convert("RGB").quantize(colors=64).save(keep, optimize=True)
+    finally:
+        _, stderr = _interrupt(proc)
+    assert proc.returncode == 0, stderr
 
 
 def test_sigterm_stops_the_portal_with_exit_code_143() -> None:

@@ -1,9 +1,14 @@
-"""Lightning's progress bar for the package's trainings: on stderr, named after the stage.
+"""Lightning's progress bar for the package's trainings: on stderr, named after the stage, one line.
 
 Lightning draws its bars on stdout, where a command's result goes (``dmtg search --json > out``
-must be the JSON alone), and names them ``Epoch 3`` whichever training runs. A search runs several
-(the warm start, the search, the fine-tune, the merge check's final network): each gets a
-:class:`StageBar` that writes to stderr and reads ``search: epoch 4/10``.
+must be the JSON alone), names them ``Epoch 3`` whichever training runs, estimates the time left
+of the current epoch only, and opens a second bar for each validation. A search runs several
+trainings (the warm start, the search, the fine-tune, the merge check's final network): each gets a
+:class:`StageBar`, one line on stderr in the format of the command line's other progress lines
+(:data:`dmtg_nas.progress.BAR_FORMAT`) that reads
+``search: epoch 33/40 |█████████▊  | 04:49 elapsed, ETA 01:03, val_loss=0.411, train_loss=0.118``:
+the ETA is the time left of the whole stage (all its epochs), and a validation shows on that line
+(``search: epoch 20/40, validation``), not on a second one.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
-from pytorch_lightning.callbacks.progress.tqdm_progress import convert_inf
+from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm, convert_inf
+
+from ..progress import BAR_FORMAT, fit_width
 
 __all__ = ["StageBar", "stage_bars"]
 
@@ -25,21 +32,33 @@ def _on_stderr(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
     def opened(self: Any) -> Any:
         with contextlib.redirect_stdout(sys.stderr):
-            return make(self)
+            return fit_width(make(self))
 
     return opened
 
 
+def _hidden(self: Any) -> Tqdm:
+    """No bar of its own (the training's line says what runs)."""
+    return Tqdm(disable=True)
+
+
 class StageBar(TQDMProgressBar):
-    """Lightning's tqdm bars on stderr, described as ``STAGE: epoch E/N`` and ``STAGE: validation``."""
+    """Lightning's tqdm bar on stderr: one line per training, ``STAGE: epoch E/N``, counting the
+    batches of all N epochs so that the ETA is the stage's."""
+
+    BAR_FORMAT = BAR_FORMAT
 
     def __init__(self, stage: str) -> None:
-        super().__init__(leave=False)  # one bar for all epochs, left on screen when the training ends
+        super().__init__(leave=False)  # one bar for all epochs (not one per epoch), left on screen at the end
         self.stage = stage
+
+    def _epoch(self) -> str:
+        trainer = self._trainer
+        return f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}" if trainer is not None else ""
 
     @property
     def train_description(self) -> str:
-        return self.stage
+        return f"{self.stage}: {self._epoch()}"
 
     @property
     def validation_description(self) -> str:
@@ -49,30 +68,56 @@ class StageBar(TQDMProgressBar):
     def sanity_check_description(self) -> str:
         return f"{self.stage}: sanity check"
 
-    # Lightning opens its bars on sys.stdout at the moment it creates them
-    init_sanity_tqdm = _on_stderr(TQDMProgressBar.init_sanity_tqdm)
+    # Lightning opens its bars on sys.stdout at the moment it creates them; validation (and the
+    # sanity check before the first epoch) draw no second line
     init_train_tqdm = _on_stderr(TQDMProgressBar.init_train_tqdm)
-    init_validation_tqdm = _on_stderr(TQDMProgressBar.init_validation_tqdm)
     init_predict_tqdm = _on_stderr(TQDMProgressBar.init_predict_tqdm)
     init_test_tqdm = _on_stderr(TQDMProgressBar.init_test_tqdm)
+    init_sanity_tqdm = _hidden
+    init_validation_tqdm = _hidden
 
-    # Lightning's own versions of the next two draw the bar once described as "Epoch 0" or
-    # "Validation DataLoader 0" before anyone can rename it
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the logger's version: the same for every training of a run
+        return metrics
+
+    def _batches(self) -> int | None:
+        total = convert_inf(self.total_train_batches)
+        return int(total) if total else None
+
+    def on_train_start(self, trainer: pl.Trainer, *_: Any) -> None:
+        super().on_train_start(trainer)
+        bar, per_epoch = self.train_progress_bar, self._batches()
+        epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+        done = trainer.current_epoch * per_epoch if per_epoch else 0  # a resumed training starts further on
+        bar.reset(total=per_epoch * epochs if per_epoch and epochs else None)
+        bar.initial = bar.n = done  # the rate counts this run's batches only
+
+    # Lightning's own version resets the bar each epoch (an ETA for the epoch) and draws it once
+    # described as "Epoch 0" before anyone can rename it
     def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
-        bar = self.train_progress_bar
-        bar.reset(total=convert_inf(self.total_train_batches))
-        bar.initial = 0
-        bar.set_description(f"{self.stage}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+        self.train_progress_bar.set_description_str(self.train_description)
 
-    def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self.has_dataloader_changed(dataloader_idx):
+        bar, per_epoch = self.train_progress_bar, self._batches()
+        if bar is None or not self._should_update(batch_idx + 1, per_epoch or 0):
             return
-        bar = self.val_progress_bar
-        bar.reset(total=convert_inf(self.total_val_batches_current_dataloader))
-        bar.initial = 0
-        bar.set_description(self.sanity_check_description if trainer.sanity_checking else self.validation_description)
+        if not bar.disable:
+            bar.n = trainer.current_epoch * per_epoch + batch_idx + 1 if per_epoch else bar.n + 1
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_start(trainer, pl_module)
+        if not trainer.sanity_checking and self._train_progress_bar is not None and trainer.state.fn == "fit":
+            self.train_progress_bar.set_description_str(f"{self.train_description}, validation")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not trainer.sanity_checking and self._train_progress_bar is not None and trainer.state.fn == "fit":
+            self.train_progress_bar.set_description_str(self.train_description)
 
 
 def stage_bars(progress: bool, stage: str) -> list[pl.Callback]:

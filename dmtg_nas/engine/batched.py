@@ -22,6 +22,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from ..data import TaskData, TensorTaskDataset, make_loader
 from ..network import GroupedNetwork
 from ..partitions import members
+from ..progress import stage_line
 from ..schema import SearchSpec
 from ..tasks import TaskMetrics
 from .losses import multitask_loss
@@ -40,17 +41,30 @@ def _budget(spec: SearchSpec) -> int:
 
 
 def subset_losses_one_by_one(
-    spec: SearchSpec, data: TaskData, subsets: Sequence[int], progress: Callable[[str], None] | None = None
+    spec: SearchSpec,
+    data: TaskData,
+    subsets: Sequence[int],
+    progress: Callable[[str], None] | None = None,
+    stage: str | None = None,
 ) -> SubsetRows:
-    """Train one network per subset mask; ``{mask: {"val": per-task, "test": per-task}}``."""
+    """Train one network per subset mask; ``{mask: {"val": per-task, "test": per-task}}``. ``stage``:
+    draw a progress line on stderr named so, counting the networks."""
     out: SubsetRows = {}
-    for i, mask in enumerate(subsets):
-        tasks = [spec.tasks[j] for j in members(mask)]
-        sub = spec.model_copy(update={"tasks": tasks, "branches": 1})
-        _, metrics = train_partition(sub, data, [[t.name for t in tasks]])
-        out[mask] = {"val": metrics["val"], "test": metrics["test"]}
-        if progress is not None:
-            progress(f"hoa: network {i + 1}/{len(subsets)} ({', '.join(t.name for t in tasks)})")
+    line = stage_line(f"{stage}: networks 0/{len(subsets)}", len(subsets)) if stage else None
+    try:
+        for i, mask in enumerate(subsets):
+            tasks = [spec.tasks[j] for j in members(mask)]
+            sub = spec.model_copy(update={"tasks": tasks, "branches": 1})
+            _, metrics = train_partition(sub, data, [[t.name for t in tasks]])
+            out[mask] = {"val": metrics["val"], "test": metrics["test"]}
+            if progress is not None:
+                progress(f"hoa: network {i + 1}/{len(subsets)} ({', '.join(t.name for t in tasks)})")
+            if line is not None:
+                line.set_description_str(f"{stage}: networks {i + 1}/{len(subsets)}", refresh=False)
+                line.update(1)
+    finally:
+        if line is not None:
+            line.close()
     return out
 
 
@@ -88,17 +102,19 @@ def subset_losses_seeded(
     data: TaskData,
     runs: Sequence[tuple[int, Sequence[int]]],
     networks: Sequence[dict[int, torch.nn.Module] | None] = (),
+    stage: str | None = None,
 ) -> list[SubsetRows]:
     """Independent trainings of subset networks, all in one batched computation: ``runs[i] = (seed,
     subsets)`` trains those subsets' networks as :func:`subset_losses_joint` would with
     ``strategy.seed = seed`` (that seed's initialisations and data order; each run's networks see
     their own batches). One batched computation costs far less than one per run where a step is
     dominated by per-call overhead (small networks). ``networks[i]``, where given and not None,
-    receives run i's trained networks by mask. Returns one table per run."""
+    receives run i's trained networks by mask. ``stage``: draw a progress line on stderr named so.
+    Returns one table per run."""
     runs = [(seed, list(subsets)) for seed, subsets in runs]
     keep = list(networks) + [None] * (len(runs) - len(networks))
     if not trains_batched(spec, data):
-        return [subset_losses_one_by_one(_seeded(spec, seed), data, subsets, None) for seed, subsets in runs]
+        return [subset_losses_one_by_one(_seeded(spec, seed), data, subsets, None, stage) for seed, subsets in runs]
     nets, masks, seeds = [], [], []
     for seed, subsets in runs:
         pl.seed_everything(seed, workers=True, verbose=False)
@@ -112,7 +128,7 @@ def subset_losses_seeded(
             seeds.append(seed)
     if not nets:
         return [{} for _ in runs]
-    result = train_stacked(spec, data, nets, masks, seeds)
+    result = train_stacked(spec, data, nets, masks, seeds, stage=stage)
     out, at = [], 0
     for (_, subsets), kept in zip(runs, keep):
         mine = range(at, at + len(subsets))
@@ -139,10 +155,13 @@ def train_stacked(
     nets: Sequence[torch.nn.Module],
     subsets: Sequence[int],
     seeds: Sequence[int] | None = None,
+    *,
+    stage: str | None = None,
 ) -> list[dict[str, PerTask]]:
     """Train ``nets[s]`` on the tasks of ``subsets[s]``, all at once (see :func:`subset_losses_joint`);
     ``seeds[s]`` sets network s's data order (default: the strategy's seed for all). Returns network
-    s's ``{"val": per-task, "test": per-task}`` at position s."""
+    s's ``{"val": per-task, "test": per-task}`` at position s. ``stage``: draw a progress line on
+    stderr, ``STAGE: epoch E/N`` with the time left of the whole training."""
     strat, tasks = spec.strategy, list(spec.tasks)
     params, _ = stack_module_state(list(nets))  # type: ignore[arg-type]
     base = copy.deepcopy(nets[0]).to("meta")
@@ -204,27 +223,39 @@ def train_stacked(
         base.train()
         return [m.compute() for m in metrics]
 
-    for _ in range(_budget(spec)):
-        for batches in zip(*loaders):
-            x, ys = batches[0]
-            if per_net:  # every network's batch from its own order: (networks, batch, ...)
-                x = torch.stack([b[0] for b in batches])[order_of]
-                ys = {k: torch.stack([b[1][k] for b in batches])[order_of] for k in ys}
-            optimizer.zero_grad(set_to_none=True)
-            total = (batched_losses(stacked, x, ys) * member).sum()
-            total.backward()
-            if strat.gradient_clip:
-                norms = torch.sqrt(sum(p.grad.flatten(1).pow(2).sum(1) for p in holder if p.grad is not None))
-                scale = (strat.gradient_clip / (norms + 1e-6)).clamp(max=1.0)
-                for p in holder:
-                    if p.grad is not None:
-                        p.grad.mul_(scale.view(-1, *([1] * (p.grad.dim() - 1))))
-            optimizer.step()
-        if isinstance(scheduler, dict):  # plateau: the summed validation loss of all networks
-            val = evaluate_all("val")
-            scheduler["scheduler"].step(sum(r["loss"] for per in val for r in per.values()))
-        elif scheduler is not None:
-            scheduler.step()
+    epochs = _budget(spec)
+    line = (
+        stage_line(f"{stage}: epoch 1/{epochs}", epochs * len(loaders[0]), f"{len(nets)} networks") if stage else None
+    )
+    try:
+        for epoch in range(epochs):
+            if line is not None:
+                line.set_description_str(f"{stage}: epoch {epoch + 1}/{epochs}", refresh=False)
+            for batches in zip(*loaders):
+                x, ys = batches[0]
+                if per_net:  # every network's batch from its own order: (networks, batch, ...)
+                    x = torch.stack([b[0] for b in batches])[order_of]
+                    ys = {k: torch.stack([b[1][k] for b in batches])[order_of] for k in ys}
+                optimizer.zero_grad(set_to_none=True)
+                total = (batched_losses(stacked, x, ys) * member).sum()
+                total.backward()
+                if strat.gradient_clip:
+                    norms = torch.sqrt(sum(p.grad.flatten(1).pow(2).sum(1) for p in holder if p.grad is not None))
+                    scale = (strat.gradient_clip / (norms + 1e-6)).clamp(max=1.0)
+                    for p in holder:
+                        if p.grad is not None:
+                            p.grad.mul_(scale.view(-1, *([1] * (p.grad.dim() - 1))))
+                optimizer.step()
+                if line is not None:
+                    line.update(1)
+            if isinstance(scheduler, dict):  # plateau: the summed validation loss of all networks
+                val = evaluate_all("val")
+                scheduler["scheduler"].step(sum(r["loss"] for per in val for r in per.values()))
+            elif scheduler is not None:
+                scheduler.step()
+    finally:
+        if line is not None:
+            line.close()
     result = {split: evaluate_all(split) for split in ("val", "test")}
     with torch.no_grad():  # the trained weights back into the networks
         for s, net in enumerate(nets):

@@ -40,7 +40,7 @@ def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, wa
     if not wanted or record is not None or len(spec.tasks) < 2:
         return CheckRecord(sample, model, record, seconds=time.perf_counter() - t0)
     names = spec.task_names
-    scorer = scorer_for(spec, ctx.data, ls.replicates)
+    scorer = scorer_for(spec, ctx.data, ls.replicates, stage="merge check" if ctx.progress else None)
     outcome = localsearch.local_search(
         masks_of(groups_from_sample(names, sample, spec.groups), names),
         scorer,
