@@ -105,7 +105,12 @@ def subset_losses_seeded(
         for mask in subsets:
             nets.append(
                 plain_network(
-                    spec.tasks, spec.backbone, spec.heads, data.input_shape, dict.fromkeys(spec.task_names, 0)
+                    spec.tasks,
+                    spec.backbone,
+                    spec.heads,
+                    data.input_shape,
+                    dict.fromkeys(spec.task_names, 0),
+                    weights=spec.strategy.init.weights,
                 )
             )
             masks.append(mask)
@@ -205,6 +210,7 @@ def train_stacked(
         return [m.compute() for m in metrics]
 
     for _ in range(_budget(spec)):
+        epoch_loss, epoch_steps = torch.zeros(()), 0  # summed on the loss's device (no sync per step)
         for batches in zip(*loaders):
             x, ys = batches[0]
             if per_net:  # every network's batch from its own order: (networks, batch, ...)
@@ -220,7 +226,10 @@ def train_stacked(
                     if p.grad is not None:
                         p.grad.mul_(scale.view(-1, *([1] * (p.grad.dim() - 1))))
             optimizer.step()
-        if isinstance(scheduler, dict):  # plateau: the summed validation loss of all networks
+            epoch_loss, epoch_steps = total.detach() + epoch_loss.to(total.device), epoch_steps + 1
+        if isinstance(scheduler, dict) and scheduler["monitor"] == "train_loss":  # plateau on training loss
+            scheduler["scheduler"].step(float(epoch_loss) / max(epoch_steps, 1))  # all networks' sum, per step
+        elif isinstance(scheduler, dict):  # plateau: the summed validation loss of all networks
             val = evaluate_all("val")
             scheduler["scheduler"].step(sum(r["loss"] for per in val for r in per.values()))
         elif scheduler is not None:

@@ -48,6 +48,8 @@ class SearchRecord:
         affinity: the affinity scout's record (affinity, clusters, samples, seconds; None: no scout).
         polish: the polish of the relaxation's argmax (``relaxed``: each task's branch before it,
             ``moves``; None: not polished).
+        kept: ``strategy.keep: best``: the epoch kept (``{"policy", "monitor", "epoch", "value"}``;
+            None: the last epoch's supernet).
     """
 
     space: Supernet
@@ -57,6 +59,7 @@ class SearchRecord:
     seconds: float = 0.0
     affinity: dict[str, Any] | None = None
     polish: dict[str, Any] | None = None
+    kept: dict[str, Any] | None = None
 
 
 @dataclass
