@@ -261,7 +261,14 @@ def tag(
     n = len(spec.tasks)
     t0 = time.perf_counter()
     pl.seed_everything(spec.strategy.seed, workers=True, verbose=False)
-    model = plain_network(spec.tasks, spec.backbone, spec.heads, data.input_shape, dict.fromkeys(spec.task_names, 0))
+    model = plain_network(
+        spec.tasks,
+        spec.backbone,
+        spec.heads,
+        data.input_shape,
+        dict.fromkeys(spec.task_names, 0),
+        weights=spec.strategy.init.weights,
+    )
     recorder = AffinityRecorder(spec.tasks, affinity_every)
     train_network(model, data, spec.tasks, spec.strategy, _budget(spec), callbacks=[recorder])
     affinity = recorder.affinity

@@ -288,6 +288,11 @@ class LRScheduleConfig(StrictModel):
     gamma: float = Field(default=0.5, gt=0, le=1)  # step, multistep
     factor: float = Field(default=0.5, gt=0, lt=1)  # plateau
     patience: int = Field(default=3, ge=0, le=MAX_EPOCHS)  # plateau
+    # plateau: the loss it watches: the validation loss, or the epoch's mean training loss (DMTG's code)
+    monitor: Literal["val_loss", "train_loss"] = "val_loss"
+    min_lr: float = Field(default=0.0, ge=0)  # plateau: the learning rate never goes below this
+    # plateau: a loss counts as lower when below best * (1 - threshold) (PyTorch's relative mode)
+    threshold: float = Field(default=1e-4, ge=0, lt=1)
 
 
 class FinetuneConfig(StrictModel):
@@ -375,6 +380,9 @@ class InitConfig(StrictModel):
     # uniform): its logits get + strength; it replaces the warm start's clusters as the start
     groups: list[list[str]] | None = None
     strength: float = Field(default=3.0, ge=0)
+    # the weights of every network built: default (PyTorch's and timm's own initialisation) or xavier
+    # (xavier_uniform_ on convolution and linear weights, zero biases: DMTG's CelebA code)
+    weights: Literal["default", "xavier"] = "default"
 
 
 # Trainer arguments the package sets itself, and the spec key that sets them ("" where none does):
@@ -484,6 +492,9 @@ class StrategyConfig(StrictModel):
     eval_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)
     gradient_clip: float | None = Field(default=None, gt=0)  # max gradient norm (weights and logits together)
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss: stop the run, or skip the batch and count it
+    # the search's result: the supernet as the last epoch left it, or as it was after the epoch with the
+    # best validation total error (classification tasks only) or else validation loss (DMTG's code)
+    keep: Literal["last", "best"] = "last"
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     local_search: LocalSearchConfig = Field(default_factory=LocalSearchConfig)
     seed: Seed = 0
@@ -493,6 +504,13 @@ class StrategyConfig(StrictModel):
     num_workers: typing.Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = "auto"
     # older spelling of trainer.accelerator (cuda = gpu), still read from saved run configs
     device: Literal["auto", "cpu", "cuda"] | None = Field(default=None, exclude=True)
+
+    @property
+    def validates(self) -> bool:
+        """Whether the search needs a validation pass after every epoch whatever else reads it: the
+        plateau schedule on the validation loss, or ``keep: best``."""
+        plateau = self.lr_schedule.name == "plateau" and self.lr_schedule.monitor == "val_loss"
+        return plateau or self.keep == "best"
 
     @model_validator(mode="after")
     def _device(self) -> StrategyConfig:

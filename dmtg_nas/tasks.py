@@ -9,14 +9,16 @@
 | depth        | (B, 1, H, W) | (B, 1, H, W), NaN=gap | l1, mse, smooth_l1     | rmse, abs_rel, mae (valid pixels)     |
 | normals      | (B, 3, H, W) | (B, 3, H, W), NaN=gap | l1, cosine             | angle_mean, angle_median (degrees),   |
 |              |              |                       |                        | within_11.25*, within_22.5*, _30*     |
-| keypoints    | (B, 1, H, W) | (B, 1, H, W) in [0,1] | l1, mse                | mae, f1* (maps cut at threshold)      |
-| edges        | (B, 1, H, W) | (B, 1, H, W) in [0,1] | l1, mse                | mae, f1*                              |
+| keypoints    | (B, 1, H, W) | (B, 1, H, W) map      | l1, mse                | mae, f1* (maps cut at threshold)      |
+| edges        | (B, 1, H, W) | (B, 1, H, W) map      | l1, mse                | mae, f1*                              |
 
 Heads of 1-wide vector tasks (regression, binary) output (B, 1); the losses and metrics take it as
 (B,) (:func:`squeeze_output`). A task's ``loss:`` picks another loss of its type. Missing target
 pixels of dense regression tasks are NaN: the (masked) losses and the metrics skip them, so a data
 set encodes its validity mask in the target itself (Taskonomy's depth and normals); segmentation
-pixels equal to the task's ``ignore_index`` take no loss and no metric.
+pixels equal to the task's ``ignore_index`` take no loss and no metric. Keypoint and edge maps are in
+whatever units the data set gives (Taskonomy: standardised, or in [0, 1]); F1 cuts predictions
+(clamped to [0, 1]) and targets at the task's ``threshold`` in those units.
 """
 
 from __future__ import annotations

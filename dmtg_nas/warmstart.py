@@ -163,7 +163,12 @@ def attribution_warm_start(
     width = proxy_width(spec)
     backbone = scale_backbone(spec.backbone, width)
     singles = plain_network(
-        spec.tasks, backbone, spec.heads, data.input_shape, {t: i for i, t in enumerate(spec.task_names)}
+        spec.tasks,
+        backbone,
+        spec.heads,
+        data.input_shape,
+        {t: i for i, t in enumerate(spec.task_names)},
+        weights=spec.strategy.init.weights,
     )
     strategy = spec.strategy
     if cfg.batch_size is not None:

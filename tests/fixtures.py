@@ -50,6 +50,24 @@ def write_celeba(
 
 TASKONOMY_DOMAINS = ("depth_zbuffer", "normal", "segment_semantic", "keypoints2d", "edge_texture")
 
+# the release's name of a domain inside file names, where it differs from the folder's (the sample
+# building github.com/alexsax/taskonomy-sample-model-1 has segment_semantic/point_0_view_0_domain_segmentsemantic.png)
+RELEASE_FILE_NAMES = {"segment_semantic": "segmentsemantic"}
+
+# keypoint and edge values of the fixture's 16-bit maps: of the size the release's maps have (the
+# reference code standardises keypoints2d with (50, 100) and edge_texture with (718, 1070))
+KEYPOINT_PEAK = 450
+EDGE_VALUE = 2500
+
+
+def taskonomy_folder(root: Path, layout: str, building: str, domain: str) -> Path:
+    """Where a building's domain folder is in each layout of a Taskonomy copy."""
+    if layout == "building":  # one building as released: <building>/<domain>/
+        return root / building / domain
+    if layout == "domain":  # Standley et al.'s loader: <root>/<domain>/<building>/
+        return root / domain / building
+    return root / domain / "taskonomy" / building  # omnitools.download: <root>/<domain>/taskonomy/<building>/
+
 
 def write_taskonomy(
     root: Path,
@@ -58,15 +76,25 @@ def write_taskonomy(
     classes: int = 18,
     seed: int = 0,
     domains: Sequence[str] = TASKONOMY_DOMAINS,
+    layout: str = "building",
+    names: str = "release",
 ) -> Path:
-    """A Taskonomy folder: ``<root>/<building>/<domain>/point_<i>_view_<j>_domain_<domain>.png`` with
-    RGB PNGs (rgb, normal), 16-bit PNGs (depth_zbuffer with 65535 = missing, keypoints2d,
-    edge_texture) and 8-bit label PNGs (segment_semantic). Targets are simple functions of the image
-    (a bright square is near, one class, edged), so they are learnable."""
+    """A Taskonomy folder with the release's file names: ``point_<i>_view_<j>_domain_<name>.png``
+    where ``<name>`` is the domain, except ``segmentsemantic`` in the ``segment_semantic`` folder
+    (``names="legacy"``: ``segment_semantic`` there too). ``layout``: ``building``
+    (``<root>/<building>/<domain>/``), ``domain`` (``<root>/<domain>/<building>/``) or ``omnidata``
+    (``<root>/<domain>/taskonomy/<building>/``).
+
+    RGB PNGs (rgb, normal), 16-bit PNGs (depth_zbuffer in 1/512 m: 1000 and 3000, 65535 = missing
+    along the top rows and 9000 (beyond the reference's 8192 limit) along the third row; keypoints2d
+    with one peak of ``KEYPOINT_PEAK``; edge_texture ``EDGE_VALUE`` on the square's top and bottom
+    edges) and 8-bit label PNGs (segment_semantic: 3 in the square, 1 elsewhere, 0 = uncertain along
+    the bottom rows). Targets are simple functions of the image (a bright square is near, one class,
+    edged), so they are learnable."""
     rng = np.random.default_rng(seed)
     for building, count in buildings.items():
         for d in ("rgb", *domains):
-            (root / building / d).mkdir(parents=True, exist_ok=True)
+            taskonomy_folder(root, layout, building, d).mkdir(parents=True, exist_ok=True)
         for s in range(count):
             prefix = f"point_{s}_view_{s % 3}"
             y0, x0 = rng.integers(0, size // 2, 2)
@@ -74,23 +102,25 @@ def write_taskonomy(
             square[y0 : y0 + size // 2, x0 : x0 + size // 2] = True
             rgb = rng.integers(0, 80, size=(size, size, 3)).astype(np.uint8)
             rgb[square] += 150
-            Image.fromarray(rgb).save(root / building / "rgb" / f"{prefix}_domain_rgb.png")
+            Image.fromarray(rgb).save(taskonomy_folder(root, layout, building, "rgb") / f"{prefix}_domain_rgb.png")
             files: dict[str, Image.Image] = {}
             depth = np.where(square, 1000, 3000).astype(np.uint16)
             depth[:2, :] = 65535  # missing depth along the top rows
+            depth[2, :] = 9000  # farther than 16 m: no depth by the reference's rule (< 2**13)
             files["depth_zbuffer"] = Image.fromarray(depth)
             normal = np.full((size, size, 3), 128, np.uint8)
             normal[square] = (128, 128, 255)
-            normal[~square] = (128, 255, 128)
+            normal[~square] = (255, 128, 128)
             files["normal"] = Image.fromarray(normal)
             labels = np.where(square, 3, 1).astype(np.uint8)
-            labels[-2:, :] = 0  # unlabelled bottom rows
+            labels[-2:, :] = 0  # uncertain bottom rows
             files["segment_semantic"] = Image.fromarray(labels)
             keypoints = np.zeros((size, size), np.uint16)
-            keypoints[y0, x0] = 65535
+            keypoints[y0, x0] = KEYPOINT_PEAK
             files["keypoints2d"] = Image.fromarray(keypoints)
-            edges = (square ^ np.roll(square, 1, axis=0)).astype(np.uint16) * 65535
+            edges = (square ^ np.roll(square, 1, axis=0)).astype(np.uint16) * EDGE_VALUE
             files["edge_texture"] = Image.fromarray(edges)
             for d in domains:
-                files[d].save(root / building / d / f"{prefix}_domain_{d}.png")
+                name = RELEASE_FILE_NAMES.get(d, d) if names == "release" else d
+                files[d].save(taskonomy_folder(root, layout, building, d) / f"{prefix}_domain_{name}.png")
     return root

@@ -180,3 +180,18 @@ def test_index_arrays_are_compact(tmp_path: Path) -> None:
     train = data.train
     assert isinstance(train.files, np.ndarray) and train.files.dtype.kind == "S"  # type: ignore[attr-defined]
     assert train.labels.nbytes == len(train) * 9 * 4  # type: ignore[attr-defined, arg-type]
+
+
+def test_inputs_imagenet_by_default_or_unit(tmp_path: Path) -> None:
+    """``inputs: unit`` gives x / 255 in [0, 1] (DMTG's code feeds CelebA so); the default
+    standardises that with ImageNet's mean and std."""
+    root = write_celeba(tmp_path / "celeba", n=20)
+    unit = load_data(load_spec(_spec(root, inputs="unit"))).train[0][0]
+    imagenet = load_data(load_spec(_spec(root))).train[0][0]
+    assert float(unit.min()) >= 0 and float(unit.max()) <= 1 and float(unit.max()) > 0.5
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    assert torch.allclose(imagenet, (unit - mean) / std, atol=1e-5)
+    with pytest.raises(SpecError) as info:
+        load_spec(_spec(root, inputs="raw"))
+    assert info.value.key == "dataset.inputs" and "'imagenet' or 'unit'" in str(info.value)

@@ -119,14 +119,75 @@ def test_shipped_real_data_presets_validate_against_local_copies(tmp_path: Path)
     for name, k in (("celeba9", 9), ("celeba40", 40)):
         spec = dmtg_nas.load_spec(name, [f"dataset.root={celeba}"])
         assert len(spec.tasks) == k and spec.backbone.name == "celeba_resnet"
-        assert spec.strategy.name == "paper-celeba" and spec.strategy.optimizer.lr == pytest.approx(8e-4)
-    root = tmp_path / "taskonomy"
-    for building in (b for split in TINY_SPLIT.values() for b in split):
-        for domain in ("rgb", "depth_zbuffer", "normal", "segment_semantic", "keypoints2d", "edge_texture"):
-            (root / building / domain).mkdir(parents=True)
+        # the default strategy at CelebA's scale; the paper's recipe one override away
+        s = spec.strategy
+        assert (s.name, s.warmup.method, s.warmup.epochs, s.epochs, s.finetune.epochs) == (
+            "dmtg",
+            "attribution",
+            2,
+            10,
+            5,
+        )
+        assert s.num_workers == 8
+        paper = dmtg_nas.load_spec(name, [f"dataset.root={celeba}", "strategy=paper-celeba"]).strategy
+        assert paper.name == "paper-celeba" and paper.optimizer.lr == pytest.approx(8e-4) and paper.epochs == 100
+    # the tiny split's 35 buildings, one sample each, in the release's names
+    root = write_taskonomy(tmp_path / "taskonomy", {b: 1 for split in TINY_SPLIT.values() for b in split}, size=8)
     spec = dmtg_nas.load_spec("taskonomy5", [f"dataset.root={root}"])
-    assert spec.strategy.name == "paper-taskonomy" and spec.strategy.temperature.init == 4.0
-    assert spec.strategy.lr_schedule.name == "plateau" and spec.groups == 3
+    s = spec.strategy
+    assert (s.name, s.batch_size, s.epochs, s.warmup.epochs, s.warmup.batch_size) == ("dmtg", 32, 10, 1, 16)
+    assert spec.groups == 3 and spec.dataset.model_extra is not None
+    assert spec.dataset.model_extra["flip"] is True and spec.dataset.model_extra["normalize"] == "reference"
+    paper = dmtg_nas.load_spec("taskonomy5", [f"dataset.root={root}", "strategy=paper-taskonomy"]).strategy
+    assert (paper.name, paper.temperature.init, paper.lr_schedule.name, paper.batch_size) == (
+        "paper-taskonomy",
+        4.0,
+        "plateau",
+        48,
+    )
     with pytest.raises(dmtg_nas.SpecError, match=r"dataset\.root: missing required key"):
         dmtg_nas.load_spec("celeba9")
     assert dmtg_nas.load_strategy("annealed").temperature.schedule == "exponential"
+
+
+def _tiny_taskonomy5(root: Path) -> list[str]:
+    """Overrides that shrink the shipped taskonomy5 space to a CPU-sized run on a small fixture
+    (its data options, tasks and strategy otherwise as shipped)."""
+    sets = [
+        f"dataset.root={root}",
+        "dataset.buildings={train: [b1], val: [b2], test: [b3]}",
+        "dataset.size=32",
+        "backbone={name: timm:test_resnet}",
+        "heads.decoder_width=8",
+        "strategy.epochs=2",
+        "strategy.batch_size=4",
+        "strategy.warmup.epochs=1",
+        "strategy.warmup.batch_size=4",
+        "strategy.warmup.samples=8",
+        "strategy.warmup.min_steps=0",  # the preset's 250-step minimum is for real data
+        "strategy.finetune.epochs=1",
+        "strategy.num_workers=0",
+    ]
+    return [item for pair in (("--set", v) for v in sets) for item in pair]
+
+
+def test_taskonomy5_validates_and_searches_a_release_named_copy(tmp_path: Path, capsys) -> None:
+    """``dmtg validate`` and ``dmtg search taskonomy5`` on a copy in the release's file names
+    (``..._domain_segmentsemantic.png``): validation in the per-building and the domain layout, the
+    search in omnitools.download's layout."""
+    for layout in ("building", "domain"):
+        root = write_taskonomy(tmp_path / layout, {"b1": 2, "b2": 1, "b3": 1}, size=16, layout=layout)
+        assert main(["validate", "taskonomy5", *_tiny_taskonomy5(root)]) == 0
+        assert "ok: taskonomy5: 5 tasks, K=3, dataset taskonomy" in capsys.readouterr().out
+    root = write_taskonomy(tmp_path / "omnidata", {"b1": 8, "b2": 3, "b3": 3}, size=32, layout="omnidata")
+    assert (root / "segment_semantic" / "taskonomy" / "b1" / "point_0_view_0_domain_segmentsemantic.png").is_file()
+    out = tmp_path / "run"
+    assert main(["search", "taskonomy5", *_tiny_taskonomy5(root), "--out", str(out), "--quiet"]) == 0
+    tasks = ["depth_zbuffer", "normal", "segment_semantic", "keypoints2d", "edge_texture"]
+    metrics = _check_outputs(out, tasks)
+    assert metrics["search"]["data_sizes"] == {"train": 8, "val": 3, "test": 3}
+    assert metrics["warmup"]["method"] == "attribution" and len(metrics["warmup"]["affinity"]) == 5
+    test = metrics["test"]
+    assert 0 <= test["segment_semantic"]["miou"] <= 1
+    # keypoints and edges in the reference's units: losses of the size of the others', not ~1e-3
+    assert test["edge_texture"]["loss"] > 0.05 and test["keypoints2d"]["loss"] > 0.05

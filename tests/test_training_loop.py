@@ -69,6 +69,8 @@ def test_train_network_validates_only_for_the_plateau_schedule() -> None:
     assert _train([], epochs=2).val_batches == 0
     # the plateau schedule steps on it: two validation batches (80 samples of 64) per epoch
     assert _train(["strategy.lr_schedule.name=plateau"], epochs=2).val_batches == 4
+    # on the training loss (the reference code's plateau) it needs none
+    assert _train(["strategy.lr_schedule={name: plateau, monitor: train_loss}"], epochs=2).val_batches == 0
 
 
 def test_skipping_validation_does_not_change_the_trained_weights() -> None:

@@ -13,7 +13,8 @@ ever downloaded.
 
 Tasks are attribute names (any subset of the 40, as binary tasks; did-you-mean on typos). Images
 are resized to ``size`` x ``size`` (64 in the TAG/DMTG setup; ``crop`` first takes a centred square
-of that side) and normalised with ImageNet's mean and std.
+of that side) and normalised with ImageNet's mean and std (``inputs: unit``: scaled to [0, 1] only, as
+DMTG's code feeds them).
 
 Memory: the index is two numpy arrays (file names as fixed-width bytes and the attribute matrix as
 int8: about 10 MB for all 202,599 images) and images stream from disk in ``__getitem__``, so
@@ -192,6 +193,7 @@ class CelebAImages(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
         crop: int | None,
         cache_file: Path | None = None,
         rows: np.ndarray | None = None,
+        inputs: str = "imagenet",
     ) -> None:
         self.image_dir = str(image_dir)
         self.files = files
@@ -202,8 +204,12 @@ class CelebAImages(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
         self.cache_file = str(cache_file) if cache_file is not None else None
         self.rows = rows
         self._cache: np.ndarray | None = None
-        self.mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1) * 255.0
-        self.std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1) * 255.0
+        if inputs == "unit":  # x / 255 in [0, 1], as DMTG's code feeds CelebA
+            self.mean = np.zeros((3, 1, 1), dtype=np.float32)
+            self.std = np.full((3, 1, 1), 255.0, dtype=np.float32)
+        else:
+            self.mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1) * 255.0
+            self.std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1) * 255.0
 
     def __len__(self) -> int:
         return int(self.files.shape[0])
@@ -320,7 +326,15 @@ class CelebADataset:
         parts: dict[str, CelebAImages] = {}
         for split, idx in chosen.items():
             parts[split] = CelebAImages(
-                image_dir, files[idx], labels[idx], names, options.size, options.crop, cache_file, rows=idx
+                image_dir,
+                files[idx],
+                labels[idx],
+                names,
+                options.size,
+                options.crop,
+                cache_file,
+                rows=idx,
+                inputs=options.inputs,
             )
         info = {
             "root": str(root),

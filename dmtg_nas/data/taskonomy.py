@@ -1,39 +1,55 @@
-"""``taskonomy``: Taskonomy dense tasks from a local copy in the standard per-building layout.
+"""``taskonomy``: Taskonomy dense tasks from a local copy, in the release's layout and file names.
 
-Layout read under ``root`` (nothing is ever downloaded)::
+Three folder layouts are read under ``root`` (nothing is ever downloaded; ``layout: auto`` tells them
+apart, see :func:`~dmtg_nas.catalog.images.resolve_layout`)::
 
-    <root>/<building>/rgb/point_<i>_view_<j>_domain_rgb.png
-    <root>/<building>/<domain>/point_<i>_view_<j>_domain_<domain>.png
+    building:  <root>/<building>/<domain>/point_<i>_view_<j>_domain_<name>.png   (one building of the release)
+    domain:    <root>/<domain>/<building>/point_<i>_view_<j>_domain_<name>.png   (Standley et al.'s loader)
+    omnidata:  <root>/<domain>/taskonomy/<building>/point_<i>_view_<j>_domain_<name>.png  (omnitools.download)
+
+``<name>`` is the domain's own name, except for the segmentation files, which the release names
+``..._domain_segmentsemantic.png`` in the folder ``segment_semantic`` (both spellings are read).
 
 A sample is a (building, point, view) with an ``rgb`` image and a file for every task's domain
 (samples missing one are skipped, and the count is logged); a building without the folder of a
 task is an error naming the folder. Task names are domain names:
 
-| task (domain)      | type         | file                  | target                                            |
+| task (domain)      | type         | file                  | target (``normalize: reference``, the default)    |
 |--------------------|--------------|-----------------------|---------------------------------------------------|
-| ``depth_zbuffer``  | depth        | 16-bit PNG            | metres = value / ``depth_scale`` (512: Taskonomy's|
-| ``depth_euclidean``|              |                       | 1/512 m units); ``depth_missing`` (65535) -> NaN  |
+| ``depth_zbuffer``  | depth        | 16-bit PNG            | metres = value / ``depth_scale`` (512: 1/512 m    |
+| ``depth_euclidean``|              |                       | units); values >= ``depth_limit`` (8192) or equal |
+|                    |              |                       | to ``depth_missing`` (65535) -> NaN               |
 | ``normal``         | normals      | 8-bit RGB PNG         | value / 127.5 - 1 in [-1, 1] per channel; pixels  |
 |                    |              |                       | without depth are NaN (``normal_mask: depth``)    |
 | ``segment_semantic``| segmentation| 8-bit label PNG       | class ids; values in ``segment_ignore`` -> the    |
 |                    |              |                       | task's ``ignore_index`` (see below)               |
-| ``keypoints2d``, ``keypoints3d`` | keypoints | 16-bit PNG | value / 65535 in [0, 1]                       |
-| ``edge_texture``, ``edge_occlusion`` | edges | 16-bit PNG | value / 65535 in [0, 1]                       |
+| ``keypoints2d``, ``keypoints3d`` | keypoints | 16-bit PNG | (value - mean) / std: keypoints2d (50, 100)      |
+| ``edge_texture``, ``edge_occlusion`` | edges | 16-bit PNG | edge_texture (718, 1070), edge_occlusion          |
+|                    |              |                       | (56.0248, 239.1265); ``normalize: unit``: / 65535 |
 
-Segmentation labels: we assume the PNG holds class ids ``0 .. num_classes - 1`` (18 for the
-Taskonomy-5 benchmark) and that 0 means "unlabelled", as in the code of Standley et al. and TAG
-(``cross_entropy(..., ignore_index=0)``); some releases also use 255. Both are ignored by default
-(``segment_ignore: [0, 255]``); set ``segment_ignore: [255]`` to train class 0 as background. Any
-other value at or above ``num_classes`` is an error naming the file.
+The statistics and the depth rule are the reference code's (Standley et al.'s
+``taskonomy_loader.py``, which DMTG's ``preprocess_taskonomy.py`` repeats): keypoints and edges
+standardised, so that their L1 losses are of the size of the other tasks' (scaled by 1/65535 they
+were 100 to 1000 times smaller), and depth valid below 2**13 (16 m). ``target_stats: {domain:
+[mean, std]}`` sets the statistics of a domain (``keypoints3d`` has none in the reference).
 
-Masks: depth pixels equal to ``depth_missing`` are missing (NaN targets, skipped by the masked L1
-loss and the metrics). With ``normal_mask: depth`` the normals of those pixels are masked too (the
-``depth_zbuffer`` file is read for the mask even when depth is not a task, if the folder exists).
+Segmentation labels: the PNG holds class ids ``0 .. num_classes - 1`` (18 for the Taskonomy-5
+benchmark); 0 is "uncertain" in the release (1 is background), and the code of Standley et al., TAG
+and DMTG skips it (``cross_entropy(..., ignore_index=0)``); some copies also use 255. Both are
+ignored by default (``segment_ignore: [0, 255]``). Any other value at or above ``num_classes`` is an
+error naming the file.
+
+Masks: missing depth pixels are NaN targets, skipped by the masked L1 loss and the metrics. With
+``normal_mask: depth`` the normals of those pixels are masked too (the ``depth_zbuffer`` file is
+read for the mask even when depth is not a task, if its folder exists).
 
 Images are resized to ``size`` x ``size`` (bilinear for rgb, keypoints and edges; nearest for depth,
-normals and labels) and rgb is normalised with ImageNet's mean and std. Building lists: ``split:
-tiny`` (shipped: 25 train, 5 val, 5 test buildings), or a CSV in Taskonomy's split format
-(``name,is_train,is_val,is_test`` per line), or ``buildings: {train: [...], val: [...], test: [...]}``.
+normals and labels); rgb is normalised with ImageNet's mean and std (``inputs: unit``: kept in
+[0, 1], as the reference code feeds it). ``flip: true`` mirrors a training sample left-right with
+probability 1/2 (rgb and every target; the normals' x component changes sign), the reference
+code's augmentation. Building lists: ``split: tiny`` (shipped: 25 train, 5 val, 5 test buildings),
+or a CSV in Taskonomy's split format (``name,is_train,is_val,is_test`` per line), or ``buildings:
+{train: [...], val: [...], test: [...]}``.
 """
 
 from __future__ import annotations
@@ -51,7 +67,17 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 from torch.utils.data import Dataset
 
-from ..catalog.images import DOMAIN_TYPES, TINY_SPLIT, TaskonomyOptions, building_lists, check_taskonomy, read_split_csv
+from ..catalog.images import (
+    DOMAIN_TYPES,
+    TINY_SPLIT,
+    TaskonomyOptions,
+    building_lists,
+    check_taskonomy,
+    domain_folder,
+    file_domains,
+    read_split_csv,
+    resolve_layout,
+)
 from ..errors import DataError
 from ..schema import TaskConfig
 from .base import TaskData
@@ -62,6 +88,9 @@ __all__ = ["TaskonomyDataset", "TaskonomyOptions", "TaskonomyImages", "TINY_SPLI
 _logger = logging.getLogger(__name__)
 
 _SAMPLE = re.compile(r"^(point_\d+_view_\d+)_domain_rgb\.png$")
+
+# building id -> {domain: (folder, the domain's name in its file names)}
+Folders = list[dict[str, tuple[str, str]]]
 
 
 def _read_png(path: str) -> np.ndarray:
@@ -88,40 +117,55 @@ def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
 class TaskonomyImages(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
     """One Taskonomy split: ``(rgb (3, S, S), {domain: target})`` (targets in the module docstring).
 
-    Holds only the index (building number and sample prefix per sample, as numpy arrays) and reads
-    every file in ``__getitem__``.
+    Holds only the index (building number and sample prefix per sample, as numpy arrays, and each
+    building's folder per domain) and reads every file in ``__getitem__``. ``flip``: mirror a sample
+    left-right with probability 1/2 (torch's random stream: a loader worker's own, seeded by the
+    loader).
     """
 
     def __init__(
         self,
-        root: Path,
+        folders: Folders,
         buildings: Sequence[str],
         building_ids: np.ndarray,
         prefixes: np.ndarray,
         tasks: Sequence[TaskConfig],
         options: TaskonomyOptions,
         mask_from_depth: bool,
+        flip: bool = False,
     ) -> None:
-        self.root = str(root)
+        self.folders = folders
         self.buildings = tuple(buildings)
         self.building_ids = building_ids
         self.prefixes = prefixes
         self.tasks = [(t.name, t.type, t.out_features, t.ignore_index) for t in tasks]
+        self.stats = {t.name: options.stats(t.name) for t in tasks if t.type in ("keypoints", "edges")}
         self.size = options.size
         self.depth_scale = options.depth_scale
         self.depth_missing = options.depth_missing
+        self.depth_limit = options.depth_limit
         self.segment_ignore = list(options.segment_ignore)
         self.mask_from_depth = mask_from_depth
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self.flip = flip
+        unit = options.inputs == "unit"
+        self.mean = torch.zeros(3, 1, 1) if unit else torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.ones(3, 1, 1) if unit else torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def __len__(self) -> int:
         return int(self.prefixes.shape[0])
 
     def path(self, index: int, domain: str) -> str:
-        building = self.buildings[int(self.building_ids[index])]
+        folder, name = self.folders[int(self.building_ids[index])][domain]
         prefix = self.prefixes[index].decode()
-        return os.path.join(self.root, building, domain, f"{prefix}_domain_{domain}.png")
+        return os.path.join(folder, f"{prefix}_domain_{name}.png")
+
+    def missing_depth(self, raw: np.ndarray) -> np.ndarray:
+        """bool, True where a depth file holds no depth: ``depth_missing``, or ``depth_limit`` and above."""
+        values = raw.astype(np.int64)
+        missing = values == self.depth_missing
+        if self.depth_limit is not None:
+            missing |= values >= self.depth_limit
+        return missing
 
     def _invalid(self, index: int, depth: np.ndarray | None) -> torch.Tensor | None:
         """(1, S, S) bool: pixels without depth (None when no mask applies)."""
@@ -129,7 +173,7 @@ class TaskonomyImages(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
             depth = _read_png(self.path(index, "depth_zbuffer"))
         if depth is None:
             return None
-        missing = torch.from_numpy((depth.astype(np.int64) == self.depth_missing)[None].astype(np.float32))
+        missing = torch.from_numpy(self.missing_depth(depth)[None].astype(np.float32))
         return _resize(missing, self.size, "nearest") > 0.5
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -145,9 +189,11 @@ class TaskonomyImages(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
             path = self.path(index, name)
             raw = _read_png(path)
             if kind == "depth":
+                if raw.ndim != 2:
+                    raise DataError(f"{path}: expected a single-channel 16-bit image, got shape {raw.shape}")
                 depth_raw = raw if name == "depth_zbuffer" else depth_raw
                 value = raw.astype(np.float32)
-                value[raw.astype(np.int64) == self.depth_missing] = np.nan
+                value[self.missing_depth(raw)] = np.nan
                 t = _resize(torch.from_numpy(value / self.depth_scale)[None], self.size, "nearest")
             elif kind == "normals":
                 if raw.ndim != 3 or raw.shape[2] < 3:
@@ -169,13 +215,27 @@ class TaskonomyImages(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
             else:  # keypoints, edges: 16-bit maps
                 if raw.ndim != 2:
                     raise DataError(f"{path}: expected a single-channel 16-bit image, got shape {raw.shape}")
-                t = _resize(torch.from_numpy(raw.astype(np.float32) / 65535.0)[None], self.size, "bilinear")
+                value = raw.astype(np.float32)
+                stats = self.stats[name]
+                value = (value - stats[0]) / stats[1] if stats is not None else value / 65535.0
+                t = _resize(torch.from_numpy(value)[None], self.size, "bilinear")
             targets[name] = t
         if "normal" in targets:
             invalid = self._invalid(index, depth_raw)
             if invalid is not None:
                 targets["normal"] = targets["normal"].masked_fill(invalid.expand(3, -1, -1), float("nan"))
+        if self.flip and bool(torch.rand(()) < 0.5):
+            x, targets = mirror(x, targets)
         return x, targets
+
+
+def mirror(x: torch.Tensor, targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A sample mirrored left-right: every map flipped along its width; the normals' x component (the
+    first channel, pointing right in the camera frame) changes sign, as in the reference code."""
+    out = {name: t.flip(-1) for name, t in targets.items()}
+    if "normal" in out:
+        out["normal"] = out["normal"] * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1)
+    return x.flip(-1), out
 
 
 class TaskonomyDataset:
@@ -187,46 +247,49 @@ class TaskonomyDataset:
         check_taskonomy(options, tasks)
 
     def _index(
-        self, root: Path, buildings: Sequence[str], domains: Sequence[str], mask_domain: str | None
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, root: Path, layout: str, buildings: Sequence[str], domains: Sequence[str], mask_domain: str | None
+    ) -> tuple[np.ndarray, np.ndarray, Folders]:
         ids: list[int] = []
         prefixes: list[str] = []
+        folders: Folders = []
         for b, building in enumerate(buildings):
-            folder = root / building
-            if not folder.is_dir():
-                raise DataError(f"{folder}: building folder not found")
-            rgb_dir = folder / "rgb"
+            if layout == "building" and not (root / building).is_dir():
+                raise DataError(f"{root / building}: building folder not found")
+            rgb_dir = domain_folder(root, layout, building, "rgb")
             if not rgb_dir.is_dir():
-                raise DataError(f"{rgb_dir}: building {building!r} has no rgb folder")
+                raise DataError(f"{rgb_dir}: building {building!r} has no rgb folder ({layout} layout)")
             found = sorted(m.group(1) for f in os.listdir(rgb_dir) if (m := _SAMPLE.match(f)))
             if not found:
                 raise DataError(f"{rgb_dir}: no images named point_<i>_view_<j>_domain_rgb.png")
+            where = {"rgb": (str(rgb_dir), "rgb")}
             keep = set(found)
             for domain in [*domains, *([mask_domain] if mask_domain else [])]:
-                task_dir = folder / domain
+                task_dir = domain_folder(root, layout, building, domain)
                 if not task_dir.is_dir():
-                    raise DataError(f"{task_dir}: building {building!r} has no {domain} folder")
-                suffix = f"_domain_{domain}.png"
-                present = {f[: -len(suffix)] for f in os.listdir(task_dir) if f.endswith(suffix)}
+                    raise DataError(f"{task_dir}: building {building!r} has no {domain} folder ({layout} layout)")
+                name, present = _named_files(task_dir, domain)
+                where[domain] = (str(task_dir), name)
                 lacking = keep - present
                 if lacking:
                     _logger.warning(
-                        "%s: %d samples have no %s file (e.g. %s%s); skipped",
+                        "%s: %d samples have no %s file (e.g. %s_domain_%s.png); skipped",
                         task_dir,
                         len(lacking),
                         domain,
                         sorted(lacking)[0],
-                        suffix,
+                        name,
                     )
                 keep &= present
             chosen = [p for p in found if p in keep]
             ids += [b] * len(chosen)
             prefixes += chosen
-        return np.asarray(ids, dtype=np.int32), np.asarray(prefixes, dtype="S")
+            folders.append(where)
+        return np.asarray(ids, dtype=np.int32), np.asarray(prefixes, dtype="S"), folders
 
     def load(self, options: TaskonomyOptions, tasks: Sequence[TaskConfig]) -> TaskData:
         self.check(options, tasks)
         root = Path(options.root)
+        layout = resolve_layout(root, options.layout)
         lists = building_lists(options)
         domains = [t.name for t in tasks]
         needs_mask = "normal" in domains and options.normal_mask == "depth" and "depth_zbuffer" not in domains
@@ -236,13 +299,57 @@ class TaskonomyDataset:
             buildings = lists[split]
             if not buildings:
                 raise DataError(f"the Taskonomy {split} split lists no buildings")
-            mask_from_depth = needs_mask and all((root / b / "depth_zbuffer").is_dir() for b in buildings)
-            ids, prefixes = self._index(root, buildings, domains, "depth_zbuffer" if mask_from_depth else None)
+            mask_from_depth = needs_mask and all(
+                domain_folder(root, layout, b, "depth_zbuffer").is_dir() for b in buildings
+            )
+            mask = "depth_zbuffer" if mask_from_depth else None
+            ids, prefixes, folders = self._index(root, layout, buildings, domains, mask)
             if options.limit is not None:
                 ids, prefixes = ids[: options.limit], prefixes[: options.limit]
             if len(prefixes) == 0:
                 raise DataError(f"{root}: the {split} buildings hold no complete sample")
             counts[split] = {b: int((ids == i).sum()) for i, b in enumerate(buildings)}
-            parts[split] = TaskonomyImages(root, buildings, ids, prefixes, tasks, options, mask_from_depth)
-        info: dict[str, Any] = {"root": str(root), "size": options.size, "samples_per_building": counts}
+            flip = options.flip and split == "train"
+            parts[split] = TaskonomyImages(folders, buildings, ids, prefixes, tasks, options, mask_from_depth, flip)
+        info: dict[str, Any] = {
+            "root": str(root),
+            "layout": layout,
+            "size": options.size,
+            "samples_per_building": counts,
+            "targets": {t.name: _target_rule(options, t) for t in tasks},
+        }
         return TaskData(parts["train"], parts["val"], parts["test"], (3, options.size, options.size), info=info)
+
+
+def _named_files(folder: Path, domain: str) -> tuple[str, set[str]]:
+    """The name ``domain`` has in ``folder``'s file names and the sample prefixes it holds a file for.
+
+    Every spelling of :func:`~dmtg_nas.catalog.images.file_domains` is looked for; a folder mixing two
+    is an error (one copy, one naming)."""
+    spellings = file_domains(domain)
+    suffixes = {name: f"_domain_{name}.png" for name in spellings}
+    present: dict[str, set[str]] = {name: set() for name in spellings}
+    for f in os.listdir(folder):
+        for name, suffix in suffixes.items():
+            if f.endswith(suffix) and _SAMPLE.match(f[: -len(suffix)] + "_domain_rgb.png"):
+                present[name].add(f[: -len(suffix)])
+    used = [name for name in spellings if present[name]]
+    if len(used) > 1:
+        raise DataError(
+            f"{folder}: mixes file names ..._domain_{used[0]}.png and ..._domain_{used[1]}.png; keep one naming"
+        )
+    name = used[0] if used else spellings[0]
+    return name, present[name]
+
+
+def _target_rule(options: TaskonomyOptions, task: TaskConfig) -> str:
+    """How a task's target is made from its file (recorded in the run's data info)."""
+    if task.type == "depth":
+        limit = f" or >= {options.depth_limit}" if options.depth_limit is not None else ""
+        return f"value / {options.depth_scale:g} (metres); {options.depth_missing}{limit} missing"
+    if task.type in ("keypoints", "edges"):
+        stats = options.stats(task.name)
+        return f"(value - {stats[0]:g}) / {stats[1]:g}" if stats is not None else "value / 65535"
+    if task.type == "normals":
+        return "value / 127.5 - 1"
+    return f"class ids; {options.segment_ignore} ignored"

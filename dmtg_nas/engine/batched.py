@@ -121,7 +121,12 @@ def subset_losses_seeded(
         for mask in subsets:
             nets.append(
                 plain_network(
-                    spec.tasks, spec.backbone, spec.heads, data.input_shape, dict.fromkeys(spec.task_names, 0)
+                    spec.tasks,
+                    spec.backbone,
+                    spec.heads,
+                    data.input_shape,
+                    dict.fromkeys(spec.task_names, 0),
+                    weights=spec.strategy.init.weights,
                 )
             )
             masks.append(mask)
@@ -231,6 +236,7 @@ def train_stacked(
         for epoch in range(epochs):
             if line is not None:
                 line.set_description_str(f"{stage}: epoch {epoch + 1}/{epochs}", refresh=False)
+            epoch_loss, epoch_steps = torch.zeros(()), 0  # summed on the loss's device (no sync per step)
             for batches in zip(*loaders):
                 x, ys = batches[0]
                 if per_net:  # every network's batch from its own order: (networks, batch, ...)
@@ -246,9 +252,12 @@ def train_stacked(
                         if p.grad is not None:
                             p.grad.mul_(scale.view(-1, *([1] * (p.grad.dim() - 1))))
                 optimizer.step()
+                epoch_loss, epoch_steps = total.detach() + epoch_loss.to(total.device), epoch_steps + 1
                 if line is not None:
                     line.update(1)
-            if isinstance(scheduler, dict):  # plateau: the summed validation loss of all networks
+            if isinstance(scheduler, dict) and scheduler["monitor"] == "train_loss":  # plateau on training loss
+                scheduler["scheduler"].step(float(epoch_loss) / max(epoch_steps, 1))  # all networks' sum, per step
+            elif isinstance(scheduler, dict):  # plateau: the summed validation loss of all networks
                 val = evaluate_all("val")
                 scheduler["scheduler"].step(sum(r["loss"] for per in val for r in per.values()))
             elif scheduler is not None:

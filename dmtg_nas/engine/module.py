@@ -23,7 +23,7 @@ from ..schema import LRScheduleConfig, OptimizerConfig, TaskConfig
 from ..tasks import TaskMetrics, summarize
 from .losses import HeadOutputs, multitask_loss
 
-__all__ = ["ARCH_PARAM_FLAG", "LossFn", "MultiTaskModule", "make_optimizer"]
+__all__ = ["ARCH_PARAM_FLAG", "BestEpoch", "LossFn", "MultiTaskModule", "make_optimizer"]
 
 # parameters with this attribute set are the search's architecture parameters (the grouping logits)
 ARCH_PARAM_FLAG = "_dmtg_grouping_logit"
@@ -230,7 +230,60 @@ class MultiTaskModule(pl.LightningModule):
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.epochs, 1))
         else:
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode="min", factor=sched.factor, patience=sched.patience
+                opt,
+                mode="min",
+                factor=sched.factor,
+                patience=sched.patience,
+                threshold=sched.threshold,
+                min_lr=sched.min_lr,
             )
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+            # train_loss: the epoch's mean training loss, logged by on_train_epoch_end (before Lightning
+            # steps epoch schedulers)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": sched.monitor}}
         return {"optimizer": opt, "lr_scheduler": scheduler}
+
+
+class BestEpoch(pl.Callback):
+    """``strategy.keep: best``: remember the module's weights (and grouping logits) after the epoch
+    with the lowest validation ``monitor`` and load them back when training ends, as DMTG's code
+    keeps its ``epoch-best.pth`` (the lowest validation error for classification, else loss).
+
+    The snapshot is a CPU copy of the module's state dict, taken after each validation that improves
+    on the best so far; it is saved in the search's checkpoints (a resumed run keeps it).
+    """
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.best: float | None = None
+        self.epoch: int | None = None
+        self.state: dict[str, Tensor] | None = None
+
+    @staticmethod
+    def monitor_for(tasks: Sequence[TaskConfig]) -> str:
+        """``val_total_error`` when every task is a classification task, else ``val_loss``."""
+        return "val_total_error" if all(t.type in ("binary", "multiclass") for t in tasks) else "val_loss"
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        if self.best is None or float(value) < self.best:
+            self.best, self.epoch = float(value), int(trainer.current_epoch) + 1
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.state is not None:
+            pl_module.load_state_dict(self.state)
+            _logger.info("keep: best: the search's result is epoch %s (%s %.6g)", self.epoch, self.monitor, self.best)
+
+    def record(self) -> dict[str, Any]:
+        """What was kept: ``{"policy": "best", "monitor", "epoch", "value"}`` (epoch None: no validation)."""
+        return {"policy": "best", "monitor": self.monitor, "epoch": self.epoch, "value": self.best}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "best": self.best, "epoch": self.epoch, "state": self.state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.epoch, self.state = state_dict.get("best"), state_dict.get("epoch"), state_dict.get("state")

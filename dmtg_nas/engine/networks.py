@@ -20,7 +20,25 @@ from ..backbones import FeatureSpec, build_encoder, build_head
 from ..network import GroupedNetwork
 from ..schema import BackboneConfig, HeadsConfig, SearchSpec, TaskConfig
 
-__all__ = ["NetworkParts", "build_parts", "partition_network", "plain_network"]
+__all__ = ["NetworkParts", "build_parts", "init_weights", "partition_network", "plain_network"]
+
+_XAVIER_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)
+
+
+def init_weights(module: nn.Module | None, weights: str = "default") -> nn.Module | None:
+    """Initialise ``module`` in place by ``strategy.init.weights``: ``default`` leaves it as built;
+    ``xavier`` draws every linear and convolution weight with ``xavier_uniform_`` and zeroes their
+    biases (as DMTG's CelebA code does); normalisation layers keep theirs. Returns ``module``."""
+    if module is None or weights == "default":
+        return module
+    if weights != "xavier":
+        raise ValueError(f"weights must be 'default' or 'xavier', got {weights!r}")
+    for layer in module.modules():
+        if isinstance(layer, _XAVIER_LAYERS):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+    return module
 
 
 @dataclass
@@ -43,29 +61,36 @@ def build_parts(
     heads: HeadsConfig,
     input_shape: Sequence[int],
     branch_init: str = "copy",
+    weights: str = "default",
 ) -> NetworkParts:
     """Build the parts in the fixed order: the first encoder (stem and branch), the other K - 1
     branches, then each task's K heads. ``copy`` starts every branch (and every head of a task) from
-    identical weights, as the method's reference code does; ``independent`` initialises each one."""
+    identical weights, as the method's reference code does; ``independent`` initialises each one.
+    ``weights``: :func:`init_weights` of each part as it is built (copies are made after it)."""
     if num_branches < 1:
         raise ValueError(f"num_branches must be >= 1, got {num_branches}")
     shape = tuple(input_shape)
     maps = any(t.dense for t in tasks)
     first = build_encoder(backbone, shape, maps=maps)
+    init_weights(first.stem, weights)
+    init_weights(first.branch, weights)
+
+    def new_branch() -> nn.Module:
+        return init_weights(build_encoder(backbone, shape, maps=maps).branch, weights)  # type: ignore[return-value]
+
     branches = [first.branch] + [
-        copy.deepcopy(first.branch) if branch_init == "copy" else build_encoder(backbone, shape, maps=maps).branch
-        for _ in range(num_branches - 1)
+        copy.deepcopy(first.branch) if branch_init == "copy" else new_branch() for _ in range(num_branches - 1)
     ]
     out_size = (shape[-2], shape[-1]) if len(shape) == 3 else None
+
+    def new_head(task: TaskConfig) -> nn.Module:
+        return init_weights(build_head(task, first.features, heads, out_size), weights)  # type: ignore[return-value]
+
     task_heads = []
     for task in tasks:
-        head = build_head(task, first.features, heads, out_size)
+        head = new_head(task)
         task_heads.append(
-            [head]
-            + [
-                copy.deepcopy(head) if branch_init == "copy" else build_head(task, first.features, heads, out_size)
-                for _ in range(num_branches - 1)
-            ]
+            [head] + [copy.deepcopy(head) if branch_init == "copy" else new_head(task) for _ in range(num_branches - 1)]
         )
     architecture = {
         "tasks": [t.model_dump(mode="json") for t in tasks],
@@ -83,13 +108,14 @@ def plain_network(
     input_shape: Sequence[int],
     assignment: Mapping[str, int],
     num_branches: int | None = None,
+    weights: str = "default",
 ) -> GroupedNetwork:
     """A freshly initialised grouped network: task ``t`` on branch ``assignment[t]`` of
     ``num_branches`` (default: as many as the assignment names), every part initialised
     independently; the branches no task uses are built (the random stream is that of the whole
-    K-branch network) and dropped."""
+    K-branch network) and dropped. ``weights``: ``strategy.init.weights`` (:func:`init_weights`)."""
     k = num_branches if num_branches is not None else max(int(b) for b in assignment.values()) + 1
-    parts = build_parts(tasks, k, backbone, heads, input_shape, "independent")
+    parts = build_parts(tasks, k, backbone, heads, input_shape, "independent", weights)
     used = sorted({int(assignment[t.name]) for t in tasks})
     return GroupedNetwork(
         parts.architecture,
@@ -103,6 +129,7 @@ def plain_network(
 
 def partition_network(spec: SearchSpec, groups: Sequence[Sequence[str]], input_shape: Sequence[int]) -> GroupedNetwork:
     """The spec's network of a partition of its tasks (group i on branch i), freshly initialised."""
+    assignment = {t: i for i, g in enumerate(groups) for t in g}
     return plain_network(
-        spec.tasks, spec.backbone, spec.heads, input_shape, {t: i for i, g in enumerate(groups) for t in g}
+        spec.tasks, spec.backbone, spec.heads, input_shape, assignment, weights=spec.strategy.init.weights
     )

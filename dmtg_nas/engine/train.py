@@ -95,9 +95,9 @@ def train_network(
         compile=hw.compile,
     )
     module.set_model(model)
-    # the validation loss is read only by the plateau schedule; else no validation between epochs
+    # the validation loss is read only by the plateau schedule on it; else no validation between epochs
     # (nothing here keeps per-epoch curves, and the caller evaluates the trained network itself)
-    validate = strategy.lr_schedule.name == "plateau"
+    validate = strategy.lr_schedule.name == "plateau" and strategy.lr_schedule.monitor == "val_loss"
     with quiet_libraries():
         _fit(module, data, strategy, epochs, validate, progress, [*callbacks, *stage_bars(progress, stage)])
     if skipped is not None:

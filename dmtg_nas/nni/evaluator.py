@@ -20,7 +20,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from ..components import load_data
 from ..data import TaskData, make_loader
 from ..engine.bars import stage_bars
-from ..engine.module import MultiTaskModule
+from ..engine.module import BestEpoch, MultiTaskModule
 from ..hardware import search_logger, trainer_kwargs, use_pinned_memory, user_callbacks
 from ..quiet import quiet_libraries
 from ..runstate import (
@@ -51,6 +51,7 @@ class NniMultiTaskModule(MultiTaskModule, LightningModule):
 
     inputs: RunInputs | None = None
     held_out_loader: Any = None  # the validation batches (strategy.bilevel: the logits learn from them)
+    best_epoch: BestEpoch | None = None  # strategy.keep: best: the callback keeping the best epoch
 
 
 def run_inputs(evaluator: Any) -> RunInputs | None:
@@ -84,8 +85,9 @@ def build_evaluator(
     """NNI's Lightning evaluator for the spec: the multi-task module, a traced Trainer and loaders.
 
     ``validate``: run a validation pass after every epoch (the logged ``val_loss`` and per-task
-    curves, the plateau schedule, callbacks that read them); False: none; None (default): where
-    something reads it, as ``dmtg search`` decides (an output folder, callbacks, the plateau schedule).
+    curves, the plateau schedule, ``keep: best``, callbacks that read them); False: none; None
+    (default): where something reads it, as ``dmtg search`` decides (an output folder, callbacks,
+    :attr:`~dmtg_nas.schema.StrategyConfig.validates`).
 
     The evaluator carries the spec and the data (:func:`run_inputs`), so that the
     :class:`~dmtg_nas.nni.strategy.DMTG` strategy can run the whole pipeline on it.
@@ -98,7 +100,7 @@ def build_evaluator(
     strat = spec.strategy
     hw = strat.trainer
     if validate is None:
-        validate = out_dir is not None or bool(callbacks) or strat.lr_schedule.name == "plateau"
+        validate = out_dir is not None or bool(callbacks) or strat.validates
     module = NniMultiTaskModule(
         spec.tasks,
         strat.optimizer,
@@ -122,6 +124,9 @@ def build_evaluator(
         **loader,  # type: ignore[arg-type]
     )
     cbs = list(callbacks)
+    if strat.keep == "best":  # before the checkpoint callback: its snapshot goes into the epoch's checkpoint
+        module.best_epoch = BestEpoch(BestEpoch.monitor_for(spec.tasks))
+        cbs.append(module.best_epoch)
     saving = checkpoint and out_dir is not None
     if saving:
         assert out_dir is not None

@@ -49,9 +49,12 @@ def one_shot_search(
 
 
 def search_record(strategy: OneShotDMTG, space: GroupingSpace) -> SearchRecord:
-    """What a finished one-shot search found: each task's branch, the probabilities, the skipped batches."""
+    """What a finished one-shot search found: each task's branch, the probabilities, the skipped batches
+    (and with ``keep: best`` the epoch kept)."""
     module = strategy.dmtg_module
     skipped = [{"phase": "search", **r} for r in module.training_module.nonfinite_skips]
+    best = getattr(module.training_module, "best_epoch", None)
+    kept = best.record() if best is not None else None
     return SearchRecord(
         space,
         module.export(),
@@ -59,4 +62,5 @@ def search_record(strategy: OneShotDMTG, space: GroupingSpace) -> SearchRecord:
         skipped,
         affinity=module.scout_record,
         alignment=module.alignment_record,
+        kept=kept,
     )

@@ -161,6 +161,8 @@ class GroupingSpace(ModelSpace):
         fuse_heads: store the heads as one :class:`HeadBank` per branch when every head is a plain
             linear layer on vector features (the values are the same as without; False keeps one
             module per head).
+        weights: ``strategy.init.weights``: ``default`` or ``xavier``
+            (:func:`~dmtg_nas.engine.networks.init_weights`).
     """
 
     def __init__(
@@ -172,9 +174,10 @@ class GroupingSpace(ModelSpace):
         input_shape: Sequence[int],
         branch_init: str = "copy",
         fuse_heads: bool = True,
+        weights: str = "default",
     ) -> None:
         super().__init__()
-        parts = build_parts(tasks, num_branches, backbone, heads, input_shape, branch_init)
+        parts = build_parts(tasks, num_branches, backbone, heads, input_shape, branch_init, weights)
         self.tasks = list(tasks)
         self.num_branches = num_branches
         self.architecture = parts.architecture
@@ -187,7 +190,8 @@ class GroupingSpace(ModelSpace):
 
     @classmethod
     def from_spec(cls, spec: SearchSpec, input_shape: Sequence[int]) -> GroupingSpace:
-        return cls(spec.tasks, spec.groups, spec.backbone, spec.heads, input_shape, spec.strategy.init.branches)
+        init = spec.strategy.init
+        return cls(spec.tasks, spec.groups, spec.backbone, spec.heads, input_shape, init.branches, weights=init.weights)
 
     @property
     def task_names(self) -> list[str]:

@@ -46,8 +46,9 @@ class RunContext:
     @property
     def validate(self) -> bool:
         """Whether the search validates after every epoch: only where something reads it (the run's
-        logs and checkpoints, the plateau schedule, the caller's callbacks)."""
-        return self.out is not None or bool(self.callbacks) or self.strategy.lr_schedule.name == "plateau"
+        logs and checkpoints, the plateau schedule on the validation loss, ``keep: best``, the
+        caller's callbacks)."""
+        return self.out is not None or bool(self.callbacks) or self.strategy.validates
 
     def seed(self, offset: int = 0) -> None:
         """Seed every random generator from the strategy's seed (plus ``offset``)."""

@@ -21,7 +21,8 @@ def network_of(ctx: RunContext, space: Supernet, sample: Mapping[str, int], init
     """The grouped network of ``sample``: the search's weights (``search``) or fresh ones (``scratch``)."""
     if init == "scratch":
         spec = ctx.spec
-        return plain_network(spec.tasks, spec.backbone, spec.heads, ctx.data.input_shape, sample, spec.groups)
+        weights = spec.strategy.init.weights
+        return plain_network(spec.tasks, spec.backbone, spec.heads, ctx.data.input_shape, sample, spec.groups, weights)
     return space.freeze(sample)
 
 

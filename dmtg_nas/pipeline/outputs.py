@@ -2,7 +2,8 @@
 
 ``metrics.json`` holds the final network's ``val`` and ``test`` rows and ``totals``; ``search``:
 epochs, each stage's wall time (``warm_start_seconds``, ``search_seconds`` (the supernet alone),
-``finetune_seconds``, ``check_seconds``, ``total_seconds``), K, the branches used, the data sizes;
+``finetune_seconds``, ``check_seconds``, ``total_seconds``), K, the branches used, the data sizes,
+``kept`` (the supernet's epoch the grouping comes from: ``strategy.keep``);
 ``stages``: each stage's grouping and time; ``nonfinite``; ``local_search`` (the merge check);
 ``warmup``; ``affinity`` (the affinity scout: the measured affinity and its clusters); ``alignment`` (the
 gradient alignment: its measurements and the similarity it ended with); ``polish``
@@ -94,6 +95,7 @@ def search_result(
             "branches_used": len(groups),
             "data_sizes": data.sizes(),
             "resumed": ctx.resume_from is not None,
+            "kept": search.kept or {"policy": "last", "epoch": strat.epochs},
         },
         "stages": [s.to_dict() for s in stages],
         "nonfinite": {"policy": strat.nonfinite, "skipped_batches": len(skipped), "batches": skipped[:100]},

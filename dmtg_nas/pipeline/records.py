@@ -49,6 +49,8 @@ class SearchRecord:
         alignment: the gradient alignment's record (measurements, seconds, similarity; None: off).
         polish: the polish of the relaxation's argmax (``relaxed``: each task's branch before it,
             ``moves``; None: not polished).
+        kept: ``strategy.keep: best``: the epoch kept (``{"policy", "monitor", "epoch", "value"}``;
+            None: the last epoch's supernet).
     """
 
     space: Supernet
@@ -59,6 +61,7 @@ class SearchRecord:
     affinity: dict[str, Any] | None = None
     alignment: dict[str, Any] | None = None
     polish: dict[str, Any] | None = None
+    kept: dict[str, Any] | None = None
 
 
 @dataclass
