@@ -1,8 +1,8 @@
 """Devices, processes and precision: what every Lightning Trainer of the package is built with.
 
 A :class:`~dmtg_nas.config.TrainerConfig` (``strategy.trainer`` in a spec) becomes the Trainer's
-``accelerator``, ``devices``, ``num_nodes``, ``strategy`` and ``precision``. With more than one process
-Lightning's ``ddp`` strategy launches the other processes by running the same command again (its
+``accelerator``, ``devices``, ``num_nodes``, ``strategy``, ``precision`` and ``sync_batchnorm``. With
+more than one process Lightning's ``ddp`` strategy launches the other processes by running the same command again (its
 subprocess launcher); each process then runs the whole pipeline on its share of every batch
 (:class:`~dmtg_nas.data.ShardedBatchSampler`), DDP averages the gradients, and only the process of
 global rank 0 writes files (:func:`is_global_zero`).
@@ -33,6 +33,7 @@ from .runlock import launcher_rank_zero
 __all__ = [
     "trainer_kwargs",
     "check_trainer",
+    "sync_batchnorm",
     "user_callbacks",
     "search_logger",
     "is_global_zero",
@@ -50,14 +51,28 @@ LOGGER_PACKAGES = {
 }
 
 
+def _on_gpu(cfg: TrainerConfig) -> bool:
+    return cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and torch.cuda.is_available())
+
+
 def _check(cfg: TrainerConfig) -> None:
     if cfg.accelerator == "gpu" and not torch.cuda.is_available():
         raise DmtgError("strategy.trainer.accelerator is 'gpu' but no CUDA device is available; use 'auto' or 'cpu'")
-    on_gpu = cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    on_gpu = _on_gpu(cfg)
     if on_gpu and cfg.devices > torch.cuda.device_count():
         raise DmtgError(
             f"strategy.trainer.devices is {cfg.devices} but this machine has {torch.cuda.device_count()} GPU(s)"
         )
+    if cfg.sync_batchnorm is True and not on_gpu:
+        raise DmtgError("strategy.trainer.sync_batchnorm is true but training runs on the CPU; use 'auto' or false")
+
+
+def sync_batchnorm(cfg: TrainerConfig) -> bool:
+    """Whether Lightning turns the batch-norm layers into SyncBatchNorm for the training (``auto``:
+    with more than one process on GPUs; networks without batch norm are unchanged either way)."""
+    if cfg.sync_batchnorm == "auto":
+        return cfg.world_size > 1 and _on_gpu(cfg)
+    return bool(cfg.sync_batchnorm)
 
 
 def trainer_kwargs(cfg: TrainerConfig) -> dict[str, Any]:
@@ -73,6 +88,7 @@ def trainer_kwargs(cfg: TrainerConfig) -> dict[str, Any]:
         "num_nodes": cfg.num_nodes,
         "strategy": "ddp" if distributed or cfg.strategy == "ddp" else "auto",
         "precision": cfg.precision,
+        "sync_batchnorm": sync_batchnorm(cfg),
         "use_distributed_sampler": False,
         **cfg.extra,
     }

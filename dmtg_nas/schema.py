@@ -396,6 +396,7 @@ TRAINER_SETTINGS = {
     "num_nodes": "strategy.trainer.num_nodes",
     "strategy": "strategy.trainer.strategy",
     "precision": "strategy.trainer.precision",
+    "sync_batchnorm": "strategy.trainer.sync_batchnorm",
     "logger": "strategy.trainer.logger",
     "callbacks": "strategy.trainer.callbacks",
     "enable_progress_bar": "--quiet",
@@ -429,7 +430,10 @@ class TrainerConfig(StrictModel):
     strategy: Literal["auto", "ddp"] = "auto"  # auto: ddp when devices * num_nodes > 1
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"  # Lightning's precision plugin
     channels_last: bool = False  # conv encoders: NHWC memory format (faster convolutions on recent GPUs)
-    compile: bool = False  # torch.compile the network's forward
+    compile: bool = False  # torch.compile the network's forward and the method's loss
+    # DDP: batch-norm statistics over the whole global batch (SyncBatchNorm) instead of each process's
+    # share; auto: on when more than one process trains on GPUs (SyncBatchNorm does not run on the CPU)
+    sync_batchnorm: Literal["auto"] | bool = "auto"
     # the search's logger, writing under the output folder only: csv (logs/metrics.csv), tensorboard,
     # mlflow (a local file store, OUT/mlruns) or wandb (offline mode); each needs its package
     logger: Literal["csv", "tensorboard", "mlflow", "wandb"] = "csv"
@@ -458,6 +462,14 @@ class TrainerConfig(StrictModel):
                     f"arguments}}, got {show_value(item)}"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _sync_batchnorm_on_gpus(self) -> TrainerConfig:
+        if self.sync_batchnorm is True and self.accelerator == "cpu":
+            raise ValueError(
+                "sync_batchnorm: true needs GPUs (SyncBatchNorm does not run on the CPU); use auto or false"
+            )
+        return self
 
     @property
     def world_size(self) -> int:

@@ -47,35 +47,36 @@ __all__ = [
 ]
 
 
-def _zero(pred: Tensor) -> Tensor:
-    """A zero loss that keeps the graph (a batch without any valid target pixel)."""
-    return pred.sum() * 0.0
+def _masked_mean(elements: Tensor, valid: Tensor, per_valid: int = 1) -> Tensor:
+    """Mean of ``elements`` over the entries where ``valid`` (broadcast) holds, 0 (graph kept) where none
+    does, computed on the device: no host synchronisation (no ``bool()``, no boolean indexing)."""
+    total = torch.where(valid, elements, torch.zeros((), dtype=elements.dtype, device=elements.device)).sum()
+    return total / (valid.sum() * per_valid).clamp_min(1)
 
 
 def _masked_regression(name: str, pred: Tensor, target: Tensor) -> Tensor:
-    """Elementwise loss over the finite target entries only (NaN marks missing data)."""
+    """Elementwise loss over the finite target entries only (NaN marks missing data), in float32."""
     target = target.reshape(pred.shape)
     valid = torch.isfinite(target)
-    if not bool(valid.any()):
-        return _zero(pred)
-    p, t = pred[valid], target[valid]
+    p = pred.float()
+    t = torch.where(valid, target.float(), p.detach())  # missing entries: no loss, no NaN in the gradient
     if name == "l1":
-        return F.l1_loss(p, t)
-    if name == "mse":
-        return F.mse_loss(p, t)
-    return F.smooth_l1_loss(p, t)
+        elements = F.l1_loss(p, t, reduction="none")
+    elif name == "mse":
+        elements = F.mse_loss(p, t, reduction="none")
+    else:
+        elements = F.smooth_l1_loss(p, t, reduction="none")
+    return _masked_mean(elements, valid)
 
 
 def _normals_loss(name: str, pred: Tensor, target: Tensor) -> Tensor:
-    """(B, 3, H, W): masked L1 over the 3 channels, or 1 - cosine similarity, on valid pixels."""
-    valid = torch.isfinite(target).all(dim=1)  # (B, H, W)
-    if not bool(valid.any()):
-        return _zero(pred)
-    p = pred.permute(0, 2, 3, 1)[valid]  # (P, 3)
-    t = target.permute(0, 2, 3, 1)[valid]
+    """(B, 3, H, W): masked L1 over the 3 channels, or 1 - cosine similarity, on valid pixels (float32)."""
+    valid = torch.isfinite(target).all(dim=1, keepdim=True)  # (B, 1, H, W)
+    p = pred.float()
+    t = torch.where(valid, target.float(), p.detach())
     if name == "cosine":
-        return (1.0 - F.cosine_similarity(p, t, dim=-1)).mean()
-    return F.l1_loss(p, t)
+        return _masked_mean(1.0 - F.cosine_similarity(p, t, dim=1).unsqueeze(1), valid)
+    return _masked_mean(F.l1_loss(p, t, reduction="none"), valid, per_valid=pred.shape[1])
 
 
 def task_loss(task: TaskConfig, pred: Tensor, target: Tensor) -> Tensor:
@@ -92,11 +93,9 @@ def task_loss(task: TaskConfig, pred: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(pred.reshape(target.shape), target)
     if kind == "multiclass":
         return F.cross_entropy(pred, target)
-    if kind == "segmentation":
-        valid = int((target != task.ignore_index).sum())
-        if valid == 0:
-            return _zero(pred)
-        return F.cross_entropy(pred, target, ignore_index=task.ignore_index, reduction="sum") / valid
+    if kind == "segmentation":  # mean over the labelled pixels, counted on the device (0 when none is)
+        valid = (target != task.ignore_index).sum().clamp_min(1)
+        return F.cross_entropy(pred.float(), target, ignore_index=task.ignore_index, reduction="sum") / valid
     if kind == "normals":
         return _normals_loss(name, pred, target)
     return _masked_regression(name, pred, target)  # depth, keypoints, edges

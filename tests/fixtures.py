@@ -78,6 +78,7 @@ def write_taskonomy(
     domains: Sequence[str] = TASKONOMY_DOMAINS,
     layout: str = "building",
     names: str = "release",
+    unique: int | None = None,
 ) -> Path:
     """A Taskonomy folder with the release's file names: ``point_<i>_view_<j>_domain_<name>.png``
     where ``<name>`` is the domain, except ``segmentsemantic`` in the ``segment_semantic`` folder
@@ -90,13 +91,23 @@ def write_taskonomy(
     with one peak of ``KEYPOINT_PEAK``; edge_texture ``EDGE_VALUE`` on the square's top and bottom
     edges) and 8-bit label PNGs (segment_semantic: 3 in the square, 1 elsewhere, 0 = uncertain along
     the bottom rows). Targets are simple functions of the image (a bright square is near, one class,
-    edged), so they are learnable."""
+    edged), so they are learnable. ``unique`` draws that many distinct samples per building and copies
+    their files' bytes for the rest (fast for many samples)."""
     rng = np.random.default_rng(seed)
     for building, count in buildings.items():
         for d in ("rgb", *domains):
             taskonomy_folder(root, layout, building, d).mkdir(parents=True, exist_ok=True)
         for s in range(count):
             prefix = f"point_{s}_view_{s % 3}"
+            if unique is not None and s >= unique:
+                source = f"point_{s % unique}_view_{(s % unique) % 3}"
+                for d in ("rgb", *domains):
+                    folder = taskonomy_folder(root, layout, building, d)
+                    name = RELEASE_FILE_NAMES.get(d, d) if names == "release" else d
+                    (folder / f"{prefix}_domain_{name}.png").write_bytes(
+                        (folder / f"{source}_domain_{name}.png").read_bytes()
+                    )
+                continue
             y0, x0 = rng.integers(0, size // 2, 2)
             square = np.zeros((size, size), bool)
             square[y0 : y0 + size // 2, x0 : x0 + size // 2] = True

@@ -76,6 +76,7 @@ def test_trainer_settings_and_the_old_device_key() -> None:
         "num_nodes": 1,
         "strategy": "auto",
         "precision": "32-true",
+        "sync_batchnorm": False,
         "use_distributed_sampler": False,
     }
     assert trainer_kwargs(TrainerConfig(accelerator="cpu", devices=2))["strategy"] == "ddp"

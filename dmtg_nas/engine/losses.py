@@ -23,7 +23,7 @@ from torch import Tensor
 from ..schema import TaskConfig
 from ..tasks import squeeze_output, task_loss
 
-__all__ = ["ELEMENTWISE", "HeadOutputs", "LossBlock", "head_losses", "multitask_loss"]
+__all__ = ["ELEMENTWISE", "HeadOutputs", "LossBlock", "constant", "head_losses", "multitask_loss", "weighted_sum"]
 
 # Losses whose batch mean ``task_loss`` takes over every element of (B, ...) predictions and targets.
 ELEMENTWISE: dict[tuple[str, str], Callable[..., Tensor]] = {
@@ -32,6 +32,32 @@ ELEMENTWISE: dict[tuple[str, str], Callable[..., Tensor]] = {
     ("regression", "l1"): F.l1_loss,
     ("regression", "smooth_l1"): F.smooth_l1_loss,
 }
+
+
+# the small constant tensors of a step's losses (task indices, task weights), one copy per device
+_CONSTANTS: dict[tuple[Any, ...], Tensor] = {}
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return bool(compiler.is_compiling())
+    return bool(torch._dynamo.is_compiling())  # torch < 2.3
+
+
+def constant(values: Sequence[float] | Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``torch.tensor(values)`` on ``device``, made once: a tensor built from Python values on a GPU is
+    a copy from the host that waits for the GPU to finish its queue, in every step that builds it.
+    (Inside ``torch.compile`` it is a constant of the graph, built as usual.)"""
+    if _compiling():
+        return torch.tensor(list(values), dtype=dtype, device=device)
+    key = (tuple(values), str(device), dtype)
+    found = _CONSTANTS.get(key)
+    if found is None:
+        if len(_CONSTANTS) > 4096:  # a bound, never reached by one run's few task sets
+            _CONSTANTS.clear()
+        found = _CONSTANTS[key] = torch.tensor(list(values), dtype=dtype, device=device)
+    return found
 
 
 @dataclass
@@ -120,9 +146,13 @@ def _batched_head_losses(
     n = len(idx)
     bank = outputs.bank
     if bank is not None and y.dim() == 2 and outputs.signature(idx[0])[0][1] == 1:
-        # one column per task in the bank: gather the columns, no per-head views
-        cols = torch.tensor([outputs.offsets[i] for i in idx], device=bank.device)
-        stacked = bank.index_select(2, cols).permute(2, 0, 1)  # (n, K, B)
+        # one column per task in the bank: the columns (a slice when they are adjacent), no per-head views
+        cols = [outputs.offsets[i] for i in idx]
+        if cols == list(range(cols[0], cols[0] + n)):
+            columns = bank[:, :, cols[0] : cols[0] + n]
+        else:
+            columns = bank.index_select(2, constant(cols, bank.device, torch.long))
+        stacked = columns.permute(2, 0, 1)  # (n, K, B)
     else:
         preds = [pred for i in idx for pred in outputs.preds(i)]
         stacked = torch.stack(preds).reshape(n, len(preds) // n, *y.shape[1:])
@@ -137,6 +167,13 @@ def _batched_losses(tasks: Sequence[TaskConfig], outs: Sequence[Tensor], ys: Seq
     stacked = torch.stack(list(outs)).reshape(len(outs), 1, *y.shape[1:])
     per_head = fn(stacked, y.unsqueeze(1).expand_as(stacked), reduction="none").reshape(len(outs), 1, -1).mean(dim=-1)
     return per_head[:, 0]
+
+
+def weighted_sum(weights: Sequence[float], losses: Tensor) -> Tensor:
+    """``sum_j weights[j] * losses[j]`` (a plain sum when every weight is 1)."""
+    if all(w == 1.0 for w in weights):
+        return losses.sum()
+    return (constant(weights, losses.device, losses.dtype) * losses).sum()
 
 
 def multitask_loss(
@@ -158,8 +195,7 @@ def multitask_loss(
     for group in batched.values():
         losses = _batched_losses(group, [outputs[t.name] for t in group], [targets[t.name] for t in group])
         parts.update(zip([t.name for t in group], losses.unbind()))
-        weights = torch.tensor([t.weight for t in group], dtype=losses.dtype, device=losses.device)
-        terms.append((weights * losses).sum())
+        terms.append(weighted_sum([t.weight for t in group], losses))
     total = terms[0]
     for term in terms[1:]:
         total = total + term

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from ..errors import NonFiniteLossError
@@ -113,6 +114,12 @@ class MultiTaskModule(pl.LightningModule):
         self.tasks = list(tasks)
         self.nonfinite = nonfinite
         self.nonfinite_skips: list[dict[str, Any]] = []  # {step, epoch, tasks} of each skipped batch
+        # policy stop: (step, epoch) of the first non-finite loss ((-1, -1): none) and its task losses,
+        # kept on the device and read at the epoch's end (check_finite): no host synchronisation per step
+        self._bad_step: Tensor | None = None
+        self._bad_epoch: Tensor | None = None
+        self._bad_values: Tensor | None = None
+        self._bad_names: list[str] = []
         self.optimizer_config = optimizer
         self.lr_schedule_config = lr_schedule
         self.epochs = epochs
@@ -161,9 +168,13 @@ class MultiTaskModule(pl.LightningModule):
             total, parts = multitask_loss(self.tasks, outputs, targets)
         else:
             total, parts = loss_fn(outputs, targets)
-        if not bool(torch.isfinite(total)):
-            self._nonfinite(parts)
-            return None
+        if self.nonfinite == "skip":
+            # skipping the update needs the answer now: one synchronisation per step (not per task)
+            if not bool(torch.isfinite(total)):
+                self._nonfinite(parts)
+                return None
+        else:
+            self._watch(total, parts)
         # summed here and logged once per epoch: Lightning's ``log`` costs about a millisecond a call,
         # as much as a whole step of a small network
         weighted = total.detach() * x.shape[0]
@@ -172,6 +183,7 @@ class MultiTaskModule(pl.LightningModule):
         return total
 
     def on_train_epoch_end(self) -> None:
+        self.check_finite(everywhere=True)
         if self._loss_sum is None:
             return
         mean, count = self._loss_sum / self._loss_count, self._loss_count
@@ -179,15 +191,61 @@ class MultiTaskModule(pl.LightningModule):
         # batch_size and sync_dist: the sample-weighted epoch mean over all processes of a DDP run
         self.log("train_loss", mean, prog_bar=True, batch_size=count, sync_dist=True)
 
+    def on_validation_start(self) -> None:
+        # the validation after a training epoch: not on the weights a non-finite loss has reached
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self.check_finite(everywhere=True)
+
+    def on_train_end(self) -> None:
+        self.check_finite()  # a training that ends inside an epoch
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite()  # never save the weights a non-finite loss has reached
+
+    def _watch(self, total: Tensor, parts: Mapping[str, Tensor]) -> None:
+        """Policy ``stop``: remember, on the device, the step, epoch and task losses of the first
+        non-finite loss (:meth:`check_finite` raises)."""
+        trainer = self._trainer
+        step, epoch = (int(trainer.global_step), int(trainer.current_epoch)) if trainer is not None else (0, 0)
+        values = torch.stack([loss.detach().float().reshape(()) for loss in parts.values()])
+        if self._bad_values is None or self._bad_values.shape != values.shape:
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=total.device)
+            self._bad_epoch = torch.full((), -1, dtype=torch.long, device=total.device)
+            self._bad_values, self._bad_names = torch.zeros_like(values), list(parts)
+        assert self._bad_step is not None and self._bad_epoch is not None
+        first = (self._bad_step < 0) & ~torch.isfinite(total.detach())
+        # masked_fill takes the step and epoch as kernel arguments: nothing is copied from the host
+        self._bad_step = self._bad_step.masked_fill(first, step)
+        self._bad_epoch = self._bad_epoch.masked_fill(first, epoch)
+        self._bad_values = torch.where(first, values, self._bad_values)
+
+    def check_finite(self, everywhere: bool = False) -> None:
+        """Policy ``stop``: raise :class:`~dmtg_nas.errors.NonFiniteLossError` for the first non-finite
+        loss since the training started (one synchronisation). ``everywhere``: in a distributed run,
+        also when only another process had one (a collective: every process calls it, as at an
+        epoch's end)."""
+        if self._bad_step is None or self._bad_epoch is None or self._bad_values is None:
+            return
+        step, epoch = (int(v) for v in torch.stack([self._bad_step, self._bad_epoch]).tolist())
+        trainer = self._trainer
+        if everywhere and trainer is not None and trainer.world_size > 1:
+            first = int(trainer.strategy.reduce(self._bad_step.clone(), reduce_op="max").item())
+            if step < 0 and first >= 0:  # another process's loss: the averaged gradients carried it here
+                raise NonFiniteLossError([], first, int(trainer.current_epoch), {}, "in another process")
+        if step < 0:
+            return
+        values = dict(zip(self._bad_names, self._bad_values.tolist()))
+        bad = [name for name, value in values.items() if not math.isfinite(value)]
+        self._bad_step = self._bad_epoch = self._bad_values = None
+        raise NonFiniteLossError(bad, step, epoch, values)
+
     def _nonfinite(self, parts: Mapping[str, Tensor]) -> None:
-        """Policy ``stop``: raise :class:`~dmtg_nas.runstate.NonFiniteLossError` naming the tasks;
-        ``skip``: record the batch (``training_step`` then returns None: Lightning skips backward
-        and the update)."""
+        """Policy ``skip``: record the batch (``training_step`` then returns None: Lightning skips
+        backward and the update)."""
         values = {name: float(loss.detach()) for name, loss in parts.items()}
         bad = [name for name, value in values.items() if not math.isfinite(value)]
         step, epoch = int(self.trainer.global_step), int(self.trainer.current_epoch)
-        if self.nonfinite == "stop":
-            raise NonFiniteLossError(bad, step, epoch, values)
         self.nonfinite_skips.append({"step": step, "epoch": epoch, "tasks": bad})
         _logger.warning("non-finite loss at step %d (epoch %d) in task(s) %s: batch skipped", step, epoch, bad)
 

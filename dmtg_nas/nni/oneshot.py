@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from ..engine.losses import head_losses
 from ..engine.scout import affinity_clusters, gradient_similarity, lookahead_affinity, start_logits
 from ..schedules import TemperatureSchedule
-from ..schema import AffinityConfig, AlignmentConfig, StrategyConfig, TemperatureConfig
+from ..schema import AffinityConfig, AlignmentConfig, StrategyConfig, TaskConfig, TemperatureConfig
 from ..warmstart import attribution_affinity
 from .router import RouterBank, gumbel_noise
 
-__all__ = ["DMTGLightningModule", "OneShotDMTG"]
+__all__ = ["DMTGLightningModule", "OneShotDMTG", "routed_loss"]
 
 _logger = logging.getLogger(__name__)
 
@@ -46,6 +46,25 @@ class _ExpectedPredictions(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         outputs = self.supernet(x)
         return {name: torch.stack(outputs.preds(i)).mean(0) for i, name in enumerate(self.task_names)}
+
+
+def routed_loss(
+    bank: RouterBank,
+    tasks: Sequence[TaskConfig],
+    outputs: Any,
+    targets: Mapping[str, Tensor],
+    noise: Tensor,
+    tau: Tensor,
+    hard: bool,
+    held: bool,
+) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """One step of the method after the supernet's forward: the relaxed sample ``z`` (N, K), every
+    head's loss and their z-weighted sum; returns ``(total, {task: loss}, z)`` (``held``: the logits
+    get no gradient from this loss). ``tau`` and ``noise`` are tensors: compiled (``trainer.compile``)
+    this is one graph for the whole search, whatever the schedule does to tau."""
+    z = bank.sample(noise, tau, hard)
+    total, parts = bank.loss(z.detach() if held else z, head_losses(tasks, outputs, targets), tasks)
+    return total, parts, z
 
 
 class DMTGLightningModule(BaseOneShotLightningModule):
@@ -116,13 +135,21 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         return self.bank.probabilities()
 
     def step_state(self, step: int) -> tuple[Tensor, Tensor]:
-        """The Gumbel noise (N, K) and tau (a 0-d tensor) of optimisation step ``step``."""
+        """The Gumbel noise (N, K) and tau (a 0-d tensor) of optimisation step ``step``: the router
+        bank's buffers, set for this step (:meth:`RouterBank.set_step`)."""
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
         self.current_tau = self.temperature(step, total)
         bank = self.bank
-        noise = gumbel_noise(self.seed, step, (len(bank.task_names), bank.num_branches))
-        tau = torch.tensor(self.current_tau, dtype=bank.logits.dtype, device=bank.logits.device)
-        return noise, tau
+        return bank.set_step(gumbel_noise(self.seed, step, tuple(bank.noise.shape)), self.current_tau)
+
+    @property
+    def routing(self) -> Any:
+        """:func:`routed_loss`, through ``torch.compile`` when the network's forward is compiled."""
+        found = self.__dict__.get("_routing")
+        if found is None:
+            compiled = bool(getattr(self.training_module, "compile_model", False))
+            found = self.__dict__["_routing"] = torch.compile(routed_loss) if compiled else routed_loss
+        return found
 
     # ------------------------------------------------------------------------------------------
     # the affinity scout
@@ -217,6 +244,7 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         super().on_train_end()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.training_module.check_finite()  # never save the weights a non-finite loss has reached
         super().on_save_checkpoint(checkpoint)
         if self.affinity is not None:
             checkpoint["dmtg_scout"] = {"record": self.scout_record}
@@ -254,23 +282,25 @@ class DMTGLightningModule(BaseOneShotLightningModule):
             elif self._scout_ends:
                 self._keep_inputs(batch[0])
 
-        z = bank.sample(noise, tau, self.hard)
         held = (
             self.bilevel or (self.alignment is not None and self.alignment.drive == "alignment")
         ) and not self.scouting
         if self.alignment is not None and self.trainer.global_step % self.alignment.every == 0:
             self.measure_alignment(batch)
+        routing, sampled = self.routing, []
 
         def method_loss(outputs: Any, targets: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-            return bank.loss(z.detach() if held else z, head_losses(tasks, outputs, targets), tasks)
+            total, parts, z = routing(bank, tasks, outputs, targets, noise, tau, self.hard, held)
+            sampled.append(z)
+            return total, parts
 
         loss = self.training_module.training_step(batch, batch_idx, loss_fn=method_loss)
         if loss is None:  # a skipped non-finite batch (strategy.nonfinite: skip)
             return None
         if held and self.bilevel:  # the logits learn from a held-out batch, the weights from the training batch
-            loss = loss + self.held_out_loss(z)
+            loss = loss + self.held_out_loss(sampled[0])
         if self.alignment is not None and self._similarity is not None and not self.scouting:
-            loss = loss + self.alignment.weight * self.alignment_energy(z)
+            loss = loss + self.alignment.weight * self.alignment_energy(sampled[0])
         if self.entropy_weight > 0:
             loss = loss + self.entropy_weight * bank.entropy()
         return loss

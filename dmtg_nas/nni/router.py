@@ -28,7 +28,7 @@ import torch
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from torch import Tensor, nn
 
-from ..engine.losses import HeadOutputs, LossBlock
+from ..engine.losses import HeadOutputs, LossBlock, constant, weighted_sum
 from ..engine.module import ARCH_PARAM_FLAG
 from ..network import apply_heads
 from ..schema import TaskConfig
@@ -65,10 +65,25 @@ class RouterBank(BaseSuperNetModule):
         self.banks = routers.banks
         self.logits = nn.Parameter(logits.detach().clone().float().reshape(len(self.task_names), self.num_branches))
         setattr(self.logits, ARCH_PARAM_FLAG, True)
+        # the step's temperature and Gumbel noise, on the module's device, overwritten in place by
+        # set_step(): the (compiled) routing reads them as tensors, so a new tau is neither a new
+        # graph for torch.compile nor a copy from the host that waits for the GPU (not in state dicts)
+        self.tau: Tensor
+        self.noise: Tensor
+        self.register_buffer("tau", torch.ones(()), persistent=False)
+        self.register_buffer("noise", torch.zeros(len(self.task_names), self.num_branches), persistent=False)
 
     # ------------------------------------------------------------------------------------------
     # the method
     # ------------------------------------------------------------------------------------------
+
+    def set_step(self, noise: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+        """Make ``noise`` (N, K) and ``tau`` this step's (in place, without waiting for the device);
+        returns the buffers ``(noise, tau)``."""
+        with torch.no_grad():
+            self.tau.fill_(float(tau))
+            self.noise.copy_(noise, non_blocking=True)
+        return self.noise, self.tau
 
     def sample(self, noise: Tensor, tau: Tensor, hard: bool = False) -> Tensor:
         """(N, K) relaxed sample ``softmax((S + noise) / tau)``, differentiable in S; ``hard``: the
@@ -96,11 +111,14 @@ class RouterBank(BaseSuperNetModule):
                 parts[tasks[i].name] = loss
                 terms.append(tasks[i].weight * loss)
                 continue
-            rows = torch.tensor(block.tasks, device=z.device)
-            losses = (z.index_select(0, rows) * block.losses).sum(dim=-1)  # (n,)
+            first, n = block.tasks[0], len(block.tasks)
+            if block.tasks == list(range(first, first + n)):
+                rows = z[first : first + n]
+            else:
+                rows = z.index_select(0, constant(block.tasks, z.device, torch.long))
+            losses = (rows * block.losses).sum(dim=-1)  # (n,)
             parts.update(zip([tasks[i].name for i in block.tasks], losses.unbind()))
-            weights = torch.tensor([tasks[i].weight for i in block.tasks], dtype=losses.dtype, device=losses.device)
-            terms.append((weights * losses).sum())
+            terms.append(weighted_sum([tasks[i].weight for i in block.tasks], losses))
         total = terms[0]
         for term in terms[1:]:
             total = total + term
