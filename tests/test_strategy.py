@@ -169,3 +169,23 @@ def test_logits_share_the_optimizer_with_their_own_group(tiny_spec) -> None:
     assert (weights["lr"], weights["weight_decay"]) == (0.01, 0.001)
     n_params = sum(1 for _ in space.parameters())
     assert len(weights["params"]) + len(arch["params"]) == n_params
+
+
+def test_the_ablation_strategy_files_load_and_differ_from_their_base_as_they_say() -> None:
+    from pathlib import Path
+
+    from dmtg_nas.config import load_strategy
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "strategies"
+    loaded = {path.stem: load_strategy(path) for path in sorted(folder.glob("*.yaml"))}
+    assert {"plain-align", "align-check", "warm-align", "plain-bilevel", "warm-check", "oneshot-polish"} <= set(loaded)
+    for name, strategy in loaded.items():
+        assert strategy.name == name
+    assert loaded["plain-align"].alignment.enabled and loaded["plain-align"].warmup.method == "none"
+    assert loaded["plain-align"].local_search.enabled is False
+    assert loaded["align-check"].alignment.enabled and loaded["align-check"].local_search.enabled == "auto"
+    assert loaded["warm-align"].alignment.enabled and loaded["warm-align"].warmup.method == "attribution"
+    for name in ("plain-align", "align-check", "warm-align"):
+        assert loaded[name].optimizer.logits_lr == 0.03
+        assert loaded[name].alignment.drive == "alignment"
+    assert not load_strategy("dmtg").alignment.enabled  # the default keeps the head losses' drive
