@@ -1,0 +1,32 @@
+"""benchmarks/celeba_cache.py: the cache's cost at full scale, extrapolated from a measured part."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+
+def _module() -> object:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "celeba_cache.py"
+    spec = importlib.util.spec_from_file_location("celeba_cache", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_full_scale_estimate_follows_from_the_measured_part(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _module()
+    bench.main(["--images", "24", "--size", "16", "--out", str(tmp_path / "cache.json")])  # type: ignore[attr-defined]
+    result = json.loads((tmp_path / "cache.json").read_text())
+    assert result["images"] == 24 and result["size"] == 16
+    assert result["bytes_per_image"] == pytest.approx(3 * 16 * 16, abs=8)  # uint8 (3, 16, 16), the .npy header shared
+    assert result["full_scale_seconds"] == pytest.approx(result["build_seconds"] / 24 * 202_599, rel=0.01)
+    assert result["full_scale_gb"] == pytest.approx(result["bytes_per_image"] * 202_599 / 1e9, abs=0.01)
+    assert result["jpeg_kb"] > 1
+    assert capsys.readouterr().out.startswith("images=24 size=16")
