@@ -1,0 +1,344 @@
+"""What the default pipeline costs, stage by stage, against K trainings of one all-task network.
+
+For every problem and K, a fresh Python process (one torch thread) runs the default ``dmtg``
+strategy end to end into a temporary folder and the benchmark reads each stage's seconds from its
+``metrics.json`` (``search.warm_start_seconds``, ``search_seconds`` (the supernet),
+``finetune_seconds``, ``check_seconds``, ``total_seconds``; the total also holds loading the data,
+building the networks and writing the outputs) and the process's peak resident memory
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``). In the same rounds, another fresh process trains ONE
+all-task network (K = 1: every task on one encoder, ``train_partition`` with all tasks in one group:
+the search's epochs plus the fine-tune's, same data, batch, optimizer and seed) and times that
+training. Rounds interleave the measurements (all-task network, K1, K2, ... per problem); the
+report gives medians over rounds and ``ratio`` = the median over rounds of
+``total / (K x all-task training)`` of the same round.
+
+Problems (``--problems``):
+
+- ``planted9``: the shipped ``planted`` space (9 regression tasks in planted groups of 2, 3, 4;
+  ``mlp`` 32-8; K = 3 by default).
+- ``planted40``: the same generator with 40 tasks ``t1``..``t40`` in planted groups of 10, 10, 10, 10
+  (K = 2, 4, 8 by default).
+- ``image40``: CelebA-shaped: 40 binary tasks (planted groups of 10) on generated images (the
+  planted generator's ``image_size`` option: one channel, ``--image-size`` 16 by default) with the
+  ``celeba_resnet`` encoder at width 8 (CelebA's is 64 at 3x64x64), at the budget of the shipped
+  ``celeba40`` space (warm start 2 epochs, supernet 10, fine-tune 5; batch norm, so no merge
+  check); K = 2, 4, 8 by default.
+
+``--epochs-scale`` multiplies every epoch budget (warm start epochs and minimum steps, supernet,
+fine-tune; at least 1 each) and ``--samples-scale`` the generated samples, to fit a time budget.
+
+    python benchmarks/one_shot_cost.py --rounds 3 --out runs/one_shot_cost.json
+    python benchmarks/one_shot_cost.py --problems planted40 --branches 4,8 --rounds 2
+    python benchmarks/one_shot_cost.py --problems image40 --epochs-scale 0.5 --samples-scale 0.5
+
+stdout: the table; stderr: progress. ``--index`` also times the CelebA loader's index build
+(``read_celeba_index``) on generated ``list_attr_celeba.txt`` / ``list_eval_partition.txt`` files of
+CelebA's 202,599 entries in the release's format (no images: the index does not open them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROBLEMS = ("planted9", "planted40", "image40")
+DEFAULT_BRANCHES = {"planted9": [3], "planted40": [2, 4, 8], "image40": [2, 4, 8]}
+STAGES = ("warm_start", "supernet", "finetune", "check")
+METRIC_KEYS = {
+    "warm_start": "warm_start_seconds",
+    "supernet": "search_seconds",
+    "finetune": "finetune_seconds",
+    "check": "check_seconds",
+    "total": "total_seconds",
+}
+CELEBA_IMAGES = 202_599
+IMAGE_SIZE = 16
+
+
+def _scaled(value: int, factor: float) -> int:
+    return max(1, round(value * factor))
+
+
+def problem_doc(
+    problem: str, k: int, epochs_scale: float = 1.0, samples_scale: float = 1.0, image_size: int = IMAGE_SIZE
+) -> dict[str, Any]:
+    """The spec (a mapping for ``load_spec``) of a problem at K branches, its budgets scaled."""
+    from dmtg_nas.config import load_spec
+
+    if problem == "planted9":
+        doc = load_spec("planted").to_dict()
+    elif problem in ("planted40", "image40"):
+        image = problem == "image40"
+        task_type = "binary" if image else "regression"
+        dataset: dict[str, Any] = {
+            "name": "planted",
+            "group_sizes": [10, 10, 10, 10],
+            "input_dim": image_size**2 if image else 32,
+            "latent_dim": 8,
+            "noise": 0.1,
+            "samples": 2000 if image else 4000,
+            "seed": 0,
+            "split": {"val": 0.2, "test": 0.2, "seed": 0},
+        }
+        if image:
+            dataset["image_size"] = image_size
+        doc = {
+            "name": problem,
+            "tasks": [{"name": f"t{i}", "type": task_type} for i in range(1, 41)],
+            "dataset": dataset,
+            "backbone": {"name": "celeba_resnet", "width": 8} if image else {"name": "mlp", "hidden": [32, 8]},
+            "heads": {"hidden": []},
+            "branches": k,
+            # celeba40's budget: warm start 2 epochs, supernet 10, fine-tune 5
+            "strategy": {"_base_": "dmtg", "warmup": {"epochs": 2}, "epochs": 10, "finetune": {"epochs": 5}}
+            if image
+            else "dmtg",
+        }
+        doc = load_spec(doc).to_dict()
+    else:
+        raise ValueError(f"unknown problem {problem!r}; choose from {', '.join(PROBLEMS)}")
+    doc["branches"] = k
+    strat = doc["strategy"]
+    strat["epochs"] = _scaled(strat["epochs"], epochs_scale)
+    strat["finetune"]["epochs"] = _scaled(strat["finetune"]["epochs"], epochs_scale)
+    strat["warmup"]["epochs"] = _scaled(strat["warmup"]["epochs"], epochs_scale)
+    strat["warmup"]["min_steps"] = _scaled(strat["warmup"]["min_steps"], epochs_scale)
+    strat["trainer"] = {**strat.get("trainer", {}), "accelerator": "cpu"}
+    doc["dataset"]["samples"] = _scaled(doc["dataset"]["samples"], samples_scale)
+    return doc
+
+
+def measure(
+    kind: str, problem: str, k: int, epochs_scale: float, samples_scale: float, image_size: int = IMAGE_SIZE
+) -> dict[str, Any]:
+    """One measurement in this process (one torch thread): ``dmtg`` (the default strategy end to
+    end, stage seconds from metrics.json) or ``all_tasks`` (one all-task network trained)."""
+    import logging
+    import resource
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    import torch
+
+    torch.set_num_threads(1)
+    from dmtg_nas.components import load_data
+    from dmtg_nas.config import load_spec
+    from dmtg_nas.engine.train import train_partition
+    from dmtg_nas.pipeline.run import run_search
+
+    spec = load_spec(problem_doc(problem, k, epochs_scale, samples_scale, image_size))
+    out: dict[str, Any] = {}
+    if kind == "dmtg":
+        with tempfile.TemporaryDirectory() as tmp:
+            run_search(spec, Path(tmp) / "run", progress=False)
+            metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+        out = {stage: float(metrics["search"][key]) for stage, key in METRIC_KEYS.items()}
+        out["branches_used"] = int(metrics["search"]["branches_used"])
+    elif kind == "all_tasks":
+        data = load_data(spec)
+        t0 = time.perf_counter()
+        train_partition(spec, data, [spec.task_names])
+        out = {"seconds": time.perf_counter() - t0, "epochs": spec.strategy.epochs + spec.strategy.finetune.epochs}
+    else:
+        raise ValueError(kind)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return out
+
+
+def run_fresh(
+    kind: str, problem: str, k: int, epochs_scale: float, samples_scale: float, image_size: int = IMAGE_SIZE
+) -> dict[str, Any]:
+    """``measure`` in a fresh Python process (this checkout first on the path, one thread)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import one_shot_cost as b;"
+        " print('RESULT', json.dumps(b.measure(sys.argv[2], sys.argv[3], int(sys.argv[4]),"
+        " float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7]))))"
+    )
+    argv = [str(Path(__file__).parent), kind, problem, str(k), repr(epochs_scale), repr(samples_scale), str(image_size)]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=root, env=env, capture_output=True, text=True, check=False
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{kind} {problem} K={k}: the measurement failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(lines[-1][len("RESULT ") :]))
+
+
+def summarize(problem: str, k: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The medians over rounds of one (problem, K), and the ratio (median of per-round ratios)."""
+    runs = [r["dmtg"][str(k)] for r in rounds]
+    single = [r["all_tasks"]["seconds"] for r in rounds]
+    row: dict[str, Any] = {"problem": problem, "k": k, "rounds": len(rounds)}
+    for stage in (*STAGES, "total"):
+        row[f"{stage}_s"] = statistics.median(r[stage] for r in runs)
+    row["all_tasks_s"] = statistics.median(single)
+    row["ratio"] = statistics.median(r["total"] / (k * s) for r, s in zip(runs, single))
+    row["ratio_of_medians"] = row["total_s"] / (k * row["all_tasks_s"])
+    row["dominant_stage"] = max(STAGES, key=lambda s: row[f"{s}_s"])
+    row["dominant_share"] = row[f"{row['dominant_stage']}_s"] / row["total_s"]
+    row["peak_rss_mb"] = statistics.median(r["peak_rss_mb"] for r in runs)
+    row["all_tasks_peak_rss_mb"] = statistics.median(r["all_tasks"]["peak_rss_mb"] for r in rounds)
+    return row
+
+
+def report(rows: list[dict[str, Any]], tasks: dict[str, int]) -> str:
+    head = [
+        "problem",
+        "N",
+        "K",
+        "warm start s",
+        "supernet s",
+        "fine-tune s",
+        "check s",
+        "total s",
+        "all-task network s",
+        "total / (K x all-task)",
+        "largest stage",
+        "peak RSS MB",
+        "all-task peak RSS MB",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["problem"], str(tasks[r["problem"]]), str(r["k"])]
+        cells += [f"{r[f'{s}_s']:.2f}" for s in (*STAGES, "total")]
+        cells += [f"{r['all_tasks_s']:.2f}", f"{r['ratio']:.2f}"]
+        cells += [f"{r['dominant_stage'].replace('_', ' ')} ({r['dominant_share']:.0%})"]
+        cells += [f"{r['peak_rss_mb']:.0f}", f"{r['all_tasks_peak_rss_mb']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_celeba_index(root: Path, n: int = CELEBA_IMAGES, seed: int = 0) -> Path:
+    """``list_attr_celeba.txt`` and ``list_eval_partition.txt`` of ``n`` images in the release's
+    format (count line, attribute names, ``000001.jpg  1 -1 ...`` with two-space padded values;
+    partition 0/1/2 at CelebA's cut points scaled to ``n``), and an empty ``img_align_celeba``."""
+    import numpy as np
+
+    from dmtg_nas.data.celeba import CELEBA_ATTRIBUTES
+
+    rng = np.random.default_rng(seed)
+    (root / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    labels = rng.choice(np.array([" 1", "-1"]), size=(n, len(CELEBA_ATTRIBUTES)))
+    names = [f"{i + 1:06d}.jpg" for i in range(n)]
+    with (root / "list_attr_celeba.txt").open("w") as handle:
+        handle.write(f"{n}\n{' '.join(CELEBA_ATTRIBUTES)} \n")
+        for name, row in zip(names, labels):
+            handle.write(f"{name} {' '.join(row)}\n")
+    cuts = [round(162_770 * n / CELEBA_IMAGES), round(182_637 * n / CELEBA_IMAGES)]  # the release's splits
+    with (root / "list_eval_partition.txt").open("w") as handle:
+        for i, name in enumerate(names):
+            handle.write(f"{name} {0 if i < cuts[0] else 1 if i < cuts[1] else 2}\n")
+    return root
+
+
+def time_index(n: int, rounds: int) -> dict[str, Any]:
+    """Seconds of ``read_celeba_index`` over all 40 attributes on a generated index of ``n`` entries
+    (one fresh process per round would re-measure imports only; the parse is timed in this one)."""
+    from dmtg_nas.data.celeba import CELEBA_ATTRIBUTES, read_celeba_index
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_celeba_index(Path(tmp), n)
+        seconds = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            files, labels, partition = read_celeba_index(root, CELEBA_ATTRIBUTES)
+            seconds.append(time.perf_counter() - t0)
+        assert len(files) == n and labels.shape == (n, 40) and len(partition) == n
+    return {"entries": n, "seconds": seconds, "median_s": statistics.median(seconds)}
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--problems", default=",".join(PROBLEMS), help=f"comma list of {','.join(PROBLEMS)}")
+    parser.add_argument("--branches", default=None, help="K values for every problem (comma list; default per problem)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
+    parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies every epoch budget (default: 1)")
+    parser.add_argument("--samples-scale", type=float, default=1.0, help="multiplies the generated samples")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="image40's image side (default: 16)")
+    parser.add_argument("--index", action="store_true", help="also time the CelebA index build (202,599 entries)")
+    parser.add_argument("--index-entries", type=int, default=CELEBA_IMAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None, help="write rounds and summary here (JSON)")
+    args = parser.parse_args(argv)
+    problems = [p for p in args.problems.split(",") if p]
+    if not problems or sorted(set(problems) - set(PROBLEMS)):
+        parser.error(f"--problems takes {', '.join(PROBLEMS)}; got {args.problems!r}")
+    try:
+        chosen = _ints(args.branches) if args.branches else None
+    except ValueError:
+        parser.error(f"--branches takes a comma list of integers; got {args.branches!r}")
+    if chosen is not None and (not chosen or min(chosen) < 1):
+        parser.error("--branches takes K >= 1")
+    if args.rounds < 1 or args.epochs_scale <= 0 or args.samples_scale <= 0 or args.image_size < 8:
+        parser.error("--rounds must be >= 1, the scales > 0 and --image-size >= 8")
+    branches = {p: chosen or DEFAULT_BRANCHES[p] for p in problems}
+    tasks = {"planted9": 9, "planted40": 40, "image40": 40}
+    rounds: dict[str, list[dict[str, Any]]] = {p: [] for p in problems}
+    scale = (args.epochs_scale, args.samples_scale, args.image_size)
+    t_start = time.perf_counter()
+    for i in range(args.rounds):
+        for p in problems:
+            entry: dict[str, Any] = {"all_tasks": run_fresh("all_tasks", p, 1, *scale), "dmtg": {}}
+            print(f"round {i + 1}/{args.rounds} {p} all-task network: {entry['all_tasks']}", file=sys.stderr)
+            for k in branches[p]:
+                entry["dmtg"][str(k)] = run_fresh("dmtg", p, k, *scale)
+                print(f"round {i + 1}/{args.rounds} {p} K={k}: {entry['dmtg'][str(k)]}", file=sys.stderr, flush=True)
+            rounds[p].append(entry)
+    rows = [summarize(p, k, rounds[p]) for p in problems for k in branches[p]]
+    doc: dict[str, Any] = {
+        "date": datetime.date.today().isoformat(),
+        "command": "python benchmarks/one_shot_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch_threads": 1,
+        },
+        "epochs_scale": args.epochs_scale,
+        "samples_scale": args.samples_scale,
+        "image_size": args.image_size,
+        "tasks": {p: tasks[p] for p in problems},
+        "branches": branches,
+        "rounds": rounds,
+        "rows": rows,
+        "seconds": time.perf_counter() - t_start,
+    }
+    try:
+        import torch
+
+        doc["machine"]["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    table = report(rows, tasks)
+    if args.index:
+        doc["celeba_index"] = time_index(args.index_entries, 3)
+        table += (
+            f"\n\nCelebA index build (`read_celeba_index`, 40 attributes): {doc['celeba_index']['entries']:,} entries"
+            f" in {doc['celeba_index']['median_s']:.2f} s (median of 3)"
+        )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=1))
+    print(table)
+    return doc
+
+
+if __name__ == "__main__":
+    main()
