@@ -39,6 +39,17 @@ def _is_tty(stream: Any) -> bool:
         return False
 
 
+# seconds between two draws of a progress line where stderr is not a terminal (a log file, CI):
+# each draw there is one more line in the file
+FILE_INTERVAL = 10.0
+
+
+def draw_interval(stream: Any) -> float:
+    """Seconds between two draws of a progress line on ``stream``: tqdm's 0.1 on a terminal,
+    :data:`FILE_INTERVAL` elsewhere."""
+    return 0.1 if _is_tty(stream) else FILE_INTERVAL
+
+
 def _width(stream: Any) -> dict[str, Any]:
     """tqdm's width arguments: the terminal's width, followed as it changes; a fixed wide line where
     the terminal reports none (a new pseudo-terminal says 0 columns, and tqdm would draw nothing)."""
@@ -97,6 +108,7 @@ class Display:
                     file=self.stream,
                     bar_format=BAR_FORMAT,
                     smoothing=0,
+                    mininterval=draw_interval(self.stream),
                     **_width(self.stream),
                 )
                 self.label = label
@@ -152,5 +164,6 @@ def stage_line(description: str, total: int | None, note: str = "", *, stream: T
         bar_format=BAR_FORMAT,
         smoothing=0,
         postfix=note or None,
+        mininterval=draw_interval(stream),
         **_width(stream),
     )

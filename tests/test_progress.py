@@ -268,3 +268,19 @@ def test_benchmark_in_a_terminal(tmp_path: Path) -> None:
     seen = {(m["stage"], m["unit"], m["done"], m["total"]) for m in matches if m}
     assert {("benchmark", "runs", "0", "2"), ("benchmark", "runs", "2", "2")} <= seen
     assert any(m["note"] in ("naive seed 0", "stl seed 0") for m in matches if m)
+
+
+def test_a_log_file_gets_a_progress_line_every_few_seconds_not_every_step() -> None:
+    import io
+
+    from dmtg_nas.progress import FILE_INTERVAL, draw_interval, stage_line
+
+    log = io.StringIO()  # not a terminal
+    assert draw_interval(log) == FILE_INTERVAL >= 5
+    line = stage_line("check: round 1", 2000, stream=log)
+    for _ in range(2000):
+        line.update(1)
+    line.close()
+    draws = log.getvalue().count("\r") + log.getvalue().count("\n")
+    assert draws <= 4  # the first and the last draw (tqdm redraws on close), not 2000
+    assert "check: round 1 |############| 00:00 elapsed, ETA 00:00" in log.getvalue()  # the finished line

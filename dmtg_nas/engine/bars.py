@@ -14,7 +14,9 @@ the ETA is the time left of the whole stage (all its epochs), and a validation s
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +24,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 
-from ..progress import BAR_FORMAT, fit_width
+from ..progress import BAR_FORMAT, draw_interval, fit_width
 
 __all__ = ["StageBar", "stage_bars"]
 
@@ -51,6 +53,7 @@ class StageBar(TQDMProgressBar):
     def __init__(self, stage: str) -> None:
         super().__init__(leave=False)  # one bar for all epochs (not one per epoch), left on screen at the end
         self.stage = stage
+        self._drawn = -math.inf  # when the line was last drawn (time.monotonic)
 
     def _epoch(self) -> str:
         trainer = self._trainer
@@ -106,8 +109,11 @@ class StageBar(TQDMProgressBar):
             return
         if not bar.disable:
             bar.n = trainer.current_epoch * per_epoch + batch_idx + 1 if per_epoch else bar.n + 1
-            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
-            bar.refresh()
+            now = time.monotonic()
+            if now - self._drawn >= draw_interval(bar.fp):  # a log file gets a line every few seconds
+                bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+                bar.refresh()
+                self._drawn = now
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_start(trainer, pl_module)
