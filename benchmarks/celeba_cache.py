@@ -46,7 +46,7 @@ def measure(images: int, size: int, crop: int | None) -> dict[str, float]:
         "images": images,
         "size": size,
         "jpeg_kb": round(jpeg_bytes / 1024, 1),
-        "build_seconds": round(seconds, 3),
+        "build_seconds": round(seconds, 6),
         "ms_per_image": round(1000 * seconds / images, 3),
         "bytes_per_image": round(per_image),
         "full_scale_seconds": round(seconds / images * CELEBA_IMAGES, 1),
