@@ -36,7 +36,7 @@ import torch
 
 from .data import TaskData
 from .engine.batched import subset_losses_one_by_one
-from .engine.networks import plain_network
+from .engine.networks import partition_network
 from .engine.scout import lookahead_affinity
 from .engine.train import train_network, train_partition
 from .metrics import relative_gain
@@ -261,14 +261,7 @@ def tag(
     n = len(spec.tasks)
     t0 = time.perf_counter()
     pl.seed_everything(spec.strategy.seed, workers=True, verbose=False)
-    model = plain_network(
-        spec.tasks,
-        spec.backbone,
-        spec.heads,
-        data.input_shape,
-        dict.fromkeys(spec.task_names, 0),
-        weights=spec.strategy.init.weights,
-    )
+    model = partition_network(spec, [spec.task_names], data.input_shape)
     recorder = AffinityRecorder(spec.tasks, affinity_every)
     train_network(model, data, spec.tasks, spec.strategy, _budget(spec), callbacks=[recorder])
     affinity = recorder.affinity

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,21 @@ import torch
 warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
 
 torch.set_num_threads(2)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(
+    args: Sequence[str], cwd: Path, timeout: float, drop: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in a fresh process with this checkout first on its path (the environment's
+    variables ``drop`` left out); fails the test, with the end of its stderr, unless it succeeds."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for key in drop:
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def planted_doc(**overrides: Any) -> dict[str, Any]:

@@ -49,6 +49,14 @@ def write_celeba(
 
 
 TASKONOMY_DOMAINS = ("depth_zbuffer", "normal", "segment_semantic", "keypoints2d", "edge_texture")
+# the five dense tasks of those domains, as a spec declares them
+TASKONOMY_TASKS = [
+    {"name": "depth_zbuffer", "type": "depth"},
+    {"name": "normal", "type": "normals"},
+    {"name": "segment_semantic", "type": "segmentation", "num_classes": 18},
+    {"name": "keypoints2d", "type": "keypoints"},
+    {"name": "edge_texture", "type": "edges"},
+]
 
 # the release's name of a domain inside file names, where it differs from the folder's (the sample
 # building github.com/alexsax/taskonomy-sample-model-1 has segment_semantic/point_0_view_0_domain_segmentsemantic.png)

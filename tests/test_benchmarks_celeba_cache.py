@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
+from .conftest import ROOT
 
-def _module() -> object:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "celeba_cache.py"
-    spec = importlib.util.spec_from_file_location("celeba_cache", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import celeba_cache
 
 
 def test_the_full_scale_estimate_follows_from_the_measured_part(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bench = _module()
-    bench.main(["--images", "24", "--size", "16", "--out", str(tmp_path / "cache.json")])  # type: ignore[attr-defined]
+    celeba_cache.main(["--images", "24", "--size", "16", "--out", str(tmp_path / "cache.json")])
     result = json.loads((tmp_path / "cache.json").read_text())
     assert result["images"] == 24 and result["size"] == 16
     assert result["bytes_per_image"] == pytest.approx(3 * 16 * 16, abs=8)  # uint8 (3, 16, 16), the .npy header shared

@@ -7,28 +7,20 @@ samples per second from the step time, the data wait inside the step), not again
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT, run_python
+
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+sys.path.insert(0, str(SCRIPT.parent))
 
-
-def _gpu_check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import gpu_check
 
 
 def _positive(value: Any) -> bool:
@@ -48,7 +40,7 @@ def _check_row(row: dict[str, Any], batch: int, steps: int) -> None:
 
 def test_gpu_check_tiny_on_the_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "gpu_check.json"
-    assert _gpu_check().main(["--tiny", "--compile", "off", "--steps", "2", "--out", str(out)]) == 0
+    assert gpu_check.main(["--tiny", "--compile", "off", "--steps", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["cuda"] is False and result["device"].startswith("CPU")
     assert result["settings"] == {
@@ -90,7 +82,7 @@ def test_gpu_check_tiny_on_the_cpu(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_a_failing_setting_is_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "gpu_check.json"
     argv = ["--tiny", "--problems", "taskonomy", "--compile", "off", "--amp", "off", "--out", str(out)]
-    assert _gpu_check().main([*argv, "--taskonomy-encoder", "timm:no_such_model"]) == 1
+    assert gpu_check.main([*argv, "--taskonomy-encoder", "timm:no_such_model"]) == 1
     (row,) = json.loads(out.read_text())["rows"]
     assert row["ok"] is False and "no_such_model" in row["error"] and "step_ms" not in row
     assert "| taskonomy | 5 | 3 | 32 | 4 | off | off | failed: " in capsys.readouterr().out
@@ -101,16 +93,9 @@ def test_gpu_check_tiny_compiled(tmp_path: Path) -> None:
     """Every setting, compile on included (through AOTAutograd without code generation: the compiled
     path, not its speed)."""
     out = tmp_path / "gpu_check.json"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--steps", "2", "--compile-backend", "aot_eager", "--out", str(out)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=800,
+    run_python(
+        [str(SCRIPT), "--tiny", "--steps", "2", "--compile-backend", "aot_eager", "--out", str(out)], tmp_path, 800
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert [(r["problem"], r["compile"], r["amp"]) for r in result["rows"]] == [
         (p, c, a) for p in ("celeba", "taskonomy") for c in (False, True) for a in (False, True)

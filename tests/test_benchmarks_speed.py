@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT, run_python
 
 
 def _positive(value: float) -> bool:
@@ -25,16 +22,7 @@ def _positive(value: float) -> bool:
 @pytest.mark.slow
 def test_speed_benchmark_short_mode(tmp_path: Path) -> None:
     out = tmp_path / "speed.json"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--short", "--out", str(out)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_python([str(ROOT / "benchmarks" / "speed.py"), "--short", "--out", str(out)], tmp_path, 400)
     result = json.loads(out.read_text())
     assert result["short"] is True and set(result) >= {"overhead", "scaling", "search", "data", "machine"}
     overhead = result["overhead"]["rows"]

@@ -14,15 +14,9 @@ from dmtg_nas.components import load_data
 from dmtg_nas.data import make_loader
 from dmtg_nas.data.taskonomy import TINY_SPLIT, read_split_csv
 
-from .fixtures import EDGE_VALUE, KEYPOINT_PEAK, write_taskonomy
+from .fixtures import EDGE_VALUE, KEYPOINT_PEAK, TASKONOMY_TASKS, write_taskonomy
 
-TASKS = [
-    {"name": "depth_zbuffer", "type": "depth"},
-    {"name": "normal", "type": "normals"},
-    {"name": "segment_semantic", "type": "segmentation", "num_classes": 18},
-    {"name": "keypoints2d", "type": "keypoints"},
-    {"name": "edge_texture", "type": "edges"},
-]
+TASKS = TASKONOMY_TASKS
 SPLIT = {"train": ["b1"], "val": ["b2"], "test": ["b3"]}
 
 

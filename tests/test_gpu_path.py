@@ -23,21 +23,13 @@ from dmtg_nas.errors import DmtgError, SpecError
 from dmtg_nas.hardware import trainer_kwargs
 
 from .conftest import planted_doc
-from .fixtures import write_celeba, write_taskonomy
-
-TASKONOMY = [
-    {"name": "depth_zbuffer", "type": "depth"},
-    {"name": "normal", "type": "normals"},
-    {"name": "segment_semantic", "type": "segmentation", "num_classes": 18},
-    {"name": "keypoints2d", "type": "keypoints"},
-    {"name": "edge_texture", "type": "edges"},
-]
+from .fixtures import TASKONOMY_TASKS, write_celeba, write_taskonomy
 
 
 def _taskonomy_doc(root: Path, **strategy: Any) -> dict[str, Any]:
     return {
         "name": "taskonomy-gpu-path",
-        "tasks": TASKONOMY,
+        "tasks": TASKONOMY_TASKS,
         "dataset": {
             "name": "taskonomy",
             "root": str(root),
@@ -306,7 +298,7 @@ def test_bf16_mixed_search_on_dense_tasks(taskonomy_root: Path) -> None:
     losses = TrainLoss()
     result = dmtg_nas.run_search(spec, None, progress=False, callbacks=[losses])
     assert len(losses.losses) == 6 and all(math.isfinite(v) and v > 0 for v in losses.losses)
-    assert sorted(result.assignment) == sorted(t["name"] for t in TASKONOMY)
+    assert sorted(result.assignment) == sorted(t["name"] for t in TASKONOMY_TASKS)
     assert set(result.assignment.values()) <= {0, 1}
     assert all(math.isfinite(p) for row in result.probabilities.values() for p in row)
     assert math.isfinite(result.metrics["totals"]["test"]["total_loss"])

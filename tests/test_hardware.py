@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +16,7 @@ from dmtg_nas.errors import SpecError
 from dmtg_nas.hardware import is_global_zero, trainer_kwargs
 from dmtg_nas.nni.router import gumbel_noise
 
-from .conftest import planted_doc
-
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT, planted_doc, run_python
 
 
 def _shards(sampler: ShardedBatchSampler, world: int, monkeypatch: pytest.MonkeyPatch) -> list[list[list[int]]]:
@@ -131,18 +126,8 @@ def test_bf16_mixed_precision_search_on_cpu(tmp_path: Path) -> None:
 
 
 def _run_worker(out: Path, devices: int, batch: int) -> dict[str, list[list[float]]]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.ddp_worker", str(out), str(devices), str(batch)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    drop = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    run_python(["-m", "tests.ddp_worker", str(out), str(devices), str(batch)], ROOT, 240, drop)
     return {f.stem: json.loads(f.read_text()) for f in sorted(out.glob("logits-rank*.json"))}
 
 

@@ -54,6 +54,7 @@ class StageBar(TQDMProgressBar):
         super().__init__(leave=False)  # one bar for all epochs (not one per epoch), left on screen at the end
         self.stage = stage
         self._drawn = -math.inf  # when the line was last drawn (time.monotonic)
+        self._interval = 0.0  # seconds between draws (draw_interval of the bar's stream, at the start)
 
     def _epoch(self) -> str:
         trainer = self._trainer
@@ -94,6 +95,7 @@ class StageBar(TQDMProgressBar):
         epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
         done = trainer.current_epoch * per_epoch if per_epoch else 0  # a resumed training starts further on
         bar.reset(total=per_epoch * epochs if per_epoch and epochs else None)
+        self._interval = draw_interval(bar.fp)
         bar.initial = bar.n = done  # the rate counts this run's batches only
 
     # Lightning's own version resets the bar each epoch (an ETA for the epoch) and draws it once
@@ -110,7 +112,7 @@ class StageBar(TQDMProgressBar):
         if not bar.disable:
             bar.n = trainer.current_epoch * per_epoch + batch_idx + 1 if per_epoch else bar.n + 1
             now = time.monotonic()
-            if now - self._drawn >= draw_interval(bar.fp):  # a log file gets a line every few seconds
+            if now - self._drawn >= self._interval:  # a log file gets a line every few seconds
                 bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
                 bar.refresh()
                 self._drawn = now

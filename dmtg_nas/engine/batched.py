@@ -27,7 +27,7 @@ from ..schema import SearchSpec
 from ..tasks import TaskMetrics
 from .losses import multitask_loss
 from .module import MultiTaskModule
-from .networks import plain_network
+from .networks import partition_network, plain_network
 from .stacked import stacked_forward
 from .train import PerTask, train_partition
 
@@ -119,16 +119,7 @@ def subset_losses_seeded(
     for seed, subsets in runs:
         pl.seed_everything(seed, workers=True, verbose=False)
         for mask in subsets:
-            nets.append(
-                plain_network(
-                    spec.tasks,
-                    spec.backbone,
-                    spec.heads,
-                    data.input_shape,
-                    dict.fromkeys(spec.task_names, 0),
-                    weights=spec.strategy.init.weights,
-                )
-            )
+            nets.append(partition_network(spec, [spec.task_names], data.input_shape))
             masks.append(mask)
             seeds.append(seed)
     if not nets:

@@ -16,7 +16,7 @@ grouping's within-group affinity (:func:`clustering_score`), until none does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -164,6 +164,21 @@ def polish_assignment(
     return current, moves
 
 
+def _task_losses(
+    encoder: nn.Module,
+    params: Mapping[str, torch.Tensor],
+    heads: Sequence[nn.Module],
+    tasks: Sequence[TaskConfig],
+    x: torch.Tensor,
+    targets: dict[str, torch.Tensor],
+) -> list[torch.Tensor]:
+    """Each task's loss through its head on ``encoder`` run with ``params``, on copies of its buffers
+    (batch-norm statistics are left as they were)."""
+    buffers = {k: v.clone() for k, v in encoder.named_buffers()}
+    feats = functional_call(encoder, {**params, **buffers}, (x,))
+    return [task_loss(t, squeeze_output(t, h(feats)), targets[t.name]) for t, h in zip(tasks, heads)]
+
+
 def lookahead_affinity(
     encoder: nn.Module,
     heads: Sequence[nn.Module],
@@ -174,10 +189,8 @@ def lookahead_affinity(
 ) -> torch.Tensor:
     """One measurement of ``Z[i, j] = 1 - L_j(theta - lr * grad_theta L_i) / L_j(theta)`` (N, N)."""
     params = dict(encoder.named_parameters())
-    buffers = {k: v.clone() for k, v in encoder.named_buffers()}
     with torch.enable_grad():
-        feats = functional_call(encoder, {**params, **buffers}, (x,))
-        losses = [task_loss(t, squeeze_output(t, h(feats)), targets[t.name]) for t, h in zip(tasks, heads)]
+        losses = _task_losses(encoder, params, heads, tasks, x, targets)
         grads = [
             torch.autograd.grad(loss, list(params.values()), retain_graph=True, allow_unused=True) for loss in losses
         ]
@@ -187,10 +200,7 @@ def lookahead_affinity(
         before = torch.stack([loss.detach() for loss in losses])
         for i in range(n):
             moved = {name: p - lr * g if g is not None else p for (name, p), g in zip(params.items(), grads[i])}
-            feats_i = functional_call(encoder, {**moved, **{k: v.clone() for k, v in buffers.items()}}, (x,))
-            after = torch.stack(
-                [task_loss(t, squeeze_output(t, h(feats_i)), targets[t.name]) for t, h in zip(tasks, heads)]
-            )
+            after = torch.stack(_task_losses(encoder, moved, heads, tasks, x, targets))
             z[i] = 1 - after / before.clamp_min(1e-12)
     return z
 
@@ -207,33 +217,27 @@ def gradient_similarity(
     in ``params``; default: all), each task read through its own head in ``heads``; the encoder's
     buffers (batch-norm statistics) are left as they were."""
     named = dict(encoder.named_parameters())
-    chosen = [name for name in (params if params is not None else named) if named[name].requires_grad]
-    buffers = {k: v.clone() for k, v in encoder.named_buffers()}
+    inputs = [named[name] for name in (params if params is not None else named) if named[name].requires_grad]
+    n = len(tasks)
     with torch.enable_grad():
-        feats = functional_call(encoder, {**named, **buffers}, (x,))
-        losses = torch.stack([task_loss(t, squeeze_output(t, h(feats)), targets[t.name]) for t, h in zip(tasks, heads)])
-        inputs = [named[name] for name in chosen]
-        n = len(tasks)
-        try:
-            grads = torch.autograd.grad(
+        losses = torch.stack(_task_losses(encoder, named, heads, tasks, x, targets))
+        try:  # every task's gradient in one batched backward pass
+            grads: Sequence[torch.Tensor | None] = torch.autograd.grad(
                 losses,
                 inputs,
                 grad_outputs=torch.eye(n, dtype=losses.dtype, device=losses.device),
                 is_grads_batched=True,
                 allow_unused=True,
             )
-            rows = torch.cat(
-                [(g if g is not None else torch.zeros(n, *p.shape)).reshape(n, -1) for g, p in zip(grads, inputs)],
-                dim=1,
-            )
         except RuntimeError:  # an operation vmap cannot batch: one backward per task
             per = [torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True) for loss in losses]
-            rows = torch.stack(
-                [
-                    torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, inputs)])
-                    for gs in per
-                ]
-            )
+            grads = [
+                torch.stack([g[j] if g[j] is not None else p.new_zeros(p.shape) for g in per])
+                for j, p in enumerate(inputs)
+            ]
+    rows = torch.cat(
+        [(g if g is not None else p.new_zeros(n, *p.shape)).reshape(n, -1) for g, p in zip(grads, inputs)], dim=1
+    )
     rows = rows.detach().double()
     unit = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-30)
     return unit @ unit.T

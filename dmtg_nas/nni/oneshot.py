@@ -297,7 +297,9 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         loss = self.training_module.training_step(batch, batch_idx, loss_fn=method_loss)
         if loss is None:  # a skipped non-finite batch (strategy.nonfinite: skip)
             return None
-        if held and self.bilevel:  # the logits learn from a held-out batch, the weights from the training batch
+        if (
+            self.bilevel and not self.scouting
+        ):  # the logits learn from a held-out batch, the weights from the training batch
             loss = loss + self.held_out_loss(sampled[0])
         if self.alignment is not None and self._similarity is not None and not self.scouting:
             loss = loss + self.alignment.weight * self.alignment_energy(sampled[0])
@@ -308,9 +310,13 @@ class DMTGLightningModule(BaseOneShotLightningModule):
     def _branch(self, k: int) -> tuple[nn.Module, list[str], list[nn.Module]]:
         """Branch k (after the shared stem, if any), the names of its own parameters in it, and
         its N heads."""
-        from .space import GroupingSpace
+        space = self.__dict__.get("_space")
+        if space is None:  # found once, as the bank: the tree is fixed once the space is mutated
+            from .space import GroupingSpace
 
-        space = next(m for m in self.training_module.modules() if isinstance(m, GroupingSpace))
+            space = self.__dict__["_space"] = next(
+                m for m in self.training_module.modules() if isinstance(m, GroupingSpace)
+            )
         branch = space.branches[k]
         if space.stem is None:
             encoder, names = branch, [name for name, _ in branch.named_parameters()]
