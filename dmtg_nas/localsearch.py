@@ -13,6 +13,9 @@ recovers. The local search starts from the found grouping and tries its neighbou
   may each win nothing on their own;
 - **moves** (``moves=True``): one task goes to another group (or, with fewer groups than K, to a
   group of its own);
+- **group splits** (``group_splits=True``): with fewer groups than K, a group of four or more tasks
+  is cut in two parts of at least two tasks: the way back from a merge of two groups, which
+  single-task moves take one task at a time (each of which may win nothing);
 - **splits** (``splits=True``): when nothing else wins, one task of a group that merges formed
   leaves it for a group of its own (while there are fewer groups than K). Groups the one-shot
   search found are not split.
@@ -166,9 +169,14 @@ def neighbours(
     affinity: Sequence[Sequence[float]] | None = None,
     moves: bool = True,
     merge_splits: bool = False,
+    group_splits: bool = False,
 ) -> list[tuple[str, Partition]]:
-    """The merges, merge-splits and single-task moves of ``partition`` as ``(kind, partition)``, in
-    that order.
+    """The merges, group splits, merge-splits and single-task moves of ``partition`` as ``(kind,
+    partition)``, in that order.
+
+    A group split (``group_splits=True``, while there are fewer groups than ``max_groups``) cuts a
+    group of four or more tasks in two parts of at least two: one step back from a merge of two
+    groups, which single-task moves take only one task at a time, each of which may win nothing.
 
     A merge-split (``merge_splits=True``) merges two groups and leaves one task of the merged group
     on its own: one step to "all but one task together", which otherwise takes a merge and a move
@@ -190,6 +198,19 @@ def neighbours(
             bit = 1 << task
             own = _mean_affinity(affinity, bit, merged & ~bit) if affinity is not None else 0.0
             lone.append((own, canonical([*rest, merged & ~bit, bit])))
+    cuts: list[tuple[float, Partition]] = []  # group splits, ranked by the affinity across the cut
+    for a, source in enumerate(groups if group_splits and len(groups) < max_groups else ()):
+        tasks = members(source)
+        if len(tasks) < 4:
+            continue
+        rest = [g for k, g in enumerate(groups) if k != a]
+        first, others = tasks[0], tasks[1:]
+        for size in range(1, len(others)):  # the part with the first task: it and ``size`` others
+            for chosen in itertools.combinations(others, size):
+                part = (1 << first) | sum(1 << t for t in chosen)
+                if part.bit_count() >= 2 and (source & ~part).bit_count() >= 2:
+                    across = _mean_affinity(affinity, part, source & ~part) if affinity is not None else 0.0
+                    cuts.append((across, canonical([*rest, part, source & ~part])))
     shifted: list[tuple[float, Partition]] = []
     if moves:
         for a, source in enumerate(groups):
@@ -213,6 +234,7 @@ def neighbours(
     out: list[tuple[str, Partition]] = [("merge", p) for _, p in sorted(merges, key=lambda c: -c[0])]
     seen = {p for _, p in merges} | {partition}
     for kind, ranked in (
+        ("group-split", sorted(cuts, key=lambda c: c[0])),
         ("merge-split", sorted(lone, key=lambda c: c[0])),
         ("move", sorted(shifted, key=lambda c: -c[0])),
     ):
@@ -307,6 +329,7 @@ def local_search(
     confirm: bool = False,
     affinity: Sequence[Sequence[float]] | None = None,
     merge_splits: bool = False,
+    group_splits: bool = False,
 ) -> LocalSearchOutcome:
     """Greedy descent from ``start`` over merges and moves (see the module docstring).
 
@@ -320,6 +343,8 @@ def local_search(
         rounds: at most this many accepted steps.
         moves: also try single-task moves (else merges only).
         merge_splits: also try merges that leave one task of the merged group on its own.
+        group_splits: also try cutting a group of four or more tasks in two (while fewer groups
+            than ``max_groups``).
         splits: in a round where no merge or move wins, try splitting single tasks off the groups
             merges formed (a second stage of the same round, with its own candidates).
         confirm: the round's best neighbour, picked as the lowest of many noisy scores, is checked
@@ -333,7 +358,7 @@ def local_search(
     outcome = LocalSearchOutcome(current, current, float("inf"))
     visited = {current}
     for _ in range(rounds):
-        stages = [neighbours(current, max_groups, affinity, moves, merge_splits)]
+        stages = [neighbours(current, max_groups, affinity, moves, merge_splits, group_splits)]
         if splits:  # only looked at when the first stage finds no step
             stages.append(split_neighbours(current, max_groups, set(current) - set(outcome.start), affinity))
         record: dict[str, Any] | None = None

@@ -98,6 +98,45 @@ def test_a_merge_split_reaches_all_but_one_together_where_merges_and_moves_stop(
     assert [r["accepted_kind"] for r in out.to_dict(NAMES)["rounds"]] == ["merge-split", None]
 
 
+def test_group_splits_cut_a_merged_group_in_two_parts_of_two_or_more() -> None:
+    start = masks_of([["a", "b", "c", "d"], ["e", "f"]], NAMES)
+    found = neighbours(start, max_groups=3, group_splits=True)
+    cuts = [p for k, p in found if k == "group-split"]
+    # {a,b,c,d} into two pairs: three ways; {e,f} is too small to cut
+    assert sorted(cuts) == sorted(
+        masks_of(g, NAMES)
+        for g in (
+            [["a", "b"], ["c", "d"], ["e", "f"]],
+            [["a", "c"], ["b", "d"], ["e", "f"]],
+            [["a", "d"], ["b", "c"], ["e", "f"]],
+        )
+    )
+    kinds = [k for k, _ in found]
+    assert kinds.index("group-split") == kinds.count("merge")  # right after the merges
+    assert not any(k == "group-split" for k, _ in neighbours(start, max_groups=2, group_splits=True))  # K groups
+    assert not any(k == "group-split" for k, _ in neighbours(start, max_groups=3))  # off by default
+    five = masks_of([["a", "b", "c", "d", "e"], ["f"]], NAMES)  # 2+3 cuts of five tasks: 10
+    assert sum(k == "group-split" for k, _ in neighbours(five, max_groups=3, group_splits=True)) == 10
+    # with an affinity, the cut across the least related parts first
+    affinity = [[1.0 if (i < 2) == (j < 2) else 0.0 for j in range(6)] for i in range(6)]
+    ranked = [p for k, p in neighbours(start, 3, affinity, group_splits=True) if k == "group-split"]
+    assert ranked[0] == masks_of([["a", "b"], ["c", "d"], ["e", "f"]], NAMES)
+
+
+def test_a_group_split_undoes_a_merge_that_single_moves_cannot() -> None:
+    ab, cd, ef = 0b000011, 0b001100, 0b110000
+    # {a,b,c,d}{e,f} = 6.0; {a,b}{c,d}{e,f} = 4.5; every single-task move or split costs more
+    cost = {ab | cd: 4.0, ef: 2.0, ab: 1.25, cd: 1.25}
+    start = (ab | cd, ef)
+    without = local_search(start, _fake_scorer(cost), 3, margin=0.01, max_candidates=40, rounds=4, moves=True)
+    assert not without.changed
+    out = local_search(
+        start, _fake_scorer(cost), 3, margin=0.01, max_candidates=40, rounds=4, moves=True, group_splits=True
+    )
+    assert out.partition == tuple(sorted((ab, cd, ef))) and math.isclose(out.val_loss, 4.5)
+    assert out.to_dict(NAMES)["rounds"][0]["accepted_kind"] == "group-split"
+
+
 def test_neighbours_follow_the_affinity() -> None:
     start = masks_of([["a"], ["b"], ["c", "d"]], NAMES[:4])
     affinity = [

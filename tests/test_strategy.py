@@ -184,6 +184,8 @@ def test_the_ablation_strategy_files_load_and_differ_from_their_base_as_they_say
     assert loaded["plain-align"].alignment.enabled and loaded["plain-align"].warmup.method == "none"
     assert loaded["plain-align"].local_search.enabled is False
     assert loaded["align-check"].alignment.enabled and loaded["align-check"].local_search.enabled == "auto"
+    assert loaded["align-check"].local_search.group_splits and loaded["align-check"].local_search.moves
+    assert not load_strategy("dmtg").local_search.group_splits  # measured: no gain from the warm start
     assert loaded["warm-align"].alignment.enabled and loaded["warm-align"].warmup.method == "attribution"
     for name in ("plain-align", "align-check", "warm-align"):
         assert loaded[name].optimizer.logits_lr == 0.03
