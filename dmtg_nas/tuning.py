@@ -27,6 +27,7 @@ instead of one best trial.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -413,6 +414,11 @@ def _process_started(pid: int) -> float | None:
         return math.inf
 
 
+# a worker writes its host and pid into its trial within moments of the trial's start; a RUNNING
+# trial without them after this long belongs to a worker killed in between
+ORPHAN_SECONDS = 10.0
+
+
 def fail_dead_trials(study: optuna.Study, retries: int) -> list[int]:
     """Fail the RUNNING trials whose worker ran on this machine and is gone, and queue each again
     (``retries`` times, as the heartbeat does); returns their numbers.
@@ -421,18 +427,36 @@ def fail_dead_trials(study: optuna.Study, retries: int) -> list[int]:
     it only after its grace period (and journal storages have none), so a rerun right after the kill
     would count it as running and end one trial short. A worker is gone when no process has its pid,
     or the one that has it started at another time (a reused pid). Trials of other machines are left
-    to the heartbeat; live workers of this machine are left alone.
+    to the heartbeat; live workers of this machine are left alone. A RUNNING trial no worker has
+    written its host and pid into (killed between the trial's start and the objective's first line)
+    is failed once it is ``ORPHAN_SECONDS`` old, on any machine; younger ones are waited for.
     """
     host = socket.gethostname()
     retry = next(iter(_retry_callback(retries).values()))
     failed = []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    running = (optuna.trial.TrialState.RUNNING,)
+    young = [
+        t.datetime_start
+        for t in study.get_trials(deepcopy=False, states=running)
+        if "pid" not in t.user_attrs and t.datetime_start is not None
+    ]
+    if young:  # a worker killed between the trial's start and its first line: wait until it would have written it
+        age = (datetime.datetime.now() - min(young)).total_seconds()
+        time.sleep(max(0.0, min(ORPHAN_SECONDS - age, ORPHAN_SECONDS)))
+    for trial in study.get_trials(deepcopy=False, states=running):
         pid, started = trial.user_attrs.get("pid"), trial.user_attrs.get("started")
-        if trial.user_attrs.get("host") != host or not isinstance(pid, int):
+        if "pid" not in trial.user_attrs:  # no worker ever wrote its name in ORPHAN_SECONDS: none runs it
+            if (
+                trial.datetime_start is not None
+                and (datetime.datetime.now() - trial.datetime_start).total_seconds() < ORPHAN_SECONDS
+            ):
+                continue  # started while we waited
+        elif trial.user_attrs.get("host") != host or not isinstance(pid, int):
             continue
-        now = _process_started(pid)
-        if now is not None and (not isinstance(started, float) or now == math.inf or abs(now - started) < 1.0):
-            continue  # alive
+        else:
+            now = _process_started(pid)
+            if now is not None and (not isinstance(started, float) or now == math.inf or abs(now - started) < 1.0):
+                continue  # alive
         try:
             study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
         except RuntimeError:  # another worker failed it first (UpdateFinishedTrialError)

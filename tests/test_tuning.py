@@ -222,6 +222,32 @@ def test_dead_workers_trial_is_failed_and_run_again(tmp_path: Path) -> None:
     assert sum(t.state == COMPLETE for t in trials) == 2  # the dead trial did not block the study
 
 
+def test_a_trial_whose_worker_died_before_writing_its_name_is_failed_after_a_short_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed between the trial's start and the objective's first line leaves a RUNNING
+    trial without host or pid: failed (and queued again) once it is ORPHAN_SECONDS old, while a
+    live worker's trial is left alone."""
+    from dmtg_nas import tuning
+
+    monkeypatch.setattr(tuning, "ORPHAN_SECONDS", 1.0)
+    storage = make_storage(None, tmp_path, heartbeat=60)
+    study = optuna.create_study(storage=storage, study_name="tiny", direction="minimize")
+    dist = {"branches": optuna.distributions.IntDistribution(1, 3)}
+    orphan = study.ask(dist)  # no worker ever wrote its name into it
+    alive = study.ask(dist)
+    alive.set_user_attr("host", socket.gethostname())
+    alive.set_user_attr("pid", os.getpid())
+    alive.set_user_attr("started", tuning._process_started(os.getpid()))
+    started = time.monotonic()
+    assert tuning.fail_dead_trials(study, retries=1) == [orphan.number]
+    assert time.monotonic() - started >= 0.5  # it waited for the trial to be a second old
+    trials = study.get_trials()
+    assert trials[orphan.number].state == FAIL and trials[alive.number].state == RUNNING
+    queued = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(queued) == 1 and queued[0].state == optuna.trial.TrialState.WAITING
+
+
 # ----------------------------------------------------------------------------------------------
 # A real PostgreSQL server on 127.0.0.1 (Debian's postgresql package; .ci/run installs it)
 # ----------------------------------------------------------------------------------------------
