@@ -205,12 +205,11 @@ def neighbours(
             continue
         rest = [g for k, g in enumerate(groups) if k != a]
         first, others = tasks[0], tasks[1:]
-        for size in range(1, len(others)):  # the part with the first task: it and ``size`` others
-            for chosen in itertools.combinations(others, size):
+        for size in range(1, len(others) - 1):  # the part with the first task: it and ``size`` others
+            for chosen in itertools.combinations(others, size):  # the other part keeps two or more
                 part = (1 << first) | sum(1 << t for t in chosen)
-                if part.bit_count() >= 2 and (source & ~part).bit_count() >= 2:
-                    across = _mean_affinity(affinity, part, source & ~part) if affinity is not None else 0.0
-                    cuts.append((across, canonical([*rest, part, source & ~part])))
+                across = _mean_affinity(affinity, part, source & ~part) if affinity is not None else 0.0
+                cuts.append((across, canonical([*rest, part, source & ~part])))
     shifted: list[tuple[float, Partition]] = []
     if moves:
         for a, source in enumerate(groups):

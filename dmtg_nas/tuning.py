@@ -419,6 +419,12 @@ def _process_started(pid: int) -> float | None:
 ORPHAN_SECONDS = 10.0
 
 
+def _age(trial: optuna.trial.FrozenTrial) -> float:
+    """Seconds since the trial started (Optuna records local time)."""
+    start = trial.datetime_start
+    return (datetime.datetime.now() - start).total_seconds() if start is not None else math.inf
+
+
 def fail_dead_trials(study: optuna.Study, retries: int) -> list[int]:
     """Fail the RUNNING trials whose worker ran on this machine and is gone, and queue each again
     (``retries`` times, as the heartbeat does); returns their numbers.
@@ -435,21 +441,13 @@ def fail_dead_trials(study: optuna.Study, retries: int) -> list[int]:
     retry = next(iter(_retry_callback(retries).values()))
     failed = []
     running = (optuna.trial.TrialState.RUNNING,)
-    young = [
-        t.datetime_start
-        for t in study.get_trials(deepcopy=False, states=running)
-        if "pid" not in t.user_attrs and t.datetime_start is not None
-    ]
-    if young:  # a worker killed between the trial's start and its first line: wait until it would have written it
-        age = (datetime.datetime.now() - min(young)).total_seconds()
-        time.sleep(max(0.0, min(ORPHAN_SECONDS - age, ORPHAN_SECONDS)))
+    unnamed = [_age(t) for t in study.get_trials(deepcopy=False, states=running) if "pid" not in t.user_attrs]
+    if unnamed:  # killed between the trial's start and its first line? wait until the youngest would have named it
+        time.sleep(min(max(0.0, ORPHAN_SECONDS - min(unnamed)), ORPHAN_SECONDS))
     for trial in study.get_trials(deepcopy=False, states=running):
         pid, started = trial.user_attrs.get("pid"), trial.user_attrs.get("started")
-        if "pid" not in trial.user_attrs:  # no worker ever wrote its name in ORPHAN_SECONDS: none runs it
-            if (
-                trial.datetime_start is not None
-                and (datetime.datetime.now() - trial.datetime_start).total_seconds() < ORPHAN_SECONDS
-            ):
+        if "pid" not in trial.user_attrs:  # unnamed after ORPHAN_SECONDS: no worker runs it
+            if _age(trial) < ORPHAN_SECONDS:
                 continue  # started while we waited
         elif trial.user_attrs.get("host") != host or not isinstance(pid, int):
             continue

@@ -26,6 +26,20 @@ from .conftest import planted_doc
 from .fixtures import TASKONOMY_TASKS, write_celeba, write_taskonomy
 
 
+def _short_oneshot(**strategy: Any) -> dict[str, Any]:
+    """A short dmtg-oneshot search on the CPU: no warm start, no fine-tune, batches of 4."""
+    return {
+        "_base_": "dmtg-oneshot",
+        "epochs": 1,
+        "batch_size": 4,
+        "num_workers": 0,
+        "warmup": {"method": "none"},
+        "finetune": {"epochs": 0},
+        "trainer": {"accelerator": "cpu"},
+        **strategy,
+    }
+
+
 def _taskonomy_doc(root: Path, **strategy: Any) -> dict[str, Any]:
     return {
         "name": "taskonomy-gpu-path",
@@ -38,16 +52,7 @@ def _taskonomy_doc(root: Path, **strategy: Any) -> dict[str, Any]:
         },
         "backbone": {"name": "convnet", "channels": [8, 8]},
         "branches": 2,
-        "strategy": {
-            "_base_": "dmtg-oneshot",
-            "epochs": 1,
-            "batch_size": 4,
-            "num_workers": 0,
-            "warmup": {"method": "none"},
-            "finetune": {"epochs": 0},
-            "trainer": {"accelerator": "cpu"},
-            **strategy,
-        },
+        "strategy": _short_oneshot(**strategy),
     }
 
 
@@ -316,15 +321,9 @@ def test_bf16_mixed_search_on_celeba_resnet(tmp_path: Path) -> None:
             "dataset": {"name": "celeba", "root": str(root), "size": 16},
             "backbone": {"name": "celeba_resnet", "width": 8},
             "branches": 2,
-            "strategy": {
-                "_base_": "dmtg-oneshot",
-                "epochs": 2,
-                "batch_size": 8,
-                "num_workers": 0,
-                "warmup": {"method": "none"},
-                "finetune": {"epochs": 0},
-                "trainer": {"accelerator": "cpu", "precision": "bf16-mixed"},
-            },
+            "strategy": _short_oneshot(
+                epochs=2, batch_size=8, trainer={"accelerator": "cpu", "precision": "bf16-mixed"}
+            ),
         }
     )
     losses = TrainLoss()
