@@ -108,12 +108,13 @@ REFERENCE_SEED_OFFSET = 100_003  # the reference's trainings use seeds no method
 
 
 def _budget_key(shape: SuiteShape, seed: int, spec: SearchSpec) -> str:
-    """Shape, seed and training budget (epochs, batch size, optimizer, schedule; not the grouping method)."""
+    """Shape, seed and training budget (epochs, batch size, optimizer, schedule; not the grouping
+    method, nor the logits' own learning rate, which no subset network has)."""
     st = spec.strategy
     budget = (
         st.epochs + st.finetune.epochs,
         st.batch_size,
-        st.optimizer.model_dump_json(),
+        st.optimizer.model_copy(update={"logits_lr": None}).model_dump_json(),
         st.lr_schedule.model_dump_json(),
     )
     return f"{shape.name}/{seed}/" + "/".join(map(str, budget))

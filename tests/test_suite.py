@@ -34,6 +34,20 @@ def test_shape_specs_follow_the_shape() -> None:
     assert image.backbone.name.startswith("timm:") and image.strategy.name == "dmtg-plain"
 
 
+def test_strategies_differing_only_in_the_logits_learning_rate_share_one_reference() -> None:
+    """The subset networks of the reference have no grouping logits: a strategy that gives them their
+    own learning rate reuses the reference of the one that does not; another weight lr does not."""
+    import dmtg_nas.suite as suite
+
+    shape = SHAPES["pairs-k3"]
+    base = shape_spec(shape, "dmtg-plain", 0)
+    logits = shape_spec(shape, "dmtg-plain", 0, ["strategy.optimizer.logits_lr=0.03"])
+    weights = shape_spec(shape, "dmtg-plain", 0, ["strategy.optimizer.lr=0.01"])
+    assert logits.strategy.optimizer.logits_lr == 0.03
+    assert suite.reference_key(shape, 0, logits, 2) == suite.reference_key(shape, 0, base, 2)
+    assert suite.reference_key(shape, 0, weights, 2) != suite.reference_key(shape, 0, base, 2)
+
+
 def test_one_run_is_scored_against_the_exhaustive_optimum() -> None:
     shape = Shape("tiny", (2, 1), 2, samples=300)
     record = run_one(shape, "dmtg", 0, overrides=FAST)
