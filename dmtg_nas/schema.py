@@ -294,6 +294,11 @@ class LRScheduleConfig(StrictModel):
     # plateau: a loss counts as lower when below best * (1 - threshold) (PyTorch's relative mode)
     threshold: float = Field(default=1e-4, ge=0, lt=1)
 
+    @property
+    def reads_val_loss(self) -> bool:
+        """Whether the schedule steps on the validation loss (plateau on ``val_loss``)."""
+        return self.name == "plateau" and self.monitor == "val_loss"
+
 
 class FinetuneConfig(StrictModel):
     """Optional training of the pruned grouped network after the search."""
@@ -522,8 +527,7 @@ class StrategyConfig(StrictModel):
     def validates(self) -> bool:
         """Whether the search needs a validation pass after every epoch whatever else reads it: the
         plateau schedule on the validation loss, or ``keep: best``."""
-        plateau = self.lr_schedule.name == "plateau" and self.lr_schedule.monitor == "val_loss"
-        return plateau or self.keep == "best"
+        return self.lr_schedule.reads_val_loss or self.keep == "best"
 
     @model_validator(mode="after")
     def _device(self) -> StrategyConfig:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch.func import functional_call, stack_module_state, vmap
+from tqdm import tqdm
 
 from ..data import TaskData, TensorTaskDataset, make_loader
 from ..network import GroupedNetwork
@@ -50,8 +52,7 @@ def subset_losses_one_by_one(
     """Train one network per subset mask; ``{mask: {"val": per-task, "test": per-task}}``. ``stage``:
     draw a progress line on stderr named so, counting the networks."""
     out: SubsetRows = {}
-    line = stage_line(f"{stage}: networks 0/{len(subsets)}", len(subsets)) if stage else None
-    try:
+    with _line(stage, f"networks 0/{len(subsets)}", len(subsets)) as line:
         for i, mask in enumerate(subsets):
             tasks = [spec.tasks[j] for j in members(mask)]
             sub = spec.model_copy(update={"tasks": tasks, "branches": 1})
@@ -59,13 +60,15 @@ def subset_losses_one_by_one(
             out[mask] = {"val": metrics["val"], "test": metrics["test"]}
             if progress is not None:
                 progress(f"hoa: network {i + 1}/{len(subsets)} ({', '.join(t.name for t in tasks)})")
-            if line is not None:
-                line.set_description_str(f"{stage}: networks {i + 1}/{len(subsets)}", refresh=False)
-                line.update(1)
-    finally:
-        if line is not None:
-            line.close()
+            line.set_description_str(f"{stage}: networks {i + 1}/{len(subsets)}", refresh=False)
+            line.update(1)
     return out
+
+
+def _line(stage: str | None, counting: str, total: int, note: str = "") -> Any:
+    """The progress line ``"<stage>: <counting>"`` on stderr (:func:`~dmtg_nas.progress.stage_line`),
+    or, without a stage, a line that draws nothing."""
+    return stage_line(f"{stage}: {counting}", total, note) if stage else tqdm(disable=True)
 
 
 _VECTOR_TYPES = {"regression", "binary", "multiclass"}
@@ -220,14 +223,11 @@ def train_stacked(
         return [m.compute() for m in metrics]
 
     epochs = _budget(spec)
-    line = (
-        stage_line(f"{stage}: epoch 1/{epochs}", epochs * len(loaders[0]), f"{len(nets)} networks") if stage else None
-    )
-    try:
+    on_train_loss = isinstance(scheduler, dict) and scheduler["monitor"] == "train_loss"  # plateau on it
+    with _line(stage, f"epoch 1/{epochs}", epochs * len(loaders[0]), f"{len(nets)} networks") as line:
         for epoch in range(epochs):
-            if line is not None:
-                line.set_description_str(f"{stage}: epoch {epoch + 1}/{epochs}", refresh=False)
-            epoch_loss, epoch_steps = torch.zeros(()), 0  # summed on the loss's device (no sync per step)
+            line.set_description_str(f"{stage}: epoch {epoch + 1}/{epochs}", refresh=False)
+            epoch_loss: torch.Tensor | float = 0.0  # summed on the loss's device (no sync per step)
             for batches in zip(*loaders):
                 x, ys = batches[0]
                 if per_net:  # every network's batch from its own order: (networks, batch, ...)
@@ -243,19 +243,16 @@ def train_stacked(
                         if p.grad is not None:
                             p.grad.mul_(scale.view(-1, *([1] * (p.grad.dim() - 1))))
                 optimizer.step()
-                epoch_loss, epoch_steps = total.detach() + epoch_loss.to(total.device), epoch_steps + 1
-                if line is not None:
-                    line.update(1)
-            if isinstance(scheduler, dict) and scheduler["monitor"] == "train_loss":  # plateau on training loss
-                scheduler["scheduler"].step(float(epoch_loss) / max(epoch_steps, 1))  # all networks' sum, per step
+                if on_train_loss:
+                    epoch_loss = epoch_loss + total.detach()
+                line.update(1)
+            if on_train_loss:  # all networks' summed training loss, per step
+                scheduler["scheduler"].step(float(epoch_loss) / max(len(loaders[0]), 1))  # type: ignore[index]
             elif isinstance(scheduler, dict):  # plateau: the summed validation loss of all networks
                 val = evaluate_all("val")
                 scheduler["scheduler"].step(sum(r["loss"] for per in val for r in per.values()))
             elif scheduler is not None:
                 scheduler.step()
-    finally:
-        if line is not None:
-            line.close()
     result = {split: evaluate_all(split) for split in ("val", "test")}
     with torch.no_grad():  # the trained weights back into the networks
         for s, net in enumerate(nets):

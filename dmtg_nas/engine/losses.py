@@ -23,7 +23,16 @@ from torch import Tensor
 from ..schema import TaskConfig
 from ..tasks import squeeze_output, task_loss
 
-__all__ = ["ELEMENTWISE", "HeadOutputs", "LossBlock", "constant", "head_losses", "multitask_loss", "weighted_sum"]
+__all__ = [
+    "ELEMENTWISE",
+    "HeadOutputs",
+    "LossBlock",
+    "constant",
+    "head_losses",
+    "multitask_loss",
+    "take",
+    "weighted_sum",
+]
 
 # Losses whose batch mean ``task_loss`` takes over every element of (B, ...) predictions and targets.
 ELEMENTWISE: dict[tuple[str, str], Callable[..., Tensor]] = {
@@ -58,6 +67,15 @@ def constant(values: Sequence[float] | Sequence[int], device: torch.device, dtyp
             _CONSTANTS.clear()
         found = _CONSTANTS[key] = torch.tensor(list(values), dtype=dtype, device=device)
     return found
+
+
+def take(t: Tensor, dim: int, index: Sequence[int]) -> Tensor:
+    """``t``'s entries ``index`` along ``dim``: a slice where the indices are adjacent and ascending (no
+    copy), else one ``index_select`` with the index tensor made once (:func:`constant`)."""
+    first, n = index[0], len(index)
+    if list(index) == list(range(first, first + n)):
+        return t[(slice(None),) * dim + (slice(first, first + n),)]
+    return t.index_select(dim, constant(index, t.device, torch.long))
 
 
 @dataclass
@@ -147,12 +165,7 @@ def _batched_head_losses(
     bank = outputs.bank
     if bank is not None and y.dim() == 2 and outputs.signature(idx[0])[0][1] == 1:
         # one column per task in the bank: the columns (a slice when they are adjacent), no per-head views
-        cols = [outputs.offsets[i] for i in idx]
-        if cols == list(range(cols[0], cols[0] + n)):
-            columns = bank[:, :, cols[0] : cols[0] + n]
-        else:
-            columns = bank.index_select(2, constant(cols, bank.device, torch.long))
-        stacked = columns.permute(2, 0, 1)  # (n, K, B)
+        stacked = take(bank, 2, [outputs.offsets[i] for i in idx]).permute(2, 0, 1)  # (n, K, B)
     else:
         preds = [pred for i in idx for pred in outputs.preds(i)]
         stacked = torch.stack(preds).reshape(n, len(preds) // n, *y.shape[1:])

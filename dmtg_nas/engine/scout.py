@@ -16,7 +16,7 @@ grouping's within-group affinity (:func:`clustering_score`), until none does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -179,6 +179,12 @@ def _task_losses(
     return [task_loss(t, squeeze_output(t, h(feats)), targets[t.name]) for t, h in zip(tasks, heads)]
 
 
+def _per_task_grads(losses: Iterable[torch.Tensor], inputs: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
+    """Each loss's gradient on ``inputs`` (``None`` where an input does not reach it), one backward
+    pass per loss."""
+    return [torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True) for loss in losses]
+
+
 def lookahead_affinity(
     encoder: nn.Module,
     heads: Sequence[nn.Module],
@@ -191,9 +197,7 @@ def lookahead_affinity(
     params = dict(encoder.named_parameters())
     with torch.enable_grad():
         losses = _task_losses(encoder, params, heads, tasks, x, targets)
-        grads = [
-            torch.autograd.grad(loss, list(params.values()), retain_graph=True, allow_unused=True) for loss in losses
-        ]
+        grads = _per_task_grads(losses, list(params.values()))
     n = len(tasks)
     z = torch.zeros(n, n)
     with torch.no_grad():
@@ -230,7 +234,7 @@ def gradient_similarity(
                 allow_unused=True,
             )
         except RuntimeError:  # an operation vmap cannot batch: one backward per task
-            per = [torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True) for loss in losses]
+            per = _per_task_grads(losses, inputs)
             grads = [
                 torch.stack([g[j] if g[j] is not None else p.new_zeros(p.shape) for g in per])
                 for j, p in enumerate(inputs)

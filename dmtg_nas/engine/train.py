@@ -97,7 +97,7 @@ def train_network(
     module.set_model(model)
     # the validation loss is read only by the plateau schedule on it; else no validation between epochs
     # (nothing here keeps per-epoch curves, and the caller evaluates the trained network itself)
-    validate = strategy.lr_schedule.name == "plateau" and strategy.lr_schedule.monitor == "val_loss"
+    validate = strategy.lr_schedule.reads_val_loss
     with quiet_libraries():
         _fit(module, data, strategy, epochs, validate, progress, [*callbacks, *stage_bars(progress, stage)])
     if skipped is not None:

@@ -244,7 +244,7 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         super().on_train_end()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.training_module.check_finite()  # never save the weights a non-finite loss has reached
+        self.training_module.on_save_checkpoint(checkpoint)  # it refuses weights a non-finite loss reached
         super().on_save_checkpoint(checkpoint)
         if self.affinity is not None:
             checkpoint["dmtg_scout"] = {"record": self.scout_record}
@@ -282,47 +282,45 @@ class DMTGLightningModule(BaseOneShotLightningModule):
             elif self._scout_ends:
                 self._keep_inputs(batch[0])
 
-        held = (
-            self.bilevel or (self.alignment is not None and self.alignment.drive == "alignment")
-        ) and not self.scouting
+        searching = not self.scouting  # the logits learn (after the scout, if any)
+        bilevel = self.bilevel and searching
+        aligned = self.alignment is not None and searching
+        held = bilevel or (aligned and self.alignment.drive == "alignment")  # type: ignore[union-attr]
         if self.alignment is not None and self.trainer.global_step % self.alignment.every == 0:
             self.measure_alignment(batch)
-        routing, sampled = self.routing, []
+        routing, z = self.routing, None
 
         def method_loss(outputs: Any, targets: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+            nonlocal z
             total, parts, z = routing(bank, tasks, outputs, targets, noise, tau, self.hard, held)
-            sampled.append(z)
             return total, parts
 
         loss = self.training_module.training_step(batch, batch_idx, loss_fn=method_loss)
         if loss is None:  # a skipped non-finite batch (strategy.nonfinite: skip)
             return None
-        if (
-            self.bilevel and not self.scouting
-        ):  # the logits learn from a held-out batch, the weights from the training batch
-            loss = loss + self.held_out_loss(sampled[0])
-        if self.alignment is not None and self._similarity is not None and not self.scouting:
-            loss = loss + self.alignment.weight * self.alignment_energy(sampled[0])
+        assert z is not None
+        if bilevel:  # the logits learn from a held-out batch, the weights from the training batch
+            loss = loss + self.held_out_loss(z)
+        if aligned and self._similarity is not None:
+            loss = loss + self.alignment.weight * self.alignment_energy(z)  # type: ignore[union-attr]
         if self.entropy_weight > 0:
             loss = loss + self.entropy_weight * bank.entropy()
         return loss
 
     def _branch(self, k: int) -> tuple[nn.Module, list[str], list[nn.Module]]:
         """Branch k (after the shared stem, if any), the names of its own parameters in it, and
-        its N heads."""
-        space = self.__dict__.get("_space")
-        if space is None:  # found once, as the bank: the tree is fixed once the space is mutated
+        its N heads (read fresh: a head bank's heads are standalone copies of its weights)."""
+        encoders = self.__dict__.setdefault("_encoders", {})
+        if k not in encoders:  # built once, as the bank: the tree is fixed once the space is mutated
             from .space import GroupingSpace
 
-            space = self.__dict__["_space"] = next(
-                m for m in self.training_module.modules() if isinstance(m, GroupingSpace)
-            )
-        branch = space.branches[k]
-        if space.stem is None:
-            encoder, names = branch, [name for name, _ in branch.named_parameters()]
-        else:
-            encoder = nn.Sequential(space.stem, branch)
-            names = [f"1.{name}" for name, _ in branch.named_parameters()]
+            space = next(m for m in self.training_module.modules() if isinstance(m, GroupingSpace))
+            branch = space.branches[k]
+            if space.stem is None:
+                encoders[k] = (branch, [name for name, _ in branch.named_parameters()])
+            else:
+                encoders[k] = (nn.Sequential(space.stem, branch), [f"1.{n}" for n, _ in branch.named_parameters()])
+        encoder, names = encoders[k]
         return encoder, names, [self.bank.head(i, k) for i in range(len(self.bank.task_names))]
 
     def measure_alignment(self, batch: Any) -> None:
@@ -333,15 +331,15 @@ class DMTGLightningModule(BaseOneShotLightningModule):
         rows = self.alignment.samples
         x, targets = batch[0][:rows], {name: y[:rows] for name, y in batch[1].items()}
         tasks = self.training_module.tasks
+        n = len(tasks)
+        off = ~torch.eye(n, dtype=torch.bool, device=self.bank.logits.device)  # the task pairs
         measured = []
         for k in range(self.bank.num_branches):
             encoder, names, heads = self._branch(k)
-            s = gradient_similarity(encoder, heads, tasks, x, targets, names).float()
-            n = s.shape[0]
-            off = ~torch.eye(n, dtype=torch.bool, device=s.device)
+            s = gradient_similarity(encoder, heads, tasks, x, targets, names).float().to(off.device)
             centred = torch.where(off, s - s[off].mean(), torch.zeros_like(s)) if n > 1 else torch.zeros_like(s)
             measured.append(centred)
-        new = torch.stack(measured).to(self.bank.logits.device)
+        new = torch.stack(measured)
         ema = self.alignment.ema
         self._similarity = new if self._similarity is None else ema * self._similarity + (1 - ema) * new
         self._alignment_count += 1

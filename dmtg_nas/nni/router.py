@@ -28,7 +28,7 @@ import torch
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from torch import Tensor, nn
 
-from ..engine.losses import HeadOutputs, LossBlock, constant, weighted_sum
+from ..engine.losses import HeadOutputs, LossBlock, take, weighted_sum
 from ..engine.module import ARCH_PARAM_FLAG
 from ..network import apply_heads
 from ..schema import TaskConfig
@@ -111,12 +111,7 @@ class RouterBank(BaseSuperNetModule):
                 parts[tasks[i].name] = loss
                 terms.append(tasks[i].weight * loss)
                 continue
-            first, n = block.tasks[0], len(block.tasks)
-            if block.tasks == list(range(first, first + n)):
-                rows = z[first : first + n]
-            else:
-                rows = z.index_select(0, constant(block.tasks, z.device, torch.long))
-            losses = (rows * block.losses).sum(dim=-1)  # (n,)
+            losses = (take(z, 0, block.tasks) * block.losses).sum(dim=-1)  # (n,)
             parts.update(zip([tasks[i].name for i in block.tasks], losses.unbind()))
             terms.append(weighted_sum([tasks[i].weight for i in block.tasks], losses))
         total = terms[0]
