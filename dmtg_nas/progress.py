@@ -89,28 +89,15 @@ class Display:
         self._bar: Any = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._ticker: threading.Thread | None = None
 
     def __call__(self, label: str, done: int, total: int, note: str = "") -> None:
-        from tqdm import tqdm
-
         with self._lock:
             if self._bar is not None and label != self.label:
                 self._end()
             description = f"{label}: {self.unit} {done}/{total}"
             if self._bar is None:
                 # initial: units done before this process started (a resumed study) do not count for the rate
-                self._bar = tqdm(
-                    desc=description,
-                    total=total,
-                    initial=done,
-                    postfix=note or None,
-                    file=self.stream,
-                    bar_format=BAR_FORMAT,
-                    smoothing=0,
-                    mininterval=draw_interval(self.stream),
-                    **_width(self.stream),
-                )
+                self._bar = stage_line(description, total, note, stream=self.stream, initial=done)
                 self.label = label
                 self._start_ticker()
             bar = self._bar
@@ -133,7 +120,6 @@ class Display:
             self._bar.close()
             self._bar = None
         self._stop.set()
-        self._ticker = None
 
     def _start_ticker(self) -> None:
         if self.tick <= 0:
@@ -146,20 +132,23 @@ class Display:
                     if self._bar is not None and not stop.is_set():
                         self._bar.refresh()
 
-        self._ticker = threading.Thread(target=tick, name="dmtg-progress", daemon=True)
-        self._ticker.start()
+        threading.Thread(target=tick, name="dmtg-progress", daemon=True).start()
 
 
-def stage_line(description: str, total: int | None, note: str = "", *, stream: TextIO | None = None) -> Any:
+def stage_line(
+    description: str, total: int | None, note: str = "", *, stream: TextIO | None = None, initial: int = 0
+) -> Any:
     """A progress line on stderr in :data:`BAR_FORMAT` for a training that Lightning does not run
-    (the merge check's batched group networks): a tqdm bar of ``total`` steps; the caller updates
-    it (``update``, ``set_description_str``) and closes it."""
+    (the merge check's batched group networks) and for :class:`Display`: a tqdm bar of ``total``
+    steps, ``initial`` of them done before it opened (they do not count for the rate); the caller
+    updates it (``update``, ``set_description_str``) and closes it."""
     from tqdm import tqdm
 
     stream = stream if stream is not None else sys.stderr
     return tqdm(
         desc=description,
         total=total,
+        initial=initial,
         file=stream,
         bar_format=BAR_FORMAT,
         smoothing=0,

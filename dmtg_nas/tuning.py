@@ -425,6 +425,20 @@ def _age(trial: optuna.trial.FrozenTrial) -> float:
     return (datetime.datetime.now() - start).total_seconds() if start is not None else math.inf
 
 
+def _is_dead(trial: optuna.trial.FrozenTrial, host: str) -> bool:
+    """Whether no worker runs the RUNNING ``trial``: unnamed (no pid) and ``ORPHAN_SECONDS`` old, or
+    named by a worker of ``host`` whose process is gone (no process has its pid, or the one that has
+    it started at another time). Trials named by other machines' workers are never dead here."""
+    if "pid" not in trial.user_attrs:  # unnamed after ORPHAN_SECONDS: no worker runs it
+        return _age(trial) >= ORPHAN_SECONDS  # younger: started while we waited
+    pid, started = trial.user_attrs.get("pid"), trial.user_attrs.get("started")
+    if trial.user_attrs.get("host") != host or not isinstance(pid, int):
+        return False
+    now = _process_started(pid)
+    alive = now is not None and (not isinstance(started, float) or now == math.inf or abs(now - started) < 1.0)
+    return not alive
+
+
 def fail_dead_trials(study: optuna.Study, retries: int) -> list[int]:
     """Fail the RUNNING trials whose worker ran on this machine and is gone, and queue each again
     (``retries`` times, as the heartbeat does); returns their numbers.
@@ -441,20 +455,14 @@ def fail_dead_trials(study: optuna.Study, retries: int) -> list[int]:
     retry = next(iter(_retry_callback(retries).values()))
     failed = []
     running = (optuna.trial.TrialState.RUNNING,)
-    unnamed = [_age(t) for t in study.get_trials(deepcopy=False, states=running) if "pid" not in t.user_attrs]
+    trials = study.get_trials(deepcopy=False, states=running)
+    unnamed = [_age(t) for t in trials if "pid" not in t.user_attrs]
     if unnamed:  # killed between the trial's start and its first line? wait until the youngest would have named it
         time.sleep(min(max(0.0, ORPHAN_SECONDS - min(unnamed)), ORPHAN_SECONDS))
-    for trial in study.get_trials(deepcopy=False, states=running):
-        pid, started = trial.user_attrs.get("pid"), trial.user_attrs.get("started")
-        if "pid" not in trial.user_attrs:  # unnamed after ORPHAN_SECONDS: no worker runs it
-            if _age(trial) < ORPHAN_SECONDS:
-                continue  # started while we waited
-        elif trial.user_attrs.get("host") != host or not isinstance(pid, int):
+        trials = study.get_trials(deepcopy=False, states=running)
+    for trial in trials:
+        if not _is_dead(trial, host):
             continue
-        else:
-            now = _process_started(pid)
-            if now is not None and (not isinstance(started, float) or now == math.inf or abs(now - started) < 1.0):
-                continue  # alive
         try:
             study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
         except RuntimeError:  # another worker failed it first (UpdateFinishedTrialError)

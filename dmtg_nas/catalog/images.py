@@ -18,6 +18,8 @@ __all__ = [
     "DOMAIN_TYPES",
     "FILE_DOMAINS",
     "REFERENCE_STATS",
+    "STATS_DOMAINS",
+    "STATS_TYPES",
     "TASKONOMY_LAYOUTS",
     "TINY_SPLIT",
     "BuildingLists",
@@ -31,6 +33,7 @@ __all__ = [
     "check_taskonomy",
     "domain_folder",
     "file_domains",
+    "file_suffixes",
     "partition_file",
     "resolve_layout",
     "read_split_csv",
@@ -120,6 +123,11 @@ DOMAIN_TYPES = {
     "edge_occlusion": "edges",
 }
 
+# the task types whose 16-bit maps are standardised by (mean, std) (see TaskonomyOptions.normalize),
+# and their domains (those target_stats may name)
+STATS_TYPES = ("keypoints", "edges")
+STATS_DOMAINS = tuple(domain for domain, kind in DOMAIN_TYPES.items() if kind in STATS_TYPES)
+
 # The "tiny" split of Taskonomy (Zamir et al. 2018), as used by Standley et al. 2020, TAG and DMTG.
 TINY_SPLIT: dict[str, tuple[str, ...]] = {
     "train": (
@@ -185,6 +193,11 @@ REFERENCE_DEPTH_LIMIT = 2**13
 def file_domains(domain: str) -> tuple[str, ...]:
     """The names ``domain`` may have in file names, the release's first."""
     return FILE_DOMAINS.get(domain, (domain,))
+
+
+def file_suffixes(domain: str) -> dict[str, str]:
+    """Each name of :func:`file_domains` and the end of its files' names, ``_domain_<name>.png``."""
+    return {name: f"_domain_{name}.png" for name in file_domains(domain)}
 
 
 class TaskonomyOptions(StrictModel):
@@ -284,7 +297,7 @@ def domain_folder(root: Path, layout: str, building: str, domain: str) -> Path:
 def _has_named_file(folder: Path, domain: str) -> bool:
     """Whether ``folder`` holds at least one ``point_<i>_view_<j>_domain_<name>.png`` for a name of
     ``domain`` (stops at the first)."""
-    suffixes = tuple(f"_domain_{name}.png" for name in file_domains(domain))
+    suffixes = tuple(file_suffixes(domain).values())
     with os.scandir(folder) as entries:
         return any(e.name.startswith("point_") and e.name.endswith(suffixes) for e in entries)
 
@@ -300,9 +313,9 @@ def check_taskonomy(options: TaskonomyOptions, tasks: Sequence[TaskConfig]) -> N
         expected = DOMAIN_TYPES[task.name]
         if task.type != expected:
             raise SpecError(f"Taskonomy's {task.name!r} is a {expected} task, not {task.type}", key=f"tasks[{i}].type")
-    dense_16bit = [t.name for t in tasks if t.type in ("keypoints", "edges")]
+    dense_16bit = [t.name for t in tasks if t.type in STATS_TYPES]
     for name in options.target_stats:
-        if name not in ("keypoints2d", "keypoints3d", "edge_texture", "edge_occlusion"):
+        if name not in STATS_DOMAINS:
             raise SpecError(
                 f"target_stats applies to the keypoints and edges domains, not {name!r}",
                 key=f"dataset.target_stats.{name}",

@@ -69,12 +69,14 @@ from torch.utils.data import Dataset
 
 from ..catalog.images import (
     DOMAIN_TYPES,
+    STATS_TYPES,
     TINY_SPLIT,
     TaskonomyOptions,
     building_lists,
     check_taskonomy,
     domain_folder,
     file_domains,
+    file_suffixes,
     read_split_csv,
     resolve_layout,
 )
@@ -126,7 +128,6 @@ class TaskonomyImages(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
     def __init__(
         self,
         folders: Folders,
-        buildings: Sequence[str],
         building_ids: np.ndarray,
         prefixes: np.ndarray,
         tasks: Sequence[TaskConfig],
@@ -135,11 +136,10 @@ class TaskonomyImages(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
         flip: bool = False,
     ) -> None:
         self.folders = folders
-        self.buildings = tuple(buildings)
         self.building_ids = building_ids
         self.prefixes = prefixes
         self.tasks = [(t.name, t.type, t.out_features, t.ignore_index) for t in tasks]
-        self.stats = {t.name: options.stats(t.name) for t in tasks if t.type in ("keypoints", "edges")}
+        self.stats = {t.name: options.stats(t.name) for t in tasks if t.type in STATS_TYPES}
         self.size = options.size
         self.depth_scale = options.depth_scale
         self.depth_missing = options.depth_missing
@@ -232,9 +232,9 @@ class TaskonomyImages(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
 def mirror(x: torch.Tensor, targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A sample mirrored left-right: every map flipped along its width; the normals' x component (the
     first channel, pointing right in the camera frame) changes sign, as in the reference code."""
-    out = {name: t.flip(-1) for name, t in targets.items()}
+    out = {name: t.flip(-1) for name, t in targets.items()}  # flip copies: the targets are left as they are
     if "normal" in out:
-        out["normal"] = out["normal"] * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1)
+        out["normal"][0].neg_()
     return x.flip(-1), out
 
 
@@ -310,7 +310,7 @@ class TaskonomyDataset:
                 raise DataError(f"{root}: the {split} buildings hold no complete sample")
             counts[split] = {b: int((ids == i).sum()) for i, b in enumerate(buildings)}
             flip = options.flip and split == "train"
-            parts[split] = TaskonomyImages(folders, buildings, ids, prefixes, tasks, options, mask_from_depth, flip)
+            parts[split] = TaskonomyImages(folders, ids, prefixes, tasks, options, mask_from_depth, flip)
         info: dict[str, Any] = {
             "root": str(root),
             "layout": layout,
@@ -327,7 +327,7 @@ def _named_files(folder: Path, domain: str) -> tuple[str, set[str]]:
     Every spelling of :func:`~dmtg_nas.catalog.images.file_domains` is looked for; a folder mixing two
     is an error (one copy, one naming)."""
     spellings = file_domains(domain)
-    suffixes = {name: f"_domain_{name}.png" for name in spellings}
+    suffixes = file_suffixes(domain)
     present: dict[str, set[str]] = {name: set() for name in spellings}
     for f in os.listdir(folder):
         for name, suffix in suffixes.items():
@@ -347,7 +347,7 @@ def _target_rule(options: TaskonomyOptions, task: TaskConfig) -> str:
     if task.type == "depth":
         limit = f" or >= {options.depth_limit}" if options.depth_limit is not None else ""
         return f"value / {options.depth_scale:g} (metres); {options.depth_missing}{limit} missing"
-    if task.type in ("keypoints", "edges"):
+    if task.type in STATS_TYPES:
         stats = options.stats(task.name)
         return f"(value - {stats[0]:g}) / {stats[1]:g}" if stats is not None else "value / 65535"
     if task.type == "normals":

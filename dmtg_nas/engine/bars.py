@@ -107,25 +107,30 @@ class StageBar(TQDMProgressBar):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         bar, per_epoch = self.train_progress_bar, self._batches()
-        if bar is None or not self._should_update(batch_idx + 1, per_epoch or 0):
+        if not self._should_update(batch_idx + 1, per_epoch or 0):
             return
         if not bar.disable:
             bar.n = trainer.current_epoch * per_epoch + batch_idx + 1 if per_epoch else bar.n + 1
             now = time.monotonic()
+            # by hand: refresh() ignores tqdm's mininterval, and get_metrics (a device sync) runs only to draw
             if now - self._drawn >= self._interval:  # a log file gets a line every few seconds
                 bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
                 bar.refresh()
                 self._drawn = now
 
+    def _describe(self, trainer: pl.Trainer, suffix: str = "") -> None:
+        """The training's line named ``train_description + suffix``, during a fit's own validations
+        (not the sanity check, nor a ``validate`` call)."""
+        if not trainer.sanity_checking and self._train_progress_bar is not None and trainer.state.fn == "fit":
+            self.train_progress_bar.set_description_str(self.train_description + suffix)
+
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_start(trainer, pl_module)
-        if not trainer.sanity_checking and self._train_progress_bar is not None and trainer.state.fn == "fit":
-            self.train_progress_bar.set_description_str(f"{self.train_description}, validation")
+        self._describe(trainer, ", validation")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not trainer.sanity_checking and self._train_progress_bar is not None and trainer.state.fn == "fit":
-            self.train_progress_bar.set_description_str(self.train_description)
+        self._describe(trainer)
 
 
 def stage_bars(progress: bool, stage: str) -> list[pl.Callback]:
