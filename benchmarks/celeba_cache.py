@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-CELEBA_IMAGES = 202_599
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dmtg_nas.data.celeba import CELEBA_IMAGES
 
 
 def measure(images: int, size: int, crop: int | None) -> dict[str, float]:
     """Write ``images`` fixture JPEGs, build their cache, and extrapolate to the whole release."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from dmtg_nas.data.celeba import build_cache
     from tests.fixtures import write_celeba
 

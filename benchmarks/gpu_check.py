@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PROBLEMS = ("celeba", "taskonomy")
-TASKONOMY_DOMAINS = ("depth_zbuffer", "normal", "segment_semantic", "keypoints2d", "edge_texture")
+TINY_CELEBA_WIDTH = 8  # --tiny: celeba_resnet's width (the shipped space's encoder otherwise)
 
 
 def _say(message: str) -> None:
@@ -152,19 +152,24 @@ class Meter(pl.Callback):
 
 
 def problem_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Sizes of each problem (full, or --tiny, or as given)."""
+    """Sizes of each problem (full, or --tiny, or as given); N is the shipped search space's."""
+    from dmtg_nas.config import resolve_document
+
+    def tasks(space: str) -> int:
+        return len(resolve_document(space, "search_spaces")[0]["tasks"])
+
     tiny = args.tiny
     celeba = {
         "space": "celeba40",
-        "tasks": 40,
+        "tasks": tasks("celeba40"),
         "k": 8,
         "size": args.celeba_size or (16 if tiny else 64),
         "batch": args.celeba_batch or (8 if tiny else 256),
-        "encoder": "celeba_resnet (width 8)" if tiny else "celeba_resnet",
+        "encoder": f"celeba_resnet (width {TINY_CELEBA_WIDTH})" if tiny else "celeba_resnet",
     }
     taskonomy = {
         "space": "taskonomy5",
-        "tasks": 5,
+        "tasks": tasks("taskonomy5"),
         "k": 3,
         "size": args.taskonomy_size or (32 if tiny else 256),
         "batch": args.taskonomy_batch or (4 if tiny else 32),
@@ -213,7 +218,7 @@ def spec_for(
         sets.append("strategy.trainer.accelerator=cpu")
     if problem == "celeba":
         if args.tiny:
-            sets.append("backbone={name: celeba_resnet, width: 8}")
+            sets.append(f"backbone={{name: celeba_resnet, width: {TINY_CELEBA_WIDTH}}}")
     else:
         sets.append("dataset.buildings={train: [b1], val: [b2], test: [b3]}")
         encoder = cfg["encoder"]

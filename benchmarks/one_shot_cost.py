@@ -51,6 +51,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dmtg_nas.data.celeba import CELEBA_IMAGES
+
 PROBLEMS = ("planted9", "planted40", "image40")
 DEFAULT_BRANCHES = {"planted9": [3], "planted40": [2, 4, 8], "image40": [2, 4, 8]}
 STAGES = ("warm_start", "supernet", "finetune", "check")
@@ -61,7 +66,6 @@ METRIC_KEYS = {
     "check": "check_seconds",
     "total": "total_seconds",
 }
-CELEBA_IMAGES = 202_599
 IMAGE_SIZE = 16
 
 
@@ -160,8 +164,7 @@ def run_fresh(
     kind: str, problem: str, k: int, epochs_scale: float, samples_scale: float, image_size: int = IMAGE_SIZE
 ) -> dict[str, Any]:
     """``measure`` in a fresh Python process (this checkout first on the path, one thread)."""
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); import one_shot_cost as b;"
         " print('RESULT', json.dumps(b.measure(sys.argv[2], sys.argv[3], int(sys.argv[4]),"
@@ -169,7 +172,7 @@ def run_fresh(
     )
     argv = [str(Path(__file__).parent), kind, problem, str(k), repr(epochs_scale), repr(samples_scale), str(image_size)]
     done = subprocess.run(
-        [sys.executable, "-c", code, *argv], cwd=root, env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-c", code, *argv], cwd=ROOT, env=env, capture_output=True, text=True, check=False
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
@@ -288,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.rounds < 1 or args.epochs_scale <= 0 or args.samples_scale <= 0 or args.image_size < 8:
         parser.error("--rounds must be >= 1, the scales > 0 and --image-size >= 8")
     branches = {p: chosen or DEFAULT_BRANCHES[p] for p in problems}
-    tasks = {"planted9": 9, "planted40": 40, "image40": 40}
+    tasks = {p: len(problem_doc(p, 1)["tasks"]) for p in problems}
     rounds: dict[str, list[dict[str, Any]]] = {p: [] for p in problems}
     scale = (args.epochs_scale, args.samples_scale, args.image_size)
     t_start = time.perf_counter()

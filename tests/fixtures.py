@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -46,6 +47,24 @@ def write_celeba(
     part = np.searchsorted(cuts, np.arange(n), side="right").clip(0, 2)
     (root / "list_eval_partition.txt").write_text("".join(f"{name} {p}\n" for name, p in zip(names, part)))
     return root
+
+
+def celeba_doc(
+    root: Path, tasks: Sequence[str], *, dataset: Mapping[str, Any] | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """A CelebA spec as a mapping: the attributes ``tasks`` as binary tasks on the folder ``root`` at
+    32x32, ``celeba_resnet`` of width 8, K=2, one epoch of ``dmtg`` without fine-tuning. ``dataset``
+    entries are added to the dataset's; ``overrides`` replace top-level keys."""
+    doc: dict[str, Any] = {
+        "name": "celeba-test",
+        "tasks": [{"name": t, "type": "binary"} for t in tasks],
+        "dataset": {"name": "celeba", "root": str(root), "size": 32, **(dataset or {})},
+        "backbone": {"name": "celeba_resnet", "width": 8},
+        "branches": 2,
+        "strategy": {"_base_": "dmtg", "epochs": 1, "batch_size": 16, "finetune": {"epochs": 0}},
+    }
+    doc.update(overrides)
+    return doc
 
 
 TASKONOMY_DOMAINS = ("depth_zbuffer", "normal", "segment_semantic", "keypoints2d", "edge_texture")
@@ -143,3 +162,32 @@ def write_taskonomy(
                 name = RELEASE_FILE_NAMES.get(d, d) if names == "release" else d
                 files[d].save(taskonomy_folder(root, layout, building, d) / f"{prefix}_domain_{name}.png")
     return root
+
+
+def taskonomy_doc(
+    root: Path,
+    tasks: Sequence[Mapping[str, Any]] = TASKONOMY_TASKS,
+    *,
+    dataset: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A Taskonomy spec as a mapping: ``tasks`` (the five dense tasks by default) on the folder
+    ``root`` at 16x16 with buildings b1, b2 and b3 as train, val and test, a two-stage convnet, K=2,
+    one epoch of ``dmtg`` without fine-tuning. ``dataset`` entries are added to the dataset's;
+    ``overrides`` replace top-level keys."""
+    doc: dict[str, Any] = {
+        "name": "taskonomy-test",
+        "tasks": [dict(t) for t in tasks],
+        "dataset": {
+            "name": "taskonomy",
+            "root": str(root),
+            "size": 16,
+            "buildings": {"train": ["b1"], "val": ["b2"], "test": ["b3"]},
+            **(dataset or {}),
+        },
+        "backbone": {"name": "convnet", "channels": [8, 8]},
+        "branches": 2,
+        "strategy": {"_base_": "dmtg", "epochs": 1, "batch_size": 4, "finetune": {"epochs": 0}},
+    }
+    doc.update(overrides)
+    return doc

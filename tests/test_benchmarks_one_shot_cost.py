@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import one_shot_cost

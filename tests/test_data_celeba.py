@@ -16,20 +16,12 @@ from dmtg_nas.components import load_data
 from dmtg_nas.data import make_loader
 from dmtg_nas.data.celeba import CELEBA_ATTRIBUTES, read_celeba_index
 
-from .fixtures import write_celeba
-
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import ROOT
+from .fixtures import celeba_doc, write_celeba
 
 
 def _spec(root: Path, attributes=("Black_Hair", "Smiling"), **dataset):
-    return {
-        "name": "celeba-test",
-        "tasks": [{"name": a, "type": "binary"} for a in attributes],
-        "dataset": {"name": "celeba", "root": str(root), "size": 32, **dataset},
-        "backbone": {"name": "celeba_resnet", "width": 8},
-        "groups": 2,
-        "strategy": {"_base_": "dmtg", "epochs": 1, "batch_size": 16, "finetune": {"epochs": 0}},
-    }
+    return celeba_doc(root, attributes, dataset=dataset)
 
 
 def test_reads_partition_attributes_and_images(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from dmtg_nas.errors import DmtgError, SpecError
 from dmtg_nas.hardware import trainer_kwargs
 
 from .conftest import planted_doc
-from .fixtures import TASKONOMY_TASKS, write_celeba, write_taskonomy
+from .fixtures import TASKONOMY_TASKS, celeba_doc, taskonomy_doc, write_celeba, write_taskonomy
 
 
 def _short_oneshot(**strategy: Any) -> dict[str, Any]:
@@ -41,19 +41,7 @@ def _short_oneshot(**strategy: Any) -> dict[str, Any]:
 
 
 def _taskonomy_doc(root: Path, **strategy: Any) -> dict[str, Any]:
-    return {
-        "name": "taskonomy-gpu-path",
-        "tasks": TASKONOMY_TASKS,
-        "dataset": {
-            "name": "taskonomy",
-            "root": str(root),
-            "size": 16,
-            "buildings": {"train": ["b1"], "val": ["b2"], "test": ["b3"]},
-        },
-        "backbone": {"name": "convnet", "channels": [8, 8]},
-        "branches": 2,
-        "strategy": _short_oneshot(**strategy),
-    }
+    return taskonomy_doc(root, name="taskonomy-gpu-path", strategy=_short_oneshot(**strategy))
 
 
 @pytest.fixture()
@@ -233,6 +221,7 @@ def test_skip_policy_reads_one_value_per_step_whatever_n(monkeypatch: pytest.Mon
         spec = _planted(n).model_copy(deep=True)
         spec.strategy.nonfinite = "skip"
         dmtg_nas.run_search(spec, None, progress=False, callbacks=[syncs])
+        assert len(syncs.steps) >= 4
         assert syncs.steps == [{"_local_scalar_dense": 1}] * len(syncs.steps)
 
 
@@ -286,10 +275,28 @@ def test_search_trainer_is_built_with_sync_batchnorm(monkeypatch: pytest.MonkeyP
 
 
 class TrainLoss(pl.Callback):
-    """The loss of every training step."""
+    """The loss of every training step, the Trainer's precision, and the dtypes of what the
+    convolutions and linear layers return in training steps (bfloat16 only where autocast is on)."""
 
     def __init__(self) -> None:
         self.losses: list[float] = []
+        self.precisions: set[str] = set()
+        self.dtypes: set[torch.dtype] = set()
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _seen(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if module.training and isinstance(output, torch.Tensor):
+            self.dtypes.add(output.dtype)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self.precisions.add(str(trainer.precision))
+        layers = [m for m in pl_module.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+        self._hooks += [m.register_forward_hook(self._seen) for m in layers]
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
         self.losses.append(float(outputs["loss"]))
@@ -303,6 +310,7 @@ def test_bf16_mixed_search_on_dense_tasks(taskonomy_root: Path) -> None:
     losses = TrainLoss()
     result = dmtg_nas.run_search(spec, None, progress=False, callbacks=[losses])
     assert len(losses.losses) == 6 and all(math.isfinite(v) and v > 0 for v in losses.losses)
+    assert losses.precisions == {"bf16-mixed"} and losses.dtypes == {torch.bfloat16}  # autocast was on
     assert sorted(result.assignment) == sorted(t["name"] for t in TASKONOMY_TASKS)
     assert set(result.assignment.values()) <= {0, 1}
     assert all(math.isfinite(p) for row in result.probabilities.values() for p in row)
@@ -314,20 +322,11 @@ def test_bf16_mixed_search_on_celeba_resnet(tmp_path: Path) -> None:
     binary heads in a bank."""
     root = write_celeba(tmp_path / "celeba", n=48)
     tasks = ["Black_Hair", "Smiling", "Male", "Young"]
-    spec = dmtg_nas.load_spec(
-        {
-            "name": "celeba-bf16",
-            "tasks": [{"name": t, "type": "binary"} for t in tasks],
-            "dataset": {"name": "celeba", "root": str(root), "size": 16},
-            "backbone": {"name": "celeba_resnet", "width": 8},
-            "branches": 2,
-            "strategy": _short_oneshot(
-                epochs=2, batch_size=8, trainer={"accelerator": "cpu", "precision": "bf16-mixed"}
-            ),
-        }
-    )
+    strategy = _short_oneshot(epochs=2, batch_size=8, trainer={"accelerator": "cpu", "precision": "bf16-mixed"})
+    spec = dmtg_nas.load_spec(celeba_doc(root, tasks, name="celeba-bf16", dataset={"size": 16}, strategy=strategy))
     losses = TrainLoss()
     result = dmtg_nas.run_search(spec, None, progress=False, callbacks=[losses])
     assert len(losses.losses) >= 4 and all(math.isfinite(v) and v > 0 for v in losses.losses)
+    assert losses.precisions == {"bf16-mixed"} and losses.dtypes == {torch.bfloat16}  # autocast was on
     assert sorted(result.assignment) == sorted(tasks)
     assert all(math.isfinite(p) for row in result.probabilities.values() for p in row)

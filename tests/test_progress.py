@@ -23,9 +23,8 @@ import yaml
 from dmtg_nas.cli import main
 from dmtg_nas.progress import Display
 
-from .conftest import planted_doc
+from .conftest import ROOT, planted_doc
 
-ROOT = Path(__file__).resolve().parent.parent
 # "STAGE: UNIT n/N |bar| MM:SS elapsed, ETA MM:SS|?[, NOTE]"
 LINE = re.compile(
     r"^(?P<stage>[a-z][\w -]*?): (?P<unit>\w+) (?P<done>\d+)/(?P<total>\d+) \|.{12}\| "
@@ -271,8 +270,6 @@ def test_benchmark_in_a_terminal(tmp_path: Path) -> None:
 
 
 def test_a_log_file_gets_a_progress_line_every_few_seconds_not_every_step() -> None:
-    import io
-
     from dmtg_nas.progress import FILE_INTERVAL, draw_interval, stage_line
 
     log = io.StringIO()  # not a terminal

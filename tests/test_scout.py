@@ -242,7 +242,7 @@ def test_gradient_similarity_of_tasks_that_agree_and_that_oppose() -> None:
     tasks = [TaskConfig(name=n, type="regression") for n in ("a", "b", "c", "d")]
     x = torch.randn(32, 5)
     y = torch.randn(32)
-    targets = {"a": y, "b": y.clone(), "c": torch.randn(32), "d": y}
+    targets = {"a": y, "b": y.clone(), "c": torch.randn(32)}
     stats = encoder[1].running_mean.clone()
     # a and b: the same target through the same head (identical gradients); d: the same target through
     # a head of the opposite sign with zero bias (the gradient of (-h - y)^2 is that of (h + y)^2)

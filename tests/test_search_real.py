@@ -10,7 +10,7 @@ import pytest
 import dmtg_nas
 from dmtg_nas.cli import main
 
-from .fixtures import write_celeba, write_taskonomy
+from .fixtures import TASKONOMY_DOMAINS, celeba_doc, write_celeba, write_taskonomy
 
 
 def _check_outputs(out: Path, tasks: list[str]) -> dict:
@@ -27,17 +27,8 @@ def test_celeba_search_end_to_end(tmp_path: Path) -> None:
     tasks = ["Black_Hair", "Smiling", "Male"]
     stl = tmp_path / "stl.json"
     stl.write_text(json.dumps({"test": {t: {"error": 40.0, "accuracy": 0.6} for t in tasks}}))
-    spec = dmtg_nas.load_spec(
-        {
-            "name": "celeba-fixture",
-            "tasks": [{"name": t, "type": "binary"} for t in tasks],
-            "dataset": {"name": "celeba", "root": str(root), "size": 32},
-            "backbone": {"name": "celeba_resnet", "width": 8},
-            "groups": 2,
-            "reference": str(stl),
-            "strategy": {"_base_": "paper-celeba", "epochs": 2, "batch_size": 16, "num_workers": 1},
-        }
-    )
+    strategy = {"_base_": "paper-celeba", "epochs": 2, "batch_size": 16, "num_workers": 1}
+    spec = dmtg_nas.load_spec(celeba_doc(root, tasks, name="celeba-fixture", reference=str(stl), strategy=strategy))
     out = tmp_path / "run"
     dmtg_nas.search(spec, out, progress=False)
     metrics = _check_outputs(out, tasks)
@@ -51,7 +42,7 @@ def test_celeba_search_end_to_end(tmp_path: Path) -> None:
 
 def test_taskonomy_search_end_to_end(tmp_path: Path) -> None:
     root = write_taskonomy(tmp_path / "taskonomy", {"b1": 6, "b2": 3, "b3": 3}, size=32)
-    tasks = ["depth_zbuffer", "normal", "segment_semantic", "keypoints2d", "edge_texture"]
+    tasks = list(TASKONOMY_DOMAINS)
     doc = {
         "name": "taskonomy-fixture",
         "tasks": [
@@ -183,7 +174,7 @@ def test_taskonomy5_validates_and_searches_a_release_named_copy(tmp_path: Path, 
     assert (root / "segment_semantic" / "taskonomy" / "b1" / "point_0_view_0_domain_segmentsemantic.png").is_file()
     out = tmp_path / "run"
     assert main(["search", "taskonomy5", *_tiny_taskonomy5(root), "--out", str(out), "--quiet"]) == 0
-    tasks = ["depth_zbuffer", "normal", "segment_semantic", "keypoints2d", "edge_texture"]
+    tasks = list(TASKONOMY_DOMAINS)
     metrics = _check_outputs(out, tasks)
     assert metrics["search"]["data_sizes"] == {"train": 8, "val": 3, "test": 3}
     assert metrics["warmup"]["method"] == "attribution" and len(metrics["warmup"]["affinity"]) == 5

@@ -17,7 +17,7 @@ from dmtg_nas.nni.space import GroupingSpace
 from dmtg_nas.nni.strategy import DMTG
 from dmtg_nas.schedules import TemperatureSchedule
 
-from .conftest import planted_doc
+from .conftest import ROOT, planted_doc
 
 
 def _supernet(spec, k: int = 3, **strategy_kwargs):
@@ -172,11 +172,9 @@ def test_logits_share_the_optimizer_with_their_own_group(tiny_spec) -> None:
 
 
 def test_the_ablation_strategy_files_load_and_differ_from_their_base_as_they_say() -> None:
-    from pathlib import Path
-
     from dmtg_nas.config import load_strategy
 
-    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "strategies"
+    folder = ROOT / "benchmarks" / "strategies"
     loaded = {path.stem: load_strategy(path) for path in sorted(folder.glob("*.yaml"))}
     assert {"plain-align", "align-check", "warm-align", "plain-bilevel", "warm-check", "oneshot-polish"} <= set(loaded)
     for name, strategy in loaded.items():

@@ -97,6 +97,8 @@ CELEBA_ATTRIBUTES = [
     "Young",
 ]
 
+CELEBA_IMAGES = 202_599  # images in the release (its three partitions together)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = {"train": 0, "val": 1, "test": 2}
