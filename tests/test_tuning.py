@@ -154,8 +154,27 @@ def test_tune_bad_input_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
 # ----------------------------------------------------------------------------------------------
 
 
-def _worker(spec: Path, out: Path, storage: str, trials: int) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "dmtg_nas.cli", "tune", str(spec), "--out", str(out), "--storage", storage]
+# A worker process imports the package, then waits until every worker has (its own file written,
+# all of them present) before it runs `dmtg tune`: one worker's slower start (importing torch on a
+# busy machine) cannot let the other run the whole study alone.
+_STARTING = """
+import sys, time
+from pathlib import Path
+from dmtg_nas.cli import main
+folder, me, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+(folder / me).touch()
+deadline = time.monotonic() + 120
+while len(list(folder.iterdir())) < count and time.monotonic() < deadline:
+    time.sleep(0.05)
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def _worker(
+    spec: Path, out: Path, storage: str, trials: int, ready: Path, workers: int
+) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-c", _STARTING, str(ready), out.name, str(workers)]
+    cmd += ["tune", str(spec), "--out", str(out), "--storage", storage]
     cmd += ["--study", "shared", "--trials", str(trials), "--jobs", "1", "--worker"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -179,14 +198,17 @@ def _check_shared_study(storage: str, outs: list[Path], trials: int) -> None:
         assert json.loads((run / "metrics.json").read_text())["totals"]["val"]["total_loss"] == pytest.approx(
             t.user_attrs["val_total_loss"]
         )
-    assert len({t.user_attrs["pid"] for t in finished}) == len(outs)  # both workers took trials
+    pids = [t.user_attrs["pid"] for t in finished]
+    assert len(set(pids)) == len(outs), pids  # both workers took trials
 
 
 def _run_workers(tmp_path: Path, storage: str, trials: int) -> list[Path]:
     spec = tmp_path / "tiny.yaml"
     spec.write_text(yaml.safe_dump(tuned_doc(pruner="none")))
     outs = [tmp_path / "machine-a", tmp_path / "machine-b"]
-    procs = [_worker(spec, out, storage, trials) for out in outs]
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    procs = [_worker(spec, out, storage, trials, ready, len(outs)) for out in outs]
     for p in procs:
         output, _ = p.communicate(timeout=600)
         assert p.returncode == 0, output[-3000:]
