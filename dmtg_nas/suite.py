@@ -23,7 +23,11 @@ groups, from the same reference; a found grouping above the first is flagged
 mean pairwise Pearson correlation between the trainings' costs of every partition into at most K
 groups, and the split-half correlation (the mean of the first half of the trainings against the mean
 of the second half), on validation and on test loss. A reliability near 0 means the reference
-cannot rank groupings: its optimum, and the gaps, then measure training noise.
+cannot rank groupings: its optimum, and the gaps, then measure training noise. With R >= 6
+trainings, the reliability also holds the *ceiling* (:func:`reference_ceiling`): how often an
+exhaustive search that scores every partition on three trainings, as the merge check does, lands
+within 2% of the optimum of the other trainings; no search choosing on validation loss with that
+many trainings per group network can be expected to do better on that data.
 
 Baseline grouping methods of the side-by-side benchmark (``tag``, ``hoa-pairs``, ``random``, ...)
 run on the same shapes, seeds and training budget as the ``dmtg`` preset (``run_suite(method=...)``,
@@ -77,6 +81,7 @@ __all__ = [
     "parse_seeds",
     "partition_costs",
     "random_yardstick",
+    "reference_ceiling",
     "reference_reliability",
     "reference_table",
     "reference_tables",
@@ -237,8 +242,9 @@ def reference_reliability(tables: Sequence[Reference], names: Sequence[str], gro
         return None
     out: dict[str, Any] = {"trainings": len(tables)}
     half = len(tables) // 2
+    by_split: dict[str, list[list[float]]] = {}
     for split in ("val", "test"):
-        costs = [list(partition_costs(t, names, groups, split).values()) for t in tables]
+        costs = by_split[split] = [list(partition_costs(t, names, groups, split).values()) for t in tables]
         pairs = [_pearson(a, b) for a, b in itertools.combinations(costs, 2)]
         valid = [r for r in pairs if r is not None]
         first = [statistics.fmean(c) for c in zip(*costs[:half])]
@@ -247,8 +253,46 @@ def reference_reliability(tables: Sequence[Reference], names: Sequence[str], gro
             "pairwise": statistics.fmean(valid) if valid else None,
             "split_half": _pearson(first, second),
         }
-    out["partitions"] = len(costs[0])
+    out["partitions"] = len(by_split["val"][0])
+    out["ceiling"] = reference_ceiling(by_split["val"], by_split["test"])
     return out
+
+
+CEILING_TRAININGS = 3  # the trainings per group network the dmtg preset's merge check scores on
+
+
+def reference_ceiling(
+    val: Sequence[Sequence[float]], test: Sequence[Sequence[float]], trainings: int = CEILING_TRAININGS
+) -> dict[str, Any] | None:
+    """How close to the reference's optimum a perfect search can come when it scores groupings on
+    ``trainings`` trainings per group network, as the merge check does (None with fewer than
+    ``2 * trainings`` trainings in the reference).
+
+    ``val[t][p]`` and ``test[t][p]`` are training t's costs of partition p. The trainings are cut
+    into disjoint draws of ``trainings``; each draw picks the partition with the lowest mean
+    validation cost over all partitions (an exhaustive search on those scores), which is scored like
+    a found grouping against the mean of the other trainings: its test-cost gap to their validation
+    optimum. The share of draws within 2%, and the mean gap, bound what any validation-scored search
+    with that many trainings reaches on this data: training noise and the validation split's own
+    sampling put the rest out of reach."""
+    draws = len(val) // trainings
+    if len(val) < 2 * trainings:
+        return None
+    gaps = []
+    for d in range(draws):
+        chosen = range(d * trainings, (d + 1) * trainings)
+        rest = [t for t in range(len(val)) if t not in chosen]
+        pick = min(range(len(val[0])), key=lambda p: statistics.fmean(val[t][p] for t in chosen))
+        ref_val = [statistics.fmean(val[t][p] for t in rest) for p in range(len(val[0]))]
+        optimum = min(range(len(ref_val)), key=ref_val.__getitem__)
+        best = statistics.fmean(test[t][optimum] for t in rest)
+        gaps.append(100.0 * (statistics.fmean(test[t][pick] for t in rest) - best) / best)
+    return {
+        "trainings": trainings,
+        "draws": draws,
+        "within_2pct": sum(g <= 2.0 for g in gaps) / draws,
+        "gap_percent": statistics.fmean(gaps),
+    }
 
 
 def random_yardstick(trained: Reference, names: Sequence[str], groups: int) -> dict[str, float]:
@@ -862,11 +906,15 @@ def _reference_table(records: Sequence[dict[str, Any]]) -> list[str]:
         "every partition into at most K groups (pairwise) and between the means of the first and the second "
         "half of the trainings (split-half), on validation and test loss. A reliability near 1 means the "
         "trainings rank the groupings alike; near 0, the reference cannot rank groupings, and the gaps "
-        "above then measure training noise, not grouping quality.",
+        "above then measure training noise, not grouping quality. Ceiling, where the reference has R >= "
+        f"{2 * CEILING_TRAININGS} trainings: an exhaustive search scoring every partition on {CEILING_TRAININGS} "
+        "trainings (as the merge check scores its candidates), scored against the mean of the other trainings: "
+        "its share of draws within 2% of their optimum and its mean gap, the most a search that chooses on "
+        "validation loss can reach on this data.",
         "",
         "| shape | seeds | trainings | median random gap %, exactly K | at most K | pairwise r, val "
-        "| pairwise r, test | split-half r, val | split-half r, test |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| pairwise r, test | split-half r, val | split-half r, test | ceiling: within 2% | ceiling: gap % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (shape, budget), by_seed in references.items():
         runs = list(by_seed.values())
@@ -878,12 +926,15 @@ def _reference_table(records: Sequence[dict[str, Any]]) -> list[str]:
 
         label = shape if shapes.count(shape) == 1 else f"{shape} (budget of {runs[0].get('budget_of', '?')})"
         trainings = budget.rsplit("reference-x", 1)[-1]
+        ceilings = [x["ceiling"] for x in rel if x.get("ceiling")]
         lines.append(
             f"| {label} | {len(runs)} | {trainings} "
             f"| {statistics.fmean(r['random_median_gap_percent'] for r in runs):.1f} "
             f"| {statistics.fmean(r['any_median_gap_percent'] for r in runs):.1f} "
             f"| {mean_of('val', 'pairwise')} | {mean_of('test', 'pairwise')} "
-            f"| {mean_of('val', 'split_half')} | {mean_of('test', 'split_half')} |"
+            f"| {mean_of('val', 'split_half')} | {mean_of('test', 'split_half')} "
+            f"| {_cell(_mean(c['within_2pct'] * 100 for c in ceilings), '.0f')}{'%' if ceilings else ''} "
+            f"| {_cell(_mean(c['gap_percent'] for c in ceilings), '.1f')} |"
         )
     return lines
 

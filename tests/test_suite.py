@@ -369,6 +369,29 @@ def test_reliability_of_identical_and_independent_trainings() -> None:
     )
 
 
+def test_ceiling_scores_each_draws_exhaustive_choice_against_the_other_trainings() -> None:
+    from dmtg_nas.suite import reference_ceiling, reference_reliability
+
+    # trainings 0-2 rank partition 0 first, trainings 3-5 partition 1: each draw's choice is the
+    # other draw's third (val cost 3, optimum 1: +200%) or second (2 against 1: +100%)
+    first, second = [1.0, 2.0, 3.0], [3.0, 1.0, 2.0]
+    val = [first] * 3 + [second] * 3
+    out = reference_ceiling(val, val)
+    assert out == {"trainings": 3, "draws": 2, "within_2pct": 0.0, "gap_percent": pytest.approx(150.0)}
+    assert reference_ceiling(val[:5], val[:5]) is None  # fewer than two draws of three
+    # test costs are what the gap reads: identical test ranks put both draws on the optimum's test cost
+    same_test = [[1.0, 1.01, 5.0]] * 6
+    assert reference_ceiling(val, same_test)["within_2pct"] == 1.0  # 1.01 against 1.0: a 1% gap
+    # trainings that agree: every draw finds the optimum
+    names = [f"t{i}" for i in range(6)]
+    (one,) = _synthetic_tables(names, 1, seed=4)
+    agreeing = reference_reliability([one] * 7, names, 3)
+    assert agreeing["ceiling"] == {"trainings": 3, "draws": 2, "within_2pct": 1.0, "gap_percent": 0.0}
+    # independent trainings with no shared signal: the choices are noise, most draws miss
+    noise = reference_reliability(_synthetic_tables(names, 12, seed=5), names, 3)["ceiling"]
+    assert noise["draws"] == 4 and noise["gap_percent"] > 2.0
+
+
 def test_median_random_partition_and_reliability_are_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
     """A record scored against a small synthetic reference (its trainings put in the cache, so
     nothing trains): the median random partitions' losses and gaps, the flag, the reliability."""
@@ -434,7 +457,11 @@ def test_real_data_records_go_through_the_summary_report_and_plot(tmp_path: Path
     assert "| tag | 2 | 0% (0) | - | - | 0% (0) | 4.0 | - | 3.0 |" in text
     assert "worse than the median random partition in 50% (1 of 2)" in text
     # the reference per shape: one row over both seeds (dmtg and tag share it), means over seeds
-    assert "| digits-table | 2 | 2 | 10.0 | 20.0 | 0.15 | 0.30 | 0.20 | - |" in text
+    assert "| digits-table | 2 | 2 | 10.0 | 20.0 | 0.15 | 0.30 | 0.20 | - | - | - |" in text  # no ceiling at R = 2
+    for r, (within, gap) in zip(records, [(0.5, 3.0), (1.0, 1.0), (0.5, 3.0), (1.0, 1.0)]):
+        r["reliability"]["ceiling"] = {"trainings": 3, "draws": 2, "within_2pct": within, "gap_percent": gap}
+    write_suite_report(records, tmp_path)
+    assert "| 0.20 | - | 75% | 2.0 |" in (tmp_path / "suite.md").read_text()  # means over the seeds
     assert "cannot rank groupings" in text
     assert (tmp_path / "suite.png").is_file()
     # planted and real records in one report
