@@ -918,8 +918,7 @@ def _reference_table(records: Sequence[dict[str, Any]]) -> list[str]:
     ]
     for (shape, budget), by_seed in references.items():
         runs = list(by_seed.values())
-        rel = [r.get("reliability") for r in runs]
-        rel = [x for x in rel if x]
+        rel: list[dict[str, Any]] = [r["reliability"] for r in runs if r.get("reliability")]
 
         def mean_of(split: str, kind: str, rel: list[Any] = rel) -> str:
             return _cell(_mean(x[split][kind] for x in rel), ".2f")

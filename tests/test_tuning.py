@@ -170,9 +170,7 @@ sys.exit(main(sys.argv[4:]))
 """
 
 
-def _worker(
-    spec: Path, out: Path, storage: str, trials: int, ready: Path, workers: int
-) -> subprocess.Popen[str]:
+def _worker(spec: Path, out: Path, storage: str, trials: int, ready: Path, workers: int) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-c", _STARTING, str(ready), out.name, str(workers)]
     cmd += ["tune", str(spec), "--out", str(out), "--storage", storage]
     cmd += ["--study", "shared", "--trials", str(trials), "--jobs", "1", "--worker"]
