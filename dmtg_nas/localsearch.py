@@ -35,8 +35,9 @@ trained on demand, the missing ones of a round (every replicate's) side by side 
 computation (:func:`~dmtg_nas.engine.batched.subset_losses_seeded`), and cached: a neighbour shares all
 but one or two groups with the current partition.
 
-Round by round, at most ``max_candidates`` neighbours are tried (merges first, then merge-splits,
-then moves, each ranked by the warm start's affinity when there is one). The best replaces the
+Round by round, at most ``max_candidates`` neighbours are tried: the kinds take turns (the best
+merge, merge-split and move, then the second of each, ...), each kind ranked by the warm start's
+affinity when there is one, so every round tries moves as well as merges. The best replaces the
 current partition when its score is lower by more than ``margin`` (a fraction); the search stops
 when none is, or after ``rounds`` rounds. Its cost is the group networks it trains: with three found
 groups of two and 12 candidates, the first round trains 21 group networks per replicate, all in one
@@ -172,7 +173,11 @@ def neighbours(
     group_splits: bool = False,
 ) -> list[tuple[str, Partition]]:
     """The merges, group splits, merge-splits and single-task moves of ``partition`` as ``(kind,
-    partition)``, in that order.
+    partition)``, the kinds taking turns: the best-ranked of each kind, then the second of each, and
+    so on (in that order of kinds within a turn). A round tries only the first ``max_candidates``: in
+    kind order, merges and merge-splits alone fill a round's 12 (three groups of three have 3 merges
+    and 18 merge-splits; a group of four and two single tasks 3 and 8), so the moves a search from a
+    wrong start needs most were seldom tried.
 
     A group split (``group_splits=True``, while there are fewer groups than ``max_groups``) cuts a
     group of four or more tasks in two parts of at least two: one step back from a merge of two
@@ -184,7 +189,8 @@ def neighbours(
     are ordered by the mean affinity between the two groups, merge-splits by the lone task's
     affinity to the rest of the merged group (lowest first), moves by the task's mean affinity to
     its new group minus that to its old one (highest first); otherwise in mask order. A partition
-    reachable in several ways is listed once, under its first kind.
+    reachable in several ways is listed once, under the first of merge, group split, merge-split and
+    move that reaches it.
     """
     groups = list(partition)
     merges: list[tuple[float, Partition]] = []
@@ -230,18 +236,25 @@ def neighbours(
                     gain = -own if affinity is not None else 0.0
                     shifted.append((gain, canonical([*rest, left, bit])))
     # merges of different pairs are different partitions; sorted is stable: mask order among equals
-    out: list[tuple[str, Partition]] = [("merge", p) for _, p in sorted(merges, key=lambda c: -c[0])]
+    kinds: list[list[tuple[str, Partition]]] = [[("merge", p) for _, p in sorted(merges, key=lambda c: -c[0])]]
     seen = {p for _, p in merges} | {partition}
     for kind, ranked in (
         ("group-split", sorted(cuts, key=lambda c: c[0])),
         ("merge-split", sorted(lone, key=lambda c: c[0])),
         ("move", sorted(shifted, key=lambda c: -c[0])),
     ):
+        kinds.append([])
         for _, p in ranked:
             if p not in seen:
                 seen.add(p)
-                out.append((kind, p))
-    return out
+                kinds[-1].append((kind, p))
+    return _interleave(kinds)
+
+
+def _interleave(lists: Sequence[Sequence[tuple[str, Partition]]]) -> list[tuple[str, Partition]]:
+    """The first of each list, then the second of each, ...: a round's first ``max_candidates``
+    neighbours hold every kind, each kind's best first."""
+    return [item for column in itertools.zip_longest(*lists) for item in column if item is not None]
 
 
 def split_neighbours(

@@ -323,7 +323,7 @@ class LocalSearchConfig(StrictModel):
     margin: float = Field(default=0.01, ge=0, lt=1)  # accept a step only if val loss is lower by this fraction
     replicates: int = Field(default=1, ge=1, le=16)  # independent trainings per group network, scores averaged
     max_candidates: int = Field(default=12, ge=1, le=MAX_COUNT)  # neighbours tried per round
-    rounds: int = Field(default=4, ge=1, le=MAX_COUNT)  # accepted steps at most
+    rounds: int = Field(default=8, ge=1, le=MAX_COUNT)  # accepted steps at most
 
 
 class WarmupConfig(StrictModel):

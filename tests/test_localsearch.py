@@ -40,11 +40,12 @@ def _fake_scorer(
     return SubsetScorer(train, NAMES, weights or [1.0] * len(NAMES))
 
 
-def test_neighbours_are_the_merges_then_the_moves() -> None:
+def test_neighbours_are_the_merges_and_the_moves_taking_turns() -> None:
     start = masks_of([["a", "b"], ["c"], ["d", "e", "f"]], NAMES)
     found = neighbours(start, max_groups=3)
     kinds = [k for k, _ in found]
-    assert kinds == ["merge"] * 3 + ["move"] * (len(found) - 3)  # merges first
+    # the first merge, the first move, the second merge, ...; the moves left over at the end
+    assert kinds == ["merge", "move"] * 3 + ["move"] * (len(found) - 6)
     parts = [p for _, p in found]
     assert len(set(parts)) == len(parts) and start not in parts
     for p in parts:  # each a partition of the six tasks into at most K groups
@@ -62,8 +63,12 @@ def test_merge_splits_merge_two_groups_and_leave_one_task_alone() -> None:
     plain = neighbours(start, max_groups=3)
     found = neighbours(start, max_groups=3, merge_splits=True)
     kinds = [k for k, _ in found]
-    n_split = kinds.count("merge-split")
-    assert kinds == ["merge"] * 3 + ["merge-split"] * n_split + ["move"] * (len(found) - 3 - n_split)
+    n_split, n_move = kinds.count("merge-split"), kinds.count("move")
+    # turns of (merge, merge-split, move) while each kind lasts, every kind in its own order
+    counts = {"merge": 3, "merge-split": n_split, "move": n_move}
+    turns = [[k for k in counts if i < counts[k]] for i in range(max(counts.values()))]
+    assert kinds == [k for turn in turns for k in turn]
+    assert [p for k, p in found if k == "merge"] == [p for k, p in plain if k == "merge"]
     parts = [p for _, p in found]
     assert len(set(parts)) == len(parts) and start not in parts
     assert set(parts) >= {p for _, p in plain}  # the moves are still there (unless listed as merge-splits)
@@ -76,13 +81,29 @@ def test_merge_splits_merge_two_groups_and_leave_one_task_alone() -> None:
             for t in members(merged):
                 by_hand.add(tuple(sorted([*rest, merged & ~(1 << t), 1 << t])))
     by_hand.discard(start)  # {a,b} + {c}, c alone again
-    # listed once, under the first kind: merges come first, then these, then the other moves
+    # listed once, under the first kind that reaches it: merges, then these, then the other moves
     assert {p for k, p in found if k == "merge-split"} == by_hand - {p for k, p in plain if k == "merge"}
     assert n_split > 0
     # every merge-split keeps the number of groups and has exactly one new single-task group
     for k, p in found:
         if k == "merge-split":
             assert len(p) == len(start) and any(m.bit_count() == 1 and m not in start for m in p)
+
+
+def test_a_round_cut_short_still_tries_moves() -> None:
+    """{a,b,c,d}{e}{f}: only moving one of a-d next to e or f wins; merges and merge-splits (3 + 8)
+    would fill a round of six candidates listed kind by kind, the turns try two moves."""
+    import itertools
+
+    abcd, e, f = 0b001111, 0b010000, 0b100000
+    cost = {abcd: 4.0, e: 1.0, f: 1.0}
+    cost.update({sum(1 << i for i in trio): 3.0 for trio in itertools.combinations(range(4), 3)})
+    cost.update({(1 << x) | single: 1.5 for x in range(4) for single in (e, f)})  # a move: 3.0 + 1.5 + 1.0
+    out = local_search((abcd, e, f), _fake_scorer(cost), 3, margin=0.01, max_candidates=6, rounds=1,
+                       moves=True, merge_splits=True)  # fmt: skip
+    first = out.to_dict(NAMES)["rounds"][0]
+    assert [c["kind"] for c in first["candidates"]] == ["merge", "merge-split", "move"] * 2
+    assert first["accepted_kind"] == "move" and math.isclose(out.val_loss, 5.5)
 
 
 def test_a_merge_split_reaches_all_but_one_together_where_merges_and_moves_stop() -> None:
@@ -112,7 +133,7 @@ def test_group_splits_cut_a_merged_group_in_two_parts_of_two_or_more() -> None:
         )
     )
     kinds = [k for k, _ in found]
-    assert kinds.index("group-split") == kinds.count("merge")  # right after the merges
+    assert kinds[:2] == ["merge", "group-split"]  # the first cut right after the first merge
     assert not any(k == "group-split" for k, _ in neighbours(start, max_groups=2, group_splits=True))  # K groups
     assert not any(k == "group-split" for k, _ in neighbours(start, max_groups=3))  # off by default
     five = masks_of([["a", "b", "c", "d", "e"], ["f"]], NAMES)  # 2+3 cuts of five tasks: 10
