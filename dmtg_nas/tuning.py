@@ -16,8 +16,10 @@ share a storage and a study name share the study; ``trials`` is the study's tota
 storage every running trial sends a heartbeat; a trial whose worker died is marked FAIL by the
 next worker and run again (``retries`` times). A trial whose worker ran on this machine and is gone
 (killed with SIGKILL, say) is failed and queued again at once when ``dmtg tune`` starts
-(:func:`fail_dead_trials`), without waiting out the heartbeat's grace period; ``--jobs`` workers die
-with the process that started them (:func:`die_with_parent`).
+(:func:`fail_dead_trials`), without waiting out the heartbeat's grace period; one killed before it
+wrote its name into the trial, before the worker stops (a worker does not wait for such trials
+when it starts: they may be another worker's first moments). ``--jobs`` workers die with the
+process that started them (:func:`die_with_parent`).
 
 Several objectives (``objectives=("val_loss", "branches")``; see :data:`OBJECTIVES`) make the study
 multi-objective (every objective minimised, Optuna's TPE sampler, no pruning: Optuna cannot prune
@@ -439,7 +441,7 @@ def _is_dead(trial: optuna.trial.FrozenTrial, host: str) -> bool:
     return not alive
 
 
-def fail_dead_trials(study: optuna.Study, retries: int) -> list[int]:
+def fail_dead_trials(study: optuna.Study, retries: int, *, wait: bool = True) -> list[int]:
     """Fail the RUNNING trials whose worker ran on this machine and is gone, and queue each again
     (``retries`` times, as the heartbeat does); returns their numbers.
 
@@ -449,7 +451,9 @@ def fail_dead_trials(study: optuna.Study, retries: int) -> list[int]:
     or the one that has it started at another time (a reused pid). Trials of other machines are left
     to the heartbeat; live workers of this machine are left alone. A RUNNING trial no worker has
     written its host and pid into (killed between the trial's start and the objective's first line)
-    is failed once it is ``ORPHAN_SECONDS`` old, on any machine; younger ones are waited for.
+    is failed once it is ``ORPHAN_SECONDS`` old, on any machine; younger ones are waited for, or
+    with ``wait=False`` left as they are (a worker starting next to another one, whose first trial
+    is seconds old, starts its own trials at once and looks again before it stops).
     """
     host = socket.gethostname()
     retry = next(iter(_retry_callback(retries).values()))
@@ -457,7 +461,8 @@ def fail_dead_trials(study: optuna.Study, retries: int) -> list[int]:
     running = (optuna.trial.TrialState.RUNNING,)
     trials = study.get_trials(deepcopy=False, states=running)
     unnamed = [_age(t) for t in trials if "pid" not in t.user_attrs]
-    if unnamed:  # killed between the trial's start and its first line? wait until the youngest would have named it
+    # killed between the trial's start and its first line? wait until the youngest would have named it
+    if unnamed and wait:
         time.sleep(min(max(0.0, ORPHAN_SECONDS - min(unnamed)), ORPHAN_SECONDS))
         trials = study.get_trials(deepcopy=False, states=running)
     for trial in trials:
@@ -630,7 +635,9 @@ def tune(
     store = make_storage(cfg.storage, out, heartbeat=cfg.heartbeat, retries=cfg.retries)
     # a study in an explicit storage may have other workers (other machines, or --jobs children)
     study = create_study(spec, store, study_name, pruner=pruner, shared=cfg.storage is not None, objectives=objectives)
-    fail_dead_trials(study, cfg.retries)  # a killed run's trials: failed and queued again, before counting
+    # a killed run's trials: failed and queued again, before counting (a trial not yet named may be
+    # another worker's first moments: the worker looks at those again before it stops)
+    fail_dead_trials(study, cfg.retries, wait=False)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tuning.yaml").write_text(dump_yaml(spec.to_dict()), encoding="utf-8")
     if jobs is None:
@@ -639,7 +646,7 @@ def tune(
     if jobs > 1:
         _run_workers(spec, out, study, cfg, jobs, progress, objectives)
     else:
-        _work(spec, out, study, cfg.trials, progress, objectives)
+        _work(spec, out, study, cfg.trials, progress, objectives, cfg.retries)
     result = TuneResult(study=study, best=None, out_dir=out, plots=[])
     if report and len(objectives) > 1:
         result.pareto, result.plots = write_pareto(study, out, objectives)
@@ -655,15 +662,20 @@ def _work(
     total: int,
     progress: Progress | None,
     objectives: Sequence[str] = ("val_loss",),
+    retries: int = 0,
 ) -> None:
-    """One worker: run trials until the study has ``total`` of them."""
+    """One worker: run trials until the study has ``total`` of them. Before it stops, a trial that
+    counts but whose worker died (:func:`fail_dead_trials`, waiting for unnamed ones) is failed and
+    queued again (``retries`` times), and the worker goes on with it."""
     space = search_space(spec)
     objective = _objective(spec, out, space, objectives)
     _report(progress, study, total)
     while True:
         counted, waiting = _scheduled(study)
         if counted >= total and not waiting:
-            break
+            if not fail_dead_trials(study, retries):
+                break
+            continue  # count again: a retried trial now waits, one failed without a retry left still counts
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.optimize(objective, n_trials=1, gc_after_trial=True)

@@ -315,6 +315,40 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def test_a_worker_starts_at_once_next_to_a_trial_not_yet_named_and_fails_it_before_it_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RUNNING trial without host or pid may be another worker's first moments: a worker starting
+    next to it does not wait (with two workers started together, the first one's wait let the other
+    run the whole study); if it is still unnamed when the study is done, it is an orphan, failed,
+    queued again and run before the worker stops."""
+    from dmtg_nas import tuning
+
+    monkeypatch.setattr(tuning, "ORPHAN_SECONDS", 3.0)
+    spec = dmtg_nas.load_spec(tuned_doc(trials=2, pruner="none", retries=1))
+    storage = make_storage(None, tmp_path)
+    study = optuna.create_study(storage=storage, study_name="tiny", direction="minimize")
+    orphan = study.ask({"branches": optuna.distributions.IntDistribution(1, 3)})  # never named
+    starts: list[float] = []
+    run_trial = tuning.run_trial
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        starts.append(time.monotonic())
+        return run_trial(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "run_trial", timed)
+    began = time.monotonic()
+    assert tuning.fail_dead_trials(study, retries=1, wait=False) == []  # too young: left alone, no wait
+    assert time.monotonic() - began < 1.0
+    tune(spec, tmp_path, study_name="tiny", progress=False, report=False)
+    assert starts[0] - began < 2.5  # its first trial started before the orphan was old enough to fail
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    assert trials[orphan.number].state == FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retry) == 1 and retry[0].state == COMPLETE
+    assert sum(t.state == COMPLETE for t in trials) == 2 and len(starts) == 2
+
+
 @pytest.mark.parametrize("error", ["nonfinite", "spec"])
 def test_a_trial_with_non_finite_metrics_fails_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: str
