@@ -235,10 +235,12 @@ def neighbours(
                     rest = [g for k, g in enumerate(groups) if k != a]
                     gain = -own if affinity is not None else 0.0
                     shifted.append((gain, canonical([*rest, left, bit])))
-    # merges of different pairs are different partitions; sorted is stable: mask order among equals
-    kinds: list[list[tuple[str, Partition]]] = [[("merge", p) for _, p in sorted(merges, key=lambda c: -c[0])]]
-    seen = {p for _, p in merges} | {partition}
+    # each kind in its own order (sorted is stable: mask order among equals), a partition under the
+    # first kind that reaches it
+    kinds: list[list[tuple[str, Partition]]] = []
+    seen = {partition}
     for kind, ranked in (
+        ("merge", sorted(merges, key=lambda c: -c[0])),
         ("group-split", sorted(cuts, key=lambda c: c[0])),
         ("merge-split", sorted(lone, key=lambda c: c[0])),
         ("move", sorted(shifted, key=lambda c: -c[0])),

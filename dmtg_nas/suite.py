@@ -275,9 +275,9 @@ def reference_ceiling(
     optimum. The share of draws within 2%, and the mean gap, bound what any validation-scored search
     with that many trainings reaches on this data: training noise and the validation split's own
     sampling put the rest out of reach."""
-    draws = len(val) // trainings
     if len(val) < 2 * trainings:
         return None
+    draws = len(val) // trainings
     gaps = []
     for d in range(draws):
         chosen = range(d * trainings, (d + 1) * trainings)
@@ -932,7 +932,7 @@ def _reference_table(records: Sequence[dict[str, Any]]) -> list[str]:
             f"| {statistics.fmean(r['any_median_gap_percent'] for r in runs):.1f} "
             f"| {mean_of('val', 'pairwise')} | {mean_of('test', 'pairwise')} "
             f"| {mean_of('val', 'split_half')} | {mean_of('test', 'split_half')} "
-            f"| {_cell(_mean(c['within_2pct'] * 100 for c in ceilings), '.0f')}{'%' if ceilings else ''} "
+            f"| {_cell(_mean(c['within_2pct'] for c in ceilings), '.0%')} "
             f"| {_cell(_mean(c['gap_percent'] for c in ceilings), '.1f')} |"
         )
     return lines

@@ -661,8 +661,8 @@ def _work(
     study: optuna.Study,
     total: int,
     progress: Progress | None,
-    objectives: Sequence[str] = ("val_loss",),
-    retries: int = 0,
+    objectives: Sequence[str],
+    retries: int,
 ) -> None:
     """One worker: run trials until the study has ``total`` of them. Before it stops, a trial that
     counts but whose worker died (:func:`fail_dead_trials`, waiting for unnamed ones) is failed and
