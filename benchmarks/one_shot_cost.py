@@ -10,7 +10,8 @@ all-task network (K = 1: every task on one encoder, ``train_partition`` with all
 the search's epochs plus the fine-tune's, same data, batch, optimizer and seed) and times that
 training. Rounds interleave the measurements (all-task network, K1, K2, ... per problem); the
 report gives medians over rounds and ``ratio`` = the median over rounds of
-``total / (K x all-task training)`` of the same round.
+``total / (K x all-task training)`` of the same round. ``--strategy`` (repeatable) measures other
+strategies (presets or YAML files) in the same rounds, side by side with the same all-task network.
 
 Problems (``--problems``):
 
@@ -30,6 +31,7 @@ fine-tune; at least 1 each) and ``--samples-scale`` the generated samples, to fi
     python benchmarks/one_shot_cost.py --rounds 3 --out runs/one_shot_cost.json
     python benchmarks/one_shot_cost.py --problems planted40 --branches 4,8 --rounds 2
     python benchmarks/one_shot_cost.py --problems image40 --epochs-scale 0.5 --samples-scale 0.5
+    python benchmarks/one_shot_cost.py --problems planted9 --strategy dmtg --strategy benchmarks/strategies/align-check.yaml
 
 stdout: the table; stderr: progress. ``--index`` also times the CelebA loader's index build
 (``read_celeba_index``) on generated ``list_attr_celeba.txt`` / ``list_eval_partition.txt`` files of
@@ -74,13 +76,20 @@ def _scaled(value: int, factor: float) -> int:
 
 
 def problem_doc(
-    problem: str, k: int, epochs_scale: float = 1.0, samples_scale: float = 1.0, image_size: int = IMAGE_SIZE
+    problem: str,
+    k: int,
+    epochs_scale: float = 1.0,
+    samples_scale: float = 1.0,
+    image_size: int = IMAGE_SIZE,
+    strategy: str = "dmtg",
 ) -> dict[str, Any]:
-    """The spec (a mapping for ``load_spec``) of a problem at K branches, its budgets scaled."""
+    """The spec (a mapping for ``load_spec``) of a problem at K branches with ``strategy`` (a preset
+    name or a YAML path) in place of the default, its budgets scaled."""
     from dmtg_nas.config import load_spec
 
+    strategy = _strategy_ref(strategy)
     if problem == "planted9":
-        doc = load_spec("planted").to_dict()
+        doc = load_spec("planted", [f"strategy={strategy}"]).to_dict()
     elif problem in ("planted40", "image40"):
         image = problem == "image40"
         task_type = "binary" if image else "regression"
@@ -104,9 +113,9 @@ def problem_doc(
             "heads": {"hidden": []},
             "branches": k,
             # celeba40's budget: warm start 2 epochs, supernet 10, fine-tune 5
-            "strategy": {"_base_": "dmtg", "warmup": {"epochs": 2}, "epochs": 10, "finetune": {"epochs": 5}}
+            "strategy": {"_base_": strategy, "warmup": {"epochs": 2}, "epochs": 10, "finetune": {"epochs": 5}}
             if image
-            else "dmtg",
+            else strategy,
         }
         doc = load_spec(doc).to_dict()
     else:
@@ -122,11 +131,27 @@ def problem_doc(
     return doc
 
 
+def _strategy_ref(strategy: str) -> str:
+    """A preset name as it is; a YAML path made absolute (the measurements run from the repository root)."""
+    return str(Path(strategy).resolve()) if strategy.endswith((".yaml", ".yml")) else strategy
+
+
+def strategy_label(strategy: str) -> str:
+    """A strategy's name in the rounds and the table: the preset name or the file's stem."""
+    return Path(strategy).stem if strategy.endswith((".yaml", ".yml")) else strategy
+
+
 def measure(
-    kind: str, problem: str, k: int, epochs_scale: float, samples_scale: float, image_size: int = IMAGE_SIZE
+    kind: str,
+    problem: str,
+    k: int,
+    epochs_scale: float,
+    samples_scale: float,
+    image_size: int = IMAGE_SIZE,
+    strategy: str = "dmtg",
 ) -> dict[str, Any]:
-    """One measurement in this process (one torch thread): ``dmtg`` (the default strategy end to
-    end, stage seconds from metrics.json) or ``all_tasks`` (one all-task network trained)."""
+    """One measurement in this process (one torch thread): ``search`` (``strategy`` end to end, stage
+    seconds from metrics.json) or ``all_tasks`` (one all-task network trained)."""
     import logging
     import resource
     import warnings
@@ -141,9 +166,9 @@ def measure(
     from dmtg_nas.engine.train import train_partition
     from dmtg_nas.pipeline.run import run_search
 
-    spec = load_spec(problem_doc(problem, k, epochs_scale, samples_scale, image_size))
+    spec = load_spec(problem_doc(problem, k, epochs_scale, samples_scale, image_size, strategy))
     out: dict[str, Any] = {}
-    if kind == "dmtg":
+    if kind == "search":
         with tempfile.TemporaryDirectory() as tmp:
             run_search(spec, Path(tmp) / "run", progress=False)
             metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
@@ -161,16 +186,23 @@ def measure(
 
 
 def run_fresh(
-    kind: str, problem: str, k: int, epochs_scale: float, samples_scale: float, image_size: int = IMAGE_SIZE
+    kind: str,
+    problem: str,
+    k: int,
+    epochs_scale: float,
+    samples_scale: float,
+    image_size: int = IMAGE_SIZE,
+    strategy: str = "dmtg",
 ) -> dict[str, Any]:
     """``measure`` in a fresh Python process (this checkout first on the path, one thread)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); import one_shot_cost as b;"
         " print('RESULT', json.dumps(b.measure(sys.argv[2], sys.argv[3], int(sys.argv[4]),"
-        " float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7]))))"
+        " float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7]), sys.argv[8])))"
     )
     argv = [str(Path(__file__).parent), kind, problem, str(k), repr(epochs_scale), repr(samples_scale), str(image_size)]
+    argv.append(_strategy_ref(strategy))
     done = subprocess.run(
         [sys.executable, "-c", code, *argv], cwd=ROOT, env=env, capture_output=True, text=True, check=False
     )
@@ -180,11 +212,11 @@ def run_fresh(
     return dict(json.loads(lines[-1][len("RESULT ") :]))
 
 
-def summarize(problem: str, k: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The medians over rounds of one (problem, K), and the ratio (median of per-round ratios)."""
-    runs = [r["dmtg"][str(k)] for r in rounds]
+def summarize(problem: str, k: int, rounds: list[dict[str, Any]], strategy: str = "dmtg") -> dict[str, Any]:
+    """The medians over rounds of one (problem, K, strategy), and the ratio (median of per-round ratios)."""
+    runs = [r[strategy][str(k)] for r in rounds]
     single = [r["all_tasks"]["seconds"] for r in rounds]
-    row: dict[str, Any] = {"problem": problem, "k": k, "rounds": len(rounds)}
+    row: dict[str, Any] = {"problem": problem, "k": k, "strategy": strategy, "rounds": len(rounds)}
     for stage in (*STAGES, "total"):
         row[f"{stage}_s"] = statistics.median(r[stage] for r in runs)
     row["all_tasks_s"] = statistics.median(single)
@@ -198,7 +230,10 @@ def summarize(problem: str, k: int, rounds: list[dict[str, Any]]) -> dict[str, A
 
 
 def report(rows: list[dict[str, Any]], tasks: dict[str, int]) -> str:
+    """The table; a strategy column when the rows hold more than one strategy."""
+    several = len({r.get("strategy", "dmtg") for r in rows}) > 1
     head = [
+        *(["strategy"] if several else []),
         "problem",
         "N",
         "K",
@@ -215,7 +250,7 @@ def report(rows: list[dict[str, Any]], tasks: dict[str, int]) -> str:
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["problem"], str(tasks[r["problem"]]), str(r["k"])]
+        cells = [*([r["strategy"]] if several else []), r["problem"], str(tasks[r["problem"]]), str(r["k"])]
         cells += [f"{r[f'{s}_s']:.2f}" for s in (*STAGES, "total")]
         cells += [f"{r['all_tasks_s']:.2f}", f"{r['ratio']:.2f}"]
         cells += [f"{r['dominant_stage'].replace('_', ' ')} ({r['dominant_share']:.0%})"]
@@ -277,8 +312,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="image40's image side (default: 16)")
     parser.add_argument("--index", action="store_true", help="also time the CelebA index build (202,599 entries)")
     parser.add_argument("--index-entries", type=int, default=CELEBA_IMAGES, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--strategy",
+        action="append",
+        default=None,
+        help="a strategy preset or YAML file to measure (repeatable: side by side in every round; default: dmtg)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write rounds and summary here (JSON)")
     args = parser.parse_args(argv)
+    strategies = args.strategy or ["dmtg"]
+    labels = [strategy_label(s) for s in strategies]
+    if len(set(labels)) < len(labels):
+        parser.error(f"--strategy names one strategy twice: {', '.join(labels)}")
+    for strategy in strategies:
+        try:
+            problem_doc(PROBLEMS[0], 1, strategy=strategy)
+        except Exception as exc:  # a bad preset name or file fails here, before any measurement
+            parser.error(f"--strategy {strategy}: {exc}")
     problems = [p for p in args.problems.split(",") if p]
     if not problems or sorted(set(problems) - set(PROBLEMS)):
         parser.error(f"--problems takes {', '.join(PROBLEMS)}; got {args.problems!r}")
@@ -297,13 +347,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     for i in range(args.rounds):
         for p in problems:
-            entry: dict[str, Any] = {"all_tasks": run_fresh("all_tasks", p, 1, *scale), "dmtg": {}}
+            entry: dict[str, Any] = {"all_tasks": run_fresh("all_tasks", p, 1, *scale), **{s: {} for s in labels}}
             print(f"round {i + 1}/{args.rounds} {p} all-task network: {entry['all_tasks']}", file=sys.stderr)
             for k in branches[p]:
-                entry["dmtg"][str(k)] = run_fresh("dmtg", p, k, *scale)
-                print(f"round {i + 1}/{args.rounds} {p} K={k}: {entry['dmtg'][str(k)]}", file=sys.stderr, flush=True)
+                for strategy, label in zip(strategies, labels):
+                    entry[label][str(k)] = run_fresh("search", p, k, *scale, strategy=strategy)
+                    print(f"round {i + 1}/{args.rounds} {p} K={k} {label}: {entry[label][str(k)]}", file=sys.stderr)
             rounds[p].append(entry)
-    rows = [summarize(p, k, rounds[p]) for p in problems for k in branches[p]]
+    rows = [summarize(p, k, rounds[p], label) for p in problems for k in branches[p] for label in labels]
     doc: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/one_shot_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -319,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "image_size": args.image_size,
         "tasks": {p: tasks[p] for p in problems},
         "branches": branches,
+        "strategies": dict(zip(labels, strategies)),
         "rounds": rounds,
         "rows": rows,
         "seconds": time.perf_counter() - t_start,

@@ -30,7 +30,7 @@ def _check_ratios(doc: dict[str, Any]) -> None:
     for row in doc["rows"]:
         rounds = doc["rounds"][row["problem"]]
         k = row["k"]
-        runs = [r["dmtg"][str(k)] for r in rounds]
+        runs = [r[row["strategy"]][str(k)] for r in rounds]
         single = [r["all_tasks"]["seconds"] for r in rounds]
         assert row["total_s"] == pytest.approx(statistics.median(r["total"] for r in runs))
         assert row["all_tasks_s"] == pytest.approx(statistics.median(single))
@@ -58,6 +58,19 @@ def test_summary_takes_medians_and_the_ratio_of_the_same_round() -> None:
     assert table[2] == (
         "| planted40 | 40 | 4 | 1.00 | 2.00 | 0.50 | 0.25 | 12.00 | 2.00 | 2.00 | supernet (17%) | 900 | 810 |"
     )
+    # another strategy in the same rounds: its own runs, the same all-task networks, a strategy column
+    for r, total in zip(rounds, (8.0, 8.0, 32.0)):
+        r["align-check"] = {"4": _run(total, warm=0.0)}
+    other = one_shot_cost.summarize("planted40", 4, rounds, "align-check")
+    assert other["strategy"] == "align-check" and other["ratio"] == 2.0  # the median of 1, 2, 2
+    assert other["all_tasks_s"] == row["all_tasks_s"] and other["warm_start_s"] == 0.0
+    _check_ratios({"rows": [row, other], "rounds": {"planted40": rounds}})
+    both = one_shot_cost.report([row, other], {"planted40": 40}).splitlines()
+    assert both[0].startswith("| strategy | problem | N | K |") and both[3].startswith(
+        "| align-check | planted40 | 40 | 4 |"
+    )
+    assert one_shot_cost.strategy_label("benchmarks/strategies/align-check.yaml") == "align-check"
+    assert one_shot_cost.strategy_label("dmtg-fast") == "dmtg-fast"
 
 
 def test_problem_specs() -> None:
@@ -70,12 +83,20 @@ def test_problem_specs() -> None:
     image = load_spec(one_shot_cost.problem_doc("image40", 2, image_size=12))
     assert image.backbone.name == "celeba_resnet" and {t.type for t in image.tasks} == {"binary"}
     assert (image.strategy.warmup.epochs, image.strategy.epochs, image.strategy.finetune.epochs) == (2, 10, 5)
+    align = str(ROOT / "benchmarks" / "strategies" / "align-check.yaml")
+    for problem in ("planted9", "planted40", "image40"):
+        other = load_spec(one_shot_cost.problem_doc(problem, 2, strategy=align)).strategy
+        assert other.name == "align-check" and other.warmup.method == "none" and other.alignment.enabled
+    # the problem's budget holds for every strategy (image40: celeba40's)
+    assert load_spec(one_shot_cost.problem_doc("image40", 2, strategy=align)).strategy.epochs == 10
     with pytest.raises(ValueError):
         one_shot_cost.problem_doc("nothing", 2)
 
 
 def test_arguments_are_checked() -> None:
-    for argv in (["--problems", "nothing"], ["--branches", "0"], ["--branches", "x"], ["--rounds", "0"]):
+    bad = (["--problems", "nothing"], ["--branches", "0"], ["--branches", "x"], ["--rounds", "0"])
+    bad += (["--strategy", "no-such-preset"], ["--strategy", "dmtg", "--strategy", "dmtg"])
+    for argv in bad:
         with pytest.raises(SystemExit):
             one_shot_cost.main(argv)
 
@@ -93,12 +114,20 @@ def test_the_generated_celeba_index_reads_as_the_release(tmp_path: Path) -> None
 def test_a_tiny_round_measures_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cost.json"
     argv = ["--problems", "planted9", "--branches", "2", "--rounds", "1", "--epochs-scale", "0.05"]
-    one_shot_cost.main([*argv, "--samples-scale", "0.1", "--out", str(out)])
+    align = str(ROOT / "benchmarks" / "strategies" / "align-check.yaml")
+    one_shot_cost.main([*argv, "--samples-scale", "0.1", "--out", str(out), "--strategy", "dmtg", "--strategy", align])
     doc = json.loads(out.read_text())
     assert doc["tasks"] == {"planted9": 9} and doc["branches"] == {"planted9": [2]} and doc["machine"]["cpus"]
-    (row,) = doc["rows"]
+    assert doc["strategies"] == {"dmtg": "dmtg", "align-check": align}
+    default, aligned = doc["rows"]  # side by side, against the same all-task network
+    assert (default["strategy"], aligned["strategy"]) == ("dmtg", "align-check")
+    assert default["all_tasks_s"] == aligned["all_tasks_s"]
     run = doc["rounds"]["planted9"][0]["dmtg"]["2"]
     assert run["total"] >= max(run[s] for s in one_shot_cost.STAGES) > 0 and run["peak_rss_mb"] > 0
+    # the default trains single-task networks for its warm start; the alignment's uniform start none
+    assert run["warm_start"] > 0 and doc["rounds"]["planted9"][0]["align-check"]["2"]["warm_start"] == 0
     assert doc["rounds"]["planted9"][0]["all_tasks"]["epochs"] == 3  # (40 + 10) x 0.05, rounded per budget
     _check_ratios(doc)
-    assert f"| planted9 | 9 | 2 | {row['warm_start_s']:.2f} |" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert table.startswith("| strategy | problem | N | K |")
+    assert f"| align-check | planted9 | 9 | 2 | {aligned['warm_start_s']:.2f} |" in table
