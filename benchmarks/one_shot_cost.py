@@ -31,7 +31,8 @@ fine-tune; at least 1 each) and ``--samples-scale`` the generated samples, to fi
     python benchmarks/one_shot_cost.py --rounds 3 --out runs/one_shot_cost.json
     python benchmarks/one_shot_cost.py --problems planted40 --branches 4,8 --rounds 2
     python benchmarks/one_shot_cost.py --problems image40 --epochs-scale 0.5 --samples-scale 0.5
-    python benchmarks/one_shot_cost.py --problems planted9 --strategy dmtg --strategy benchmarks/strategies/align-check.yaml
+    python benchmarks/one_shot_cost.py --problems planted9 --strategy dmtg \\
+        --strategy benchmarks/strategies/align-check.yaml
 
 stdout: the table; stderr: progress. ``--index`` also times the CelebA loader's index build
 (``read_celeba_index``) on generated ``list_attr_celeba.txt`` / ``list_eval_partition.txt`` files of
