@@ -1,4 +1,4 @@
-"""Local search after the one-shot search: merge groups and move single tasks, on validation loss.
+"""Local search after the one-shot search: merge groups, move and swap tasks, on validation loss.
 
 The search's relaxation tells which tasks read the same features. It does not see what sharing an
 encoder does beyond that: with binary or noisy targets, or little data, a network trained on more
@@ -13,6 +13,10 @@ recovers. The local search starts from the found grouping and tries its neighbou
   may each win nothing on their own;
 - **moves** (``moves=True``): one task goes to another group (or, with fewer groups than K, to a
   group of its own);
+- **swaps** (``swaps=True``): a task of one group and a task of another exchange places, every
+  group keeping its size: the way back from two tasks swapped between two groups, which single-task
+  moves take in two steps, the first of which may win nothing (two pairs swapped into two wrong
+  pairs: a move leaves a group of three and a single task);
 - **group splits** (``group_splits=True``): with fewer groups than K, a group of four or more tasks
   is cut in two parts of at least two tasks: the way back from a merge of two groups, which
   single-task moves take one task at a time (each of which may win nothing);
@@ -20,7 +24,7 @@ recovers. The local search starts from the found grouping and tries its neighbou
   leaves it for a group of its own (while there are fewer groups than K). Groups the one-shot
   search found are not split.
 
-The ``dmtg`` preset's "merge check" takes merges, merge-splits and moves, on the mean of three
+The ``dmtg`` preset's "merge check" takes merges, merge-splits, moves and swaps, on the mean of three
 trainings per group network: with a dozen candidates per round and one training each, the
 best-scoring neighbour is often only the luckiest training (``confirm=True`` re-checks a step on
 an independent training instead).
@@ -36,7 +40,7 @@ computation (:func:`~dmtg_nas.engine.batched.subset_losses_seeded`), and cached:
 but one or two groups with the current partition.
 
 Round by round, at most ``max_candidates`` neighbours are tried: the kinds take turns (the best
-merge, merge-split and move, then the second of each, ...), each kind ranked by the warm start's
+merge, merge-split, move and swap, then the second of each, ...), each kind ranked by the warm start's
 affinity when there is one, so every round tries moves as well as merges. The best replaces the
 current partition when its score is lower by more than ``margin`` (a fraction); the search stops
 when none is, or after ``rounds`` rounds. Its cost is the group networks it trains: with three found
@@ -171,9 +175,10 @@ def neighbours(
     moves: bool = True,
     merge_splits: bool = False,
     group_splits: bool = False,
+    swaps: bool = False,
 ) -> list[tuple[str, Partition]]:
-    """The merges, group splits, merge-splits and single-task moves of ``partition`` as ``(kind,
-    partition)``, the kinds taking turns: the best-ranked of each kind, then the second of each, and
+    """The merges, group splits, merge-splits, single-task moves and swaps of ``partition`` as
+    ``(kind, partition)``, the kinds taking turns: the best-ranked of each kind, then the second of each, and
     so on (in that order of kinds within a turn). A round tries only the first ``max_candidates``: in
     kind order, merges and merge-splits alone fill a round's 12 (three groups of three have 3 merges
     and 18 merge-splits; a group of four and two single tasks 3 and 8), so the moves a search from a
@@ -183,14 +188,18 @@ def neighbours(
     group of four or more tasks in two parts of at least two: one step back from a merge of two
     groups, which single-task moves take only one task at a time, each of which may win nothing.
 
+    A swap (``swaps=True``) exchanges a task of one group with a task of another, both groups keeping
+    their sizes: one step back from two tasks swapped, which moves take in two (ranked by the
+    affinity the two tasks gain, highest first).
+
     A merge-split (``merge_splits=True``) merges two groups and leaves one task of the merged group
     on its own: one step to "all but one task together", which otherwise takes a merge and a move
     that each may win nothing on their own. With ``affinity`` (N x N, higher = more related), merges
     are ordered by the mean affinity between the two groups, merge-splits by the lone task's
     affinity to the rest of the merged group (lowest first), moves by the task's mean affinity to
     its new group minus that to its old one (highest first); otherwise in mask order. A partition
-    reachable in several ways is listed once, under the first of merge, group split, merge-split and
-    move that reaches it.
+    reachable in several ways is listed once, under the first of merge, group split, merge-split,
+    move and swap that reaches it.
     """
     groups = list(partition)
     merges: list[tuple[float, Partition]] = []
@@ -235,6 +244,21 @@ def neighbours(
                     rest = [g for k, g in enumerate(groups) if k != a]
                     gain = -own if affinity is not None else 0.0
                     shifted.append((gain, canonical([*rest, left, bit])))
+    exchanged: list[tuple[float, Partition]] = []  # swaps, ranked by the affinity they gain
+    for a, b in itertools.combinations(range(len(groups)), 2) if swaps else ():
+        source, target = groups[a], groups[b]
+        if source.bit_count() == 1 and target.bit_count() == 1:
+            continue  # two single tasks exchanged: the same partition
+        rest = [g for k, g in enumerate(groups) if k not in (a, b)]
+        for i in members(source):
+            for j in members(target):
+                bi, bj = 1 << i, 1 << j
+                gain = 0.0
+                if affinity is not None:
+                    stay = _mean_affinity(affinity, bi, source & ~bi) + _mean_affinity(affinity, bj, target & ~bj)
+                    go = _mean_affinity(affinity, bi, target & ~bj) + _mean_affinity(affinity, bj, source & ~bi)
+                    gain = go - stay
+                exchanged.append((gain, canonical([*rest, (source & ~bi) | bj, (target & ~bj) | bi])))
     # each kind in its own order (sorted is stable: mask order among equals), a partition under the
     # first kind that reaches it
     kinds: list[list[tuple[str, Partition]]] = []
@@ -244,6 +268,7 @@ def neighbours(
         ("group-split", sorted(cuts, key=lambda c: c[0])),
         ("merge-split", sorted(lone, key=lambda c: c[0])),
         ("move", sorted(shifted, key=lambda c: -c[0])),
+        ("swap", sorted(exchanged, key=lambda c: -c[0])),
     ):
         kinds.append([])
         for _, p in ranked:
@@ -321,7 +346,7 @@ class LocalSearchOutcome:
                         {"kind": kind, "groups": names(p), "val_loss": loss} for kind, p, loss in r["candidates"]
                     ],
                     "accepted": names(r["accepted"]) if r["accepted"] is not None else None,
-                    # merge, merge-split, move or split
+                    # merge, group-split, merge-split, move, swap or split
                     "accepted_kind": next((k for k, p, _ in r["candidates"] if p == r["accepted"]), None),
                     "confirmation": r["confirmation"],
                 }
@@ -344,6 +369,7 @@ def local_search(
     affinity: Sequence[Sequence[float]] | None = None,
     merge_splits: bool = False,
     group_splits: bool = False,
+    swaps: bool = False,
 ) -> LocalSearchOutcome:
     """Greedy descent from ``start`` over merges and moves (see the module docstring).
 
@@ -359,6 +385,7 @@ def local_search(
         merge_splits: also try merges that leave one task of the merged group on its own.
         group_splits: also try cutting a group of four or more tasks in two (while fewer groups
             than ``max_groups``).
+        swaps: also try exchanging a task of one group with a task of another.
         splits: in a round where no merge or move wins, try splitting single tasks off the groups
             merges formed (a second stage of the same round, with its own candidates).
         confirm: the round's best neighbour, picked as the lowest of many noisy scores, is checked
@@ -372,7 +399,7 @@ def local_search(
     outcome = LocalSearchOutcome(current, current, float("inf"))
     visited = {current}
     for _ in range(rounds):
-        stages = [neighbours(current, max_groups, affinity, moves, merge_splits, group_splits)]
+        stages = [neighbours(current, max_groups, affinity, moves, merge_splits, group_splits, swaps)]
         if splits:  # only looked at when the first stage finds no step
             stages.append(split_neighbours(current, max_groups, set(current) - set(outcome.start), affinity))
         record: dict[str, Any] | None = None

@@ -319,6 +319,7 @@ class LocalSearchConfig(StrictModel):
     moves: bool = False  # also move single tasks between groups (default: merges only)
     merge_splits: bool = False  # also merge two groups leaving one of their tasks on its own
     group_splits: bool = False  # also cut a group of four or more tasks in two (while fewer groups than K)
+    swaps: bool = False  # also exchange a task of one group with a task of another
     confirm: bool = False  # check each step again on an independent training of the groups it changes
     margin: float = Field(default=0.01, ge=0, lt=1)  # accept a step only if val loss is lower by this fraction
     replicates: int = Field(default=1, ge=1, le=16)  # independent trainings per group network, scores averaged

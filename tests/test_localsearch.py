@@ -447,3 +447,34 @@ def test_fast_preset_search_fine_tunes_the_searched_network_without_a_check() ->
     assert (result.metrics["search"]["epochs"], result.metrics["search"]["finetune_epochs"]) == (1, 2)
     assert result.metrics["warmup"]["method"] == "attribution"
     assert sorted(map(sorted, result.model.groups)) == sorted(map(sorted, result.groups))  # the pruned network
+
+
+def test_swaps_exchange_two_tasks_and_keep_the_group_sizes() -> None:
+    ab, cd, e = (*masks_of([["a", "b"], ["c", "d"]], NAMES), 1 << 4)
+    found = neighbours((ab, cd), 2, moves=False, swaps=True)
+    # a<->c and a<->d (b<->d and b<->c reach the same two partitions), after the merge
+    assert found == [
+        ("merge", (ab | cd,)),
+        ("swap", masks_of([["b", "c"], ["a", "d"]], NAMES)),
+        ("swap", masks_of([["b", "d"], ["a", "c"]], NAMES)),
+    ]
+    assert all(sorted(m.bit_count() for m in p) == [2, 2] for kind, p in found if kind == "swap")
+    assert not [p for kind, p in neighbours((e, 1 << 5), 2, swaps=True) if kind == "swap"]  # two single tasks
+    assert not [k for k, _ in neighbours((ab, cd), 2, moves=True) if k == "swap"]  # off by default
+    # ranked by the affinity the two tasks gain: a reads like d, b like c
+    affinity = [[1.0 if {i, j} in ({0, 3}, {1, 2}) or i == j else 0.0 for j in range(6)] for i in range(6)]
+    ranked = [p for kind, p in neighbours((ab, cd), 2, affinity, moves=False, swaps=True) if kind == "swap"]
+    assert ranked[0] == masks_of([["b", "c"], ["a", "d"]], NAMES)
+
+
+def test_a_swap_undoes_two_tasks_exchanged_where_single_moves_stop() -> None:
+    """Three pairs with two tasks exchanged between two of them ({a,c}{b,d}{e,f}, K = 3 full): every
+    move leaves a group of three and a single task, worse than the start; the swap back wins."""
+    pair = {m: 2.0 for m in masks_of([["a", "b"], ["c", "d"], ["e", "f"]], NAMES)}
+    cost = {**pair, **{m: 3.0 for m in masks_of([["a", "c"], ["b", "d"]], NAMES)}}
+    start = masks_of([["a", "c"], ["b", "d"], ["e", "f"]], NAMES)  # 3 + 3 + 2 = 8; the pairs: 6
+    kwargs = {"margin": 0.01, "max_candidates": 12, "rounds": 4, "moves": True, "merge_splits": True}
+    assert not local_search(start, _fake_scorer(cost), 3, **kwargs).changed  # type: ignore[arg-type]
+    out = local_search(start, _fake_scorer(cost), 3, swaps=True, **kwargs)  # type: ignore[arg-type]
+    assert out.partition == masks_of([["a", "b"], ["c", "d"], ["e", "f"]], NAMES) and math.isclose(out.val_loss, 6.0)
+    assert out.to_dict(NAMES)["rounds"][0]["accepted_kind"] == "swap"

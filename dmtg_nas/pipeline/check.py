@@ -51,6 +51,7 @@ def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, wa
         moves=ls.moves,
         merge_splits=ls.merge_splits,
         group_splits=ls.group_splits,
+        swaps=ls.swaps,
         splits=ls.splits,
         confirm=ls.confirm,
         affinity=warm.affinity if warm is not None else None,
