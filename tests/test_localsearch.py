@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -465,6 +466,20 @@ def test_swaps_exchange_two_tasks_and_keep_the_group_sizes() -> None:
     affinity = [[1.0 if {i, j} in ({0, 3}, {1, 2}) or i == j else 0.0 for j in range(6)] for i in range(6)]
     ranked = [p for kind, p in neighbours((ab, cd), 2, affinity, moves=False, swaps=True) if kind == "swap"]
     assert ranked[0] == masks_of([["b", "c"], ["a", "d"]], NAMES)
+
+
+def test_a_round_from_three_pairs_takes_swaps_in_turn_within_its_twelve_candidates() -> None:
+    """Three pairs, K = 3 (docs/method/merge-check.md): the 12 candidates of a round are 3 merges and
+    9 merge-splits without swaps (a move there is a merge-split), 3 merges, 5 merge-splits and 4
+    swaps with them: 21 and 23 distinct group networks with the current groups."""
+    start = masks_of([["a", "b"], ["c", "d"], ["e", "f"]], NAMES)
+    for swaps, kinds, networks in (
+        (False, {"merge": 3, "merge-split": 9}, 21),
+        (True, {"merge": 3, "merge-split": 5, "swap": 4}, 23),
+    ):
+        found = neighbours(start, 3, moves=True, merge_splits=True, swaps=swaps)[:12]
+        assert Counter(kind for kind, _ in found) == kinds
+        assert len(set(start).union(*(set(p) for _, p in found))) == networks
 
 
 def test_a_swap_undoes_two_tasks_exchanged_where_single_moves_stop() -> None:
