@@ -202,6 +202,12 @@ def neighbours(
     move and swap that reaches it.
     """
     groups = list(partition)
+    # each task's mean affinity to the rest of its group (what a move or a swap takes it away from)
+    home = {
+        t: _mean_affinity(affinity, 1 << t, g & ~(1 << t)) if affinity is not None else 0.0
+        for g in groups
+        for t in members(g)
+    }
     merges: list[tuple[float, Partition]] = []
     lone: list[tuple[float, Partition]] = []  # merge-splits, ranked by the lone task's affinity
     for a, b in itertools.combinations(range(len(groups)), 2):
@@ -233,31 +239,27 @@ def neighbours(
             for task in members(source):
                 bit = 1 << task
                 left = source & ~bit
-                own = _mean_affinity(affinity, bit, left) if affinity is not None else 0.0
                 for b, target in enumerate(groups):
                     if b == a:
                         continue
                     rest = [g for k, g in enumerate(groups) if k not in (a, b)]
-                    gain = _mean_affinity(affinity, bit, target) - own if affinity is not None else 0.0
+                    gain = _mean_affinity(affinity, bit, target) - home[task] if affinity is not None else 0.0
                     shifted.append((gain, canonical([*rest, left, target | bit])))
                 if len(groups) < max_groups:  # a group of its own
                     rest = [g for k, g in enumerate(groups) if k != a]
-                    gain = -own if affinity is not None else 0.0
-                    shifted.append((gain, canonical([*rest, left, bit])))
+                    shifted.append((-home[task], canonical([*rest, left, bit])))
     exchanged: list[tuple[float, Partition]] = []  # swaps, ranked by the affinity they gain
     for a, b in itertools.combinations(range(len(groups)), 2) if swaps else ():
         source, target = groups[a], groups[b]
-        if source.bit_count() == 1 and target.bit_count() == 1:
-            continue  # two single tasks exchanged: the same partition
         rest = [g for k, g in enumerate(groups) if k not in (a, b)]
         for i in members(source):
             for j in members(target):
                 bi, bj = 1 << i, 1 << j
                 gain = 0.0
                 if affinity is not None:
-                    stay = _mean_affinity(affinity, bi, source & ~bi) + _mean_affinity(affinity, bj, target & ~bj)
                     go = _mean_affinity(affinity, bi, target & ~bj) + _mean_affinity(affinity, bj, source & ~bi)
-                    gain = go - stay
+                    gain = go - (home[i] + home[j])
+                # two single tasks exchanged give the partition itself, which ``seen`` drops below
                 exchanged.append((gain, canonical([*rest, (source & ~bi) | bj, (target & ~bj) | bi])))
     # each kind in its own order (sorted is stable: mask order among equals), a partition under the
     # first kind that reaches it

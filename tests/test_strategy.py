@@ -176,7 +176,15 @@ def test_the_ablation_strategy_files_load_and_differ_from_their_base_as_they_say
 
     folder = ROOT / "benchmarks" / "strategies"
     loaded = {path.stem: load_strategy(path) for path in sorted(folder.glob("*.yaml"))}
-    assert {"plain-align", "align-check", "warm-align", "plain-bilevel", "warm-check", "oneshot-polish"} <= set(loaded)
+    assert {
+        "plain-align",
+        "align-check",
+        "warm-align",
+        "plain-bilevel",
+        "warm-check",
+        "oneshot-polish",
+        "no-swaps",
+    } <= set(loaded)
     for name, strategy in loaded.items():
         assert strategy.name == name
     assert loaded["plain-align"].alignment.enabled and loaded["plain-align"].warmup.method == "none"
@@ -189,3 +197,9 @@ def test_the_ablation_strategy_files_load_and_differ_from_their_base_as_they_say
         assert loaded[name].optimizer.logits_lr == 0.03
         assert loaded[name].alignment.drive == "alignment"
     assert not load_strategy("dmtg").alignment.enabled  # the default keeps the head losses' drive
+    # the merge check without swaps: otherwise the default, which has them
+    no_swaps, default = loaded["no-swaps"].model_dump(), load_strategy("dmtg").model_dump()
+    assert default["local_search"]["swaps"] and not no_swaps["local_search"]["swaps"]
+    for config in (no_swaps, default):
+        config.pop("name"), config.pop("description"), config["local_search"].pop("swaps")
+    assert no_swaps == default
