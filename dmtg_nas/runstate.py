@@ -72,6 +72,7 @@ _FREE_STRATEGY_KEYS = (
     "trainer",
     "num_workers",
     "epochs",
+    "stop_when_decided",
     "finetune",
     "local_search",
     "polish",

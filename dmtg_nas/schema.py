@@ -48,6 +48,7 @@ __all__ = [
     "OptimizerConfig",
     "LRScheduleConfig",
     "FinetuneConfig",
+    "StopWhenDecidedConfig",
     "LocalSearchConfig",
     "AffinityConfig",
     "InitConfig",
@@ -308,6 +309,18 @@ class FinetuneConfig(StrictModel):
     init: Literal["search", "scratch"] = "search"  # continue from the search weights, or fresh weights
 
 
+class StopWhenDecidedConfig(StrictModel):
+    """End the supernet's training once the grouping is decided (see
+    :func:`dmtg_nas.pipeline.search.decided`); the epochs it did not use go to the fine-tune."""
+
+    # auto: where the merge check's group networks train batched (in-memory vector data, an encoder
+    # without batch norm), where the K*N heads make a supernet epoch cost more than a pruned one's
+    enabled: bool | Literal["auto"] = False
+    # decided: for `patience` epochs every task's most probable branch unchanged, its probability not
+    # lower than `patience` epochs before, and at least twice the next branch's
+    patience: int = Field(default=5, ge=1, le=MAX_EPOCHS)
+
+
 class LocalSearchConfig(StrictModel):
     """Merges and single-task moves after the search, on validation loss (see :mod:`dmtg_nas.localsearch`)."""
 
@@ -507,6 +520,8 @@ class StrategyConfig(StrictModel):
     supernet: bool = True
     entropy_weight: float = Field(default=0.0, ge=0)  # + w * mean entropy of softmax(logits)
     epochs: Epochs = 100
+    # end the supernet once the grouping is decided; its unused epochs go to the fine-tune
+    stop_when_decided: StopWhenDecidedConfig = Field(default_factory=StopWhenDecidedConfig)
     batch_size: int = Field(default=256, ge=1, le=MAX_BATCH)
     eval_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)
     gradient_clip: float | None = Field(default=None, gt=0)  # max gradient norm (weights and logits together)

@@ -141,3 +141,128 @@ def test_refuses_non_empty_output_and_resumes_from_checkpoint(tmp_path: Path) ->
     longer = dmtg_nas.load_spec(planted_doc(), ["strategy.epochs=4"])
     resumed = dmtg_nas.search(longer, out, resume=True, progress=False)
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------------- stop once decided
+
+
+def _history(*rows: dict[str, list[float]]) -> list[dict[str, object]]:
+    return [{"epoch": e, "probabilities": row} for e, row in enumerate(rows)]
+
+
+def test_decided_needs_patience_epochs_of_the_same_branches_each_gaining() -> None:
+    from dmtg_nas.pipeline.search import decided
+
+    rising = [{"a": [0.8 + 0.02 * e, 0.2 - 0.02 * e], "b": [0.1, 0.9]} for e in range(4)]
+    assert not decided(_history(*rising[:3]), patience=3)  # epochs 0-2: one epoch short
+    assert decided(_history(*rising), patience=3)
+    # a task that changed its most probable branch inside the window
+    moved = [*rising[:3], {"a": [0.3, 0.7], "b": [0.1, 0.9]}]
+    assert not decided(_history(*moved), patience=3)
+    moved_back = [rising[0], {"a": [0.4, 0.6], "b": [0.1, 0.9]}, *rising[2:]]
+    assert not decided(_history(*moved_back), patience=3)
+    # the same branch, losing ground over the window (a task on its way out)
+    losing = [{"a": [0.9 - 0.05 * e, 0.1 + 0.05 * e], "b": [0.1, 0.9]} for e in range(4)]
+    assert not decided(_history(*losing), patience=3)
+    # about uniform: the top branch not twice the next one
+    flat = [{"a": [0.36 + 0.001 * e, 0.34, 0.30 - 0.001 * e]} for e in range(4)]
+    assert not decided(_history(*flat), patience=3)
+    assert decided(_history(*[{"a": [0.5 + 0.001 * e, 0.25, 0.25 - 0.001 * e]} for e in range(4)]), patience=3)
+
+
+def test_a_decided_search_stops_and_its_unused_epochs_go_to_the_fine_tune(tmp_path: Path) -> None:
+    """From the warm start the grouping is decided at once: the supernet stops after `patience`
+    epochs, and the fine-tune gets its own epochs plus the 6 the supernet did not use; without the stop
+    the same run trains all 8 (and finds the same groups). A resumed run of the stopped search trains
+    the supernet no further: the same history and metrics."""
+    doc = planted_doc()
+    doc["strategy"].update(epochs=8, finetune={"epochs": 1}, stop_when_decided={"enabled": True, "patience": 2})
+    spec = dmtg_nas.load_spec(doc)
+    stopped = dmtg_nas.search(spec, tmp_path / "stopped", progress=False)
+    search = stopped.metrics["search"]
+    assert (search["decided_epoch"], search["epochs"], search["finetune_epochs"]) == (2, 2, 7)
+    assert search["kept"] == {"policy": "last", "epoch": 2}
+    assert [r["epoch"] for r in stopped.history] == [0, 1, 2]
+    saved = torch.load(tmp_path / "stopped/checkpoints/last.ckpt", weights_only=False)
+    assert saved["epoch"] == 1  # the checkpoint of the last epoch trained (epoch index 1 = the second)
+
+    whole = dmtg_nas.load_spec(doc, ["strategy.stop_when_decided.enabled=false"])
+    ran = dmtg_nas.search(whole, tmp_path / "whole", progress=False)
+    assert ran.metrics["search"]["decided_epoch"] is None
+    assert (ran.metrics["search"]["epochs"], ran.metrics["search"]["finetune_epochs"]) == (8, 1)
+    assert len(ran.history) == 9
+    assert ran.groups == stopped.groups
+
+    from .test_runstate import comparable
+
+    again = dmtg_nas.search(spec, tmp_path / "stopped", resume=True, progress=False)
+    assert again.history == stopped.history
+    assert comparable(again.metrics) == comparable(stopped.metrics)
+
+
+def test_a_uniform_start_is_not_decided_at_once() -> None:
+    """The method's recipe from uniform logits: the first epochs' probabilities are about uniform, so
+    the stop waits (here: all 6 epochs)."""
+    doc = planted_doc()
+    doc["strategy"] = {
+        "_base_": "dmtg-plain",
+        "epochs": 6,
+        "batch_size": 64,
+        "finetune": {"epochs": 0},
+        "stop_when_decided": {"enabled": True, "patience": 2},
+    }
+    result = dmtg_nas.search(dmtg_nas.load_spec(doc), None, progress=False)
+    assert result.metrics["search"]["decided_epoch"] is None
+    assert result.metrics["search"]["epochs"] == 6
+    top = [max(p) for p in result.history[2]["probabilities"].values()]
+    assert max(top) < 0.9  # far from decided after two epochs
+
+
+def test_auto_stops_on_vector_data_and_not_with_batch_norm_images() -> None:
+    """`auto` (the dmtg preset's): on where the check's group networks train batched (the planted
+    table, an mlp), off for the digits images' batch-norm convnet; true and false as given."""
+    from dmtg_nas.components import load_data
+    from dmtg_nas.pipeline.search import stops_when_decided
+
+    planted = dmtg_nas.load_spec("planted")
+    images = dmtg_nas.load_spec("digits")
+    from dmtg_nas.shapes import SHAPES
+
+    table = dmtg_nas.load_spec(SHAPES["digits-table"].document("dmtg", 0))  # the pixels, an mlp
+    assert planted.strategy.stop_when_decided.enabled == "auto"
+    assert stops_when_decided(planted, load_data(planted))
+    assert not stops_when_decided(images, load_data(images))
+    assert stops_when_decided(table, load_data(table))
+    forced = dmtg_nas.load_spec("digits", ["strategy.stop_when_decided.enabled=true"])
+    assert stops_when_decided(forced, load_data(forced))
+    off = dmtg_nas.load_spec("planted", ["strategy.stop_when_decided.enabled=false"])
+    assert not stops_when_decided(off, load_data(off))
+
+
+def test_asking_whether_the_check_trains_batched_leaves_the_random_stream_as_it_was() -> None:
+    """`auto` builds a probe network to ask; the supernet built after it must get the same weights."""
+    from dmtg_nas.components import load_data
+    from dmtg_nas.engine.batched import trains_batched
+
+    spec = dmtg_nas.load_spec(planted_doc())
+    data = load_data(spec)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    assert trains_batched(spec, data)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_where_the_check_runs_the_stop_changes_the_time_only(tmp_path: Path) -> None:
+    """The check's group networks have the strategy's budget whatever the supernet used, and they are
+    the final model here: with and without the stop, the same groups and the same test metrics."""
+    doc = planted_doc()
+    doc["strategy"].update(epochs=8, finetune={"epochs": 1}, stop_when_decided={"enabled": "auto", "patience": 2})
+    spec = dmtg_nas.load_spec(doc)
+    stopped = dmtg_nas.search(spec, None, progress=False)
+    whole = dmtg_nas.search(dmtg_nas.load_spec(doc, ["strategy.stop_when_decided.enabled=false"]), None, progress=False)
+    assert stopped.metrics["search"]["decided_epoch"] == 2 and whole.metrics["search"]["decided_epoch"] is None
+    finals = {r.metrics["local_search"]["final_model"] for r in (stopped, whole)}
+    assert finals == {"group networks"}
+    assert stopped.groups == whole.groups
+    assert stopped.metrics["test"] == whole.metrics["test"]

@@ -184,6 +184,8 @@ def test_the_ablation_strategy_files_load_and_differ_from_their_base_as_they_say
         "warm-check",
         "oneshot-polish",
         "no-swaps",
+        "no-stop",
+        "oneshot-no-stop",
     } <= set(loaded)
     for name, strategy in loaded.items():
         assert strategy.name == name
@@ -203,3 +205,15 @@ def test_the_ablation_strategy_files_load_and_differ_from_their_base_as_they_say
     for config in (no_swaps, default):
         config.pop("name"), config.pop("description"), config["local_search"].pop("swaps")
     assert no_swaps == default
+    # the supernet's stop once decided off: otherwise dmtg and dmtg-oneshot; the measured ablations
+    # that drive the logits by alignment keep the supernet's whole training, as measured
+    for name, base in (("no-stop", "dmtg"), ("oneshot-no-stop", "dmtg-oneshot")):
+        ablation, preset = loaded[name].model_dump(), load_strategy(base).model_dump()
+        assert preset["stop_when_decided"]["enabled"] == "auto" and not ablation["stop_when_decided"]["enabled"]
+        for config in (ablation, preset):
+            config.pop("name"), config.pop("description"), config.pop("stop_when_decided")
+        assert ablation == preset
+    for name in ("align-check", "warm-align"):
+        assert loaded[name].stop_when_decided.enabled is False
+    for preset_name in ("dmtg-plain", "paper-celeba", "paper-taskonomy", "annealed"):
+        assert load_strategy(preset_name).stop_when_decided.enabled is False  # the recipes as they are

@@ -144,7 +144,8 @@ def trains_batched(spec: SearchSpec, data: TaskData) -> bool:
     tensor_data = all(isinstance(getattr(data, s), TensorTaskDataset) for s in ("train", "val", "test"))
     if not tensor_data or any(t.type not in _VECTOR_TYPES for t in spec.tasks):
         return False
-    net = plain_network(spec.tasks[:1], spec.backbone, spec.heads, data.input_shape, {spec.tasks[0].name: 0})
+    with torch.random.fork_rng(devices=[]):  # the probe network's initialisation leaves the run's stream as it was
+        net = plain_network(spec.tasks[:1], spec.backbone, spec.heads, data.input_shape, {spec.tasks[0].name: 0})
     return not any(True for _ in net.buffers())
 
 

@@ -60,9 +60,11 @@ def finetune(
 
 def finetune_stage(ctx: RunContext, search: SearchRecord) -> FinetuneRecord:
     """Prune the supernet to the search's grouping (``finetune.init``: keep its weights or start
-    fresh) and fine-tune it."""
+    fresh) and fine-tune it, for ``finetune.epochs`` and the supernet's epochs a stop once decided
+    left unused (the network's training budget is the strategy's either way)."""
     t0 = time.perf_counter()
     cfg = ctx.strategy.finetune
+    epochs = cfg.epochs + search.unused_epochs(ctx.strategy.epochs)
     model = network_of(ctx, search.space, search.sample, cfg.init)
-    skipped = finetune(ctx, model, cfg.epochs, cfg.lr)
-    return FinetuneRecord(model, skipped, time.perf_counter() - t0)
+    skipped = finetune(ctx, model, epochs, cfg.lr)
+    return FinetuneRecord(model, skipped, time.perf_counter() - t0, epochs)

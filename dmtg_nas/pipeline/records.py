@@ -51,6 +51,8 @@ class SearchRecord:
             ``moves``; None: not polished).
         kept: ``strategy.keep: best``: the epoch kept (``{"policy", "monitor", "epoch", "value"}``;
             None: the last epoch's supernet).
+        decided_epoch: ``strategy.stop_when_decided``: the epoch after which the supernet stopped,
+            the grouping decided (None: it trained all ``strategy.epochs``).
     """
 
     space: Supernet
@@ -62,15 +64,22 @@ class SearchRecord:
     alignment: dict[str, Any] | None = None
     polish: dict[str, Any] | None = None
     kept: dict[str, Any] | None = None
+    decided_epoch: int | None = None
+
+    def unused_epochs(self, epochs: int) -> int:
+        """The supernet's epochs (of ``epochs``) left unused by a stop once decided."""
+        return max(epochs - self.decided_epoch, 0) if self.decided_epoch is not None else 0
 
 
 @dataclass
 class FinetuneRecord:
-    """The pruned network of the search's sample, fine-tuned for ``strategy.finetune.epochs``."""
+    """The pruned network of the search's sample, fine-tuned for ``strategy.finetune.epochs`` (plus
+    the supernet's epochs a stop once decided left unused: ``epochs``)."""
 
     model: GroupedNetwork
     skipped: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    epochs: int = 0
 
 
 @dataclass

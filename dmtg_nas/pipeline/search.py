@@ -10,7 +10,7 @@ affinity scout's).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,14 +18,45 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from ..data import TaskData
+from ..engine.batched import trains_batched
 from ..engine.scout import polish_assignment, start_logits
 from ..errors import NonFiniteLossError, SearchInterrupted
 from ..runstate import interrupt_message
+from ..schema import SearchSpec
 from ..warmstart import WarmStart
 from .context import RunContext
 from .records import SearchRecord
 
-__all__ = ["ProbabilityHistory", "Searcher", "no_supernet", "polish", "search_stage"]
+__all__ = ["ProbabilityHistory", "Searcher", "decided", "no_supernet", "polish", "search_stage", "stops_when_decided"]
+
+
+def decided(records: Sequence[Mapping[str, Any]], patience: int) -> bool:
+    """Whether the grouping is decided at the last of ``records`` (the history's, epoch 0 the start):
+    over the last ``patience`` epochs every task's most probable branch stayed the same, its
+    probability is not lower than ``patience`` epochs before, and it is at least twice the next
+    branch's. A task still on its way to another branch, or one whose branch is losing ground, keeps
+    the search going; so does a start that is still about uniform."""
+    if patience < 1 or len(records) <= patience:
+        return False
+    window = [r["probabilities"] for r in records[-(patience + 1) :]]
+    for task, last in window[-1].items():
+        top = int(np.argmax(last))
+        if any(int(np.argmax(p[task])) != top for p in window[:-1]) or last[top] < window[0][task][top]:
+            return False
+        if len(last) > 1 and last[top] < 2 * max(v for k, v in enumerate(last) if k != top):
+            return False
+    return True
+
+
+def stops_when_decided(spec: SearchSpec, data: TaskData) -> bool:
+    """Whether the search ends once the grouping is decided (``strategy.stop_when_decided``): ``auto``
+    where the merge check's group networks train batched (in-memory vector data, an encoder without
+    batch norm). Measured there: the same result where the check runs, at less time, and a better
+    model where it does not; with batch-norm image encoders a pruned epoch costs about a supernet
+    epoch, and the digits images' model was worse (validation loss higher in 6 of 6 seeds)."""
+    enabled = spec.strategy.stop_when_decided.enabled
+    return trains_batched(spec, data) if enabled == "auto" else bool(enabled)
 
 
 class ProbabilityHistory(pl.Callback):
@@ -33,11 +64,21 @@ class ProbabilityHistory(pl.Callback):
 
     With ``validated`` (the search validates each epoch) a record is taken after the epoch's
     validation, with its ``val_loss``; else at the end of the epoch's training, ``val_loss`` None.
+    With ``patience`` (``strategy.stop_when_decided``) the training stops after the first record at
+    which the grouping is :func:`decided` (``decided_epoch``), and a resumed search that had stopped
+    does not train on.
     """
 
-    def __init__(self, validated: bool = True) -> None:
+    def __init__(self, validated: bool = True, patience: int | None = None) -> None:
         self.records: list[dict[str, Any]] = []
         self.validated = validated
+        self.patience = patience
+        self.decided_epoch: int | None = None
+
+    def _stop_if_decided(self, trainer: pl.Trainer) -> None:
+        if self.patience is not None and decided(self.records, self.patience):
+            self.decided_epoch = int(self.records[-1]["epoch"])
+            trainer.should_stop = True
 
     def _record(self, trainer: pl.Trainer, module: Any, epoch: int) -> None:
         val = trainer.callback_metrics.get("val_loss")
@@ -53,16 +94,19 @@ class ProbabilityHistory(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if not self.records:
             self._record(trainer, pl_module, 0)
+        self._stop_if_decided(trainer)  # a resumed search that had stopped
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         # after the module's epoch-end logging: callback_metrics hold this epoch's val_loss
         # (and the record is in the epoch's checkpoint, which ModelCheckpoint writes after this)
         if self.validated and not trainer.sanity_checking and trainer.state.fn == "fit":
             self._record(trainer, pl_module, trainer.current_epoch + 1)
+            self._stop_if_decided(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if not self.validated:
             self._record(trainer, pl_module, trainer.current_epoch + 1)
+            self._stop_if_decided(trainer)
 
     def state_dict(self) -> dict[str, Any]:
         return {"records": self.records}
@@ -95,7 +139,8 @@ def search_stage(
     elif warm is not None and ctx.resume_from is None:
         rows = warm.logits(spec.groups, init.logits, spec.strategy.warmup.strength)
         initial = dict(zip(spec.task_names, rows))
-    history = ProbabilityHistory(validated=ctx.validate)
+    patience = spec.strategy.stop_when_decided.patience if stops_when_decided(spec, ctx.data) else None
+    history = ProbabilityHistory(validated=ctx.validate, patience=patience)
     t0 = time.perf_counter()
     try:
         record = searcher(ctx, initial, history)
@@ -109,6 +154,7 @@ def search_stage(
     if spec.strategy.polish and affinity is not None:
         polish(record, spec.task_names, affinity, spec.groups)
     record.seconds = time.perf_counter() - t0
+    record.decided_epoch = history.decided_epoch
     if ctx.interrupts.signum is not None:  # the signal came after the search's last step
         phase = "fine-tune" if spec.strategy.finetune.epochs > 0 else "evaluation"
         message = interrupt_message(ctx.out, phase)(ctx.interrupts.name, None)
