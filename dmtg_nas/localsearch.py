@@ -456,10 +456,17 @@ def masks_of(groups: Sequence[Sequence[str]], task_names: Sequence[str]) -> Part
     return canonical([sum(1 << index[t] for t in g) for g in groups])
 
 
-def scorer_for(spec: SearchSpec, data: TaskData, replicates: int = 1, stage: str | None = None) -> SubsetScorer:
+def scorer_for(
+    spec: SearchSpec,
+    data: TaskData,
+    replicates: int = 1,
+    stage: str | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> SubsetScorer:
     """A scorer whose group networks are HOA's subset networks for ``spec`` on ``data``; the
     missing networks of every replicate train side by side in one batched computation (with
-    ``stage``, under a progress line on stderr named so)."""
+    ``stage``, under a progress line on stderr named so). ``stop`` is asked after every training
+    step: True raises :class:`~dmtg_nas.engine.batched.TrainingStopped`."""
     from .engine.batched import subset_losses_seeded
 
     def seed(replicate: int) -> int:  # replicate 0: the strategy's seed; others: independent trainings
@@ -470,7 +477,7 @@ def scorer_for(spec: SearchSpec, data: TaskData, replicates: int = 1, stage: str
         # every scoring replicate's networks are kept: the final model takes, per group, the one
         # with the lowest validation loss
         keep: list[dict[int, Any] | None] = [{} if r < replicates else None for r in order]
-        trained = subset_losses_seeded(spec, data, [(seed(r), jobs[r]) for r in order], keep, stage=stage)
+        trained = subset_losses_seeded(spec, data, [(seed(r), jobs[r]) for r in order], keep, stage=stage, stop=stop)
         done = dict(zip(order, trained))
         for r, kept in zip(order, keep):
             scorer.networks.update({(r, mask): net for mask, net in (kept or {}).items()})

@@ -457,7 +457,8 @@ class InterruptCallback(pl.Callback):
 
 def interrupt_message(out_dir: Path | None, phase: str) -> Any:
     """``describe(signal_name, saved)`` for :class:`SearchInterrupted` in a phase of the run
-    (``search``, ``warm start``, ``fine-tune``, ``evaluation``): what was saved and how to go on."""
+    (``search``, ``warm start``, ``fine-tune``, ``merge check``, ``evaluation``): what was saved and
+    how to go on."""
 
     def describe(sig: str, saved: str | None) -> str:
         if out_dir is None:
@@ -472,7 +473,10 @@ def interrupt_message(out_dir: Path | None, phase: str) -> Any:
                 f"--out {out_dir} --overwrite"
             )
         ckpt = out_dir / "checkpoints" / "last.ckpt"
-        again = "the fine-tune and evaluation run" if phase == "fine-tune" else "the evaluation runs"
+        again = {
+            "fine-tune": "the fine-tune and evaluation run",
+            "merge check": "the fine-tune, the merge check and the evaluation run",
+        }.get(phase, "the evaluation runs")
         return (
             f"interrupted by {sig} during the {phase}: the finished search is in {ckpt}; "
             f"continue with: {resume} ({again} again)"

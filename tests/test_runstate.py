@@ -113,6 +113,47 @@ def test_resuming_a_finished_search_repeats_only_the_fine_tune(tmp_path: Path) -
     assert comparable(again.metrics) == comparable(full.metrics)
 
 
+def test_a_signal_during_the_merge_check_stops_it_at_the_next_step_and_resume_repeats_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while the check's group networks train: the run stops at the next training step
+    (not after the whole check, which may take many rounds), writes no result, says what to do;
+    resumed, it repeats the fine-tune and the check from the search's checkpoint: the uninterrupted
+    result."""
+    from dmtg_nas.engine import batched
+
+    doc = planted_doc()
+    doc["strategy"].update(epochs=2, finetune={"epochs": 1}, local_search={"enabled": True})
+    spec = dmtg_nas.load_spec(doc)
+    full = dmtg_nas.search(spec, tmp_path / "full", progress=False)
+    assert full.metrics["local_search"]["networks_trained"] > 0
+    steps: list[int] = []
+    real = batched.train_stacked
+
+    def signalling(*args: Any, **kwargs: Any) -> Any:
+        stop = kwargs["stop"]
+
+        def counting() -> bool:
+            steps.append(1)
+            if len(steps) == 3:  # the signal arrives during the third step
+                os.kill(os.getpid(), signal.SIGTERM)
+            return bool(stop())
+
+        return real(*args, **{**kwargs, "stop": counting})
+
+    monkeypatch.setattr(batched, "train_stacked", signalling)
+    expected = r"SIGTERM during the merge check: the finished search is in .*--resume"
+    with pytest.raises(SearchInterrupted, match=expected) as info:
+        dmtg_nas.search(spec, tmp_path / "cut", progress=False)
+    assert info.value.signum == signal.SIGTERM
+    assert len(steps) == 3  # stopped after the step the signal came in
+    assert not (tmp_path / "cut/grouping.json").exists()
+    monkeypatch.undo()
+    resumed = dmtg_nas.search(spec, tmp_path / "cut", resume=True, progress=False)
+    assert resumed.groups == full.groups
+    assert comparable(resumed.metrics) == comparable(full.metrics)
+
+
 def test_a_checkpoint_of_the_earlier_supernet_layout_is_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

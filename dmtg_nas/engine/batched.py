@@ -33,7 +33,19 @@ from .networks import partition_network, plain_network
 from .stacked import stacked_forward
 from .train import PerTask, train_partition
 
-__all__ = ["SubsetRows", "subset_losses_joint", "subset_losses_one_by_one", "subset_losses_seeded", "trains_batched"]
+__all__ = [
+    "SubsetRows",
+    "TrainingStopped",
+    "subset_losses_joint",
+    "subset_losses_one_by_one",
+    "subset_losses_seeded",
+    "trains_batched",
+]
+
+
+class TrainingStopped(Exception):
+    """Subset trainings stopped at a step boundary because their ``stop()`` said so (a signal)."""
+
 
 SubsetRows = dict[int, dict[str, PerTask]]  # task mask -> {"val": per-task, "test": per-task}
 
@@ -48,12 +60,16 @@ def subset_losses_one_by_one(
     subsets: Sequence[int],
     progress: Callable[[str], None] | None = None,
     stage: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> SubsetRows:
     """Train one network per subset mask; ``{mask: {"val": per-task, "test": per-task}}``. ``stage``:
-    draw a progress line on stderr named so, counting the networks."""
+    draw a progress line on stderr named so, counting the networks. ``stop``: asked before each
+    network; True raises :class:`TrainingStopped`."""
     out: SubsetRows = {}
     with _line(stage, f"networks 0/{len(subsets)}", len(subsets)) as line:
         for i, mask in enumerate(subsets):
+            if stop is not None and stop():
+                raise TrainingStopped
             tasks = [spec.tasks[j] for j in members(mask)]
             sub = spec.model_copy(update={"tasks": tasks, "branches": 1})
             _, metrics = train_partition(sub, data, [[t.name for t in tasks]])
@@ -106,6 +122,7 @@ def subset_losses_seeded(
     runs: Sequence[tuple[int, Sequence[int]]],
     networks: Sequence[dict[int, torch.nn.Module] | None] = (),
     stage: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[SubsetRows]:
     """Independent trainings of subset networks, all in one batched computation: ``runs[i] = (seed,
     subsets)`` trains those subsets' networks as :func:`subset_losses_joint` would with
@@ -113,11 +130,14 @@ def subset_losses_seeded(
     their own batches). One batched computation costs far less than one per run where a step is
     dominated by per-call overhead (small networks). ``networks[i]``, where given and not None,
     receives run i's trained networks by mask. ``stage``: draw a progress line on stderr named so.
-    Returns one table per run."""
+    ``stop``: asked after every training step (or before every network where they train one by
+    one); True raises :class:`TrainingStopped`. Returns one table per run."""
     runs = [(seed, list(subsets)) for seed, subsets in runs]
     keep = list(networks) + [None] * (len(runs) - len(networks))
     if not trains_batched(spec, data):
-        return [subset_losses_one_by_one(_seeded(spec, seed), data, subsets, None, stage) for seed, subsets in runs]
+        return [
+            subset_losses_one_by_one(_seeded(spec, seed), data, subsets, None, stage, stop) for seed, subsets in runs
+        ]
     nets, masks, seeds = [], [], []
     for seed, subsets in runs:
         pl.seed_everything(seed, workers=True, verbose=False)
@@ -127,7 +147,7 @@ def subset_losses_seeded(
             seeds.append(seed)
     if not nets:
         return [{} for _ in runs]
-    result = train_stacked(spec, data, nets, masks, seeds, stage=stage)
+    result = train_stacked(spec, data, nets, masks, seeds, stage=stage, stop=stop)
     out, at = [], 0
     for (_, subsets), kept in zip(runs, keep):
         mine = range(at, at + len(subsets))
@@ -157,11 +177,13 @@ def train_stacked(
     seeds: Sequence[int] | None = None,
     *,
     stage: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[dict[str, PerTask]]:
     """Train ``nets[s]`` on the tasks of ``subsets[s]``, all at once (see :func:`subset_losses_joint`);
     ``seeds[s]`` sets network s's data order (default: the strategy's seed for all). Returns network
     s's ``{"val": per-task, "test": per-task}`` at position s. ``stage``: draw a progress line on
-    stderr, ``STAGE: epoch E/N`` with the time left of the whole training."""
+    stderr, ``STAGE: epoch E/N`` with the time left of the whole training. ``stop``: asked after
+    every step; True raises :class:`TrainingStopped` (the networks are left as they are)."""
     strat, tasks = spec.strategy, list(spec.tasks)
     params, _ = stack_module_state(list(nets))  # type: ignore[arg-type]
     base = copy.deepcopy(nets[0]).to("meta")
@@ -244,6 +266,8 @@ def train_stacked(
                         if p.grad is not None:
                             p.grad.mul_(scale.view(-1, *([1] * (p.grad.dim() - 1))))
                 optimizer.step()
+                if stop is not None and stop():
+                    raise TrainingStopped
                 if on_train_loss:
                     epoch_loss = epoch_loss + total.detach()
                 line.update(1)

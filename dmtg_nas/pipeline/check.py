@@ -8,15 +8,17 @@ import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from .. import localsearch
 from ..data import TaskData
-from ..engine.batched import trains_batched
+from ..engine.batched import TrainingStopped, trains_batched
+from ..errors import SearchInterrupted
 from ..localsearch import masks_of, scorer_for
 from ..network import GroupedNetwork, groups_from_sample
+from ..runstate import interrupt_message
 from ..schema import SearchSpec
 from ..tasks import summarize
 from ..warmstart import WarmStart
@@ -40,22 +42,28 @@ def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, wa
     if not wanted or record is not None or len(spec.tasks) < 2:
         return CheckRecord(sample, model, record, seconds=time.perf_counter() - t0)
     names = spec.task_names
-    scorer = scorer_for(spec, ctx.data, ls.replicates, stage="merge check" if ctx.progress else None)
-    outcome = localsearch.local_search(
-        masks_of(groups_from_sample(names, sample, spec.groups), names),
-        scorer,
-        spec.groups,
-        margin=ls.margin,
-        max_candidates=ls.max_candidates,
-        rounds=ls.rounds,
-        moves=ls.moves,
-        merge_splits=ls.merge_splits,
-        group_splits=ls.group_splits,
-        swaps=ls.swaps,
-        splits=ls.splits,
-        confirm=ls.confirm,
-        affinity=warm.affinity if warm is not None else None,
-    )
+    stage = "merge check" if ctx.progress else None
+    scorer = scorer_for(spec, ctx.data, ls.replicates, stage, stop=lambda: ctx.interrupts.signum is not None)
+    try:
+        outcome = localsearch.local_search(
+            masks_of(groups_from_sample(names, sample, spec.groups), names),
+            scorer,
+            spec.groups,
+            margin=ls.margin,
+            max_candidates=ls.max_candidates,
+            rounds=ls.rounds,
+            moves=ls.moves,
+            merge_splits=ls.merge_splits,
+            group_splits=ls.group_splits,
+            swaps=ls.swaps,
+            splits=ls.splits,
+            confirm=ls.confirm,
+            affinity=warm.affinity if warm is not None else None,
+        )
+    except TrainingStopped:
+        _interrupted(ctx)
+    if ctx.interrupts.signum is not None:  # the signal came after the check's last step
+        _interrupted(ctx)
     record = outcome.to_dict(names)
     if outcome.changed:
         sample = _branches_kept(record["groups"], sample, spec.groups)
@@ -80,6 +88,14 @@ def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, wa
     else:
         record["final_model"] = "search"
     return CheckRecord(sample, model, record, search_val, outcome.seconds, time.perf_counter() - t0, skipped)
+
+
+def _interrupted(ctx: RunContext) -> NoReturn:
+    """A signal stopped the check at a step boundary: nothing of it is kept; a resumed run repeats
+    the stages after the search from the search's last checkpoint."""
+    assert ctx.interrupts.signum is not None
+    message = interrupt_message(ctx.out, "merge check")(ctx.interrupts.name, None)
+    raise SearchInterrupted(message, ctx.interrupts.signum) from None
 
 
 def _skipped(spec: SearchSpec, data: TaskData, sample: Mapping[str, int]) -> dict[str, str] | None:
