@@ -526,11 +526,18 @@ def stage_plan(spec: Any) -> str:
         )
     if st.affinity.enabled:
         stages.append(f"affinity scout (the supernet's first {st.affinity.epochs} epochs)")
-    stages.append(f"supernet ({st.epochs} epochs)" if st.supernet else "no supernet")
+    stop = st.stop_when_decided.enabled if st.supernet else False
+    if not st.supernet:
+        stages.append("no supernet")
+    elif stop:
+        where = "on vector data " if stop == "auto" else ""
+        stages.append(f"supernet (up to {st.epochs} epochs: {where}until the grouping is decided)")
+    else:
+        stages.append(f"supernet ({st.epochs} epochs)")
     if st.polish:
         stages.append("polish")
-    if st.finetune.epochs:
-        stages.append(f"fine-tune ({st.finetune.epochs} epochs)")
+    if st.finetune.epochs or stop:
+        stages.append(f"fine-tune ({st.finetune.epochs} epochs" + (" and the supernet's unused ones)" if stop else ")"))
     check = st.local_search.enabled
     if check is True or check == "auto":
         stages.append("merge check" + (" (where its networks train batched)" if check == "auto" else ""))

@@ -237,9 +237,13 @@ def test_the_search_header_names_every_stage_and_its_budget() -> None:
     from dmtg_nas.cli import stage_plan
 
     assert stage_plan(load_spec("planted6")) == (
-        "warm start (6 single-task networks x 15 epochs, at least 250 steps each); supernet (40 epochs); "
-        "fine-tune (10 epochs); merge check (where its networks train batched)"
+        "warm start (6 single-task networks x 15 epochs, at least 250 steps each); supernet (up to 40 epochs: "
+        "on vector data until the grouping is decided); fine-tune (10 epochs and the supernet's unused ones); "
+        "merge check (where its networks train batched)"
     )
+    forced = load_spec("planted6", ["strategy.stop_when_decided.enabled=true", "strategy.finetune.epochs=0"])
+    expected = "supernet (up to 40 epochs: until the grouping is decided); fine-tune (0 epochs and the"
+    assert expected in stage_plan(forced)
     plain = load_spec("planted6", ["strategy=dmtg-plain", "strategy.epochs=3"])
     assert stage_plan(plain) == "supernet (3 epochs); fine-tune (10 epochs)"
     ablation = load_spec(
