@@ -526,7 +526,7 @@ def stage_plan(spec: Any) -> str:
         )
     if st.affinity.enabled:
         stages.append(f"affinity scout (the supernet's first {st.affinity.epochs} epochs)")
-    stop = st.stop_when_decided.enabled if st.supernet else False
+    stop = st.supernet and st.stop_when_decided.enabled  # False, True or "auto"
     if not st.supernet:
         stages.append("no supernet")
     elif stop:
@@ -537,7 +537,8 @@ def stage_plan(spec: Any) -> str:
     if st.polish:
         stages.append("polish")
     if st.finetune.epochs or stop:
-        stages.append(f"fine-tune ({st.finetune.epochs} epochs" + (" and the supernet's unused ones)" if stop else ")"))
+        unused = " and the supernet's unused ones" if stop else ""
+        stages.append(f"fine-tune ({st.finetune.epochs} epochs{unused})")
     check = st.local_search.enabled
     if check is True or check == "auto":
         stages.append("merge check" + (" (where its networks train batched)" if check == "auto" else ""))

@@ -8,17 +8,15 @@ import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 
 from .. import localsearch
 from ..data import TaskData
 from ..engine.batched import TrainingStopped, trains_batched
-from ..errors import SearchInterrupted
 from ..localsearch import masks_of, scorer_for
 from ..network import GroupedNetwork, groups_from_sample
-from ..runstate import interrupt_message
 from ..schema import SearchSpec
 from ..tasks import summarize
 from ..warmstart import WarmStart
@@ -60,10 +58,10 @@ def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, wa
             confirm=ls.confirm,
             affinity=warm.affinity if warm is not None else None,
         )
-    except TrainingStopped:
-        _interrupted(ctx)
-    if ctx.interrupts.signum is not None:  # the signal came after the check's last step
-        _interrupted(ctx)
+    except TrainingStopped:  # stop() is the signal's flag: it raises here
+        ctx.stop_if_interrupted("merge check")
+        raise
+    ctx.stop_if_interrupted("merge check")  # a signal after the check's last step
     record = outcome.to_dict(names)
     if outcome.changed:
         sample = _branches_kept(record["groups"], sample, spec.groups)
@@ -88,14 +86,6 @@ def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, wa
     else:
         record["final_model"] = "search"
     return CheckRecord(sample, model, record, search_val, outcome.seconds, time.perf_counter() - t0, skipped)
-
-
-def _interrupted(ctx: RunContext) -> NoReturn:
-    """A signal stopped the check at a step boundary: nothing of it is kept; a resumed run repeats
-    the stages after the search from the search's last checkpoint."""
-    assert ctx.interrupts.signum is not None
-    message = interrupt_message(ctx.out, "merge check")(ctx.interrupts.name, None)
-    raise SearchInterrupted(message, ctx.interrupts.signum) from None
 
 
 def _skipped(spec: SearchSpec, data: TaskData, sample: Mapping[str, int]) -> dict[str, str] | None:

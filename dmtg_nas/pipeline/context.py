@@ -11,8 +11,9 @@ import torch
 
 from ..data import TaskData
 from ..engine.train import PerTask, evaluate
+from ..errors import SearchInterrupted
 from ..hardware import eval_device
-from ..runstate import Interrupts
+from ..runstate import Interrupts, interrupt_message
 from ..schema import SearchSpec, StrategyConfig
 
 __all__ = ["RunContext"]
@@ -49,6 +50,13 @@ class RunContext:
         logs and checkpoints, the plateau schedule on the validation loss, ``keep: best``, the
         caller's callbacks)."""
         return self.out is not None or bool(self.callbacks) or self.strategy.validates
+
+    def stop_if_interrupted(self, phase: str) -> None:
+        """After a SIGINT/SIGTERM, end the run here: :class:`SearchInterrupted` with what ``phase``
+        (``interrupt_message``'s) leaves and how to go on; nothing while no signal came."""
+        if self.interrupts.signum is not None:
+            message = interrupt_message(self.out, phase)(self.interrupts.name, None)
+            raise SearchInterrupted(message, self.interrupts.signum) from None
 
     def seed(self, offset: int = 0) -> None:
         """Seed every random generator from the strategy's seed (plus ``offset``)."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..engine.networks import plain_network
 from ..engine.train import train_network
-from ..errors import NonFiniteLossError, SearchInterrupted
+from ..errors import NonFiniteLossError
 from ..network import GroupedNetwork
 from ..runstate import InterruptCallback, interrupt_message
 from .context import RunContext
@@ -51,10 +51,7 @@ def finetune(
     except NonFiniteLossError as exc:
         detail = "the fine-tune stopped (the search before it is complete in its checkpoint)"
         raise NonFiniteLossError(exc.tasks, exc.step, exc.epoch, exc.values, detail) from None
-    if ctx.interrupts.signum is not None:  # stop before the evaluation
-        raise SearchInterrupted(
-            interrupt_message(ctx.out, "evaluation")(ctx.interrupts.name, None), ctx.interrupts.signum
-        )
+    ctx.stop_if_interrupted("evaluation")  # a signal after the fine-tune's last step
     return [{"phase": "fine-tune", **r} for r in skips]
 
 

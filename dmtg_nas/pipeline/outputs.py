@@ -79,12 +79,13 @@ def search_result(
     groups = groups_from_sample(spec.task_names, sample, spec.groups)
     skipped = [*search.skipped, *tuned.skipped, *check.skipped]
     stages = stage_records(ctx, warm, search, check, timings)
+    trained = strat.epochs - search.unused_epochs(strat.epochs)  # fewer where it stopped once decided
     metrics: dict[str, Any] = {
         "val": per_split["val"],
         "test": per_split["test"],
         "totals": {split: summarize(per_split[split], spec.tasks) for split in per_split},
         "search": {
-            "epochs": strat.epochs - search.unused_epochs(strat.epochs),
+            "epochs": trained,
             "finetune_epochs": tuned.epochs,
             "decided_epoch": search.decided_epoch,
             "warm_start_seconds": round(timings.warm_start, 3),
@@ -96,7 +97,7 @@ def search_result(
             "branches_used": len(groups),
             "data_sizes": data.sizes(),
             "resumed": ctx.resume_from is not None,
-            "kept": search.kept or {"policy": "last", "epoch": strat.epochs - search.unused_epochs(strat.epochs)},
+            "kept": search.kept or {"policy": "last", "epoch": trained},
         },
         "stages": [s.to_dict() for s in stages],
         "nonfinite": {"policy": strat.nonfinite, "skipped_batches": len(skipped), "batches": skipped[:100]},

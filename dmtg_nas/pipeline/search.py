@@ -21,8 +21,7 @@ import torch
 from ..data import TaskData
 from ..engine.batched import trains_batched
 from ..engine.scout import polish_assignment, start_logits
-from ..errors import NonFiniteLossError, SearchInterrupted
-from ..runstate import interrupt_message
+from ..errors import NonFiniteLossError
 from ..schema import SearchSpec
 from ..warmstart import WarmStart
 from .context import RunContext
@@ -37,7 +36,7 @@ def decided(records: Sequence[Mapping[str, Any]], patience: int) -> bool:
     probability is not lower than ``patience`` epochs before, and it is at least twice the next
     branch's. A task still on its way to another branch, or one whose branch is losing ground, keeps
     the search going; so does a start that is still about uniform."""
-    if patience < 1 or len(records) <= patience:
+    if len(records) <= patience:
         return False
     window = [r["probabilities"] for r in records[-(patience + 1) :]]
     for task, last in window[-1].items():
@@ -155,10 +154,8 @@ def search_stage(
         polish(record, spec.task_names, affinity, spec.groups)
     record.seconds = time.perf_counter() - t0
     record.decided_epoch = history.decided_epoch
-    if ctx.interrupts.signum is not None:  # the signal came after the search's last step
-        phase = "fine-tune" if spec.strategy.finetune.epochs > 0 else "evaluation"
-        message = interrupt_message(ctx.out, phase)(ctx.interrupts.name, None)
-        raise SearchInterrupted(message, ctx.interrupts.signum)
+    # a signal after the search's last step
+    ctx.stop_if_interrupted("fine-tune" if spec.strategy.finetune.epochs > 0 else "evaluation")
     return record, history
 
 
