@@ -19,6 +19,9 @@ Problems (``--problems``):
   ``mlp`` 32-8; K = 3 by default).
 - ``planted40``: the same generator with 40 tasks ``t1``..``t40`` in planted groups of 10, 10, 10, 10
   (K = 2, 4, 8 by default).
+- ``digits9``: real images, no download: the shipped ``digits`` space (scikit-learn's 1,797
+  handwritten digits at 16x16, 9 binary attributes, the batch-norm ``convnet`` encoder, so no merge
+  check; the default budget); K = 3 by default. ``--samples-scale`` does not apply.
 - ``image40``: CelebA-shaped: 40 binary tasks (planted groups of 10) on generated images (the
   planted generator's ``image_size`` option: one channel, ``--image-size`` 16 by default) with the
   ``celeba_resnet`` encoder at width 8 (CelebA's is 64 at 3x64x64), at the budget of the shipped
@@ -59,8 +62,8 @@ sys.path.insert(0, str(ROOT))
 
 from dmtg_nas.data.celeba import CELEBA_IMAGES
 
-PROBLEMS = ("planted9", "planted40", "image40")
-DEFAULT_BRANCHES = {"planted9": [3], "planted40": [2, 4, 8], "image40": [2, 4, 8]}
+PROBLEMS = ("planted9", "planted40", "image40", "digits9")
+DEFAULT_BRANCHES = {"planted9": [3], "planted40": [2, 4, 8], "image40": [2, 4, 8], "digits9": [3]}
 STAGES = ("warm_start", "supernet", "finetune", "check")
 METRIC_KEYS = {
     "warm_start": "warm_start_seconds",
@@ -89,8 +92,8 @@ def problem_doc(
     from dmtg_nas.config import load_spec
 
     strategy = _strategy_ref(strategy)
-    if problem == "planted9":
-        doc = load_spec("planted", [f"strategy={strategy}"]).to_dict()
+    if problem in ("planted9", "digits9"):
+        doc = load_spec("planted" if problem == "planted9" else "digits", [f"strategy={strategy}"]).to_dict()
     elif problem in ("planted40", "image40"):
         image = problem == "image40"
         task_type = "binary" if image else "regression"
@@ -128,7 +131,8 @@ def problem_doc(
     strat["warmup"]["epochs"] = _scaled(strat["warmup"]["epochs"], epochs_scale)
     strat["warmup"]["min_steps"] = _scaled(strat["warmup"]["min_steps"], epochs_scale)
     strat["trainer"] = {**strat.get("trainer", {}), "accelerator": "cpu"}
-    doc["dataset"]["samples"] = _scaled(doc["dataset"]["samples"], samples_scale)
+    if "samples" in doc["dataset"]:  # generated data (digits9's are the real set's)
+        doc["dataset"]["samples"] = _scaled(doc["dataset"]["samples"], samples_scale)
     return doc
 
 

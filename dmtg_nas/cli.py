@@ -536,9 +536,10 @@ def stage_plan(spec: Any) -> str:
         stages.append(f"supernet ({st.epochs} epochs)")
     if st.polish:
         stages.append("polish")
-    if st.finetune.epochs or stop:
+    if (st.finetune.epochs or stop) and st.finetune.enabled is not False:
         unused = " and the supernet's unused ones" if stop else ""
-        stages.append(f"fine-tune ({st.finetune.epochs} epochs{unused})")
+        where = "; where no merge check follows" if st.finetune.enabled == "auto" else ""
+        stages.append(f"fine-tune ({st.finetune.epochs} epochs{unused}{where})")
     check = st.local_search.enabled
     if check is True or check == "auto":
         stages.append("merge check" + (" (where its networks train batched)" if check == "auto" else ""))

@@ -473,13 +473,9 @@ def interrupt_message(out_dir: Path | None, phase: str) -> Any:
                 f"--out {out_dir} --overwrite"
             )
         ckpt = out_dir / "checkpoints" / "last.ckpt"
-        again = {
-            "fine-tune": "the fine-tune and evaluation run",
-            "merge check": "the fine-tune, the merge check and the evaluation run",
-        }.get(phase, "the evaluation runs")
         return (
             f"interrupted by {sig} during the {phase}: the finished search is in {ckpt}; "
-            f"continue with: {resume} ({again} again)"
+            f"continue with: {resume} (the stages after the search run again)"
         )
 
     return describe

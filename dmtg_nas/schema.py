@@ -307,6 +307,9 @@ class FinetuneConfig(StrictModel):
     epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS)
     lr: float | None = Field(default=None, gt=0)  # default: the search learning rate
     init: Literal["search", "scratch"] = "search"  # continue from the search weights, or fresh weights
+    # auto: not where the merge check runs; its group networks, each trained from scratch with the
+    # whole budget (the supernet's epochs and these), are then the final model
+    enabled: bool | Literal["auto"] = True
 
 
 class StopWhenDecidedConfig(StrictModel):

@@ -89,6 +89,9 @@ def test_problem_specs() -> None:
         assert other.name == "align-check" and other.warmup.method == "none" and other.alignment.enabled
     # the problem's budget holds for every strategy (image40: celeba40's)
     assert load_spec(one_shot_cost.problem_doc("image40", 2, strategy=align)).strategy.epochs == 10
+    digits = load_spec(one_shot_cost.problem_doc("digits9", 3, samples_scale=2.0))
+    assert (digits.dataset.name, digits.backbone.name, len(digits.tasks), digits.groups) == ("digits", "convnet", 9, 3)
+    assert digits.strategy.epochs == 40 and digits.strategy.trainer.accelerator == "cpu"
     with pytest.raises(ValueError):
         one_shot_cost.problem_doc("nothing", 2)
 

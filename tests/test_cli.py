@@ -136,6 +136,7 @@ def test_stdout_holds_only_the_result_progress_named_on_stderr(tmp_path: Path) -
 
     def dmtg(*args: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "dmtg_nas.cli", "search", str(spec), *args, "--set", "strategy.finetune.epochs=1"]
+        cmd += ["--set", "strategy.finetune.enabled=true"]  # every stage, the fine-tune too
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
     proc = dmtg("--out", str(tmp_path / "a"), "--json")
@@ -238,9 +239,13 @@ def test_the_search_header_names_every_stage_and_its_budget() -> None:
 
     assert stage_plan(load_spec("planted6")) == (
         "warm start (6 single-task networks x 15 epochs, at least 250 steps each); supernet (up to 40 epochs: "
-        "on vector data until the grouping is decided); fine-tune (10 epochs and the supernet's unused ones); "
-        "merge check (where its networks train batched)"
+        "on vector data until the grouping is decided); fine-tune (10 epochs and the supernet's unused ones; where "
+        "no merge check follows); merge check (where its networks train batched)"
     )
+    always = load_spec("planted6", ["strategy.finetune.enabled=true"])
+    assert "fine-tune (10 epochs and the supernet's unused ones); merge check" in stage_plan(always)
+    never = load_spec("planted6", ["strategy.finetune.enabled=false"])
+    assert "fine-tune" not in stage_plan(never) and "merge check" in stage_plan(never)
     forced = load_spec("planted6", ["strategy.stop_when_decided.enabled=true", "strategy.finetune.epochs=0"])
     expected = "supernet (up to 40 epochs: until the grouping is decided); fine-tune (0 epochs and the"
     assert expected in stage_plan(forced)

@@ -356,6 +356,53 @@ def test_a_grouping_without_trained_group_networks_is_retrained(monkeypatch: pyt
     assert result.groups == [spec.task_names] and len(result.model.branches) == 1
 
 
+def test_finetune_auto_leaves_the_final_model_to_the_merge_checks_group_networks(tmp_path: Path) -> None:
+    binary = [{"name": f"t{i}", "type": "binary"} for i in range(4)]
+    strategy = {"_base_": "dmtg-plain", "epochs": 2, "batch_size": 64, "finetune": {"epochs": 3}}
+    check = "strategy.local_search={enabled: true, margin: 0.0, replicates: 2, moves: false, merge_splits: false}"
+    doc = planted_doc(tasks=binary, strategy=strategy)
+    auto = run_search(load_spec(doc, [check, "strategy.finetune.enabled=auto"]), tmp_path / "auto", progress=False)
+    tuned = run_search(load_spec(doc, [check]), None, progress=False)
+    search = auto.metrics["search"]
+    assert (search["finetune_epochs"], search["finetune_not_run"].split(":")[0]) == (0, "auto")
+    assert [s["stage"] for s in auto.metrics["stages"]] == ["search", "check"]  # no fine-tune stage
+    record = auto.metrics["local_search"]
+    assert record["final_model"] == "group networks"  # never the supernet's pruned network
+    assert auto.metrics["totals"]["val"]["weighted_loss"] <= record["val_loss"] + 1e-6  # each group's best training
+    # the check is the same with and without the fine-tune before it (its networks are seeded on their own)
+    assert tuned.metrics["search"]["finetune_not_run"] is None and tuned.metrics["search"]["finetune_epochs"] == 3
+    assert "finetune" in [s["stage"] for s in tuned.metrics["stages"]]
+    assert tuned.metrics["local_search"]["rounds"] == record["rounds"] and tuned.groups == auto.groups
+    if tuned.metrics["local_search"]["final_model"] == "group networks":
+        assert tuned.metrics["totals"] == auto.metrics["totals"]
+    # without the check, auto fine-tunes
+    alone = run_search(load_spec(doc, ["strategy.finetune.enabled=auto"]), None, progress=False)
+    assert alone.metrics["search"]["finetune_epochs"] == 3 and alone.metrics["search"]["finetune_not_run"] is None
+    off = run_search(load_spec(doc, ["strategy.finetune.enabled=false"]), None, progress=False)
+    assert (off.metrics["search"]["finetune_epochs"], off.metrics["search"]["finetune_not_run"]) == (
+        0,
+        "finetune.enabled: false",
+    )
+    assert off.metrics["search"]["finetune_seconds"] < 0.5
+
+
+def test_without_a_fine_tune_a_kept_grouping_without_group_networks_is_retrained(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dmtg_nas.localsearch as ls
+
+    def keep(start: tuple[int, ...], scorer: SubsetScorer, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        return ls.LocalSearchOutcome(start, start, 0.0)  # the start kept, its networks never trained
+
+    monkeypatch.setattr(ls, "local_search", keep)
+    strategy = {"_base_": "dmtg-plain", "epochs": 1, "batch_size": 64, "finetune": {"epochs": 1, "enabled": "auto"}}
+    spec = load_spec(planted_doc(strategy=strategy), ["strategy.local_search.enabled=true"])
+    result = run_search(spec, progress=False)
+    # not the supernet's pruned network as the search left it: the grouping trained with the whole budget
+    assert result.metrics["local_search"]["final_model"] == "retrained"
+    assert sorted(map(sorted, result.model.groups)) == sorted(map(sorted, result.groups))
+
+
 def test_one_group_has_nothing_to_merge() -> None:
     strategy = {"_base_": "dmtg-plain", "epochs": 1, "batch_size": 64, "finetune": {"epochs": 0}}
     spec = load_spec(planted_doc(groups=1, strategy=strategy), ["strategy.local_search.enabled=true"])

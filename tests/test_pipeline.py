@@ -17,9 +17,10 @@ STAGE_KEYS = ("warm_start_seconds", "search_seconds", "finetune_seconds", "check
 
 
 def test_metrics_time_and_record_every_stage(tmp_path: Path) -> None:
-    # the default strategy's stages: warm start, search, fine-tune, merge check (mlp: it runs)
+    # every stage: warm start, search, fine-tune (also before the check here), merge check (mlp: it runs)
     doc = planted_doc(groups=3)
-    spec = dmtg_nas.load_spec(doc, ["strategy.finetune.epochs=1", "strategy.local_search.replicates=1"])
+    overrides = ["strategy.finetune.epochs=1", "strategy.finetune.enabled=true", "strategy.local_search.replicates=1"]
+    spec = dmtg_nas.load_spec(doc, overrides)
     result = run_search(spec, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     search = metrics["search"]
@@ -114,7 +115,7 @@ def test_without_the_supernet_the_start_goes_to_the_finetune() -> None:
     spec = dmtg_nas.load_spec(planted_doc(), ["strategy.supernet=false", "strategy.finetune.epochs=1"])
     result = run_search(spec)
     stages = {s.stage: s for s in result.stages}
-    assert list(stages)[:3] == ["warm_start", "search", "finetune"]
+    assert list(stages) == ["warm_start", "search", "check"]  # the check's group networks: no fine-tune
     assert stages["search"].groups == stages["warm_start"].groups
     assert result.metrics["search"]["search_seconds"] < 1.0
     assert all(max(row) > 0.9 for row in result.probabilities.values())  # the warm start's rows, as they started

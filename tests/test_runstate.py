@@ -154,6 +154,29 @@ def test_a_signal_during_the_merge_check_stops_it_at_the_next_step_and_resume_re
     assert comparable(resumed.metrics) == comparable(full.metrics)
 
 
+@pytest.mark.parametrize(("finetune", "phase"), [("auto", "merge check"), ("true", "fine-tune")])
+def test_a_signal_right_after_the_search_names_the_stage_that_comes_next(
+    tmp_path: Path, finetune: str, phase: str
+) -> None:
+    """SIGTERM as the supernet's training ends: the run stops before the next stage and names it,
+    the merge check where no fine-tune runs before it (``finetune.enabled: auto``)."""
+    from dmtg_nas.nni.search import one_shot_search
+    from dmtg_nas.pipeline.run import run_search
+
+    doc = planted_doc()
+    doc["strategy"].update(epochs=1, finetune={"epochs": 1}, local_search={"enabled": True})
+    spec = dmtg_nas.load_spec(doc, [f"strategy.finetune.enabled={finetune}"])
+
+    def searcher(*args: Any) -> Any:
+        record = one_shot_search(*args)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return record
+
+    with pytest.raises(SearchInterrupted, match=f"SIGTERM during the {phase}: the finished search is in"):
+        run_search(spec, tmp_path / "run", searcher=searcher)
+    assert not (tmp_path / "run/grouping.json").exists()
+
+
 def test_a_checkpoint_of_the_earlier_supernet_layout_is_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

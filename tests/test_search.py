@@ -176,7 +176,8 @@ def test_a_decided_search_stops_and_its_unused_epochs_go_to_the_fine_tune(tmp_pa
     the same run trains all 8 (and finds the same groups). A resumed run of the stopped search trains
     the supernet no further: the same history and metrics."""
     doc = planted_doc()
-    doc["strategy"].update(epochs=8, finetune={"epochs": 1}, stop_when_decided={"enabled": True, "patience": 2})
+    stop = {"enabled": True, "patience": 2}
+    doc["strategy"].update(epochs=8, finetune={"epochs": 1, "enabled": True}, stop_when_decided=stop)
     spec = dmtg_nas.load_spec(doc)
     stopped = dmtg_nas.search(spec, tmp_path / "stopped", progress=False)
     search = stopped.metrics["search"]

@@ -186,6 +186,7 @@ def test_the_ablation_strategy_files_load_and_differ_from_their_base_as_they_say
         "no-swaps",
         "no-stop",
         "oneshot-no-stop",
+        "finetune-always",
     } <= set(loaded)
     for name, strategy in loaded.items():
         assert strategy.name == name
@@ -213,7 +214,15 @@ def test_the_ablation_strategy_files_load_and_differ_from_their_base_as_they_say
         for config in (ablation, preset):
             config.pop("name"), config.pop("description"), config.pop("stop_when_decided")
         assert ablation == preset
+    # the fine-tune also before the merge check: otherwise the default, which leaves it out there
+    always, preset = loaded["finetune-always"].model_dump(), load_strategy("dmtg").model_dump()
+    assert (always["finetune"].pop("enabled"), preset["finetune"].pop("enabled")) == (True, "auto")
+    for config in (always, preset):
+        config.pop("name"), config.pop("description")
+    assert always == preset
     for name in ("align-check", "warm-align"):
         assert loaded[name].stop_when_decided.enabled is False
     for preset_name in ("dmtg-plain", "paper-celeba", "paper-taskonomy", "annealed"):
         assert load_strategy(preset_name).stop_when_decided.enabled is False  # the recipes as they are
+    for preset_name in ("dmtg-plain", "paper-celeba", "paper-taskonomy"):
+        assert load_strategy(preset_name).finetune.enabled is True

@@ -24,7 +24,7 @@ from .context import RunContext
 from .finetune import finetune, network_of
 from .records import CheckRecord, FinetuneRecord, SearchRecord
 
-__all__ = ["check_stage"]
+__all__ = ["check_runs", "check_stage"]
 
 
 def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, warm: WarmStart | None) -> CheckRecord:
@@ -35,7 +35,7 @@ def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, wa
     spec, strat = ctx.spec, ctx.strategy
     sample, model = dict(search.sample), tuned.model
     ls = strat.local_search
-    wanted = ls.enabled is True or (ls.enabled == "auto" and len(spec.tasks) > 1)
+    wanted = _wanted(spec)
     record: dict[str, Any] | None = _skipped(spec, ctx.data, sample) if wanted else None
     if not wanted or record is not None or len(spec.tasks) < 2:
         return CheckRecord(sample, model, record, seconds=time.perf_counter() - t0)
@@ -67,15 +67,14 @@ def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, wa
         sample = _branches_kept(record["groups"], sample, spec.groups)
     # the final model: the group networks the check trained (each from scratch with the search's
     # budget; per group the training with the lowest validation loss) where they form the final
-    # grouping, when they beat the search's network on validation or the grouping changed; else
-    # the search's network
+    # grouping, when they beat the fine-tuned network on validation, the grouping changed or no
+    # fine-tune ran; else the fine-tuned network
     networks, networks_val = scorer.best_networks(outcome.partition) or ({}, math.inf)
     assembled = _assemble(search.space.architecture, sample, networks, names)  # None where a group has none
-    search_val = ctx.evaluate(model, "val") if not outcome.changed and assembled is not None else None
+    replace = outcome.changed or tuned.not_run is not None
+    search_val = ctx.evaluate(model, "val") if not replace and assembled is not None else None
     skipped: list[dict[str, Any]] = []
-    if outcome.changed or (
-        search_val is not None and networks_val < summarize(search_val, spec.tasks)["weighted_loss"]
-    ):
+    if replace or (search_val is not None and networks_val < summarize(search_val, spec.tasks)["weighted_loss"]):
         record["final_model"] = "group networks"
         if assembled is None:  # e.g. a shared stem: the chosen grouping trained from scratch
             ctx.seed()
@@ -86,6 +85,16 @@ def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, wa
     else:
         record["final_model"] = "search"
     return CheckRecord(sample, model, record, search_val, outcome.seconds, time.perf_counter() - t0, skipped)
+
+
+def check_runs(spec: SearchSpec, data: TaskData, sample: Mapping[str, int]) -> bool:
+    """Whether the merge check runs after a search that found ``sample``."""
+    return _wanted(spec) and len(spec.tasks) > 1 and _skipped(spec, data, sample) is None
+
+
+def _wanted(spec: SearchSpec) -> bool:
+    ls = spec.strategy.local_search
+    return ls.enabled is True or (ls.enabled == "auto" and len(spec.tasks) > 1)
 
 
 def _skipped(spec: SearchSpec, data: TaskData, sample: Mapping[str, int]) -> dict[str, str] | None:

@@ -14,7 +14,7 @@ from ..runstate import InterruptCallback, interrupt_message
 from .context import RunContext
 from .records import FinetuneRecord, SearchRecord, Supernet
 
-__all__ = ["finetune", "finetune_stage", "network_of"]
+__all__ = ["finetune", "finetune_not_run", "finetune_stage", "network_of"]
 
 
 def network_of(ctx: RunContext, space: Supernet, sample: Mapping[str, int], init: str) -> GroupedNetwork:
@@ -55,12 +55,29 @@ def finetune(
     return [{"phase": "fine-tune", **r} for r in skips]
 
 
-def finetune_stage(ctx: RunContext, search: SearchRecord) -> FinetuneRecord:
+def finetune_not_run(ctx: RunContext, check_follows: bool) -> str | None:
+    """Why ``strategy.finetune.enabled`` leaves the fine-tune out of this run (``check_follows``:
+    the merge check runs after it), or None where it runs."""
+    enabled = ctx.strategy.finetune.enabled
+    if enabled is False:
+        return "finetune.enabled: false"
+    if enabled == "auto" and check_follows:
+        return "auto: the merge check's group networks, trained from scratch with the whole budget, are the final model"
+    return None
+
+
+def finetune_stage(ctx: RunContext, search: SearchRecord, check_follows: bool = False) -> FinetuneRecord:
     """Prune the supernet to the search's grouping (``finetune.init``: keep its weights or start
     fresh) and fine-tune it, for ``finetune.epochs`` and the supernet's epochs a stop once decided
-    left unused (the network's training budget is the strategy's either way)."""
+    left unused (the network's training budget is the strategy's either way); where
+    ``finetune.enabled`` leaves it out (``check_follows``: the merge check runs next), the pruned
+    network keeps the search's weights untrained."""
     t0 = time.perf_counter()
     cfg = ctx.strategy.finetune
+    reason = finetune_not_run(ctx, check_follows)
+    if reason is not None:
+        model = network_of(ctx, search.space, search.sample, "search")
+        return FinetuneRecord(model, seconds=time.perf_counter() - t0, not_run=reason)
     epochs = cfg.epochs + search.unused_epochs(ctx.strategy.epochs)
     model = network_of(ctx, search.space, search.sample, cfg.init)
     skipped = finetune(ctx, model, epochs, cfg.lr)

@@ -36,6 +36,7 @@ def stage_records(
     ctx: RunContext,
     warm: WarmStart | None,
     search: SearchRecord,
+    tuned: FinetuneRecord,
     check: CheckRecord,
     timings: Timings,
 ) -> list[StageRecord]:
@@ -57,7 +58,8 @@ def stage_records(
         stages.append(StageRecord("polish", groups(search.sample), 0.0))
     else:
         stages.append(StageRecord("search", groups(search.sample), timings.search))
-    stages.append(StageRecord("finetune", groups(search.sample), timings.finetune))
+    if tuned.not_run is None:
+        stages.append(StageRecord("finetune", groups(search.sample), timings.finetune))
     if check.record is not None and "rounds" in check.record:
         stages.append(StageRecord("check", groups(check.sample), timings.check))
     return stages
@@ -78,7 +80,7 @@ def search_result(
     per_split = {"val": check.search_val or ctx.evaluate(model, "val"), "test": ctx.evaluate(model, "test")}
     groups = groups_from_sample(spec.task_names, sample, spec.groups)
     skipped = [*search.skipped, *tuned.skipped, *check.skipped]
-    stages = stage_records(ctx, warm, search, check, timings)
+    stages = stage_records(ctx, warm, search, tuned, check, timings)
     trained = strat.epochs - search.unused_epochs(strat.epochs)  # fewer where it stopped once decided
     metrics: dict[str, Any] = {
         "val": per_split["val"],
@@ -87,6 +89,7 @@ def search_result(
         "search": {
             "epochs": trained,
             "finetune_epochs": tuned.epochs,
+            "finetune_not_run": tuned.not_run,
             "decided_epoch": search.decided_epoch,
             "warm_start_seconds": round(timings.warm_start, 3),
             "search_seconds": round(timings.search, 3),

@@ -74,12 +74,14 @@ class SearchRecord:
 @dataclass
 class FinetuneRecord:
     """The pruned network of the search's sample, fine-tuned for ``strategy.finetune.epochs`` (plus
-    the supernet's epochs a stop once decided left unused: ``epochs``)."""
+    the supernet's epochs a stop once decided left unused: ``epochs``), or as the search left it
+    where ``strategy.finetune.enabled`` leaves the fine-tune out (``not_run`` says why)."""
 
     model: GroupedNetwork
     skipped: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     epochs: int = 0
+    not_run: str | None = None  # why the fine-tune did not run (``finetune.enabled``), else None
 
 
 @dataclass

@@ -24,7 +24,9 @@ from ..engine.scout import polish_assignment, start_logits
 from ..errors import NonFiniteLossError
 from ..schema import SearchSpec
 from ..warmstart import WarmStart
+from .check import check_runs
 from .context import RunContext
+from .finetune import finetune_not_run
 from .records import SearchRecord
 
 __all__ = ["ProbabilityHistory", "Searcher", "decided", "no_supernet", "polish", "search_stage", "stops_when_decided"]
@@ -154,9 +156,17 @@ def search_stage(
         polish(record, spec.task_names, affinity, spec.groups)
     record.seconds = time.perf_counter() - t0
     record.decided_epoch = history.decided_epoch
-    # a signal after the search's last step
-    ctx.stop_if_interrupted("fine-tune" if spec.strategy.finetune.epochs > 0 else "evaluation")
+    ctx.stop_if_interrupted(_next_phase(ctx, record))  # a signal after the search's last step
     return record, history
+
+
+def _next_phase(ctx: RunContext, record: SearchRecord) -> str:
+    """The stage after the search (a signal's message names it)."""
+    follows = check_runs(ctx.spec, ctx.data, record.sample)
+    trains = ctx.strategy.finetune.epochs + record.unused_epochs(ctx.strategy.epochs) > 0
+    if trains and finetune_not_run(ctx, follows) is None:
+        return "fine-tune"
+    return "merge check" if follows else "evaluation"
 
 
 def no_supernet(
