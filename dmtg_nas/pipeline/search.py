@@ -156,7 +156,8 @@ def search_stage(
         polish(record, spec.task_names, affinity, spec.groups)
     record.seconds = time.perf_counter() - t0
     record.decided_epoch = history.decided_epoch
-    ctx.stop_if_interrupted(_next_phase(ctx, record))  # a signal after the search's last step
+    if ctx.interrupts.signum is not None:  # a signal after the search's last step
+        ctx.stop_if_interrupted(_next_phase(ctx, record))
     return record, history
 
 
