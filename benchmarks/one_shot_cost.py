@@ -92,8 +92,9 @@ def problem_doc(
     from dmtg_nas.config import load_spec
 
     strategy = _strategy_ref(strategy)
-    if problem in ("planted9", "digits9"):
-        doc = load_spec("planted" if problem == "planted9" else "digits", [f"strategy={strategy}"]).to_dict()
+    shipped = {"planted9": "planted", "digits9": "digits"}  # problems that are shipped spaces
+    if problem in shipped:
+        doc = load_spec(shipped[problem], [f"strategy={strategy}"]).to_dict()
     elif problem in ("planted40", "image40"):
         image = problem == "image40"
         task_type = "binary" if image else "regression"

@@ -383,7 +383,7 @@ def test_finetune_auto_leaves_the_final_model_to_the_merge_checks_group_networks
         0,
         "finetune.enabled: false",
     )
-    assert off.metrics["search"]["finetune_seconds"] < 0.5
+    assert "finetune" not in [s["stage"] for s in off.metrics["stages"]]  # nothing trained after the search
 
 
 def test_without_a_fine_tune_a_kept_grouping_without_group_networks_is_retrained(

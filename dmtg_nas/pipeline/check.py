@@ -8,6 +8,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,21 +25,40 @@ from .context import RunContext
 from .finetune import finetune, network_of
 from .records import CheckRecord, FinetuneRecord, SearchRecord
 
-__all__ = ["check_runs", "check_stage"]
+__all__ = ["CheckPlan", "check_plan", "check_stage"]
 
 
-def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, warm: WarmStart | None) -> CheckRecord:
-    """Run the merge check where the strategy asks for it (``local_search.enabled``) and pick the
-    final network: the check's group networks where they form the final grouping and beat the
-    fine-tuned network on validation (or the grouping changed), else the fine-tuned network."""
+@dataclass(frozen=True)
+class CheckPlan:
+    """Whether the merge check runs after a search, decided once from the search's grouping (the
+    fine-tune before the check depends on it)."""
+
+    runs: bool
+    record: dict[str, str] | None = None  # where it does not run: metrics.json's record (None: off)
+
+
+def check_plan(spec: SearchSpec, data: TaskData, sample: Mapping[str, int]) -> CheckPlan:
+    """Whether the merge check runs after a search that found ``sample`` (``local_search.enabled``),
+    and where the strategy wants it but it does not run, why."""
+    ls = spec.strategy.local_search
+    if not (ls.enabled is True or (ls.enabled == "auto" and len(spec.tasks) > 1)):
+        return CheckPlan(False)
+    skipped = _skipped(spec, data, sample)
+    return CheckPlan(skipped is None and len(spec.tasks) > 1, skipped)
+
+
+def check_stage(
+    ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, warm: WarmStart | None, plan: CheckPlan
+) -> CheckRecord:
+    """Run the merge check where ``plan`` says so and pick the final network: the check's group
+    networks where they form the final grouping and beat the fine-tuned network on validation (or
+    the grouping changed, or no fine-tune ran), else the fine-tuned network."""
     t0 = time.perf_counter()
     spec, strat = ctx.spec, ctx.strategy
     sample, model = dict(search.sample), tuned.model
     ls = strat.local_search
-    wanted = _wanted(spec)
-    record: dict[str, Any] | None = _skipped(spec, ctx.data, sample) if wanted else None
-    if not wanted or record is not None or len(spec.tasks) < 2:
-        return CheckRecord(sample, model, record, seconds=time.perf_counter() - t0)
+    if not plan.runs:
+        return CheckRecord(sample, model, plan.record, seconds=time.perf_counter() - t0)
     names = spec.task_names
     stage = "merge check" if ctx.progress else None
     scorer = scorer_for(spec, ctx.data, ls.replicates, stage, stop=lambda: ctx.interrupts.signum is not None)
@@ -85,16 +105,6 @@ def check_stage(ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, wa
     else:
         record["final_model"] = "search"
     return CheckRecord(sample, model, record, search_val, outcome.seconds, time.perf_counter() - t0, skipped)
-
-
-def check_runs(spec: SearchSpec, data: TaskData, sample: Mapping[str, int]) -> bool:
-    """Whether the merge check runs after a search that found ``sample``."""
-    return _wanted(spec) and len(spec.tasks) > 1 and _skipped(spec, data, sample) is None
-
-
-def _wanted(spec: SearchSpec) -> bool:
-    ls = spec.strategy.local_search
-    return ls.enabled is True or (ls.enabled == "auto" and len(spec.tasks) > 1)
 
 
 def _skipped(spec: SearchSpec, data: TaskData, sample: Mapping[str, int]) -> dict[str, str] | None:

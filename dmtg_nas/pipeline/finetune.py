@@ -14,7 +14,7 @@ from ..runstate import InterruptCallback, interrupt_message
 from .context import RunContext
 from .records import FinetuneRecord, SearchRecord, Supernet
 
-__all__ = ["finetune", "finetune_not_run", "finetune_stage", "network_of"]
+__all__ = ["finetune", "finetune_epochs", "finetune_not_run", "finetune_stage", "network_of"]
 
 
 def network_of(ctx: RunContext, space: Supernet, sample: Mapping[str, int], init: str) -> GroupedNetwork:
@@ -55,6 +55,11 @@ def finetune(
     return [{"phase": "fine-tune", **r} for r in skips]
 
 
+def finetune_epochs(ctx: RunContext, search: SearchRecord) -> int:
+    """The fine-tune's epochs: ``finetune.epochs`` and the supernet's a stop once decided left unused."""
+    return ctx.strategy.finetune.epochs + search.unused_epochs(ctx.strategy.epochs)
+
+
 def finetune_not_run(ctx: RunContext, check_follows: bool) -> str | None:
     """Why ``strategy.finetune.enabled`` leaves the fine-tune out of this run (``check_follows``:
     the merge check runs after it), or None where it runs."""
@@ -78,7 +83,7 @@ def finetune_stage(ctx: RunContext, search: SearchRecord, check_follows: bool = 
     if reason is not None:
         model = network_of(ctx, search.space, search.sample, "search")
         return FinetuneRecord(model, seconds=time.perf_counter() - t0, not_run=reason)
-    epochs = cfg.epochs + search.unused_epochs(ctx.strategy.epochs)
+    epochs = finetune_epochs(ctx, search)
     model = network_of(ctx, search.space, search.sample, cfg.init)
     skipped = finetune(ctx, model, epochs, cfg.lr)
     return FinetuneRecord(model, skipped, time.perf_counter() - t0, epochs)

@@ -41,7 +41,7 @@ from ..quiet import quiet_libraries
 from ..runlock import RunLock
 from ..runstate import Interrupts, select_checkpoint, spec_identity
 from ..schema import SearchSpec
-from .check import check_runs, check_stage
+from .check import check_plan, check_stage
 from .context import RunContext
 from .finetune import finetune_stage
 from .outputs import search_result, write_outputs
@@ -129,9 +129,10 @@ def run_stages(ctx: RunContext, searcher: Searcher = one_shot_search, t0: float 
         searcher = no_supernet
     search, history = search_stage(ctx, warm, searcher)
     timings.search = search.seconds
-    tuned = finetune_stage(ctx, search, check_follows=check_runs(ctx.spec, ctx.data, search.sample))
+    plan = check_plan(ctx.spec, ctx.data, search.sample)  # the fine-tune runs only where no check follows
+    tuned = finetune_stage(ctx, search, check_follows=plan.runs)
     timings.finetune = tuned.seconds
-    check = check_stage(ctx, search, tuned, warm)
+    check = check_stage(ctx, search, tuned, warm, plan)
     timings.check, timings.local_search = check.seconds, check.local_seconds
     timings.total = time.perf_counter() - t0
     result = search_result(ctx, warm, search, tuned, check, history.records, timings)

@@ -24,9 +24,9 @@ from ..engine.scout import polish_assignment, start_logits
 from ..errors import NonFiniteLossError
 from ..schema import SearchSpec
 from ..warmstart import WarmStart
-from .check import check_runs
+from .check import check_plan
 from .context import RunContext
-from .finetune import finetune_not_run
+from .finetune import finetune_epochs, finetune_not_run
 from .records import SearchRecord
 
 __all__ = ["ProbabilityHistory", "Searcher", "decided", "no_supernet", "polish", "search_stage", "stops_when_decided"]
@@ -163,9 +163,8 @@ def search_stage(
 
 def _next_phase(ctx: RunContext, record: SearchRecord) -> str:
     """The stage after the search (a signal's message names it)."""
-    follows = check_runs(ctx.spec, ctx.data, record.sample)
-    trains = ctx.strategy.finetune.epochs + record.unused_epochs(ctx.strategy.epochs) > 0
-    if trains and finetune_not_run(ctx, follows) is None:
+    follows = check_plan(ctx.spec, ctx.data, record.sample).runs
+    if finetune_epochs(ctx, record) > 0 and finetune_not_run(ctx, follows) is None:
         return "fine-tune"
     return "merge check" if follows else "evaluation"
 
