@@ -11,6 +11,7 @@ from dmtg_nas import SpecError
 from dmtg_nas.suite import (
     SHAPES,
     Shape,
+    _stage_table,
     criteria,
     run_one,
     run_suite,
@@ -83,6 +84,46 @@ def test_every_stage_grouping_is_scored_on_the_same_reference() -> None:
     assert seconds == sorted(seconds)
     assert seconds[-1] == pytest.approx(sum(st["seconds"] for st in stages))
     assert rows[0]["gap_mean"] == pytest.approx(stages[0]["gap_percent"])
+
+
+def test_the_stage_table_splits_within_2pct_by_whether_the_planted_partition_is_the_optimum() -> None:
+    """A stage that finds the planted structure is right where it is the optimum and wrong where it
+    is not: the stage rows and suite.md count the two kinds of runs apart (none on real data)."""
+
+    def record(seed: int, shape: str, planted_is_optimum: bool | None, gaps: tuple[float, float]) -> dict:
+        stages = [
+            {"stage": name, "gap_percent": gap, "seconds": 1.0, "worse_than_random": False, "ari": None}
+            for name, gap in zip(("warm_start", "check"), gaps)
+        ]
+        planted = [["t1", "t2"], ["t3"]] if planted_is_optimum is not None else None
+        return {
+            "strategy": "dmtg",
+            "shape": shape,
+            "seed": seed,
+            "reference": "exhaustive",
+            "stages": stages,
+            "planted": planted,
+            "planted_is_optimum": planted_is_optimum,
+        }
+
+    records = [
+        record(0, "pairs-k3", True, (0.0, 0.0)),  # the structure is the optimum: both stages right
+        record(1, "pairs-k3", True, (1.5, 0.5)),
+        record(0, "binary-k3", False, (9.0, 0.0)),  # a coarser optimum: only the check finds it
+        record(1, "binary-k3", False, (12.0, 3.0)),
+        record(2, "binary-k3", False, (0.5, 0.5)),
+        record(0, "digits-table", None, (4.0, 1.0)),  # real data: in neither part
+    ]
+    rows = {r["stage"]: r for r in stage_rows(records)}
+    assert rows["warm_start"]["runs"] == 6 and rows["warm_start"]["within_2pct"] == pytest.approx(3 / 6)
+    assert (rows["warm_start"]["within_2pct_planted"], rows["warm_start"]["runs_planted"]) == (1.0, 2)
+    assert rows["warm_start"]["within_2pct_other"] == pytest.approx(1 / 3) and rows["warm_start"]["runs_other"] == 3
+    assert rows["check"]["within_2pct_other"] == pytest.approx(2 / 3)
+    only_real = stage_rows([records[-1]])
+    assert only_real[0]["within_2pct_planted"] is None and only_real[0]["within_2pct_other"] is None
+    lines = _stage_table(records)
+    assert "| dmtg | warm_start | 6 | 50% | 100% (2) | 33% (3) |" in "\n".join(lines)
+    assert "| dmtg | check | 6 | 83% | 100% (2) | 67% (3) |" in "\n".join(lines)
 
 
 def test_wrong_starts() -> None:
