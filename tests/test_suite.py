@@ -191,9 +191,13 @@ def test_report_and_criteria(tmp_path: Path) -> None:
     assert c["within_2pct_of_optimum"] == pytest.approx(2 / 3)
     assert c["exact_when_planted_is_optimum"] == pytest.approx(1 / 2)
     assert c["no_merge_when_k_exceeds_groups"] == pytest.approx(2 / 3)  # every K here exceeds 2 planted groups
+    # within 2% apart: 1 of the 2 runs where the planted partition is the optimum, 1 of the 1 where not
+    assert (c["within_2pct_confirmed_runs"], c["other_runs"], c["within_2pct_other_runs"]) == (1, 1, 1)
     write_suite_report(records, tmp_path)
     table = (tmp_path / "suite.md").read_text()
     assert "| s | pairs-k3 | 2 | 0.60 | 50% | 50% | 4.5 | 9.0 | 50% | exhaustive |" in table
+    split = "(1 of 2 where the planted partition is the optimum, 1 of 1 where it is not)"
+    assert f"in 67% of 3 exhaustive runs {split}" in table
     assert (tmp_path / "suite.png").is_file()
 
 
@@ -301,7 +305,8 @@ def test_report_puts_the_bar_side_by_side_and_compares_with_tag(tmp_path: Path) 
     assert "`dmtg` against `tag`'s grouping on the same shape and seed: mean gap 1.3% against 2.7%; lower test " \
         "loss in 1, the same grouping's in 1, higher in 1 of 3 runs." in text  # fmt: skip
     assert "`paper` against" not in text
-    assert "- `dmtg`: within 2% of the exhaustive optimum in 67% of 3 exhaustive runs; planted partition " \
+    assert "- `dmtg`: within 2% of the exhaustive optimum in 67% of 3 exhaustive runs (2 of 3 where the planted " \
+        "partition is the optimum); planted partition " \
         "recovered exactly in 67% of 3 runs where it is the optimum; no merge in 67% of 3 runs with K > " \
         "planted groups (3 runs)." in text  # fmt: skip
     trained = [{**r, "reference": "trained", "shape": "five-k5"} for r in records[:2]]
