@@ -30,8 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dmtg_nas.components import load_data
 from dmtg_nas.partitions import members
-from dmtg_nas.suite import SHAPES, Reference, mean_reference, shape_spec
+from dmtg_nas.suite import SHAPES, Reference, mean_reference, reference_tables, shape_spec
 
 Grouping = list[int]  # group masks over the tasks
 
@@ -52,12 +53,6 @@ def merged(grouping: Grouping, table: Reference, names: Sequence[str]) -> Groupi
     return [g for g in grouping if g not in better] + [sum(better)]
 
 
-def _trainings(references: dict[str, Reference], key: str) -> list[Reference]:
-    """The single trainings of the reference ``key`` (``<budget>/reference-xR``)."""
-    base, count = key.rsplit("/", 1)
-    return [references[f"{base}/reference/training-{r}"] for r in range(int(count.removeprefix("reference-x")))]
-
-
 def replay(records: Sequence[dict[str, Any]], references: dict[str, Reference], stage: str) -> dict[str, list]:
     """Per variant (``stage``, ``mean``, ``one training``), per run: ``(gap %, planted_is_optimum)``;
     ``one training`` holds one list per run (a gap per training)."""
@@ -66,12 +61,15 @@ def replay(records: Sequence[dict[str, Any]], references: dict[str, Reference], 
         groups = next((st["groups"] for st in r.get("stages") or [] if st["stage"] == stage), None)
         if r.get("reference") != "exhaustive" or groups is None:
             continue
-        tables = _trainings(references, r["reference_key"])
+        spec = shape_spec(SHAPES[r["shape"]], r.get("budget_of", r["strategy"]), r["seed"])
+        trainings = int(r["reference_key"].rsplit("/reference-x", 1)[1])  # as the record was scored
+        # the suite's cached trainings (missing ones, e.g. from an interrupted suite, are trained)
+        tables = reference_tables(SHAPES[r["shape"]], r["seed"], spec, load_data(spec), trainings, references)
         mean = mean_reference(tables)
-        names = shape_spec(SHAPES[r["shape"]], r.get("budget_of", r["strategy"]), r["seed"]).task_names
+        names = spec.task_names
         grouping = [sum(1 << names.index(t) for t in g) for g in groups]
         optimum = r["optimum_test_loss"]
-        planted = r.get("planted_is_optimum") if r.get("planted") else None
+        planted = r.get("planted_is_optimum")  # None: no planted partition
         out["stage"].append((_gap(grouping, mean, names, optimum), planted))
         out["mean"].append((_gap(merged(grouping, mean, names), mean, names, optimum), planted))
         out["one training"].append([(_gap(merged(grouping, t, names), mean, names, optimum), planted) for t in tables])

@@ -670,7 +670,7 @@ def criteria(records: Sequence[dict[str, Any]], strategy: str) -> dict[str, floa
     mine = [r for r in records if r["strategy"] == strategy]
     exhaustive = [r for r in mine if r["reference"] == "exhaustive"]
     confirmed = [r for r in exhaustive if r.get("planted_is_optimum")]
-    others = [r for r in exhaustive if r.get("planted") and not r.get("planted_is_optimum")]
+    others = [r for r in exhaustive if r.get("planted_is_optimum") is False]  # None: no planted partition
     wide = [r for r in mine if r.get("planted") and r["shape"] in SHAPES and len(r["planted"]) < _k_of(r)]
     within = sum(r["gap_percent"] <= 2.0 for r in exhaustive)
     judged = [r for r in exhaustive if r.get("worse_than_random") is not None]
@@ -718,13 +718,14 @@ def write_suite_report(records: Sequence[dict[str, Any]], out: Path) -> None:
     lines.append("")
     for strategy in dict.fromkeys(r["strategy"] for r in records):
         c = criteria(records, strategy)
-        split = [
-            f"{c['within_2pct_confirmed_runs']} of {c['confirmed_runs']} where the planted partition is the optimum"
-            if c["confirmed_runs"]
-            else "",
-            f"{c['within_2pct_other_runs']} of {c['other_runs']} where it is not" if c["other_runs"] else "",
-        ]
-        split_text = f" ({', '.join(p for p in split if p)})" if any(split) else ""
+        split = []
+        if c["confirmed_runs"]:
+            split.append(
+                f"{c['within_2pct_confirmed_runs']} of {c['confirmed_runs']} where the planted partition is the optimum"
+            )
+        if c["other_runs"]:
+            split.append(f"{c['within_2pct_other_runs']} of {c['other_runs']} where it is not")
+        split_text = f" ({', '.join(split)})" if split else ""
         parts = [
             f"within 2% of the exhaustive optimum in {c['within_2pct_of_optimum']:.0%} of {c['exhaustive_runs']} "
             f"exhaustive runs{split_text}"
@@ -780,7 +781,7 @@ def stage_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         runs = [r for r in records if r["strategy"] == label and r.get("stages") and r["reference"] == "exhaustive"]
         order = list(dict.fromkeys(st["stage"] for r in runs for st in r["stages"]))
         for name in order:
-            scored, spent, planted = [], [], []
+            scored, spent, planted = [], [], []  # planted: each run's planted_is_optimum (None: not planted)
             for r in runs:
                 stages = r["stages"]
                 at = next((i for i, st in enumerate(stages) if st["stage"] == name), None)
@@ -788,12 +789,12 @@ def stage_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     continue
                 scored.append(stages[at])
                 spent.append(sum(st["seconds"] for st in stages[: at + 1] if st["stage"] != "affinity"))
-                planted.append(r.get("planted_is_optimum") if r.get("planted") else None)
+                planted.append(r.get("planted_is_optimum"))
             if not scored:
                 continue
             split = {}
             for key, wanted in (("planted", True), ("other", False)):
-                part = [st for st, p in zip(scored, planted) if p is not None and bool(p) is wanted]
+                part = [st for st, p in zip(scored, planted) if p is wanted]
                 split[f"within_2pct_{key}"] = sum(st["gap_percent"] <= 2.0 for st in part) / len(part) if part else None
                 split[f"runs_{key}"] = len(part)
             rows.append(

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from dmtg_nas.suite import SHAPES, Shape
+from dmtg_nas.suite import SHAPES, Shape, reference_key, shape_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["t1", "t2", "t3"]
@@ -55,14 +55,16 @@ def test_replay_reports_the_stage_the_mean_reference_and_each_training(
     # their mean (1.25 for t1 and t2 against 1.0 alone): keep. The merged pair's own network: 0.6 each.
     first = _table({0b111: {"t1": 0.5, "t2": 0.5, "t3": 2.0}, 0b011: {"t1": 0.6, "t2": 0.6}})
     second = _table({0b111: {"t1": 2.0, "t2": 2.0, "t3": 2.0}, 0b011: {"t1": 0.6, "t2": 0.6}})
-    key = "tiny3/0/budget"
-    references = {f"{key}/reference/training-0": first, f"{key}/reference/training-1": second}
+    # the suite's own cache keys for this shape, seed and budget, two trainings
+    key = reference_key(SHAPES["tiny3"], 0, shape_spec(SHAPES["tiny3"], "dmtg", 0), 2)
+    base = key.removesuffix("/reference-x2")
+    references = {f"{base}/reference/training-0": first, f"{base}/reference/training-1": second}
     record = {
         "shape": "tiny3",
         "seed": 0,
         "strategy": "dmtg",
         "reference": "exhaustive",
-        "reference_key": f"{key}/reference-x2",
+        "reference_key": key,
         "optimum_test_loss": 2.5,
         "planted": [["t1", "t2"], ["t3"]],
         "planted_is_optimum": False,
