@@ -456,7 +456,14 @@ def _format_table(result: Any) -> str:
         summary += f"; adjusted Rand index vs planted groups {truth['adjusted_rand_index']:.3f}"
     lines.append(summary)
     local = result.metrics.get("local_search")
-    if local and local.get("rounds"):
+    budget = " (stopped by local_search.budget)" if local and local.get("stopped") == "budget" else ""
+    if local and not local.get("rounds") and budget:
+        start = " | ".join(", ".join(g) for g in local["start"])
+        lines.append(
+            f"merge check: search found {start}; kept: no neighbour fitted in the time budget{budget}; "
+            f"{local['networks_trained']} group networks"
+        )
+    elif local and local.get("rounds"):
         start = " | ".join(", ".join(g) for g in local["start"])
         first = local["rounds"][0]
         if local["changed"]:
@@ -466,7 +473,9 @@ def _format_table(result: Any) -> str:
         else:
             best = min(c["val_loss"] for c in first["candidates"])
             verdict = f"kept (best neighbour: validation loss {100.0 * (best / first['val_loss'] - 1.0):+.1f}%)"
-        lines.append(f"merge check: search found {start}; {verdict}; {local['networks_trained']} group networks")
+        lines.append(
+            f"merge check: search found {start}; {verdict}{budget}; {local['networks_trained']} group networks"
+        )
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ in one batched run, and each later round a few more.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,14 @@ class SubsetScorer:
         self.networks: dict[tuple[int, int], Any] = {}
         self.trained = 0  # group networks trained so far
         self.batches = 0  # batched trainings run
+        self.seconds = 0.0  # spent training them
+        # the lowest seconds per network of a training call so far (a batched call of more networks
+        # costs less per network): what a time budget expects the next networks to cost
+        self.per_network = math.inf
+
+    def missing(self, masks: Collection[int]) -> int:
+        """How many group networks scoring ``masks`` would train (every scoring replicate's)."""
+        return sum((r, m) not in self.cache for r in range(self.replicates) for m in set(masks))
 
     def ensure(self, masks: Sequence[int], replicate: int | None = None) -> None:
         """Train the missing group networks of ``masks`` (every scoring replicate when ``replicate``
@@ -123,6 +132,7 @@ class SubsetScorer:
                 jobs[r] = missing
         if not jobs:
             return
+        started = time.perf_counter()
         if self.train_many is not None:
             done = self.train_many(jobs)
             self.batches += 1
@@ -133,6 +143,9 @@ class SubsetScorer:
             for mask, rows in trained.items():
                 self.cache[(r, mask)] = rows
             self.trained += len(jobs[r])
+        seconds = time.perf_counter() - started
+        self.seconds += seconds
+        self.per_network = min(self.per_network, seconds / sum(len(m) for m in jobs.values()))
 
     def group_loss(self, mask: int, split: str = "val", replicate: int | None = None) -> float:
         """A group's weighted loss: of one replicate, or (None) the mean over the scoring replicates."""
@@ -323,6 +336,7 @@ class LocalSearchOutcome:
     networks_trained: int = 0
     batches: int = 0
     seconds: float = 0.0
+    stopped: str | None = None  # "budget": the search's time budget ended it (not a round without a step)
 
     @property
     def changed(self) -> bool:
@@ -340,6 +354,7 @@ class LocalSearchOutcome:
             "networks_trained": self.networks_trained,
             "batched_trainings": self.batches,
             "seconds": round(self.seconds, 3),
+            "stopped": self.stopped,
             "rounds": [
                 {
                     "groups": names(r["partition"]),
@@ -372,6 +387,7 @@ def local_search(
     merge_splits: bool = False,
     group_splits: bool = False,
     swaps: bool = False,
+    seconds_left: Callable[[], float] | None = None,
 ) -> LocalSearchOutcome:
     """Greedy descent from ``start`` over merges and moves (see the module docstring).
 
@@ -395,6 +411,13 @@ def local_search(
             it still wins by the margin there (the first scores of a chosen candidate are biased
             low: the winner's curse).
         affinity: optional N x N task affinity ranking the neighbours.
+        seconds_left: a time budget, the seconds the search may still spend (asked before every
+            training call). Each round trains the current partition's networks first (the start's
+            always: they are the final model), then the candidates in order, a batched call at a
+            time, each call as many as fit in what is left at the lowest seconds per network of
+            the calls so far; the search stops after a round that left candidates untried
+            (``outcome.stopped = "budget"``). None: no budget (the current partition and the
+            candidates train in one batched computation).
     """
     t0 = time.perf_counter()
     current = canonical(start)
@@ -405,9 +428,12 @@ def local_search(
         if splits:  # only looked at when the first stage finds no step
             stages.append(split_neighbours(current, max_groups, set(current) - set(outcome.start), affinity))
         record: dict[str, Any] | None = None
-        accepted = False
+        accepted = cut = False
         for stage in stages:
             candidates = [c for c in stage if c[1] not in visited][:max_candidates]
+            if candidates and seconds_left is not None:
+                candidates, left = _within_budget(candidates, current, scorer, seconds_left)
+                cut = cut or left
             if not candidates:
                 continue
             scorer.ensure([m for p in [current, *(p for _, p in candidates)] for m in p])
@@ -435,6 +461,8 @@ def local_search(
                 record["confirmation"] = {"change": change, "accepted": accepted}
             if accepted:
                 break
+        if cut and not accepted:  # the budget left candidates untried
+            outcome.stopped = "budget"
         if record is None:
             break
         outcome.rounds.append(record)
@@ -449,6 +477,34 @@ def local_search(
     outcome.networks_trained, outcome.batches = scorer.trained, scorer.batches
     outcome.seconds = time.perf_counter() - t0
     return outcome
+
+
+def _within_budget(
+    candidates: Sequence[tuple[str, Partition]],
+    current: Partition,
+    scorer: SubsetScorer,
+    seconds_left: Callable[[], float],
+) -> tuple[list[tuple[str, Partition]], bool]:
+    """Train the current partition's networks, then the candidates in order, a batched call at a
+    time, each call as many of the next candidates as fit in ``seconds_left()`` at the scorer's
+    seconds per network (re-estimated after every call: a larger call costs less per network).
+    Returns the candidates trained and whether some were left for want of time."""
+    scorer.ensure(list(current))
+    done: list[tuple[str, Partition]] = []
+    todo = list(candidates)
+    while todo:
+        masks: set[int] = set()
+        fit = 0
+        for _, partition in todo:
+            if scorer.missing(masks | set(partition)) * scorer.per_network > seconds_left():
+                break
+            masks |= set(partition)
+            fit += 1
+        if fit == 0:
+            break
+        scorer.ensure(sorted(masks))
+        done, todo = done + todo[:fit], todo[fit:]
+    return done, bool(todo)
 
 
 def masks_of(groups: Sequence[Sequence[str]], task_names: Sequence[str]) -> Partition:

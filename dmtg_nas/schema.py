@@ -341,6 +341,10 @@ class LocalSearchConfig(StrictModel):
     replicates: int = Field(default=1, ge=1, le=16)  # independent trainings per group network, scores averaged
     max_candidates: int = Field(default=12, ge=1, le=MAX_COUNT)  # neighbours tried per round
     rounds: int = Field(default=8, ge=1, le=MAX_COUNT)  # accepted steps at most
+    # a time budget for the whole run, as a multiple of K trainings of one all-task network (timed on
+    # this machine by a short probe): the check tries only the candidates that fit in what is left
+    # and stops when none does (its start's group networks always train); None: no budget
+    budget: float | None = Field(default=None, gt=0)
 
 
 class WarmupConfig(StrictModel):

@@ -540,3 +540,118 @@ def test_a_swap_undoes_two_tasks_exchanged_where_single_moves_stop() -> None:
     out = local_search(start, _fake_scorer(cost), 3, swaps=True, **kwargs)  # type: ignore[arg-type]
     assert out.partition == masks_of([["a", "b"], ["c", "d"], ["e", "f"]], NAMES) and math.isclose(out.val_loss, 6.0)
     assert out.to_dict(NAMES)["rounds"][0]["accepted_kind"] == "swap"
+
+
+def test_a_time_budget_trains_the_start_then_only_the_candidates_that_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dmtg_nas.localsearch as ls
+
+    clock = [0.0]  # a fake clock: every group network trained costs one second
+    monkeypatch.setattr(ls.time, "perf_counter", lambda: clock[0])
+    base = _fake_scorer()
+    train = base.train
+
+    def timed(masks: Sequence[int], replicate: int) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
+        clock[0] += len(masks)
+        return train(masks, replicate)
+
+    start = masks_of([["a", "b"], ["c", "d"], ["e", "f"]], NAMES)
+    free = local_search(
+        start,
+        SubsetScorer(timed, NAMES, [1.0] * 6),
+        3,
+        margin=0.0,
+        max_candidates=12,
+        rounds=1,
+        moves=True,
+        merge_splits=True,
+        swaps=True,
+    )
+    assert len(free.rounds[0]["candidates"]) == 12 and free.stopped is None
+    # 6 seconds after the start's 3 networks: one candidate's missing networks at a time, in order, while they fit
+    clock[0] = 0.0
+    scorer = SubsetScorer(timed, NAMES, [1.0] * 6)
+    out = local_search(
+        start,
+        scorer,
+        3,
+        margin=0.0,
+        max_candidates=12,
+        rounds=1,
+        moves=True,
+        merge_splits=True,
+        swaps=True,
+        seconds_left=lambda: 9.0 - clock[0],
+    )
+    tried = [p for _, p, _ in out.rounds[0]["candidates"]]
+    assert tried == [p for _, p, _ in free.rounds[0]["candidates"]][: len(tried)] and 0 < len(tried) < 12
+    new = {m for p in tried for m in p} - set(start)
+    assert scorer.trained == 3 + len(new) and scorer.trained <= 9  # the start, then what fitted
+    nxt = [p for _, p, _ in free.rounds[0]["candidates"]][len(tried)]
+    assert len(new | (set(nxt) - set(start))) + 3 > 9  # the next candidate would not have fitted
+    assert out.stopped == "budget" and out.batches == 2  # the start alone, then the candidates
+    # a call with a fixed cost (0.5 s, then 0.25 s a network): the first call's estimate is high, the
+    # next calls fit more once a larger call has shown the cost per network falling
+    timed_calls = []
+
+    def overhead(masks: Sequence[int], replicate: int) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
+        timed_calls.append(len(masks))
+        clock[0] += 0.5 + 0.25 * len(masks)
+        return train(masks, replicate)
+
+    clock[0] = 0.0
+    scorer = SubsetScorer(overhead, NAMES, [1.0] * 6)
+    out = local_search(
+        start,
+        scorer,
+        3,
+        margin=0.0,
+        max_candidates=12,
+        rounds=1,
+        moves=True,
+        merge_splits=True,
+        swaps=True,
+        seconds_left=lambda: 6.0 - clock[0],
+    )
+    assert timed_calls[0] == 3 and len(timed_calls) >= 3  # the start, then candidates in several calls
+    assert timed_calls[1] <= 3 * 4.75 / 1.25 and clock[0] <= 6.0 + 0.5  # over by one call's fixed cost at most
+    tried = [p for _, p, _ in out.rounds[0]["candidates"]]
+    assert tried == [p for _, p, _ in free.rounds[0]["candidates"]][: len(tried)]
+    assert scorer.trained == 3 + sum(timed_calls[1:]) == 3 + len({m for p in tried for m in p} - set(start))
+    # no time left: the start's networks still train (they are the final model), no candidate is tried
+    clock[0] = 0.0
+    scorer = SubsetScorer(timed, NAMES, [1.0] * 6)
+    out = local_search(start, scorer, 3, margin=0.0, max_candidates=12, rounds=3, moves=True, seconds_left=lambda: -1.0)
+    assert out.rounds == [] and out.stopped == "budget" and not out.changed
+    assert {m for _, m in scorer.cache} == set(start) and out.to_dict(NAMES)["stopped"] == "budget"
+
+
+def test_a_run_with_a_time_budget_records_it_and_says_so(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from dmtg_nas.cli import _format_table
+    from dmtg_nas.components import load_data
+    from dmtg_nas.pipeline.check import all_task_seconds
+
+    binary = [{"name": f"t{i}", "type": "binary"} for i in range(4)]
+    strategy = {"_base_": "dmtg-plain", "epochs": 2, "batch_size": 64, "finetune": {"epochs": 1}}
+    doc = planted_doc(tasks=binary, strategy=strategy)
+    spec = load_spec(doc, ["strategy.local_search={enabled: true, margin: 0.0, budget: 0.001}"])
+    data = load_data(spec)
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    probe = all_task_seconds(spec, data)
+    assert probe > 0 and torch.equal(torch.random.get_rng_state(), before)  # the probe draws nothing
+    result = run_search(spec, tmp_path / "run", progress=False, data=data)
+    record = result.metrics["local_search"]
+    assert record["stopped"] == "budget" and record["rounds"] == [] and not record["changed"]
+    assert record["budget"]["run_seconds"] == pytest.approx(0.001 * 2 * record["budget"]["all_task_seconds"], rel=2e-3)
+    assert record["networks_trained"] == len(record["start"]) and record["final_model"] == "group networks"
+    line = _format_table(SimpleNamespace(groups=result.groups, assignment=result.assignment, metrics=result.metrics))
+    assert "no neighbour fitted in the time budget (stopped by local_search.budget)" in line
+    # the same run without a budget tries neighbours and records no stop
+    free = run_search(
+        load_spec(doc, ["strategy.local_search={enabled: true, margin: 0.0}"]), None, progress=False, data=data
+    )
+    assert free.metrics["local_search"]["rounds"] and free.metrics["local_search"]["stopped"] is None
+    with pytest.raises(Exception, match="budget"):
+        load_spec(doc, ["strategy.local_search.budget=0"])

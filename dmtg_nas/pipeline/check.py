@@ -4,18 +4,25 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+import random
+import statistics
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import pytorch_lightning as pl
 import torch
 
 from .. import localsearch
-from ..data import TaskData
+from ..data import TaskData, make_loader
 from ..engine.batched import TrainingStopped, trains_batched
+from ..engine.networks import partition_network
+from ..engine.train import train_network
 from ..localsearch import masks_of, scorer_for
 from ..network import GroupedNetwork, groups_from_sample
 from ..schema import SearchSpec
@@ -25,7 +32,7 @@ from .context import RunContext
 from .finetune import finetune, network_of
 from .records import CheckRecord, FinetuneRecord, SearchRecord
 
-__all__ = ["CheckPlan", "check_plan", "check_stage"]
+__all__ = ["CheckPlan", "all_task_seconds", "check_plan", "check_stage"]
 
 
 @dataclass(frozen=True)
@@ -48,11 +55,17 @@ def check_plan(spec: SearchSpec, data: TaskData, sample: Mapping[str, int]) -> C
 
 
 def check_stage(
-    ctx: RunContext, search: SearchRecord, tuned: FinetuneRecord, warm: WarmStart | None, plan: CheckPlan
+    ctx: RunContext,
+    search: SearchRecord,
+    tuned: FinetuneRecord,
+    warm: WarmStart | None,
+    plan: CheckPlan,
+    run_started: float | None = None,
 ) -> CheckRecord:
     """Run the merge check where ``plan`` says so and pick the final network: the check's group
     networks where they form the final grouping and beat the fine-tuned network on validation (or
-    the grouping changed, or no fine-tune ran), else the fine-tuned network."""
+    the grouping changed, or no fine-tune ran), else the fine-tuned network. ``run_started``: the
+    run's start (``time.perf_counter()``), which ``local_search.budget`` counts from (default: now)."""
     t0 = time.perf_counter()
     spec, strat = ctx.spec, ctx.strategy
     sample, model = dict(search.sample), tuned.model
@@ -62,6 +75,16 @@ def check_stage(
     names = spec.task_names
     stage = "merge check" if ctx.progress else None
     scorer = scorer_for(spec, ctx.data, ls.replicates, stage, stop=lambda: ctx.interrupts.signum is not None)
+    seconds_left, budget = None, None
+    if ls.budget is not None:  # the whole run within budget x K trainings of one all-task network
+        started = t0 if run_started is None else run_started
+        all_task = all_task_seconds(spec, ctx.data)
+        limit = ls.budget * spec.groups * all_task
+
+        def seconds_left() -> float:
+            return limit - (time.perf_counter() - started)
+
+        budget = {"all_task_seconds": float(f"{all_task:.4g}"), "run_seconds": float(f"{limit:.4g}")}
     try:
         outcome = localsearch.local_search(
             masks_of(groups_from_sample(names, sample, spec.groups), names),
@@ -77,12 +100,15 @@ def check_stage(
             splits=ls.splits,
             confirm=ls.confirm,
             affinity=warm.affinity if warm is not None else None,
+            seconds_left=seconds_left,
         )
     except TrainingStopped:  # stop() is the signal's flag: it raises here
         ctx.stop_if_interrupted("merge check")
         raise
     ctx.stop_if_interrupted("merge check")  # a signal after the check's last step
     record = outcome.to_dict(names)
+    if budget is not None:
+        record["budget"] = budget
     if outcome.changed:
         sample = _branches_kept(record["groups"], sample, spec.groups)
     # the final model: the group networks the check trained (each from scratch with the search's
@@ -105,6 +131,46 @@ def check_stage(
     else:
         record["final_model"] = "search"
     return CheckRecord(sample, model, record, search_val, outcome.seconds, time.perf_counter() - t0, skipped)
+
+
+class _StepClock(pl.Callback):
+    """Times a training's steps (end to end, Lightning's own work included) and stops it after
+    ``warmup + steps`` of them."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.ends.append(time.perf_counter())
+        if len(self.ends) > self.warmup + self.steps:
+            trainer.should_stop = True
+
+    @property
+    def per_step(self) -> float:
+        gaps = [b - a for a, b in itertools.pairwise(self.ends[self.warmup :])]
+        return statistics.median(gaps) if gaps else math.inf
+
+
+def all_task_seconds(spec: SearchSpec, data: TaskData, steps: int = 30, warmup: int = 5) -> float:
+    """The seconds one all-task network (every task on one encoder) takes to train with the
+    strategy's budget (the search's epochs plus the fine-tune's, on its batches) on this machine, as
+    ``dmtg retrain`` or the cost benchmark's all-task training would: the network trained by the
+    same trainer for ``warmup`` untimed and ``steps`` timed optimisation steps, the median step
+    times the budget's steps (the Trainer's start and the final evaluation are not counted). The
+    random generators are left as they were, so a run draws the same numbers with or without it."""
+    strat = spec.strategy
+    per_epoch = len(make_loader(data.train, strat.batch_size, shuffle=False, shard=False))
+    clock = _StepClock(warmup, steps)
+    states = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            net = partition_network(spec, [spec.task_names], data.input_shape)
+            train_network(net, data, spec.tasks, strat, math.ceil((warmup + steps + 2) / per_epoch), callbacks=[clock])
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+    return clock.per_step * per_epoch * (strat.epochs + strat.finetune.epochs)
 
 
 def _skipped(spec: SearchSpec, data: TaskData, sample: Mapping[str, int]) -> dict[str, str] | None:

@@ -132,7 +132,7 @@ def run_stages(ctx: RunContext, searcher: Searcher = one_shot_search, t0: float 
     plan = check_plan(ctx.spec, ctx.data, search.sample)  # the fine-tune runs only where no check follows
     tuned = finetune_stage(ctx, search, check_follows=plan.runs)
     timings.finetune = tuned.seconds
-    check = check_stage(ctx, search, tuned, warm, plan)
+    check = check_stage(ctx, search, tuned, warm, plan, t0)
     timings.check, timings.local_search = check.seconds, check.local_seconds
     timings.total = time.perf_counter() - t0
     result = search_result(ctx, warm, search, tuned, check, history.records, timings)
