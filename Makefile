@@ -33,7 +33,7 @@ lint: $(STAMP)
 
 ## docs: the documentation site (mkdocs.yml, docs/) built into site/ with --strict: a broken link or a missing page fails
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf runs site .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
