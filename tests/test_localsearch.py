@@ -655,3 +655,32 @@ def test_a_run_with_a_time_budget_records_it_and_says_so(tmp_path: Path) -> None
     assert free.metrics["local_search"]["rounds"] and free.metrics["local_search"]["stopped"] is None
     with pytest.raises(Exception, match="budget"):
         load_spec(doc, ["strategy.local_search.budget=0"])
+
+
+def test_the_all_task_probe_stops_after_its_steps_and_scales_them_to_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dmtg_nas.components import load_data
+    from dmtg_nas.data import make_loader
+    from dmtg_nas.pipeline import check
+
+    clocks = []
+    real = check._StepClock
+
+    class Recorded(real):  # type: ignore[misc, valid-type]
+        def __init__(self, warmup: int, steps: int) -> None:
+            super().__init__(warmup, steps)
+            clocks.append(self)
+
+    monkeypatch.setattr(check, "_StepClock", Recorded)
+    strategy = {"_base_": "dmtg-plain", "epochs": 3, "batch_size": 4, "finetune": {"epochs": 2}}
+    spec = load_spec(planted_doc(strategy=strategy))
+    data = load_data(spec)
+    per_epoch = len(make_loader(data.train, 4, shuffle=False, shard=False))
+    assert per_epoch > 40  # one epoch holds more steps than the probe times
+    seconds = check.all_task_seconds(spec, data, steps=8, warmup=2)
+    (clock,) = clocks
+    assert len(clock.ends) == 2 + 8 + 1  # stopped in its first epoch, right after its steps
+    assert seconds == pytest.approx(clock.per_step * per_epoch * 5)
+    gaps = [b - a for a, b in zip(clock.ends[2:], clock.ends[3:])]
+    assert min(gaps) <= clock.per_step <= max(gaps)
