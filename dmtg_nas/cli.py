@@ -456,21 +456,17 @@ def _format_table(result: Any) -> str:
         summary += f"; adjusted Rand index vs planted groups {truth['adjusted_rand_index']:.3f}"
     lines.append(summary)
     local = result.metrics.get("local_search")
-    budget = " (stopped by local_search.budget)" if local and local.get("stopped") == "budget" else ""
-    if local and not local.get("rounds") and budget:
+    if local and (local.get("rounds") or local.get("stopped") == "budget"):
         start = " | ".join(", ".join(g) for g in local["start"])
-        lines.append(
-            f"merge check: search found {start}; kept: no neighbour fitted in the time budget{budget}; "
-            f"{local['networks_trained']} group networks"
-        )
-    elif local and local.get("rounds"):
-        start = " | ".join(", ".join(g) for g in local["start"])
-        first = local["rounds"][0]
-        if local["changed"]:
-            change = 100.0 * (local["val_loss"] / first["val_loss"] - 1.0)
+        budget = " (stopped by local_search.budget)" if local.get("stopped") == "budget" else ""
+        if not local.get("rounds"):
+            verdict = "kept: no neighbour fitted in the time budget"
+        elif local["changed"]:
+            change = 100.0 * (local["val_loss"] / local["rounds"][0]["val_loss"] - 1.0)
             steps = ", ".join(r["accepted_kind"] for r in local["rounds"] if r.get("accepted_kind"))
             verdict = f"changed to the groups above{' by ' + steps if steps else ''} (validation loss {change:+.1f}%)"
         else:
+            first = local["rounds"][0]
             best = min(c["val_loss"] for c in first["candidates"])
             verdict = f"kept (best neighbour: validation loss {100.0 * (best / first['val_loss'] - 1.0):+.1f}%)"
         lines.append(

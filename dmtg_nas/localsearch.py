@@ -113,7 +113,6 @@ class SubsetScorer:
         self.networks: dict[tuple[int, int], Any] = {}
         self.trained = 0  # group networks trained so far
         self.batches = 0  # batched trainings run
-        self.seconds = 0.0  # spent training them
         # the lowest seconds per network of a training call so far (a batched call of more networks
         # costs less per network): what a time budget expects the next networks to cost
         self.per_network = math.inf
@@ -144,7 +143,6 @@ class SubsetScorer:
                 self.cache[(r, mask)] = rows
             self.trained += len(jobs[r])
         seconds = time.perf_counter() - started
-        self.seconds += seconds
         self.per_network = min(self.per_network, seconds / sum(len(m) for m in jobs.values()))
 
     def group_loss(self, mask: int, split: str = "val", replicate: int | None = None) -> float:

@@ -296,6 +296,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def preserved_rng() -> Any:
+    """Every random generator (torch, CUDA where in use, numpy, Python) as it was on entry, again on
+    exit: what runs inside draws nothing from the run's streams."""
+    state = _rng_state()
+    try:
+        yield
+    finally:
+        _set_rng_state(state)
+
+
 def _resumable_sampler(loader: Any) -> ResumableRandomSampler | None:
     for owner in (loader, getattr(loader, "batch_sampler", None)):
         sampler = getattr(owner, "sampler", None)

@@ -7,6 +7,7 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -542,84 +543,67 @@ def test_a_swap_undoes_two_tasks_exchanged_where_single_moves_stop() -> None:
     assert out.to_dict(NAMES)["rounds"][0]["accepted_kind"] == "swap"
 
 
+def _round_of_twelve(start: tuple[int, ...], scorer: SubsetScorer, seconds_left: Any = None) -> Any:
+    """One round of the check's neighbour kinds (12 candidates) from ``start``, margin 0."""
+    return local_search(
+        start,
+        scorer,
+        3,
+        margin=0.0,
+        max_candidates=12,
+        rounds=1,
+        moves=True,
+        merge_splits=True,
+        swaps=True,
+        seconds_left=seconds_left,
+    )
+
+
 def test_a_time_budget_trains_the_start_then_only_the_candidates_that_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     import dmtg_nas.localsearch as ls
 
-    clock = [0.0]  # a fake clock: every group network trained costs one second
+    clock = [0.0]  # a fake clock, advanced by the fake trainings
     monkeypatch.setattr(ls.time, "perf_counter", lambda: clock[0])
-    base = _fake_scorer()
-    train = base.train
+    train = _fake_scorer().train
+    calls: list[int] = []  # networks per training call
 
-    def timed(masks: Sequence[int], replicate: int) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
-        clock[0] += len(masks)
-        return train(masks, replicate)
+    def clocked(fixed: float, each: float) -> SubsetScorer:
+        """A scorer whose training calls cost ``fixed`` + ``each`` seconds a network, from a clock at 0."""
+
+        def timed(masks: Sequence[int], replicate: int) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
+            calls.append(len(masks))
+            clock[0] += fixed + each * len(masks)
+            return train(masks, replicate)
+
+        clock[0] = 0.0
+        calls.clear()
+        return SubsetScorer(timed, NAMES, [1.0] * 6)
 
     start = masks_of([["a", "b"], ["c", "d"], ["e", "f"]], NAMES)
-    free = local_search(
-        start,
-        SubsetScorer(timed, NAMES, [1.0] * 6),
-        3,
-        margin=0.0,
-        max_candidates=12,
-        rounds=1,
-        moves=True,
-        merge_splits=True,
-        swaps=True,
-    )
+    free = _round_of_twelve(start, clocked(0.0, 1.0))
     assert len(free.rounds[0]["candidates"]) == 12 and free.stopped is None
-    # 6 seconds after the start's 3 networks: one candidate's missing networks at a time, in order, while they fit
-    clock[0] = 0.0
-    scorer = SubsetScorer(timed, NAMES, [1.0] * 6)
-    out = local_search(
-        start,
-        scorer,
-        3,
-        margin=0.0,
-        max_candidates=12,
-        rounds=1,
-        moves=True,
-        merge_splits=True,
-        swaps=True,
-        seconds_left=lambda: 9.0 - clock[0],
-    )
+    order = [p for _, p, _ in free.rounds[0]["candidates"]]
+    # one second a network, 6 seconds after the start's 3 networks: one candidate's missing networks
+    # at a time, in order, while they fit
+    scorer = clocked(0.0, 1.0)
+    out = _round_of_twelve(start, scorer, lambda: 9.0 - clock[0])
     tried = [p for _, p, _ in out.rounds[0]["candidates"]]
-    assert tried == [p for _, p, _ in free.rounds[0]["candidates"]][: len(tried)] and 0 < len(tried) < 12
+    assert tried == order[: len(tried)] and 0 < len(tried) < 12
     new = {m for p in tried for m in p} - set(start)
     assert scorer.trained == 3 + len(new) and scorer.trained <= 9  # the start, then what fitted
-    nxt = [p for _, p, _ in free.rounds[0]["candidates"]][len(tried)]
-    assert len(new | (set(nxt) - set(start))) + 3 > 9  # the next candidate would not have fitted
+    assert len(new | (set(order[len(tried)]) - set(start))) + 3 > 9  # the next candidate would not have fitted
     assert out.stopped == "budget" and out.batches == 2  # the start alone, then the candidates
     # a call with a fixed cost (0.5 s, then 0.25 s a network): the first call's estimate is high, the
     # next calls fit more once a larger call has shown the cost per network falling
-    timed_calls = []
-
-    def overhead(masks: Sequence[int], replicate: int) -> dict[int, dict[str, dict[str, dict[str, float]]]]:
-        timed_calls.append(len(masks))
-        clock[0] += 0.5 + 0.25 * len(masks)
-        return train(masks, replicate)
-
-    clock[0] = 0.0
-    scorer = SubsetScorer(overhead, NAMES, [1.0] * 6)
-    out = local_search(
-        start,
-        scorer,
-        3,
-        margin=0.0,
-        max_candidates=12,
-        rounds=1,
-        moves=True,
-        merge_splits=True,
-        swaps=True,
-        seconds_left=lambda: 6.0 - clock[0],
-    )
-    assert timed_calls[0] == 3 and len(timed_calls) >= 3  # the start, then candidates in several calls
-    assert timed_calls[1] <= 3 * 4.75 / 1.25 and clock[0] <= 6.0 + 0.5  # over by one call's fixed cost at most
+    scorer = clocked(0.5, 0.25)
+    out = _round_of_twelve(start, scorer, lambda: 6.0 - clock[0])
+    assert calls[0] == 3 and len(calls) >= 3  # the start, then candidates in several calls
+    assert calls[1] <= 3 * 4.75 / 1.25 and clock[0] <= 6.0 + 0.5  # over by one call's fixed cost at most
     tried = [p for _, p, _ in out.rounds[0]["candidates"]]
-    assert tried == [p for _, p, _ in free.rounds[0]["candidates"]][: len(tried)]
-    assert scorer.trained == 3 + sum(timed_calls[1:]) == 3 + len({m for p in tried for m in p} - set(start))
+    assert tried == order[: len(tried)]
+    assert scorer.trained == 3 + sum(calls[1:]) == 3 + len({m for p in tried for m in p} - set(start))
     # no time left: the start's networks still train (they are the final model), no candidate is tried
-    clock[0] = 0.0
-    scorer = SubsetScorer(timed, NAMES, [1.0] * 6)
+    scorer = clocked(0.0, 1.0)
     out = local_search(start, scorer, 3, margin=0.0, max_candidates=12, rounds=3, moves=True, seconds_left=lambda: -1.0)
     assert out.rounds == [] and out.stopped == "budget" and not out.changed
     assert {m for _, m in scorer.cache} == set(start) and out.to_dict(NAMES)["stopped"] == "budget"

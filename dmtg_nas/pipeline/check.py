@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import random
 import statistics
 import time
 from collections import Counter
@@ -14,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -25,6 +23,7 @@ from ..engine.networks import partition_network
 from ..engine.train import train_network
 from ..localsearch import masks_of, scorer_for
 from ..network import GroupedNetwork, groups_from_sample
+from ..runstate import preserved_rng
 from ..schema import SearchSpec
 from ..tasks import summarize
 from ..warmstart import WarmStart
@@ -162,14 +161,9 @@ def all_task_seconds(spec: SearchSpec, data: TaskData, steps: int = 30, warmup: 
     strat = spec.strategy
     per_epoch = len(make_loader(data.train, strat.batch_size, shuffle=False, shard=False))
     clock = _StepClock(warmup, steps)
-    states = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            net = partition_network(spec, [spec.task_names], data.input_shape)
-            train_network(net, data, spec.tasks, strat, math.ceil((warmup + steps + 2) / per_epoch), callbacks=[clock])
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
+    with preserved_rng():
+        net = partition_network(spec, [spec.task_names], data.input_shape)
+        train_network(net, data, spec.tasks, strat, math.ceil((warmup + steps + 2) / per_epoch), callbacks=[clock])
     return clock.per_step * per_epoch * (strat.epochs + strat.finetune.epochs)
 
 
