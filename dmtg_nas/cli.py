@@ -525,9 +525,10 @@ def stage_plan(spec: Any) -> str:
     st = spec.strategy
     stages = []
     if st.warmup.method != "none":
+        where = "; where the merge check's networks train batched" if st.warmup.method == "auto" else ""
         stages.append(
             f"warm start ({len(spec.tasks)} single-task networks x {st.warmup.epochs} epochs, "
-            f"at least {st.warmup.min_steps} steps each)"
+            f"at least {st.warmup.min_steps} steps each{where})"
         )
     if st.affinity.enabled:
         stages.append(f"affinity scout (the supernet's first {st.affinity.epochs} epochs)")

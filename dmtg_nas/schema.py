@@ -350,7 +350,9 @@ class LocalSearchConfig(StrictModel):
 class WarmupConfig(StrictModel):
     """Warm start of the grouping logits (see :mod:`dmtg_nas.warmstart`)."""
 
-    method: Literal["none", "attribution"] = "none"
+    # "auto": attribution where the merge check's networks train batched (in-memory vector data, an
+    # encoder without batch-norm statistics), none elsewhere (see warmstart.warm_start_method)
+    method: Literal["none", "attribution", "auto"] = "none"
     epochs: Epochs = 15  # single-task training epochs (at least min_steps steps)
     min_steps: int = Field(default=400, ge=0, le=MAX_COUNT)  # small data sets train more epochs to reach this
     batch_size: int | None = Field(default=None, ge=1, le=MAX_COUNT)  # None: the strategy's batch size

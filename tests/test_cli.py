@@ -238,7 +238,8 @@ def test_the_search_header_names_every_stage_and_its_budget() -> None:
     from dmtg_nas.cli import stage_plan
 
     assert stage_plan(load_spec("planted6")) == (
-        "warm start (6 single-task networks x 15 epochs, at least 250 steps each); supernet (up to 40 epochs: "
+        "warm start (6 single-task networks x 15 epochs, at least 250 steps each; where the merge check's networks "
+        "train batched); supernet (up to 40 epochs: "
         "on vector data until the grouping is decided); fine-tune (10 epochs and the supernet's unused ones; where "
         "no merge check follows); merge check (where its networks train batched)"
     )
@@ -255,5 +256,10 @@ def test_the_search_header_names_every_stage_and_its_budget() -> None:
         "planted6", ["strategy.supernet=false", "strategy.local_search.enabled=false", "strategy.finetune.epochs=0"]
     )
     assert (
-        stage_plan(ablation) == "warm start (6 single-task networks x 15 epochs, at least 250 steps each); no supernet"
+        stage_plan(ablation) == "warm start (6 single-task networks x 15 epochs, at least 250 steps each; where the "
+        "merge check's networks train batched); no supernet"
+    )
+    forced_warm = load_spec("planted6", ["strategy.warmup.method=attribution", "strategy.supernet=false"])
+    assert stage_plan(forced_warm).startswith(
+        "warm start (6 single-task networks x 15 epochs, at least 250 steps each); no"
     )

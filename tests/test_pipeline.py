@@ -107,7 +107,7 @@ def test_dmtg_from_preset_reads_the_preset_and_overrides() -> None:
 
     strategy = DMTG.from_preset("dmtg", ["epochs=7"])
     assert strategy.config is not None and strategy.config.epochs == 7 and strategy.config.name == "dmtg"
-    assert strategy.config.warmup.method == "attribution"
+    assert strategy.config.warmup.method == "auto"
 
 
 def test_without_the_supernet_the_start_goes_to_the_finetune() -> None:

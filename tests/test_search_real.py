@@ -9,6 +9,7 @@ import pytest
 
 import dmtg_nas
 from dmtg_nas.cli import main
+from dmtg_nas.warmstart import AUTO_SKIPPED
 
 from .fixtures import TASKONOMY_DOMAINS, celeba_doc, write_celeba, write_taskonomy
 
@@ -93,6 +94,7 @@ def test_backbone_swap_is_one_line_across_timm_families(tmp_path: Path) -> None:
                 "strategy.epochs=1",
                 "strategy.finetune.epochs=0",
                 "strategy.batch_size=64",
+                "strategy.warmup.method=attribution",  # forced on (auto: off on batch-norm image encoders)
                 "strategy.warmup.epochs=1",  # the warm start runs (input gradients through timm), briefly
                 "strategy.warmup.min_steps=0",
             ],
@@ -114,7 +116,7 @@ def test_shipped_real_data_presets_validate_against_local_copies(tmp_path: Path)
         s = spec.strategy
         assert (s.name, s.warmup.method, s.warmup.epochs, s.epochs, s.finetune.epochs) == (
             "dmtg",
-            "attribution",
+            "auto",  # no warm start on these batch-norm image encoders; warmup.method=attribution: 2 epochs
             2,
             10,
             5,
@@ -177,6 +179,11 @@ def test_taskonomy5_validates_and_searches_a_release_named_copy(tmp_path: Path, 
     tasks = list(TASKONOMY_DOMAINS)
     metrics = _check_outputs(out, tasks)
     assert metrics["search"]["data_sizes"] == {"train": 8, "val": 3, "test": 3}
+    assert metrics["warmup"] == {"method": "none", "skipped": AUTO_SKIPPED}  # the shipped strategy on dense images
+    forced = tmp_path / "forced"
+    sets = [*_tiny_taskonomy5(root), "--set", "strategy.warmup.method=attribution"]
+    assert main(["search", "taskonomy5", *sets, "--out", str(forced), "--quiet"]) == 0
+    metrics = _check_outputs(forced, tasks)  # dense outputs' input gradients, averaged over positions
     assert metrics["warmup"]["method"] == "attribution" and len(metrics["warmup"]["affinity"]) == 5
     test = metrics["test"]
     assert 0 <= test["segment_semantic"]["miou"] <= 1

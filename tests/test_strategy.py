@@ -182,6 +182,7 @@ def test_the_ablation_strategy_files_load_and_differ_from_their_base_as_they_say
         "warm-align",
         "plain-bilevel",
         "warm-check",
+        "warm-always",
         "oneshot-polish",
         "no-swaps",
         "no-stop",
@@ -195,7 +196,7 @@ def test_the_ablation_strategy_files_load_and_differ_from_their_base_as_they_say
     assert loaded["align-check"].alignment.enabled and loaded["align-check"].local_search.enabled == "auto"
     assert loaded["align-check"].local_search.group_splits and loaded["align-check"].local_search.moves
     assert not load_strategy("dmtg").local_search.group_splits  # measured: no gain from the warm start
-    assert loaded["warm-align"].alignment.enabled and loaded["warm-align"].warmup.method == "attribution"
+    assert loaded["warm-align"].alignment.enabled and loaded["warm-align"].warmup.method == "auto"
     for name in ("plain-align", "align-check", "warm-align"):
         assert loaded[name].optimizer.logits_lr == 0.03
         assert loaded[name].alignment.drive == "alignment"
@@ -206,6 +207,12 @@ def test_the_ablation_strategy_files_load_and_differ_from_their_base_as_they_say
     for config in (no_swaps, default):
         config.pop("name"), config.pop("description"), config["local_search"].pop("swaps")
     assert no_swaps == default
+    # the warm start on every encoder: otherwise the default, whose warm start is auto
+    always, default = loaded["warm-always"].model_dump(), load_strategy("dmtg").model_dump()
+    assert default["warmup"]["method"] == "auto" and always["warmup"]["method"] == "attribution"
+    for config in (always, default):
+        config.pop("name"), config.pop("description"), config["warmup"].pop("method")
+    assert always == default
     # the supernet's stop once decided off: otherwise dmtg and dmtg-oneshot; the measured ablations
     # that drive the logits by alignment keep the supernet's whole training, as measured
     for name, base in (("no-stop", "dmtg"), ("oneshot-no-stop", "dmtg-oneshot")):

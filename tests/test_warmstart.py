@@ -203,3 +203,40 @@ def test_stacked_singles_pad_heads_of_different_widths_and_refuse_other_encoders
     doc["backbone"] = {"name": "mlp", "hidden": [16, 8]}
     doc["heads"] = {"hidden": [4]}
     assert StackedSingles.build(_singles(doc)[2]) is None
+
+
+def test_auto_warm_start_runs_where_the_merge_check_trains_batched_only(tmp_path: Any) -> None:
+    import dmtg_nas
+    from dmtg_nas.components import load_data
+    from dmtg_nas.warmstart import AUTO_SKIPPED, warm_start_method
+
+    from .conftest import planted_doc
+
+    vector = dmtg_nas.load_spec(planted_doc())  # mlp on in-memory vectors
+    assert vector.strategy.warmup.method == "auto"  # the default preset's
+    assert warm_start_method(vector, load_data(vector)) == "attribution"
+    image_doc = planted_doc(
+        dataset={"name": "planted", "group_sizes": [2, 2], "input_dim": 36, "image_size": 6, "samples": 200},
+        backbone={"name": "convnet", "channels": [4]},  # batch norm
+    )
+    image = dmtg_nas.load_spec(image_doc)
+    image_data = load_data(image)
+    assert warm_start_method(image, image_data) == "none"
+    forced = dmtg_nas.load_spec(image_doc, ["strategy.warmup.method=attribution"])
+    assert warm_start_method(forced, image_data) == "attribution"
+    off = dmtg_nas.load_spec(planted_doc(), ["strategy.warmup.method=none"])
+    assert warm_start_method(off, load_data(off)) == "none"
+
+    result = dmtg_nas.search(image, out_dir=tmp_path / "image")
+    assert result.metrics["warmup"] == {"method": "none", "skipped": AUTO_SKIPPED}
+    assert result.metrics["search"]["warm_start_seconds"] == 0
+    assert not (tmp_path / "image" / "warmstart.json").exists()
+    assert result.metrics["stages"][0]["stage"] != "warm start"
+    result = dmtg_nas.search(forced, out_dir=tmp_path / "forced")
+    assert result.metrics["warmup"]["method"] == "attribution" and result.metrics["search"]["warm_start_seconds"] > 0
+    assert (tmp_path / "forced" / "warmstart.json").is_file()
+    vector_result = dmtg_nas.search(vector)
+    assert (
+        vector_result.metrics["warmup"]["method"] == "attribution"
+        and len(vector_result.metrics["warmup"]["clusters"]) == 2
+    )

@@ -25,7 +25,7 @@ from ..network import groups_from_sample
 from ..plots import plot_probabilities
 from ..schema import SearchSpec
 from ..tasks import summarize
-from ..warmstart import WarmStart
+from ..warmstart import AUTO_SKIPPED, WarmStart, warm_start_method
 from .context import RunContext
 from .records import CheckRecord, FinetuneRecord, SearchRecord, SearchResult, StageRecord, Timings
 
@@ -109,11 +109,17 @@ def search_result(
         metrics["local_search"] = check.record
     if warm is not None:
         metrics["warmup"] = {
-            "method": strat.warmup.method,
+            "method": "attribution",
             "clusters": groups_from_sample(spec.task_names, dict(zip(spec.task_names, warm.clusters)), spec.groups),
             "affinity": warm.affinity,
             "seconds": round(warm.seconds, 3),
         }
+    elif (
+        strat.warmup.method == "auto"
+        and 1 < spec.groups < len(spec.tasks)
+        and warm_start_method(spec, ctx.data) == "none"
+    ):
+        metrics["warmup"] = {"method": "none", "skipped": AUTO_SKIPPED}
     if search.affinity is not None:
         scout = search.affinity
         metrics["affinity"] = {

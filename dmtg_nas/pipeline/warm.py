@@ -6,7 +6,7 @@ import json
 
 from ..hardware import is_global_zero
 from ..runstate import InterruptCallback, interrupt_message
-from ..warmstart import WarmStart, attribution_warm_start
+from ..warmstart import WarmStart, attribution_warm_start, warm_start_method
 from .context import RunContext
 from .outputs import write_json
 
@@ -20,7 +20,7 @@ def warm_start_stage(ctx: RunContext) -> WarmStart | None:
     has its logits in the checkpoint and reads the warm start's record back from ``warmstart.json``.
     """
     spec, out = ctx.spec, ctx.out
-    if spec.strategy.warmup.method != "attribution" or not 1 < spec.groups < len(spec.tasks):
+    if not 1 < spec.groups < len(spec.tasks) or warm_start_method(spec, ctx.data) != "attribution":
         return None
     if ctx.resume_from is not None:
         if out is not None and (out / "warmstart.json").is_file():
