@@ -456,9 +456,10 @@ def _format_table(result: Any) -> str:
         summary += f"; adjusted Rand index vs planted groups {truth['adjusted_rand_index']:.3f}"
     lines.append(summary)
     local = result.metrics.get("local_search")
-    if local and (local.get("rounds") or local.get("stopped") == "budget"):
+    stopped = bool(local) and local.get("stopped") == "budget"
+    if local and (local.get("rounds") or stopped):
         start = " | ".join(", ".join(g) for g in local["start"])
-        budget = " (stopped by local_search.budget)" if local.get("stopped") == "budget" else ""
+        budget = " (stopped by local_search.budget)" if stopped else ""
         if not local.get("rounds"):
             verdict = "kept: no neighbour fitted in the time budget"
         elif local["changed"]:

@@ -231,10 +231,10 @@ def test_auto_warm_start_runs_where_the_merge_check_trains_batched_only(tmp_path
     assert result.metrics["warmup"] == {"method": "none", "skipped": AUTO_SKIPPED}
     assert result.metrics["search"]["warm_start_seconds"] == 0
     assert not (tmp_path / "image" / "warmstart.json").exists()
-    assert result.metrics["stages"][0]["stage"] != "warm start"
+    assert "warm_start" not in [stage["stage"] for stage in result.metrics["stages"]]
     result = dmtg_nas.search(forced, out_dir=tmp_path / "forced")
     assert result.metrics["warmup"]["method"] == "attribution" and result.metrics["search"]["warm_start_seconds"] > 0
-    assert (tmp_path / "forced" / "warmstart.json").is_file()
+    assert (tmp_path / "forced" / "warmstart.json").is_file() and result.metrics["stages"][0]["stage"] == "warm_start"
     vector_result = dmtg_nas.search(vector)
     assert (
         vector_result.metrics["warmup"]["method"] == "attribution"

@@ -25,7 +25,7 @@ from ..network import groups_from_sample
 from ..plots import plot_probabilities
 from ..schema import SearchSpec
 from ..tasks import summarize
-from ..warmstart import AUTO_SKIPPED, WarmStart, warm_start_method
+from ..warmstart import WarmStart
 from .context import RunContext
 from .records import CheckRecord, FinetuneRecord, SearchRecord, SearchResult, StageRecord, Timings
 
@@ -73,8 +73,10 @@ def search_result(
     check: CheckRecord,
     history: list[dict[str, Any]],
     timings: Timings,
+    warm_skipped: str | None = None,
 ) -> SearchResult:
-    """Evaluate the final network and gather everything the search reports."""
+    """Evaluate the final network and gather everything the search reports; ``warm_skipped``: why
+    ``warmup.method: auto`` left the warm start off (the warm start stage's)."""
     spec, data, strat = ctx.spec, ctx.data, ctx.strategy
     model, sample = check.model, check.sample
     per_split = {"val": check.search_val or ctx.evaluate(model, "val"), "test": ctx.evaluate(model, "test")}
@@ -114,12 +116,8 @@ def search_result(
             "affinity": warm.affinity,
             "seconds": round(warm.seconds, 3),
         }
-    elif (
-        strat.warmup.method == "auto"
-        and 1 < spec.groups < len(spec.tasks)
-        and warm_start_method(spec, ctx.data) == "none"
-    ):
-        metrics["warmup"] = {"method": "none", "skipped": AUTO_SKIPPED}
+    elif warm_skipped is not None:
+        metrics["warmup"] = {"method": "none", "skipped": warm_skipped}
     if search.affinity is not None:
         scout = search.affinity
         metrics["affinity"] = {

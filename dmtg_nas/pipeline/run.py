@@ -122,7 +122,7 @@ def run_stages(ctx: RunContext, searcher: Searcher = one_shot_search, t0: float 
     context has an output folder."""
     t0 = time.perf_counter() if t0 is None else t0
     timings = Timings()
-    warm = warm_start_stage(ctx)
+    warm, warm_skipped = warm_start_stage(ctx)
     if warm is not None and ctx.resume_from is None:
         timings.warm_start = warm.seconds
     if not ctx.spec.strategy.supernet:  # an ablation: the start goes straight to the fine-tune and the check
@@ -135,7 +135,7 @@ def run_stages(ctx: RunContext, searcher: Searcher = one_shot_search, t0: float 
     check = check_stage(ctx, search, tuned, warm, plan, t0)
     timings.check, timings.local_search = check.seconds, check.local_seconds
     timings.total = time.perf_counter() - t0
-    result = search_result(ctx, warm, search, tuned, check, history.records, timings)
+    result = search_result(ctx, warm, search, tuned, check, history.records, timings, warm_skipped)
     if ctx.out is not None and is_global_zero():
         write_outputs(result, ctx.spec, ctx.data)
     barrier()  # a distributed run ends when every process has finished
